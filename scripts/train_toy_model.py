@@ -1,0 +1,5 @@
+from saeflow.models.toy_lm import train_toy_lm
+from saeflow.utils import setup_logging
+
+setup_logging(snakemake.log[0])
+train_toy_lm(snakemake.input.fasta, snakemake.input.planted, snakemake.params.toy, snakemake.output[0], snakemake.threads)

@@ -1,0 +1,128 @@
+"""Activation stores: one forward pass writes every layer to memory-mapped float16 arrays.
+
+Layout of ``results/{model}/{dataset}/activations/``::
+
+    layer{L}.npy      float16 (N, d), one row per non-special token, memory-mappable
+    tokens.parquet    the token index shared by all layers: seq (row of the sequence
+                      table), pos (token position), token_id, start, end (bases)
+    manifest.json     model, dataset, dtype, shapes, layers, checksums
+
+Readers never load a whole layer: :class:`ActivationStore` hands out
+memory-mapped views and random batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .utils import SaeflowError, atomic_path, read_json, sha256, write_json
+
+log = logging.getLogger(__name__)
+
+
+def extract_activations(adapter, sequences: pd.DataFrame, layers: list[int], out_dir, batch_size: int = 16,
+                        max_length: int | None = None, meta: dict | None = None) -> dict:
+    """Run the model once per batch and stream every requested layer to disk."""
+    from tqdm.auto import tqdm
+
+    bad = [l for l in layers if not 0 <= l <= adapter.n_layers]
+    if bad:
+        raise SaeflowError(f"layers {bad} out of range: the model has layers 0..{adapter.n_layers}")
+    seqs = sequences.sequence.tolist()
+    # Pass 1 (cheap, tokeniser only): count tokens so the arrays are allocated once, at full size.
+    counts = []
+    for i in range(0, len(seqs), 256):
+        tb = adapter.tokenize(seqs[i : i + 256], max_length=max_length)
+        counts.extend((~tb.special).sum(axis=1).tolist())
+    n_tokens = int(sum(counts))
+    d = adapter.d_model
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        arrays = {l: np.lib.format.open_memmap(tmp / f"layer{l}.npy", mode="w+", dtype=np.float16, shape=(n_tokens, d))
+                  for l in layers}
+        index = {k: np.empty(n_tokens, dtype=np.int32) for k in ("seq", "pos", "token_id", "start", "end")}
+        row = 0
+        for i in tqdm(range(0, len(seqs), batch_size), desc="extract", mininterval=5):
+            tb = adapter.tokenize(seqs[i : i + batch_size], max_length=max_length)
+            hs = adapter.hidden_states(tb, layers)
+            keep = ~tb.special
+            b_idx, t_idx = np.nonzero(keep)
+            n = len(b_idx)
+            for l in layers:
+                h = hs[l].float().cpu().numpy()[b_idx, t_idx]
+                if not np.isfinite(h).all():
+                    raise SaeflowError(f"layer {l} activations contain NaN/inf (batch starting at sequence {i})")
+                arrays[l][row : row + n] = h.astype(np.float16)
+            index["seq"][row : row + n] = b_idx + i
+            index["pos"][row : row + n] = t_idx
+            index["token_id"][row : row + n] = tb.input_ids.numpy()[b_idx, t_idx]
+            index["start"][row : row + n] = tb.offsets[b_idx, t_idx, 0]
+            index["end"][row : row + n] = tb.offsets[b_idx, t_idx, 1]
+            row += n
+        if row != n_tokens:
+            raise SaeflowError(f"token count changed between passes ({row} != {n_tokens})")
+        for a in arrays.values():
+            a.flush()
+        del arrays
+        pd.DataFrame(index).to_parquet(tmp / "tokens.parquet", index=False)
+        manifest = dict(
+            meta or {},
+            dtype="float16",
+            n_tokens=n_tokens,
+            d_model=d,
+            n_sequences=len(seqs),
+            layers=list(layers),
+            files={f"layer{l}.npy": sha256(tmp / f"layer{l}.npy") for l in layers},
+        )
+        write_json(tmp / "manifest.json", manifest)
+    log.info("wrote %d tokens x %d dims for layers %s", n_tokens, d, layers)
+    return manifest
+
+
+class ActivationStore:
+    """Read side of an activation directory: memory-mapped layers + the token index."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+        mpath = self.dir / "manifest.json"
+        if not mpath.exists():
+            raise SaeflowError(f"{self.dir}: no manifest.json; not an activation directory")
+        self.manifest = read_json(mpath)
+        self._tokens: pd.DataFrame | None = None
+
+    @property
+    def tokens(self) -> pd.DataFrame:
+        if self._tokens is None:
+            self._tokens = pd.read_parquet(self.dir / "tokens.parquet")
+        return self._tokens
+
+    def layer(self, layer: int) -> np.ndarray:
+        path = self.dir / f"layer{layer}.npy"
+        if not path.exists():
+            raise SaeflowError(f"{path}: layer {layer} was not extracted (have {self.manifest['layers']})")
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape != (self.manifest["n_tokens"], self.manifest["d_model"]):
+            raise SaeflowError(f"{path}: shape {arr.shape} does not match the manifest")
+        return arr
+
+    def iter_chunks(self, layer: int, rows: np.ndarray | None = None, chunk: int = 65536):
+        """Yield (row_indices, float32 block) over ``rows`` (sorted) or all rows, one chunk in RAM at a time."""
+        arr = self.layer(layer)
+        rows = np.arange(arr.shape[0]) if rows is None else np.asarray(rows)
+        for i in range(0, len(rows), chunk):
+            r = rows[i : i + chunk]
+            block = np.asarray(arr[r[0] : r[-1] + 1], dtype=np.float32)[r - r[0]] if len(r) else np.empty((0, arr.shape[1]), np.float32)
+            if not np.isfinite(block).all():
+                raise SaeflowError(f"{self.dir}/layer{layer}.npy: NaN or inf in rows {r[0]}..{r[-1]}")
+            yield r, block
+
+
+def split_rows(tokens: pd.DataFrame, sequences: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test token rows by the sequence table's ``split`` (held out by sequence, never by token)."""
+    is_test = sequences.split.to_numpy()[tokens.seq.to_numpy()] == "test"
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)

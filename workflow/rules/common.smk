@@ -1,0 +1,203 @@
+# Input functions, wildcard constraints and config validation.
+# Kept import-light: every SLURM job re-parses this file.
+import json
+import os
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+
+def _check_config():
+    """Cross-references the JSON schema cannot express; errors name the key."""
+    errors = []
+    refs, models, dsets, saes = (
+        config["references"],
+        config["models"],
+        config["datasets"],
+        config["saes"],
+    )
+    for name, ref in refs.items():
+        if ref["source"] == "files" and not ref["fasta"]:
+            errors.append(f"references.{name}.fasta: required when source is 'files'")
+    for name, m in models.items():
+        if m["source"] == "local" and not m["path"]:
+            errors.append(f"models.{name}.path: required when source is 'local'")
+        if m["source"] == "toy" and m["reference"] not in refs:
+            errors.append(f"models.{name}.reference: unknown reference {m['reference']!r}")
+    for name, d in dsets.items():
+        if d["reference"] not in refs:
+            errors.append(f"datasets.{name}.reference: unknown reference {d['reference']!r}")
+        elif d["kind"] == "peaks":
+            r = refs[d["reference"]]
+            if r["source"] == "files" and not r["peaks"]:
+                errors.append(f"datasets.{name}: kind 'peaks' needs references.{d['reference']}.peaks")
+        elif d["kind"] == "task" and not d["table"] and refs[d["reference"]]["source"] != "toy":
+            errors.append(f"datasets.{name}.table: required for a task on a non-toy reference")
+    for i, run in enumerate(config["runs"]):
+        if run["model"] not in models:
+            errors.append(f"runs[{i}].model: unknown model {run['model']!r}")
+        if run["dataset"] not in dsets:
+            errors.append(f"runs[{i}].dataset: unknown dataset {run['dataset']!r}")
+    if config["runs"] and not saes:
+        errors.append("saes: at least one SAE recipe is needed")
+    for name in list(models) + list(dsets) + list(saes):
+        if "/" in name or name.startswith(".") or name == "datasets":
+            errors.append(f"{name!r}: names must not contain '/', start with '.', or be 'datasets'")
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+
+
+_check_config()
+
+
+def _alternatives(keys):
+    return "|".join(sorted(map(str, keys))) or "__none__"
+
+
+wildcard_constraints:
+    model=_alternatives(config["models"]),
+    dataset=_alternatives(config["datasets"]),
+    ref=_alternatives(config["references"]),
+    sae=_alternatives(config["saes"]),
+    layer=r"\d+",
+
+
+# --- references -----------------------------------------------------------------
+
+
+def get_raw_fasta(wildcards):
+    ref = config["references"][wildcards.ref]
+    if ref["source"] == "toy":
+        return f"resources/toy/{wildcards.ref}/genome.fa"
+    return ref["fasta"]
+
+
+def _ref_file(ref_name, key):
+    ref = config["references"][ref_name]
+    if ref["source"] == "toy":
+        return {
+            "peaks": f"resources/toy/{ref_name}/peaks.bed",
+            "planted": f"resources/toy/{ref_name}/planted.tsv",
+            "signal": f"resources/toy/{ref_name}/signal.bw",
+        }[key]
+    return ref[key]
+
+
+def get_fasta(wildcards):
+    ref = get_dataset(wildcards)["reference"]
+    return f"resources/references/{ref}/genome.fa.gz"
+
+
+def get_dataset(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def get_dataset_inputs(wildcards):
+    d = get_dataset(wildcards)
+    ref = d["reference"]
+    inputs = {"fasta": f"resources/references/{ref}/genome.fa.gz"}
+    if d["kind"] == "peaks":
+        inputs["peaks"] = _ref_file(ref, "peaks")
+    elif d["table"]:
+        inputs["table"] = d["table"]
+    else:
+        inputs["table"] = f"resources/toy/{ref}/task.parquet"
+    return inputs
+
+
+def get_planted(wildcards):
+    ref = get_dataset(wildcards)["reference"]
+    return _ref_file(ref, "planted")
+
+
+def has_ground_truth(dataset):
+    ref = config["references"][config["datasets"][dataset]["reference"]]
+    return ref["source"] == "toy" or bool(ref["planted"])
+
+
+# --- models -----------------------------------------------------------------------
+
+
+def get_model_dir(wildcards):
+    m = config["models"][wildcards.model]
+    if m["source"] == "toy":
+        return f"resources/models/{wildcards.model}"
+    return m["path"]
+
+
+def get_layers(model):
+    """Layers of a model, read cheaply: config for toy models, config.json for local ones."""
+    m = config["models"][model]
+    if m["layers"]:
+        return list(m["layers"])
+    if m["source"] == "toy":
+        n = m["toy"]["num_layers"]
+    else:
+        cfg_path = os.path.join(m["path"], "config.json")
+        try:
+            with open(cfg_path) as fh:
+                n = json.load(fh)["num_hidden_layers"]
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"models.{model}.path: cannot read num_hidden_layers from {cfg_path}: {e}")
+    return list(range(1, n + 1))
+
+
+def get_sae_recipe(wildcards):
+    return config["saes"][wildcards.sae]
+
+
+def get_threads(wildcards=None):
+    return config["threads"]
+
+
+# --- targets ----------------------------------------------------------------------
+
+
+def get_sae_dirs(wildcards):
+    return expand(
+        "results/{model}/{dataset}/sae/{sae}/layer{layer}",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        sae=wildcards.sae,
+        layer=get_layers(wildcards.model),
+    )
+
+
+def get_catalog_dirs(wildcards):
+    return expand(
+        "results/{model}/{dataset}/catalog/{sae}/layer{layer}",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        sae=wildcards.sae,
+        layer=get_layers(wildcards.model),
+    )
+
+
+def get_recovery_tables(wildcards):
+    return expand(
+        "results/{model}/{dataset}/recovery/{sae}/layer{layer}.tsv",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        sae=wildcards.sae,
+        layer=get_layers(wildcards.model),
+    )
+
+
+def get_final_outputs():
+    out = []
+    for run in config["runs"]:
+        m, d = run["model"], run["dataset"]
+        if config["models"][m]["source"] == "toy":
+            out.append(f"results/{m}/toy_lm_metrics.tsv")
+        for sae in config["saes"]:
+            base = f"results/{m}/{d}"
+            out += [
+                f"{base}/sae/{sae}/training_curves.png",
+                f"{base}/catalog/{sae}/summary.tsv",
+                f"{base}/catalog/{sae}/summary.png",
+            ]
+            if has_ground_truth(d):
+                out += [f"{base}/recovery/{sae}/recovery.tsv", f"{base}/recovery/{sae}/recovery.png"]
+    return out

@@ -1,0 +1,45 @@
+rule train_toy_model:
+    input:
+        fasta=lambda wc: f"resources/references/{config['models'][wc.model]['reference']}/genome.fa.gz",
+        planted=lambda wc: f"resources/toy/{config['models'][wc.model]['reference']}/planted.tsv",
+    output:
+        directory("resources/models/{model}"),
+    log:
+        "logs/train_toy_model/{model}.log",
+    benchmark:
+        "benchmarks/train_toy_model/{model}.tsv"
+    params:
+        toy=lambda wc: config["models"][wc.model]["toy"],
+    threads: get_threads
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/train_toy_model.py"
+
+
+rule toy_lm_metrics:
+    input:
+        "resources/models/{model}",
+    output:
+        table=report(
+            "results/{model}/toy_lm_metrics.tsv",
+            caption="../report/toy_lm.rst",
+            category="Toy model",
+        ),
+        plot=report(
+            "results/{model}/toy_lm_metrics.png",
+            caption="../report/toy_lm.rst",
+            category="Toy model",
+        ),
+    log:
+        "logs/toy_lm_metrics/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/toy_lm_metrics.py"

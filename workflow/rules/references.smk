@@ -1,0 +1,54 @@
+rule build_toy_genome:
+    output:
+        fasta="resources/toy/{ref}/genome.fa",
+        peaks="resources/toy/{ref}/peaks.bed",
+        signal="resources/toy/{ref}/signal.bw",
+        planted="resources/toy/{ref}/planted.tsv",
+    log:
+        "logs/build_toy_genome/{ref}.log",
+    params:
+        toy=lambda wc: config["references"][wc.ref]["toy"],
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/genomics.yaml"
+    script:
+        "../../scripts/build_toy_genome.py"
+
+
+rule build_toy_task:
+    input:
+        fasta="resources/references/{ref}/genome.fa.gz",
+        planted="resources/toy/{ref}/planted.tsv",
+    output:
+        "resources/toy/{ref}/task.parquet",
+    log:
+        "logs/build_toy_task/{ref}.log",
+    params:
+        task=lambda wc: config["references"][wc.ref]["toy"]["task"],
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/genomics.yaml"
+    script:
+        "../../scripts/build_toy_task.py"
+
+
+rule index_fasta:
+    input:
+        get_raw_fasta,
+    output:
+        fasta="resources/references/{ref}/genome.fa.gz",
+        fai="resources/references/{ref}/genome.fa.gz.fai",
+        gzi="resources/references/{ref}/genome.fa.gz.gzi",
+    log:
+        "logs/index_fasta/{ref}.log",
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../envs/genomics.yaml"
+    script:
+        "../../scripts/index_fasta.py"

@@ -1,0 +1,41 @@
+rule train_sae:
+    input:
+        acts="results/{model}/{dataset}/activations",
+        sequences="results/datasets/{dataset}/sequences.parquet",
+    output:
+        directory("results/{model}/{dataset}/sae/{sae}/layer{layer}"),
+    log:
+        "logs/train_sae/{model}/{dataset}/{sae}/layer{layer}.log",
+    benchmark:
+        "benchmarks/train_sae/{model}/{dataset}/{sae}/layer{layer}.tsv"
+    params:
+        recipe=get_sae_recipe,
+    threads: get_threads
+    resources:
+        mem_mb=4000,
+        runtime=240,
+        gpu=0,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/train_sae.py"
+
+
+rule plot_training_curves:
+    input:
+        get_sae_dirs,
+    output:
+        report(
+            "results/{model}/{dataset}/sae/{sae}/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="SAE training",
+        ),
+    log:
+        "logs/plot_training_curves/{model}/{dataset}/{sae}.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/plot_training_curves.py"
