@@ -78,7 +78,7 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
         cover = np.zeros((L, hi - lo), dtype=np.float32)
         for t, (a, b) in enumerate(zip(starts[lo:hi], ends[lo:hi])):
             cover[a:b, t] = 1
-        base_fire = (cover @ (z > 0).astype(np.float32)) > 0  # (L, F)
+        base_fire = ((cover @ (z > 0).astype(np.float32)) > 0).astype(np.float32)  # (L, F)
         split = int(is_test[s])
         pp[split] += base_fire.sum(0)
         for m in motifs:
@@ -89,8 +89,9 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
                 shift = int(rng.integers(0, max(1, L - (b - a))))
                 null[shift : shift + (b - a)] = True
             npos[(m.motif_id, split)] += int(truth.sum())
-            acc[(m.motif_id, "tp", split)] += truth @ base_fire
-            acc[(m.motif_id, "tp_null", split)] += null @ base_fire
+            # float products: a bool @ bool matmul would OR the counts into a single True
+            acc[(m.motif_id, "tp", split)] += truth.astype(np.float32) @ base_fire
+            acc[(m.motif_id, "tp_null", split)] += null.astype(np.float32) @ base_fire
     rows = []
     for m in motifs:
         whole = spans[m.motif_id][1]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# saeflow entry point.
+#   bash run.sh          install into .venv, then run the default workflow end to end
+#   bash run.sh test     install into .venv, then run the test suite
+#   bash run.sh install  install only
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# torch first and pinned: 2.13.0's CPU wheel is on the development machines' disk.
+.venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+export PATH="$PWD/.venv/bin:$PATH"
+case "${1:-run}" in
+  install) ;;
+  test) shift; exec .venv/bin/python -m pytest -ra "$@" ;;
+  run) shift || true; exec .venv/bin/snakemake "$@" ;;
+  *) echo "usage: bash run.sh [run|test|install] [args...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from saeflow.activations import ActivationStore, extract_activations, split_rows
+from saeflow.models import load_model
+from saeflow.models.tokenizer import build_nucleotide_tokenizer
+from saeflow.utils import SaeflowError
+
+
+def test_tokenizer_offsets_map_tokens_to_bases():
+    tok = build_nucleotide_tokenizer()
+    enc = tok(["ACGTN", "GG"], return_offsets_mapping=True, padding=True)
+    ids = enc["input_ids"][0]
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "A", "C", "G", "T", "N", "[SEP]"]
+    assert enc["offset_mapping"][0] == [(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 0)]
+
+
+def test_load_model_roundtrip(tiny_model_dir):
+    ad = load_model(tiny_model_dir)
+    assert ad.n_layers == 2 and ad.d_model == 16
+    tb = ad.tokenize(["ACGTACGT", "ACG"])
+    hs = ad.hidden_states(tb, [0, 1, 2])
+    assert hs[2].shape == (2, 10, 16)
+    assert tb.special[1].sum() == 2 + 5  # CLS, SEP and 5 pads
+
+
+def test_load_model_rejects_non_model_dir(tmp_path):
+    with pytest.raises(SaeflowError, match="not a model directory"):
+        load_model(tmp_path)
+
+
+def test_extract_writes_every_layer_in_one_pass(tiny_model_dir, tmp_path):
+    ad = load_model(tiny_model_dir)
+    seqs = pd.DataFrame({"sequence": ["ACGTACGTAA", "GGGCCC", "TTTTAAAACCCG"], "split": ["train", "test", "train"]})
+    calls = []
+    orig = ad.model.forward
+    ad.model.forward = lambda *a, **k: (calls.append(1), orig(*a, **k))[1]
+    man = extract_activations(ad, seqs, [1, 2], tmp_path / "acts", batch_size=2, meta={"model": "m"})
+    assert len(calls) == 2  # ceil(3 / 2) batches, all layers from each pass
+    store = ActivationStore(tmp_path / "acts")
+    assert man["n_tokens"] == 10 + 6 + 12 and store.manifest["model"] == "m"
+    x = store.layer(2)
+    assert x.dtype == np.float16 and isinstance(x, np.memmap)
+    t = store.tokens
+    assert t.seq.tolist() == [0] * 10 + [1] * 6 + [2] * 12
+    assert (t.end - t.start == 1).all() and t.start[t.seq == 2].tolist() == list(range(12))
+    # rows equal a direct forward pass of that sequence alone (no padding effects)
+    tb = ad.tokenize(["GGGCCC"])
+    direct = ad.hidden_states(tb, [2])[2][0, 1:-1].numpy()
+    np.testing.assert_allclose(x[10:16].astype(np.float32), direct, atol=2e-2, rtol=1e-2)
+    tr, te = split_rows(t, seqs)
+    assert set(t.seq[te]) == {1} and set(t.seq[tr]) == {0, 2}
+
+
+def test_store_reports_nan(tiny_model_dir, tmp_path):
+    ad = load_model(tiny_model_dir)
+    seqs = pd.DataFrame({"sequence": ["ACGTACGTAA"], "split": ["train"]})
+    extract_activations(ad, seqs, [1], tmp_path / "acts")
+    arr = np.load(tmp_path / "acts" / "layer1.npy", mmap_mode="r+")
+    arr[3, 0] = np.nan
+    arr.flush()
+    with pytest.raises(SaeflowError, match="NaN"):
+        list(ActivationStore(tmp_path / "acts").iter_chunks(1))
+
+
+def test_extract_rejects_bad_layer(tiny_model_dir, tmp_path):
+    ad = load_model(tiny_model_dir)
+    with pytest.raises(SaeflowError, match="out of range"):
+        extract_activations(ad, pd.DataFrame({"sequence": ["ACGT"]}), [5], tmp_path / "a")
+    assert not (tmp_path / "a").exists()

@@ -1,0 +1,117 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from saeflow.activations import ActivationStore
+from saeflow.sae import build_sae
+from saeflow.sae.base import load_sae
+from saeflow.sae.topk import TopKSAE
+from saeflow.sae.train import geometric_median, train_sae
+from saeflow.utils import write_json
+
+RECIPE = dict(arch="topk", expansion=2, k=3, lr=1e-2, batch_size=128, epochs=30, max_vectors=0, seed=0,
+              warmup_fraction=0.05, dead_window=5000, aux_k=0, aux_coef=1 / 32)
+
+
+def make_store(tmp_path, n=6000, d=16, n_atoms=24, k=3, seed=0):
+    """Synthetic sparse activations: each row a sum of k of n_atoms unit directions."""
+    rng = np.random.default_rng(seed)
+    atoms = rng.normal(size=(n_atoms, d))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    x = np.zeros((n, d))
+    for i in range(n):
+        idx = rng.choice(n_atoms, k, replace=False)
+        x[i] = (rng.uniform(1, 3, k)[:, None] * atoms[idx]).sum(0)
+    x = 5 * x + 2.0  # offset and scale: exercises b_dec and input scaling
+    d_ = tmp_path / "acts"
+    d_.mkdir()
+    np.save(d_ / "layer1.npy", x.astype(np.float16))
+    pd.DataFrame({"seq": np.arange(n) // 10, "pos": np.arange(n) % 10, "token_id": 0, "start": 0, "end": 1}).to_parquet(
+        d_ / "tokens.parquet")
+    write_json(d_ / "manifest.json", {"n_tokens": n, "d_model": d, "layers": [1], "model": "syn", "dataset": "syn"})
+    return ActivationStore(d_), atoms
+
+
+def test_topk_activation_has_exactly_k_nonnegative():
+    sae = TopKSAE(8, 32, k=4)
+    z = sae.encode(torch.randn(50, 8))
+    assert ((z > 0).sum(-1) <= 4).all() and (z >= 0).all()
+
+
+def test_fold_input_scale_keeps_codes_and_reconstruction():
+    torch.manual_seed(0)
+    sae = TopKSAE(8, 32, k=4)
+    sae.b_dec.data = torch.randn(8)
+    x = torch.randn(20, 8)
+    z = sae.encode(x * 3.0)
+    xh = sae.decode(z) / 3.0
+    sae.fold_input_scale(3.0)
+    torch.testing.assert_close(sae.encode(x), z)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), xh)
+
+
+def test_remove_parallel_grad_keeps_unit_norm_direction():
+    sae = TopKSAE(8, 16, k=2)
+    sae.W_dec.grad = torch.randn_like(sae.W_dec)
+    sae.remove_parallel_grad()
+    assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-5
+
+
+def test_aux_loss_does_not_add_b_dec():
+    sae = TopKSAE(4, 4, k=1)
+    sae.W_dec.data = torch.eye(4)
+    sae.b_dec.data = torch.full((4,), 100.0)
+    residual = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    pre = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    dead = torch.tensor([False, True, False, False])
+    # e_hat = z W_dec = residual exactly: loss 0. With b_dec added it would be huge.
+    assert float(sae.aux_loss(pre, residual, dead, aux_k=2)) < 1e-8
+
+
+def test_geometric_median_resists_outliers():
+    x = torch.cat([torch.zeros(100, 3), torch.full((5, 3), 1000.0)])
+    assert geometric_median(x).norm() < 1.0 < x.mean(0).norm()
+
+
+def test_train_recovers_planted_dictionary_and_saves_saelens_layout(tmp_path):
+    store, atoms = make_store(tmp_path)
+    rows = np.arange(store.manifest["n_tokens"])
+    tr, te = rows[rows % 5 != 0], rows[rows % 5 == 0]
+    m = train_sae(store, 1, RECIPE, tr, te, tmp_path / "sae")
+    assert m["explained_variance"] > 0.9 and m["l0"] <= 3
+    out = tmp_path / "sae"
+    for f in ("cfg.json", "sae_weights.safetensors", "metrics.json", "training_log.jsonl"):
+        assert (out / f).exists()
+    sae = load_sae(out)
+    from safetensors.torch import load_file
+
+    w = load_file(str(out / "sae_weights.safetensors"))
+    assert w["W_enc"].shape == (16, 32) and w["W_dec"].shape == (32, 16)
+    # most planted atoms have a decoder row within cos 0.9
+    dec = sae.W_dec.detach().numpy().copy()
+    dec /= np.linalg.norm(dec, axis=1, keepdims=True)
+    best = np.abs(atoms @ dec.T).max(1)
+    assert (best > 0.9).mean() >= 0.75
+    # the saved SAE acts on raw (unscaled) activations
+    x = torch.from_numpy(np.asarray(store.layer(1)[:200], dtype=np.float32))
+    fvu = ((sae(x) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert fvu < 0.15
+
+
+def test_same_seed_same_weights(tmp_path):
+    store, _ = make_store(tmp_path, n=2000)
+    rows = np.arange(2000)
+    r = dict(RECIPE, epochs=2)
+    train_sae(store, 1, r, rows[:1500], rows[1500:], tmp_path / "a")
+    train_sae(store, 1, r, rows[:1500], rows[1500:], tmp_path / "b")
+    a, b = load_sae(tmp_path / "a"), load_sae(tmp_path / "b")
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0)
+
+
+def test_unknown_architecture_is_a_clear_error():
+    from saeflow.utils import SaeflowError
+
+    with pytest.raises(SaeflowError, match="unknown SAE architecture 'nope'"):
+        build_sae({"arch": "nope"}, 8)
