@@ -8,15 +8,15 @@ rule extract_activations:
         "logs/extract_activations/{model}/{dataset}.log",
     benchmark:
         "benchmarks/extract_activations/{model}/{dataset}.tsv"
-    params:
-        layers=lambda wc: get_layers(wc.model),
-        batch_size=lambda wc: config["models"][wc.model]["batch_size"],
+    conda:
+        "../../envs/torch.yaml"
     threads: get_threads
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=0,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        layers=lambda wc: get_layers(wc.model),
+        batch_size=lambda wc: config["models"][wc.model]["batch_size"],
     script:
         "../../scripts/extract_activations.py"

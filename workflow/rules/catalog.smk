@@ -10,14 +10,14 @@ rule feature_catalog:
         "logs/feature_catalog/{model}/{dataset}/{sae}/layer{layer}.log",
     benchmark:
         "benchmarks/feature_catalog/{model}/{dataset}/{sae}/layer{layer}.tsv"
-    params:
-        catalog=config["catalog"],
+    conda:
+        "../../envs/torch.yaml"
     threads: get_threads
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        catalog=config["catalog"],
     script:
         "../../scripts/feature_catalog.py"
 
@@ -38,11 +38,11 @@ rule catalog_summary:
         ),
     log:
         "logs/catalog_summary/{model}/{dataset}/{sae}.log",
+    conda:
+        "../../envs/report.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/report.yaml"
     script:
         "../../scripts/catalog_summary.py"
 
@@ -57,12 +57,12 @@ rule ground_truth_recovery:
         "results/{model}/{dataset}/recovery/{sae}/layer{layer}.tsv",
     log:
         "logs/ground_truth_recovery/{model}/{dataset}/{sae}/layer{layer}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: get_threads
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../../scripts/ground_truth_recovery.py"
 
@@ -83,10 +83,10 @@ rule recovery_summary:
         ),
     log:
         "logs/recovery_summary/{model}/{dataset}/{sae}.log",
+    conda:
+        "../../envs/report.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/report.yaml"
     script:
         "../../scripts/recovery_summary.py"

@@ -2,11 +2,31 @@
 # Kept import-light: every SLURM job re-parses this file.
 import json
 import os
+import re
 
 from snakemake.utils import validate
 
+def _validate_config():
+    """Validate (and fill defaults); on failure name every offending key in one short message."""
+    try:
+        validate(config, schema="../schemas/config.schema.yaml")
+    except Exception as e:
+        import jsonschema
+        import yaml
 
-validate(config, schema="../schemas/config.schema.yaml")
+        with open(workflow.source_path("../schemas/config.schema.yaml")) as fh:
+            schema = yaml.safe_load(fh)
+        validator = jsonschema.Draft202012Validator(schema)
+        problems = [
+            f"{'.'.join(map(str, err.absolute_path)) or '<top level>'}: {err.message}"
+            for err in sorted(validator.iter_errors(config), key=lambda er: list(map(str, er.absolute_path)))
+        ]
+        if not problems:
+            raise
+        raise ValueError("invalid config (see config/README.md):\n  " + "\n  ".join(problems)) from None
+
+
+_validate_config()
 
 
 def _check_config():
@@ -32,7 +52,9 @@ def _check_config():
         elif d["kind"] == "peaks":
             r = refs[d["reference"]]
             if r["source"] == "files" and not r["peaks"]:
-                errors.append(f"datasets.{name}: kind 'peaks' needs references.{d['reference']}.peaks")
+                errors.append(
+                    f"datasets.{name}: kind 'peaks' needs references.{d['reference']}.peaks"
+                )
         elif d["kind"] == "task" and not d["table"] and refs[d["reference"]]["source"] != "toy":
             errors.append(f"datasets.{name}.table: required for a task on a non-toy reference")
     for i, run in enumerate(config["runs"]):
@@ -42,9 +64,11 @@ def _check_config():
             errors.append(f"runs[{i}].dataset: unknown dataset {run['dataset']!r}")
     if config["runs"] and not saes:
         errors.append("saes: at least one SAE recipe is needed")
-    for name in list(models) + list(dsets) + list(saes):
-        if "/" in name or name.startswith(".") or name == "datasets":
-            errors.append(f"{name!r}: names must not contain '/', start with '.', or be 'datasets'")
+    for name in list(models) + list(dsets) + list(saes) + list(refs):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "datasets":
+            errors.append(
+                f"{name!r}: names may hold only letters, digits, '_', '.', '-' (and not be 'datasets')"
+            )
     if errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -140,7 +164,9 @@ def get_layers(model):
             with open(cfg_path) as fh:
                 n = json.load(fh)["num_hidden_layers"]
         except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"models.{model}.path: cannot read num_hidden_layers from {cfg_path}: {e}")
+            raise ValueError(
+                f"models.{model}.path: cannot read num_hidden_layers from {cfg_path}: {e}"
+            )
     return list(range(1, n + 1))
 
 
@@ -199,5 +225,8 @@ def get_final_outputs():
                 f"{base}/catalog/{sae}/summary.png",
             ]
             if has_ground_truth(d):
-                out += [f"{base}/recovery/{sae}/recovery.tsv", f"{base}/recovery/{sae}/recovery.png"]
+                out += [
+                    f"{base}/recovery/{sae}/recovery.tsv",
+                    f"{base}/recovery/{sae}/recovery.png",
+                ]
     return out

@@ -8,14 +8,14 @@ rule train_toy_model:
         "logs/train_toy_model/{model}.log",
     benchmark:
         "benchmarks/train_toy_model/{model}.tsv"
-    params:
-        toy=lambda wc: config["models"][wc.model]["toy"],
+    conda:
+        "../../envs/torch.yaml"
     threads: get_threads
     resources:
         mem_mb=3000,
         runtime=60,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        toy=lambda wc: config["models"][wc.model]["toy"],
     script:
         "../../scripts/train_toy_model.py"
 
@@ -36,10 +36,10 @@ rule toy_lm_metrics:
         ),
     log:
         "logs/toy_lm_metrics/{model}.log",
+    conda:
+        "../../envs/report.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/report.yaml"
     script:
         "../../scripts/toy_lm_metrics.py"

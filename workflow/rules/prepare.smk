@@ -5,12 +5,12 @@ rule prepare_sequences:
         "results/datasets/{dataset}/sequences.parquet",
     log:
         "logs/prepare_sequences/{dataset}.log",
-    params:
-        dataset=get_dataset,
+    conda:
+        "../../envs/genomics.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/genomics.yaml"
+    params:
+        dataset=get_dataset,
     script:
         "../../scripts/prepare_sequences.py"

@@ -6,13 +6,13 @@ rule build_toy_genome:
         planted="resources/toy/{ref}/planted.tsv",
     log:
         "logs/build_toy_genome/{ref}.log",
-    params:
-        toy=lambda wc: config["references"][wc.ref]["toy"],
+    conda:
+        "../../envs/genomics.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/genomics.yaml"
+    params:
+        toy=lambda wc: config["references"][wc.ref]["toy"],
     script:
         "../../scripts/build_toy_genome.py"
 
@@ -25,13 +25,13 @@ rule build_toy_task:
         "resources/toy/{ref}/task.parquet",
     log:
         "logs/build_toy_task/{ref}.log",
-    params:
-        task=lambda wc: config["references"][wc.ref]["toy"]["task"],
+    conda:
+        "../../envs/genomics.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/genomics.yaml"
+    params:
+        task=lambda wc: config["references"][wc.ref]["toy"]["task"],
     script:
         "../../scripts/build_toy_task.py"
 
@@ -45,10 +45,10 @@ rule index_fasta:
         gzi="resources/references/{ref}/genome.fa.gz.gzi",
     log:
         "logs/index_fasta/{ref}.log",
+    conda:
+        "../../envs/genomics.yaml"
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../../envs/genomics.yaml"
     script:
         "../../scripts/index_fasta.py"

@@ -8,15 +8,15 @@ rule train_sae:
         "logs/train_sae/{model}/{dataset}/{sae}/layer{layer}.log",
     benchmark:
         "benchmarks/train_sae/{model}/{dataset}/{sae}/layer{layer}.tsv"
-    params:
-        recipe=get_sae_recipe,
+    conda:
+        "../../envs/torch.yaml"
     threads: get_threads
     resources:
         mem_mb=4000,
         runtime=240,
         gpu=0,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        recipe=get_sae_recipe,
     script:
         "../../scripts/train_sae.py"
 
@@ -32,10 +32,10 @@ rule plot_training_curves:
         ),
     log:
         "logs/plot_training_curves/{model}/{dataset}/{sae}.log",
+    conda:
+        "../../envs/report.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/report.yaml"
     script:
         "../../scripts/plot_training_curves.py"

@@ -1,0 +1,169 @@
+"""Workflow tests: the Snakemake DAG itself, on copies of the repository in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def copy_workflow(dest: Path, config: dict | None = None) -> Path:
+    for part in ("workflow", "scripts", "envs", "profiles", "config"):
+        shutil.copytree(REPO / part, dest / part)
+    if config is not None:
+        (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def smk(workdir: Path, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+def planned_jobs(p: subprocess.CompletedProcess) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    out = p.stdout + p.stderr
+    jobs, on = {}, False
+    for line in out.splitlines():
+        if line.startswith("job ") and "count" in line:
+            on = True
+            continue
+        if on:
+            parts = line.split()
+            if not parts or parts[0].startswith("-"):
+                continue
+            if parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def load_test_config() -> dict:
+    return yaml.safe_load((REPO / "tests" / "config" / "test.yaml").read_text())
+
+
+def test_dry_run_of_default_config_is_fast_and_clean():
+    p = smk(REPO, "-n", "--quiet", "rules")
+    assert p.returncode == 0
+
+
+def test_lint_is_clean():
+    p = smk(REPO, "--lint")
+    assert "Congratulations" in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(
+    "mutate,key,problem",
+    [
+        (lambda c: c["catalog"].update(topn=5), "catalog", "'topn' was unexpected"),
+        (lambda c: c["saes"]["topk_x4_k8"].update(k="eight"), "saes.topk_x4_k8.k", "is not of type 'integer'"),
+        (lambda c: c.update(runs=[{"model": "nope", "dataset": "ctcf_peaks"}]), "runs[0].model", "unknown model"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(tmp_path, mutate, key, problem):
+    cfg = load_test_config()
+    mutate(cfg)
+    wd = copy_workflow(tmp_path, cfg)
+    p = smk(wd, "-n", check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert f"{key}:" in out and problem in out
+    assert not (wd / "results").exists() and not (wd / "resources").exists()
+
+
+def test_truncated_fasta_fails_clearly_and_leaves_nothing(tmp_path):
+    fa = tmp_path / "cut.fa"
+    fa.write_text(">chr1\n" + "ACGT" * 60 + "\nACG")  # cut mid-line, no final newline
+    cfg = load_test_config()
+    cfg["references"]["mine"] = {"source": "files", "fasta": str(fa), "peaks": str(tmp_path / "p.bed")}
+    cfg["datasets"] = {"mine_peaks": {"reference": "mine", "kind": "peaks"}}
+    cfg["runs"] = [{"model": "toy_esm", "dataset": "mine_peaks"}]
+    (tmp_path / "p.bed").write_text("chr1\t10\t50\n")
+    wd = copy_workflow(tmp_path / "wd", cfg)
+    p = smk(wd, "resources/references/mine/genome.fa.gz", check=False)
+    assert p.returncode != 0
+    log = (wd / "logs" / "index_fasta" / "mine.log").read_text()
+    assert "cut.fa" in log and "truncated" in log
+    refs = wd / "resources" / "references"
+    assert not refs.exists() or not [f for f in refs.rglob("*") if f.is_file()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    wd = copy_workflow(tmp_path_factory.mktemp("run"), load_test_config())
+    smk(wd)
+    return wd
+
+
+@pytest.mark.workflow
+def test_whole_dag_produces_outputs(finished_run):
+    wd = finished_run
+    base = wd / "results" / "toy_esm" / "ctcf_peaks"
+    for sae in ("topk_x4_k8", "topk_x2_k4"):
+        summary = pd.read_csv(base / "catalog" / sae / "summary.tsv", sep="\t")
+        assert list(summary.columns) == ["layer", "VarExpl", "L0", "Alive", "Dead", "SVD-aligned", "Novel", "MeanCos"]
+        assert summary.layer.tolist() == [1, 2, 3, 4]
+        assert (summary.VarExpl > 0.8).all()
+        assert (base / "sae" / sae / "training_curves.png").stat().st_size > 10_000
+        for layer in range(1, 5):
+            d = base / "sae" / sae / f"layer{layer}"
+            assert {"cfg.json", "sae_weights.safetensors", "metrics.json"} <= {f.name for f in d.iterdir()}
+    # the promoter task ran through the same rules
+    assert (wd / "results" / "toy_esm" / "promoter_tata" / "catalog" / "topk_x4_k8" / "summary.tsv").exists()
+    lm = pd.read_csv(wd / "results" / "toy_esm" / "toy_lm_metrics.tsv", sep="\t").set_index("metric").value
+    assert lm["masked_acc_MA0139.1"] > lm["masked_acc_background"] + 0.2
+    contexts = pd.read_csv(base / "catalog" / "topk_x4_k8" / "layer4" / "contexts.tsv", sep="\t")
+    assert contexts.context.str.contains("[A-Z]").all() and contexts.context.str.contains("[a-z]").any()
+
+
+@pytest.mark.workflow
+def test_ctcf_is_recovered(finished_run):
+    rec = pd.read_csv(finished_run / "results/toy_esm/ctcf_peaks/recovery/topk_x4_k8/recovery.tsv", sep="\t")
+    ctcf = rec[rec.motif_id == "MA0139.1"]
+    best = ctcf.loc[ctcf.f1.idxmax()]
+    # Thresholds: see README ("Ground-truth recovery"): held-out numbers of the best layer on the test config.
+    assert best.auroc >= 0.9
+    assert best.f1 >= 0.45
+    assert best.f1 > best.f1_null + 0.15
+
+
+@pytest.mark.workflow
+def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
+    wd = finished_run
+    p = smk(wd, "-n")
+    assert "Nothing to be done" in p.stdout + p.stderr
+    cfg = yaml.safe_load((wd / "config" / "config.yaml").read_text())
+    cfg["saes"]["topk_x2_k4"]["k"] = 3
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    p = smk(wd, "-n")
+    out = p.stdout + p.stderr
+    jobs = planned_jobs(p)
+    outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
+    assert outputs and not [line for line in outputs if "topk_x4_k8" in line]
+    # 4 layers x 2 datasets of the changed SAE; nothing upstream, nothing of the other SAE
+    assert jobs["train_sae"] == 8 and jobs["feature_catalog"] == 8
+    assert jobs["ground_truth_recovery"] == 8  # both datasets live on the toy reference with planted sites
+    for upstream in ("build_toy_genome", "index_fasta", "train_toy_model", "extract_activations", "prepare_sequences"):
+        assert upstream not in jobs
+
+
+@pytest.mark.workflow
+def test_report_builds_offline(finished_run):
+    smk(finished_run, "--report", "report.html")
+    html = (finished_run / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000
+    for caption_word in ("Masked-token accuracy", "variance explained", "Recovery of the planted motifs"):
+        assert caption_word in html
