@@ -188,7 +188,7 @@ def train_toy_lm(fasta, planted_path, params: dict, out_dir, threads: int = 1) -
         opt.step()
         sched.step()
         if step % 25 == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": float(loss), "seconds": round(time.time() - t0, 2)})
+            curve.append({"step": step, "loss": loss.item(), "seconds": round(time.time() - t0, 2)})
     metrics = evaluate_motif_accuracy(model, tokenizer, genome, planted, params, rng)
     metrics.update(n_parameters=n_params, train_seconds=round(time.time() - t0, 1), final_loss=curve[-1]["loss"])
     log.info("toy LM metrics: %s", metrics)

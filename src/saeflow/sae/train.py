@@ -137,7 +137,7 @@ def train_sae(store: ActivationStore, layer: int, recipe: dict, train_rows: np.n
         sched.step()
         sae.normalize_decoder()
         if step % max(1, steps // 100) == 0 or step == steps - 1:
-            curve.append(dict(step=step, tokens=seen, fvu=float(fvu), aux=float(aux), dead=float(dead.float().mean()),
+            curve.append(dict(step=step, tokens=seen, fvu=fvu.item(), aux=aux.item(), dead=float(dead.float().mean()),
                               l0=float((z > 0).sum(-1).float().mean()), lr=sched.get_last_lr()[0]))
     sae.cpu()
     sae.fold_input_scale(scale)
