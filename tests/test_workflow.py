@@ -69,7 +69,7 @@ def test_lint_is_clean():
     "mutate,key,problem",
     [
         (lambda c: c["catalog"].update(topn=5), "catalog", "'topn' was unexpected"),
-        (lambda c: c["saes"]["topk_x4_k8"].update(k="eight"), "saes.topk_x4_k8.k", "is not of type 'integer'"),
+        (lambda c: c["saes"]["topk_x4_k16"].update(k="eight"), "saes.topk_x4_k16.k", "is not of type 'integer'"),
         (lambda c: c.update(runs=[{"model": "nope", "dataset": "ctcf_peaks"}]), "runs[0].model", "unknown model"),
     ],
 )
@@ -112,7 +112,7 @@ def finished_run(tmp_path_factory):
 def test_whole_dag_produces_outputs(finished_run):
     wd = finished_run
     base = wd / "results" / "toy_esm" / "ctcf_peaks"
-    for sae in ("topk_x4_k8", "topk_x2_k4"):
+    for sae in ("topk_x4_k16", "topk_x2_k4"):
         summary = pd.read_csv(base / "catalog" / sae / "summary.tsv", sep="\t")
         assert list(summary.columns) == ["layer", "VarExpl", "L0", "Alive", "Dead", "SVD-aligned", "Novel", "MeanCos"]
         assert summary.layer.tolist() == [1, 2, 3, 4]
@@ -122,16 +122,16 @@ def test_whole_dag_produces_outputs(finished_run):
             d = base / "sae" / sae / f"layer{layer}"
             assert {"cfg.json", "sae_weights.safetensors", "metrics.json"} <= {f.name for f in d.iterdir()}
     # the promoter task ran through the same rules
-    assert (wd / "results" / "toy_esm" / "promoter_tata" / "catalog" / "topk_x4_k8" / "summary.tsv").exists()
+    assert (wd / "results" / "toy_esm" / "promoter_tata" / "catalog" / "topk_x4_k16" / "summary.tsv").exists()
     lm = pd.read_csv(wd / "results" / "toy_esm" / "toy_lm_metrics.tsv", sep="\t").set_index("metric").value
     assert lm["masked_acc_MA0139.1"] > lm["masked_acc_background"] + 0.2
-    contexts = pd.read_csv(base / "catalog" / "topk_x4_k8" / "layer4" / "contexts.tsv", sep="\t")
+    contexts = pd.read_csv(base / "catalog" / "topk_x4_k16" / "layer4" / "contexts.tsv", sep="\t")
     assert contexts.context.str.contains("[A-Z]").all() and contexts.context.str.contains("[a-z]").any()
 
 
 @pytest.mark.workflow
 def test_ctcf_is_recovered(finished_run):
-    rec = pd.read_csv(finished_run / "results/toy_esm/ctcf_peaks/recovery/topk_x4_k8/recovery.tsv", sep="\t")
+    rec = pd.read_csv(finished_run / "results/toy_esm/ctcf_peaks/recovery/topk_x4_k16/recovery.tsv", sep="\t")
     ctcf = rec[rec.motif_id == "MA0139.1"]
     best = ctcf.loc[ctcf.f1.idxmax()]
     # Thresholds: see README ("Ground-truth recovery"): held-out numbers of the best layer on the test config.
@@ -152,7 +152,7 @@ def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
     out = p.stdout + p.stderr
     jobs = planned_jobs(p)
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
-    assert outputs and not [line for line in outputs if "topk_x4_k8" in line]
+    assert outputs and not [line for line in outputs if "topk_x4_k16" in line]
     # 4 layers x 2 datasets of the changed SAE; nothing upstream, nothing of the other SAE
     assert jobs["train_sae"] == 8 and jobs["feature_catalog"] == 8
     assert jobs["ground_truth_recovery"] == 8  # both datasets live on the toy reference with planted sites
