@@ -115,10 +115,10 @@ def test_whole_dag_produces_outputs(finished_run):
     for sae in ("topk_x4_k16", "topk_x2_k4"):
         summary = pd.read_csv(base / "catalog" / sae / "summary.tsv", sep="\t")
         assert list(summary.columns) == ["layer", "VarExpl", "L0", "Alive", "Dead", "SVD-aligned", "Novel", "MeanCos"]
-        assert summary.layer.tolist() == [1, 2, 3, 4]
+        assert summary.layer.tolist() == [2, 4]
         assert (summary.VarExpl > 0.8).all()
         assert (base / "sae" / sae / "training_curves.png").stat().st_size > 10_000
-        for layer in range(1, 5):
+        for layer in (2, 4):
             d = base / "sae" / sae / f"layer{layer}"
             assert {"cfg.json", "sae_weights.safetensors", "metrics.json"} <= {f.name for f in d.iterdir()}
     # the promoter task ran through the same rules
@@ -134,8 +134,9 @@ def test_ctcf_is_recovered(finished_run):
     rec = pd.read_csv(finished_run / "results/toy_esm/ctcf_peaks/recovery/topk_x4_k16/recovery.tsv", sep="\t")
     ctcf = rec[rec.motif_id == "MA0139.1"]
     best = ctcf.loc[ctcf.f1.idxmax()]
-    # Thresholds: see README ("Ground-truth recovery"): held-out numbers of the best layer on the test config.
-    assert best.auroc >= 0.9
+    # Thresholds (README, "Ground-truth recovery"): over SAE seeds on this model the held-out F1 of the best
+    # layer ranged 0.49-0.77 and the null 0.25-0.30; window AUROC of the best detector was >= 0.98.
+    assert ctcf.best_auroc.max() >= 0.95
     assert best.f1 >= 0.45
     assert best.f1 > best.f1_null + 0.15
 
@@ -153,9 +154,9 @@ def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
     jobs = planned_jobs(p)
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
     assert outputs and not [line for line in outputs if "topk_x4_k16" in line]
-    # 4 layers x 2 datasets of the changed SAE; nothing upstream, nothing of the other SAE
-    assert jobs["train_sae"] == 8 and jobs["feature_catalog"] == 8
-    assert jobs["ground_truth_recovery"] == 8  # both datasets live on the toy reference with planted sites
+    # 2 layers x 2 datasets of the changed SAE; nothing upstream, nothing of the other SAE
+    assert jobs["train_sae"] == 4 and jobs["feature_catalog"] == 4
+    assert jobs["ground_truth_recovery"] == 4  # both datasets live on the toy reference with planted sites
     for upstream in ("build_toy_genome", "index_fasta", "train_toy_model", "extract_activations", "prepare_sequences"):
         assert upstream not in jobs
 

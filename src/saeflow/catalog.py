@@ -12,6 +12,9 @@ from .activations import ActivationStore
 
 log = logging.getLogger(__name__)
 
+#: Per-layer summary columns, as in the Geneformer results of the seeds (plus layer and L0).
+SUMMARY_COLUMNS = ["layer", "VarExpl", "L0", "Alive", "Dead", "SVD-aligned", "Novel", "MeanCos"]
+
 
 def sequence_bounds(tokens: pd.DataFrame) -> np.ndarray:
     """Row offsets of each sequence in the token index (rows are grouped by sequence)."""

@@ -51,6 +51,11 @@ def planted_in_windows(sequences: pd.DataFrame, planted: pd.DataFrame, motif_id:
     return spans, whole
 
 
+RECOVERY_COLUMNS = [
+    "layer", "motif_id", "motif_name", "feature", "threshold", "threshold_fraction", "precision", "recall", "f1",
+    "auroc", "f1_any", "f1_null", "best_auroc_feature", "best_auroc", "n_motif_bases_test",
+    "n_windows_with_motif_test", "n_windows_test",
+]
 THRESHOLD_FRACTIONS = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
 
 
@@ -119,6 +124,8 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
     rows = []
     for m in motifs:
         whole = spans[m.motif_id][1]
+        if npos[(m.motif_id, 0)] + npos[(m.motif_id, 1)] == 0:
+            continue  # the motif is planted, but in none of this dataset's windows
         auc = {split: auroc_matrix(win_score[is_test == bool(split)], whole[is_test == bool(split)]) for split in (0, 1)}
 
         def prf(kind, split):
@@ -142,4 +149,4 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
             n_motif_bases_test=npos[(m.motif_id, 1)], n_windows_with_motif_test=int(whole[is_test].sum()),
             n_windows_test=int(is_test.sum()),
         ))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=RECOVERY_COLUMNS)
