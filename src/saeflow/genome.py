@@ -16,7 +16,6 @@ from .utils import SaeflowError, atomic_path, write_table
 log = logging.getLogger(__name__)
 
 _VALID = set(b"ACGTNRYKMSWBDHVacgtnrykmswbdhv")
-BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
 def _open_text(path: Path):

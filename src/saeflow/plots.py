@@ -51,7 +51,6 @@ def catalog_summary(summary: pd.DataFrame, path) -> None:
 
 
 def recovery(table: pd.DataFrame, path) -> None:
-    motifs = list(dict.fromkeys(table.motif_id + " " + table.motif_name))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for label, g in table.groupby(table.motif_id + " " + table.motif_name):
         axes[0].plot(g.layer, g.f1, "o-", label=label)
@@ -65,7 +64,6 @@ def recovery(table: pd.DataFrame, path) -> None:
         ax.set_ylim(0, 1.02)
         ax.set_xticks(sorted(table.layer.unique()))
     axes[0].legend(fontsize=8)
-    _ = motifs
     _save(fig, path)
 
 
