@@ -65,6 +65,12 @@ def test_lint_is_clean():
     assert "Congratulations" in p.stdout + p.stderr
 
 
+def test_snakefmt_check_passes():
+    p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "workflow"], cwd=REPO, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 @pytest.mark.parametrize(
     "mutate,key,problem",
     [

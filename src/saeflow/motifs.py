@@ -54,13 +54,6 @@ class Motif:
         letters = np.array(list(BASES))
         return ["".join(row) for row in letters[idx]]
 
-    def log_odds(self, background=(0.25, 0.25, 0.25, 0.25), pseudocount: float = 0.8) -> np.ndarray:
-        """Position weight matrix (log2 odds), pseudocounts spread by background."""
-        bg = np.asarray(background, dtype=float)
-        c = self.counts + pseudocount * bg[None, :]
-        p = c / c.sum(axis=1, keepdims=True)
-        return np.log2(p / bg[None, :])
-
 
 @lru_cache(maxsize=None)
 def _db(release: str):

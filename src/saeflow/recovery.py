@@ -86,7 +86,8 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
         lo, hi = bounds[s], bounds[s + 1]
         return sae.encode(torch.from_numpy(np.asarray(arr[lo:hi], dtype=np.float32))).numpy(), lo, hi
 
-    # pass 1: window scores (max activation per sequence), hence each feature's training maximum
+    # pass 1: window scores (max activation per sequence), hence each feature's training maximum.
+    # Pass 2 encodes again rather than caching codes: memory stays O(tokens of one sequence x d_sae).
     win_score = np.zeros((n_seq, F), dtype=np.float32)
     for s in range(n_seq):
         if bounds[s + 1] > bounds[s]:

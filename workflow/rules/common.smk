@@ -6,6 +6,7 @@ import re
 
 from snakemake.utils import validate
 
+
 def _validate_config():
     """Validate (and fill defaults); on failure name every offending key in one short message."""
     try:
@@ -19,11 +20,15 @@ def _validate_config():
         validator = jsonschema.Draft202012Validator(schema)
         problems = [
             f"{'.'.join(map(str, err.absolute_path)) or '<top level>'}: {err.message}"
-            for err in sorted(validator.iter_errors(config), key=lambda er: list(map(str, er.absolute_path)))
+            for err in sorted(
+                validator.iter_errors(config), key=lambda er: list(map(str, er.absolute_path))
+            )
         ]
         if not problems:
             raise
-        raise ValueError("invalid config (see config/README.md):\n  " + "\n  ".join(problems)) from None
+        raise ValueError(
+            "invalid config (see config/README.md):\n  " + "\n  ".join(problems)
+        ) from None
 
 
 _validate_config()
@@ -107,11 +112,6 @@ def _ref_file(ref_name, key):
             "signal": f"resources/toy/{ref_name}/signal.bw",
         }[key]
     return ref[key]
-
-
-def get_fasta(wildcards):
-    ref = get_dataset(wildcards)["reference"]
-    return f"resources/references/{ref}/genome.fa.gz"
 
 
 def get_dataset(wildcards):
