@@ -29,8 +29,16 @@ def make_store(tmp_path, n=6000, d=16, n_atoms=24, k=3, seed=0):
     np.save(d_ / "layer1.npy", x.astype(np.float16))
     pd.DataFrame({"seq": np.arange(n) // 10, "pos": np.arange(n) % 10, "token_id": 0, "start": 0, "end": 1}).to_parquet(
         d_ / "tokens.parquet")
-    write_json(d_ / "manifest.json", {"n_tokens": n, "d_model": d, "layers": [1], "model": "syn", "dataset": "syn"})
+    write_json(d_ / "manifest.json", {"n_tokens": n, "d_model": d, "layers": [1], "model": "syn", "dataset": "syn",
+                                      "n_sequences": n // 10})
     return ActivationStore(d_), atoms
+
+
+def split(store):
+    """Held-out by sequence: every 5th sequence (of 10 tokens) is test."""
+    ranges = np.stack([store.seq_offsets[:-1], store.seq_offsets[1:]], axis=1)
+    is_test = np.arange(len(ranges)) % 5 == 0
+    return ranges[~is_test], ranges[is_test]
 
 
 def test_topk_activation_has_exactly_k_nonnegative():
@@ -58,17 +66,6 @@ def test_remove_parallel_grad_keeps_unit_norm_direction():
     assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-5
 
 
-def test_aux_loss_does_not_add_b_dec():
-    sae = TopKSAE(4, 4, k=1)
-    sae.W_dec.data = torch.eye(4)
-    sae.b_dec.data = torch.full((4,), 100.0)
-    residual = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    pre = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    dead = torch.tensor([False, True, False, False])
-    # e_hat = z W_dec = residual exactly: loss 0. With b_dec added it would be huge.
-    assert float(sae.aux_loss(pre, residual, dead, aux_k=2)) < 1e-8
-
-
 def test_geometric_median_resists_outliers():
     x = torch.cat([torch.zeros(100, 3), torch.full((5, 3), 1000.0)])
     assert geometric_median(x).norm() < 1.0 < x.mean(0).norm()
@@ -76,8 +73,7 @@ def test_geometric_median_resists_outliers():
 
 def test_train_recovers_planted_dictionary_and_saves_saelens_layout(tmp_path):
     store, atoms = make_store(tmp_path)
-    rows = np.arange(store.manifest["n_tokens"])
-    tr, te = rows[rows % 5 != 0], rows[rows % 5 == 0]
+    tr, te = split(store)
     m = train_sae(store, 1, RECIPE, tr, te, tmp_path / "sae")
     assert m["explained_variance"] > 0.9 and m["l0"] <= 3
     out = tmp_path / "sae"
@@ -101,10 +97,10 @@ def test_train_recovers_planted_dictionary_and_saves_saelens_layout(tmp_path):
 
 def test_same_seed_same_weights(tmp_path):
     store, _ = make_store(tmp_path, n=2000)
-    rows = np.arange(2000)
+    tr, te = split(store)
     r = dict(RECIPE, epochs=2)
-    train_sae(store, 1, r, rows[:1500], rows[1500:], tmp_path / "a")
-    train_sae(store, 1, r, rows[:1500], rows[1500:], tmp_path / "b")
+    train_sae(store, 1, r, tr, te, tmp_path / "a")
+    train_sae(store, 1, r, tr, te, tmp_path / "b")
     a, b = load_sae(tmp_path / "a"), load_sae(tmp_path / "b")
     for k, v in a.state_dict().items():
         torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0)

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from saeflow.evaluation import SUMMARY_COLUMNS
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -127,6 +129,10 @@ def test_whole_dag_produces_outputs(finished_run):
         for layer in (2, 4):
             d = base / "sae" / sae / f"layer{layer}"
             assert {"cfg.json", "sae_weights.safetensors", "metrics.json"} <= {f.name for f in d.iterdir()}
+        ev = pd.read_csv(base / "eval" / sae / "summary.tsv", sep="\t")
+        assert list(ev.columns) == SUMMARY_COLUMNS and ev.layer.tolist() == [2, 4]
+        assert ev.loss_recovered.notna().all() and (ev.fvu < 0.2).all()
+        assert (base / "eval" / sae / "summary.png").exists() and (base / "eval" / sae / "layer4_frequency.png").exists()
     # the promoter task ran through the same rules
     assert (wd / "results" / "toy_esm" / "promoter_tata" / "catalog" / "topk_x4_k16" / "summary.tsv").exists()
     lm = pd.read_csv(wd / "results" / "toy_esm" / "toy_lm_metrics.tsv", sep="\t").set_index("metric").value

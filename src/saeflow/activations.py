@@ -5,6 +5,7 @@ Layout of ``results/{model}/{dataset}/activations/``::
     layer{L}.npy      float16 (N, d), one row per non-special token, memory-mappable
     tokens.parquet    the token index shared by all layers: seq (row of the sequence
                       table), pos (token position), token_id, start, end (bases)
+    seq_offsets.npy   int64 (n_sequences + 1): rows of sequence i are offsets[i]:offsets[i+1]
     manifest.json     model, dataset, dtype, shapes, layers, checksums
 
 Readers never load a whole layer: :class:`ActivationStore` hands out
@@ -70,6 +71,7 @@ def extract_activations(adapter, sequences: pd.DataFrame, layers: list[int], out
             a.flush()
         del arrays
         pd.DataFrame(index).to_parquet(tmp / "tokens.parquet", index=False)
+        np.save(tmp / "seq_offsets.npy", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
         manifest = dict(
             meta or {},
             dtype="float16",
@@ -101,6 +103,15 @@ class ActivationStore:
             self._tokens = pd.read_parquet(self.dir / "tokens.parquet")
         return self._tokens
 
+    @property
+    def seq_offsets(self) -> np.ndarray:
+        """Row offsets of each sequence (rows are grouped by sequence, in sequence order)."""
+        path = self.dir / "seq_offsets.npy"
+        if path.exists():
+            return np.load(path)
+        counts = np.bincount(self.tokens.seq.to_numpy(), minlength=int(self.manifest["n_sequences"]))
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
     def layer(self, layer: int) -> np.ndarray:
         path = self.dir / f"layer{layer}.npy"
         if not path.exists():
@@ -126,3 +137,18 @@ def split_rows(tokens: pd.DataFrame, sequences: pd.DataFrame) -> tuple[np.ndarra
     """Train/test token rows by the sequence table's ``split`` (held out by sequence, never by token)."""
     is_test = sequences.split.to_numpy()[tokens.seq.to_numpy()] == "test"
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def split_ranges(offsets: np.ndarray, sequences: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test row ranges, (n, 2) arrays with one [start, end) per sequence, by the ``split`` column.
+
+    Memory is O(number of sequences), whatever the number of tokens.
+    """
+    if "split" not in sequences.columns:
+        raise SaeflowError("sequence table has no 'split' column")
+    n = len(offsets) - 1
+    if len(sequences) != n:
+        raise SaeflowError(f"sequence table has {len(sequences)} rows but the activations cover {n} sequences")
+    ranges = np.stack([offsets[:-1], offsets[1:]], axis=1)
+    is_test = sequences.split.to_numpy() == "test"
+    return ranges[~is_test], ranges[is_test]

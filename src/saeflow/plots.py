@@ -77,3 +77,56 @@ def toy_lm_accuracy(metrics: dict, path) -> None:
     ax.set_title("toy LM: accuracy at planted-motif bases vs background")
     ax.tick_params(axis="x", rotation=30)
     _save(fig, path)
+
+
+def frequency_histogram(hist: dict, path, title: str = "") -> None:
+    """Latents by log10 firing frequency on held-out tokens (from evaluation.frequency_histogram); dead apart."""
+    import numpy as np
+
+    edges = np.asarray(hist["log10_edges"])
+    counts = np.asarray(hist["counts"])
+    width = edges[1] - edges[0]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.bar(edges[:-1], counts, width=width, align="edge", color="C0", label="alive latents")
+    dead_x = edges[0] - 0.8  # dead latents (frequency 0, log10 = -inf) get their own bar left of the axis
+    ax.bar([dead_x], [hist["n_dead"]], width=0.4, color="grey", label=f"dead: {hist['n_dead']}")
+    ax.axvline(edges[0] - 0.4, color="k", lw=0.6)
+    ax.axvline(np.log10(hist["dense_threshold"]), color="C3", ls="--", lw=1,
+               label=f"dense (> {hist['dense_threshold']:g} of tokens)")
+    ticks = [t for t in range(int(np.floor(edges[0])), 1)]
+    ax.set_xticks([dead_x, *ticks], ["dead", *[f"$10^{{{t}}}$" for t in ticks]])
+    ax.set_xlabel("firing frequency (held-out tokens)")
+    ax.set_ylabel("latents")
+    ax.set_title(title or f"{hist['n_latents']} latents")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def eval_summary(summary: pd.DataFrame, path) -> None:
+    """Per-layer SAE evaluation: reconstruction, sparsity, masked-LM loss and loss recovered."""
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
+    x = summary.layer
+    axes[0].plot(x, summary.fvu, "o-")
+    axes[0].set_title("FVU (held out)")
+    axes[0].set_ylim(bottom=0)
+    axes[1].plot(x, summary.l0, "o-")
+    axes[1].set_title("L0 (active latents per token)")
+    axes[1].set_ylim(bottom=0)
+    axes[2].plot(x, summary.dead_fraction, "o-", label="dead")
+    axes[2].plot(x, summary.dense_fraction, "s-", label="dense (> 10% of tokens)")
+    axes[2].set_title("latent fractions")
+    axes[2].set_ylim(0, 1.02)
+    axes[2].legend(fontsize=8)
+    axes[3].plot(x, summary.loss_clean, "o-", color="k", label="clean")
+    axes[3].plot(x, summary.loss_sae, "o-", color="C0", label="SAE reconstruction")
+    axes[3].plot(x, summary.loss_zero, "o--", color="grey", label="layer zeroed")
+    axes[3].set_title("masked-LM loss (nats / masked token)")
+    for xi, ls, lr in zip(x, summary.loss_sae, summary.loss_recovered):
+        if pd.notna(lr):
+            axes[3].annotate(f"{lr:.2f}", (xi, ls), textcoords="offset points", xytext=(0, 6), ha="center",
+                             fontsize=8, color="C0")
+    axes[3].legend(fontsize=8, title="numbers: loss recovered", title_fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("layer")
+        ax.set_xticks(list(x))
+    _save(fig, path)

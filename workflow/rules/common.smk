@@ -81,8 +81,47 @@ def _check_config():
 _check_config()
 
 
+def _expand_sweeps():
+    """Replace each recipe that has a ``sweep`` by one recipe per grid point, named <name>-<key><value>-..."""
+    import itertools
+
+    import jsonschema
+    import yaml
+
+    with open(workflow.source_path("../schemas/config.schema.yaml")) as fh:
+        recipe_schema = yaml.safe_load(fh)["definitions"]["sae"]
+    expanded, errors = {}, []
+    for name, recipe in config["saes"].items():
+        grid = recipe.get("sweep") or {}
+        if not grid:
+            expanded[name] = {k: v for k, v in recipe.items() if k != "sweep"}
+            continue
+        for key in grid:
+            if key == "sweep" or key not in recipe_schema["properties"]:
+                errors.append(f"saes.{name}.sweep.{key}: not a recipe key")
+        keys = sorted(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            point = {k: v for k, v in recipe.items() if k != "sweep"}
+            point.update(zip(keys, values))
+            label = "-".join(f"{k}{v}" for k, v in zip(keys, values))
+            for err in jsonschema.Draft202012Validator(recipe_schema).iter_errors(point):
+                path = ".".join(map(str, err.absolute_path))
+                errors.append(f"saes.{name}.sweep.{path}: {err.message}")
+            if f"{name}-{label}" in config["saes"] or f"{name}-{label}" in expanded:
+                errors.append(
+                    f"saes.{name}.sweep: point {name}-{label} clashes with another recipe"
+                )
+            expanded[f"{name}-{label}"] = point
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(sorted(set(errors))))
+    config["saes"] = expanded
+
+
+_expand_sweeps()
+
+
 def _alternatives(keys):
-    return "|".join(sorted(map(str, keys))) or "__none__"
+    return "|".join(sorted(re.escape(str(k)) for k in keys)) or "__none__"
 
 
 wildcard_constraints:
@@ -201,6 +240,16 @@ def get_catalog_dirs(wildcards):
     )
 
 
+def get_eval_files(wildcards):
+    return expand(
+        "results/{model}/{dataset}/eval/{sae}/layer{layer}.json",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        sae=wildcards.sae,
+        layer=get_layers(wildcards.model),
+    )
+
+
 def get_recovery_tables(wildcards):
     return expand(
         "results/{model}/{dataset}/recovery/{sae}/layer{layer}.tsv",
@@ -223,6 +272,8 @@ def get_final_outputs():
                 f"{base}/sae/{sae}/training_curves.png",
                 f"{base}/catalog/{sae}/summary.tsv",
                 f"{base}/catalog/{sae}/summary.png",
+                f"{base}/eval/{sae}/summary.tsv",
+                f"{base}/eval/{sae}/summary.png",
             ]
             if has_ground_truth(d):
                 out += [

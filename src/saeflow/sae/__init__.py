@@ -1,15 +1,28 @@
 """Sparse autoencoders: architectures, training, saving in the SAELens layout.
 
 ``ARCHITECTURES`` maps a recipe's ``arch`` to its class. Each class shares the
-encoder/decoder parameterisation of :class:`~saeflow.sae.base.SAE` and adds
-only its activation function and sparsity loss, so new families (BatchTopK,
-JumpReLU, ReLU+L1) slot in beside TopK.
+encoder/decoder parameterisation and the sparse training step of
+:class:`~saeflow.sae.base.SAE` and adds only its activation function and
+sparsity terms.
+
+| arch        | codes                         | sparsity                             | SAELens class |
+|-------------|-------------------------------|--------------------------------------|---------------|
+| topk        | top k per token               | exact k per token; AuxK for the dead | topk          |
+| batchtopk   | top k*B per batch (training)  | k on average; threshold at inference | jumprelu      |
+| jumprelu    | pre > learned threshold       | L0 penalty, coefficient to target L0 | jumprelu      |
+| relu_l1     | ReLU                          | L1 penalty, optional target L0       | standard      |
 """
 
-from .base import SAE  # noqa: F401
-from .topk import TopKSAE
+from .base import SAE, load_sae  # noqa: F401
+from .penalized import JumpReLUSAE, ReluL1SAE
+from .topk import BatchTopKSAE, TopKSAE
 
-ARCHITECTURES: dict[str, type[SAE]] = {"topk": TopKSAE}
+ARCHITECTURES: dict[str, type[SAE]] = {
+    "topk": TopKSAE,
+    "batchtopk": BatchTopKSAE,
+    "jumprelu": JumpReLUSAE,
+    "relu_l1": ReluL1SAE,
+}
 
 
 def build_sae(recipe: dict, d_in: int) -> SAE:

@@ -1,4 +1,19 @@
-"""The shared SAE parameterisation: x_hat = f((x - b_dec) W_enc + b_enc) W_dec + b_dec."""
+"""The shared SAE parameterisation and its hand-written sparse training step.
+
+    pre   = (x - b_dec) @ W_enc + b_enc          (the one dense product)
+    z     = f(pre)                                (architecture: TopK, BatchTopK, JumpReLU, ReLU)
+    x_hat = z @ W_dec + b_dec                     (sparse: only active latents)
+
+Parameters use SAELens names and shapes (``W_enc`` (d_in, d_sae), ``W_dec``
+(d_sae, d_in)), so a saved SAE loads in SAELens. ``W_enc`` is stored as the
+transpose of a contiguous (d_sae, d_in) matrix: its rows per latent are then
+contiguous, which the sparse encoder gradient (an embedding-bag backward) needs.
+
+:meth:`SAE.train_step` computes the loss and writes every parameter's gradient
+by hand (no autograd graph): the decoder and the encoder's backward touch only
+the active (row, latent) pairs, through :mod:`saeflow.sae.kernels`. Tests check
+these gradients against autograd on the dense formulation.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +25,12 @@ import torch
 from torch import nn
 
 from ..utils import SaeflowError, atomic_path, write_json
+from .kernels import SparseCodes
 
 
 class SAE(nn.Module):
-    architecture = "base"
+    architecture = "base"  # saeflow's name (the recipe's ``arch``)
+    saelens_architecture = "standard"  # the class SAELens instantiates from cfg.json
 
     def __init__(self, d_in: int, d_sae: int, seed: int = 0):
         super().__init__()
@@ -21,19 +38,43 @@ class SAE(nn.Module):
         w = torch.randn(d_sae, d_in, generator=g)
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w.clone())
-        self.W_enc = nn.Parameter(w.t().clone())  # tied init, as in the OpenAI TopK paper
+        self.W_enc = nn.Parameter(w.clone().t())  # tied init (Gao et al.); rows contiguous, see module doc
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.d_in, self.d_sae = d_in, d_sae
+        self.aux_k = 0
+        self.aux_coef = 0.0
+        self.amp = False  # bf16 autocast of the encoder product (set by the trainer on CUDA)
 
     # --- architecture-specific -------------------------------------------------
     def activation(self, pre: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def select(self, pre: torch.Tensor, state: dict) -> SparseCodes:  # pragma: no cover - abstract
+        """Active codes of a training batch; ``codes.pre`` holds their pre-activations."""
+        raise NotImplementedError
+
+    def code_grad(self, codes: SparseCodes, g_vals: torch.Tensor, state: dict, losses: dict) -> torch.Tensor:
+        """d loss / d pre at the active entries, given d loss / d z there (adds sparsity terms)."""
+        return g_vals * (codes.pre > 0)
+
+    def extra_terms(self, pre, codes, x, xc, g, err, state, losses, grads, enc_terms) -> None:
+        """Architecture losses beyond reconstruction (AuxK, threshold STE, ...)."""
+
+    def after_step(self, state: dict, stats: dict) -> None:
+        """Per-step bookkeeping after the optimiser step (thresholds, coefficient calibration)."""
+
     def cfg_extra(self) -> dict:
         return {}
 
-    # --- shared -----------------------------------------------------------------
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors written to sae_weights.safetensors (SAELens names)."""
+        return {k: v.detach() for k, v in self.state_dict().items()}
+
+    def import_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(tensors)
+
+    # --- inference (dense, autograd-friendly) -------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
@@ -45,6 +86,56 @@ class SAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    # --- training ------------------------------------------------------------------
+    @torch.no_grad()
+    def train_step(self, x: torch.Tensor, state: dict) -> dict:
+        """One step's loss terms; sets ``.grad`` of every parameter. ``state`` carries dead masks etc."""
+        b, s = x.shape[0], self.d_sae
+        w_rows = self.W_enc.t()  # (d_sae, d_in), contiguous
+        xc = x - self.b_dec
+        if self.amp:  # the one dense product in bf16 (tensor cores); everything after it in float32
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                pre = torch.addmm(self.b_enc, xc, self.W_enc)
+            pre = pre.float()
+        else:
+            pre = torch.addmm(self.b_enc, xc, self.W_enc)
+        codes = self.select(pre, state)
+        x_hat = codes.matmul(self.W_dec)
+        x_hat += self.b_dec
+        err = x_hat - x
+        var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+        fvu = err.pow(2).sum() / (b * var)
+        losses = {"fvu": fvu}
+        g = err * (2.0 / (b * var))  # d loss / d x_hat
+        grads = {
+            "W_dec": codes.weight_grad(g, codes.values, s),
+            "b_dec": g.sum(0),
+            "b_enc": None,
+        }
+        g_vals = codes.sampled_dot(g, self.W_dec)
+        enc_terms = [(codes, self.code_grad(codes, g_vals, state, losses))]
+        self.extra_terms(pre, codes, x, xc, g, err, state, losses, grads, enc_terms)
+        g_rows = None
+        h = torch.zeros(s, dtype=x.dtype, device=x.device)
+        for c, gp in enc_terms:
+            gr = c.weight_grad(xc, gp, s)
+            g_rows = gr if g_rows is None else g_rows.add_(gr)
+            h.index_add_(0, c.latents, gp)
+        grads["b_enc"] = h
+        grads["b_dec"] -= h @ w_rows  # pre depends on -b_dec through the encoder
+        self.W_dec.grad = grads.pop("W_dec")
+        self.W_enc.grad = g_rows.t()
+        self.b_enc.grad = grads.pop("b_enc")
+        self.b_dec.grad = grads.pop("b_dec")
+        for name, gr in grads.items():
+            getattr(self, name).grad = gr
+        active = codes.values > 0
+        fired = torch.zeros(s, dtype=torch.bool, device=x.device)
+        fired[codes.latents[active]] = True
+        losses["l0"] = active.sum() / b
+        losses["fired"] = fired
+        return losses
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -61,7 +152,7 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
-        """Make an SAE trained on ``scale * x`` act on raw ``x`` (same codes)."""
+        """Make an SAE trained on ``scale * x`` act on raw ``x`` (same pre-activations, same codes)."""
         self.W_enc.data *= scale
         self.W_dec.data /= scale
         self.b_dec.data /= scale
@@ -69,7 +160,8 @@ class SAE(nn.Module):
     # --- SAELens layout ---------------------------------------------------------
     def cfg(self) -> dict:
         return {
-            "architecture": self.architecture,
+            "architecture": self.saelens_architecture,
+            "saeflow_architecture": self.architecture,
             "d_in": self.d_in,
             "d_sae": self.d_sae,
             "dtype": "float32",
@@ -87,7 +179,7 @@ class SAE(nn.Module):
         cfg["metadata"] = metadata or {}
         with atomic_path(directory) as tmp:
             tmp.mkdir()
-            tensors = {k: v.detach().cpu().contiguous().float() for k, v in self.state_dict().items()}
+            tensors = {k: v.cpu().contiguous().float() for k, v in self.export_tensors().items()}
             save_file(tensors, str(tmp / "sae_weights.safetensors"))
             write_json(tmp / "cfg.json", cfg)
 
@@ -102,9 +194,13 @@ def load_sae(directory: str | os.PathLike) -> SAE:
     if not cfg_path.exists():
         raise SaeflowError(f"{directory}: no cfg.json; not a saved SAE")
     cfg = json.loads(cfg_path.read_text())
-    cls = ARCHITECTURES.get(cfg["architecture"])
+    arch = cfg.get("saeflow_architecture", cfg["architecture"])
+    cls = ARCHITECTURES.get(arch)
     if cls is None:
-        raise SaeflowError(f"{cfg_path}: unknown architecture {cfg['architecture']!r}")
+        raise SaeflowError(f"{cfg_path}: unknown architecture {arch!r}")
     sae = cls.from_cfg(cfg)
-    sae.load_state_dict(load_file(str(directory / "sae_weights.safetensors")))
+    try:
+        sae.import_tensors(load_file(str(directory / "sae_weights.safetensors")))
+    except (RuntimeError, OSError, KeyError) as e:
+        raise SaeflowError(f"{directory / 'sae_weights.safetensors'}: cannot load ({e})") from None
     return sae.eval()

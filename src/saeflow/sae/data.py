@@ -1,0 +1,168 @@
+"""Streaming training batches from a memory-mapped activation layer in O(batch) memory.
+
+Training rows are a set of row ranges (one per training sequence, so the
+held-out split is by sequence). Random order comes from a keyed Feistel
+permutation of the positions 0..n-1 (cycle walking for n not a power of two):
+a true pseudo-random permutation computed on the fly, so no index array of the
+size of the file is ever held, one epoch visits every row once, and the stream's
+whole state is (epoch, position). ``max_vectors`` subsampling takes the first
+``max_vectors`` positions of a fixed permutation, also without an index array.
+
+Pages of the memory map that a batch touched are handed back to the kernel
+(``madvise(MADV_DONTNEED)``) every few batches: the process's resident memory
+then stays flat however large the file is (read-only file pages are simply
+re-read from the page cache when needed).
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+import torch
+
+from ..utils import SaeflowError
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
+    """A 64-bit integer hash (splitmix64 finaliser), vectorised, wrapping."""
+    with np.errstate(over="ignore"):
+        z = (x + key) & _MASK64
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+class FeistelPermutation:
+    """A seeded bijection of range(n) evaluated element-wise (4-round balanced Feistel + cycle walking)."""
+
+    def __init__(self, n: int, seed: int, rounds: int = 4):
+        if n < 1:
+            raise SaeflowError("cannot permute an empty set of rows")
+        self.n = int(n)
+        bits = max(2, int(np.ceil(np.log2(max(n, 2)))))
+        bits += bits % 2
+        self.half = bits // 2
+        self.lo_mask = np.uint64((1 << self.half) - 1)
+        rng = np.random.default_rng(seed)
+        self.keys = [np.uint64(k) for k in rng.integers(0, 2**63, size=rounds, dtype=np.int64)]
+
+    def _once(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(self.half), x & self.lo_mask
+        for k in self.keys:
+            left, right = right, left ^ (_mix(right, k) & self.lo_mask)
+        return (left << np.uint64(self.half)) | right
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        x = self._once(np.asarray(idx, dtype=np.uint64))
+        out_of_range = x >= self.n
+        while out_of_range.any():  # cycle walking: the expected number of extra rounds is < 2
+            x[out_of_range] = self._once(x[out_of_range])
+            out_of_range = x >= self.n
+        return x.astype(np.int64)
+
+
+class RowSet:
+    """Rows of a layer given as [start, end) ranges; position i in the set maps to a row."""
+
+    def __init__(self, ranges: np.ndarray):
+        ranges = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+        ranges = ranges[ranges[:, 1] > ranges[:, 0]]
+        self.starts = ranges[:, 0]
+        lengths = ranges[:, 1] - ranges[:, 0]
+        self.cum = np.concatenate([[0], np.cumsum(lengths)])
+        self.n = int(self.cum[-1])
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(self.cum, positions, side="right") - 1
+        return self.starts[j] + (positions - self.cum[j])
+
+    def iter_blocks(self, block: int = 65536):
+        """Consecutive rows, as (row_start, row_end) spans of at most ``block`` rows."""
+        for s, length in zip(self.starts, np.diff(self.cum)):
+            for a in range(0, int(length), block):
+                yield int(s + a), int(s + min(length, a + block))
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Drop this process's resident pages of a read-only memory map (they stay in the page cache)."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None and isinstance(getattr(arr, "base", None), mmap.mmap):
+        mm = arr.base
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+class BatchStream:
+    """Random batches of rows (without replacement within an epoch), float32 tensors on ``device``.
+
+    ``shuffle=False`` streams positions in order (used by benchmarks to feed every
+    trainer the same samples). ``state_dict``/``load_state_dict`` make it resumable.
+    """
+
+    def __init__(self, arr: np.ndarray, rowset: RowSet, batch_size: int, seed: int, max_vectors: int = 0,
+                 shuffle: bool = True, scale: float = 1.0, outlier_norm: float | None = None,
+                 release_every: int = 8, path: str = "activations"):
+        self.arr, self.rowset, self.bs, self.seed = arr, rowset, int(batch_size), int(seed)
+        self.shuffle, self.scale, self.outlier_norm = shuffle, scale, outlier_norm
+        self.release_every, self.path = release_every, path
+        self.n = rowset.n if not max_vectors else min(rowset.n, int(max_vectors))
+        if self.n == 0:
+            raise SaeflowError(f"{path}: no training rows")
+        self._subset = FeistelPermutation(rowset.n, seed ^ 0x5EED) if self.n < rowset.n else None
+        self.epoch, self.pos, self.batches = 0, 0, 0
+        self.n_outliers = 0
+        self._perm = None
+
+    def _epoch_perm(self):
+        if self._perm is None or self._perm[0] != self.epoch:
+            self._perm = (self.epoch, FeistelPermutation(self.n, self.seed * 1_000_003 + self.epoch))
+        return self._perm[1]
+
+    def next_positions(self) -> np.ndarray:
+        """Positions of the next batch; a batch that crosses an epoch end continues into the next epoch."""
+        out, need = [], self.bs
+        while need:
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+            take = min(need, self.n - self.pos)
+            idx = np.arange(self.pos, self.pos + take, dtype=np.int64)
+            out.append(self._epoch_perm()(idx) if self.shuffle else idx)
+            self.pos += take
+            need -= take
+        pos = np.concatenate(out)
+        return pos if self._subset is None else self._subset(pos)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.sort(rows)
+        block = np.asarray(self.arr[rows], dtype=np.float32)
+        if not np.isfinite(block).all():
+            bad = rows[~np.isfinite(block).all(axis=1)][:5]
+            raise SaeflowError(f"{self.path}: NaN or inf in activation rows {bad.tolist()}")
+        return block
+
+    def __next__(self) -> torch.Tensor:
+        x = torch.from_numpy(self.read(self.rowset.rows(self.next_positions())))
+        self.batches += 1
+        if self.release_every and self.batches % self.release_every == 0:
+            release_pages(self.arr)
+        if self.scale != 1.0:
+            x.mul_(self.scale)
+        if self.outlier_norm:
+            keep = x.norm(dim=1) <= self.outlier_norm
+            if not bool(keep.all()):
+                self.n_outliers += int((~keep).sum())
+                x = x[keep]
+        return x
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "batches": self.batches, "n_outliers": self.n_outliers}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.batches, self.n_outliers = int(state["batches"]), int(state["n_outliers"])

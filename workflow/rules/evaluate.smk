@@ -1,0 +1,58 @@
+rule evaluate_sae:
+    input:
+        sae="results/{model}/{dataset}/sae/{sae}/layer{layer}",
+        acts="results/{model}/{dataset}/activations",
+        sequences="results/datasets/{dataset}/sequences.parquet",
+        model=get_model_dir,
+    output:
+        json="results/{model}/{dataset}/eval/{sae}/layer{layer}.json",
+        hist=report(
+            "results/{model}/{dataset}/eval/{sae}/layer{layer}_frequency.png",
+            caption="../report/frequency_histogram.rst",
+            category="SAE evaluation",
+        ),
+    log:
+        "logs/evaluate_sae/{model}/{dataset}/{sae}/layer{layer}.log",
+    benchmark:
+        "benchmarks/evaluate_sae/{model}/{dataset}/{sae}/layer{layer}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: get_threads
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=0,
+    params:
+        mask_prob=config["evaluate"]["mask_prob"],
+        seed=config["evaluate"]["seed"],
+        max_sequences=config["evaluate"]["max_sequences"],
+        batch_size=lambda wc: config["models"][wc.model]["batch_size"],
+    script:
+        "../../scripts/evaluate_sae.py"
+
+
+rule eval_summary:
+    input:
+        get_eval_files,
+    output:
+        table=report(
+            "results/{model}/{dataset}/eval/{sae}/summary.tsv",
+            caption="../report/eval_summary.rst",
+            category="SAE evaluation",
+        ),
+        plot=report(
+            "results/{model}/{dataset}/eval/{sae}/summary.png",
+            caption="../report/eval_summary.rst",
+            category="SAE evaluation",
+        ),
+    log:
+        "logs/eval_summary/{model}/{dataset}/{sae}.log",
+    benchmark:
+        "benchmarks/eval_summary/{model}/{dataset}/{sae}.tsv"
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/eval_summary.py"
