@@ -1,5 +1,8 @@
 import os
 
+import numpy as np
+import pandas as pd
+
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,3 +47,33 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+def make_store(tmp_path, n=6000, d=16, n_atoms=24, k=3, seed=0):
+    """Synthetic sparse activations: each row a sum of k of n_atoms unit directions (10 tokens per sequence)."""
+    from saeflow.activations import ActivationStore
+    from saeflow.utils import write_json
+
+    rng = np.random.default_rng(seed)
+    atoms = rng.normal(size=(n_atoms, d))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    x = np.zeros((n, d))
+    for i in range(n):
+        idx = rng.choice(n_atoms, k, replace=False)
+        x[i] = (rng.uniform(1, 3, k)[:, None] * atoms[idx]).sum(0)
+    x = 5 * x + 2.0  # offset and scale: exercises b_dec and input scaling
+    d_ = tmp_path / "acts"
+    d_.mkdir(parents=True)
+    np.save(d_ / "layer1.npy", x.astype(np.float16))
+    pd.DataFrame({"seq": np.arange(n) // 10, "pos": np.arange(n) % 10, "token_id": 0, "start": 0, "end": 1}).to_parquet(
+        d_ / "tokens.parquet")
+    write_json(d_ / "manifest.json", {"n_tokens": n, "d_model": d, "layers": [1], "model": "syn", "dataset": "syn",
+                                      "n_sequences": n // 10})
+    return ActivationStore(d_), atoms
+
+
+def split(store):
+    """Held-out by sequence: every 5th sequence (of 10 tokens) is test."""
+    ranges = np.stack([store.seq_offsets[:-1], store.seq_offsets[1:]], axis=1)
+    is_test = np.arange(len(ranges)) % 5 == 0
+    return ranges[~is_test], ranges[is_test]
