@@ -11,7 +11,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned: 2.13.0's CPU wheel is on the development machines' disk.
 .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+# The tests also load saved SAEs in SAELens (from PyPI; heavy, so only for `test`).
+EXTRAS=test
+if [ "${1:-run}" = test ]; then EXTRAS=test,saelens; fi
+.venv/bin/pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-run}" in
   install) ;;
