@@ -79,6 +79,9 @@ def test_snakefmt_check_passes():
         (lambda c: c["catalog"].update(topn=5), "catalog", "'topn' was unexpected"),
         (lambda c: c["saes"]["topk_x4_k16"].update(k="eight"), "saes.topk_x4_k16.k", "is not of type 'integer'"),
         (lambda c: c.update(runs=[{"model": "nope", "dataset": "ctcf_peaks"}]), "runs[0].model", "unknown model"),
+        (lambda c: c["saes"]["jr"]["sweep"].update(kk=[1]), "saes.jr.sweep.kk", "not a recipe key"),
+        (lambda c: c["saes"]["jr"]["sweep"].update(k=[4, "x"]), "saes.jr.sweep.k", "is not of type 'integer'"),
+        (lambda c: c["saes"]["jr"].update(arch="gated"), "saes.jr.arch", "is not one of"),
     ],
 )
 def test_bad_config_fails_naming_the_key(tmp_path, mutate, key, problem):
@@ -120,7 +123,7 @@ def finished_run(tmp_path_factory):
 def test_whole_dag_produces_outputs(finished_run):
     wd = finished_run
     base = wd / "results" / "toy_esm" / "ctcf_peaks"
-    for sae in ("topk_x4_k16", "topk_x2_k4"):
+    for sae in ("topk_x4_k16", "jr-target_l0_8"):
         summary = pd.read_csv(base / "catalog" / sae / "summary.tsv", sep="\t")
         assert list(summary.columns) == ["layer", "VarExpl", "L0", "Alive", "Dead", "SVD-aligned", "Novel", "MeanCos"]
         assert summary.layer.tolist() == [2, 4]
@@ -132,6 +135,10 @@ def test_whole_dag_produces_outputs(finished_run):
         ev = pd.read_csv(base / "eval" / sae / "summary.tsv", sep="\t")
         assert list(ev.columns) == SUMMARY_COLUMNS and ev.layer.tolist() == [2, 4]
         assert ev.loss_recovered.notna().all() and (ev.fvu < 0.2).all()
+        if sae.startswith("jr"):  # JumpReLU calibrated to its target L0 (within 20% on held-out tokens)
+            assert ((ev.l0 - 8).abs() <= 1.6).all(), ev
+        else:  # TopK: k per token
+            assert (ev.l0 > 15.5).all() and (ev.l0 <= 16).all(), ev
         assert (base / "eval" / sae / "summary.png").exists() and (base / "eval" / sae / "layer4_frequency.png").exists()
     # the promoter task ran through the same rules
     assert (wd / "results" / "toy_esm" / "promoter_tata" / "catalog" / "topk_x4_k16" / "summary.tsv").exists()
@@ -159,7 +166,7 @@ def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
     p = smk(wd, "-n")
     assert "Nothing to be done" in p.stdout + p.stderr
     cfg = yaml.safe_load((wd / "config" / "config.yaml").read_text())
-    cfg["saes"]["topk_x2_k4"]["k"] = 3
+    cfg["saes"]["jr"]["sweep"]["target_l0"] = [6]
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     p = smk(wd, "-n")
     out = p.stdout + p.stderr

@@ -103,7 +103,9 @@ def _expand_sweeps():
         for values in itertools.product(*(grid[k] for k in keys)):
             point = {k: v for k, v in recipe.items() if k != "sweep"}
             point.update(zip(keys, values))
-            label = "-".join(f"{k}{v}" for k, v in zip(keys, values))
+            label = "-".join(
+                f"{k}_{v}" if k[-1].isdigit() else f"{k}{v}" for k, v in zip(keys, values)
+            )
             for err in jsonschema.Draft202012Validator(recipe_schema).iter_errors(point):
                 path = ".".join(map(str, err.absolute_path))
                 errors.append(f"saes.{name}.sweep.{path}: {err.message}")
