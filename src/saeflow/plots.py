@@ -18,15 +18,23 @@ def _save(fig, path) -> None:
 
 
 def training_curves(curves: dict[int, pd.DataFrame], path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    """FVU, L0, dead fraction and the architecture's own term (AuxK loss or sparsity coefficient)."""
+    extra = next((c for c in ("aux", "coef", "threshold") if any(c in df for df in curves.values())), None)
+    titles = {"aux": "AuxK loss", "coef": "sparsity coefficient (calibrated)", "threshold": "inference threshold"}
+    fig, axes = plt.subplots(1, 4 if extra else 3, figsize=(17 if extra else 13, 3.5))
     for layer, df in sorted(curves.items()):
         axes[0].plot(df.tokens, df.fvu, label=f"layer {layer}")
-        axes[1].plot(df.tokens, df.dead, label=f"layer {layer}")
-        axes[2].plot(df.tokens, df.aux, label=f"layer {layer}")
-    for ax, t in zip(axes, ["FVU (train batch)", "dead fraction (AuxK window)", "AuxK loss"]):
+        axes[1].plot(df.tokens, df.l0, label=f"layer {layer}")
+        axes[2].plot(df.tokens, df.dead, label=f"layer {layer}")
+        if extra and extra in df:
+            axes[3].plot(df.tokens, df[extra], label=f"layer {layer}")
+    names = ["FVU (train batch)", "L0 (train batch)", "dead fraction (AuxK window)"]
+    for ax, t in zip(axes, names + ([titles[extra]] if extra else [])):
         ax.set_xlabel("training tokens")
         ax.set_title(t)
     axes[0].set_yscale("log")
+    if extra == "coef":
+        axes[3].set_yscale("log")
     axes[0].legend(fontsize=8)
     _save(fig, path)
 

@@ -135,6 +135,8 @@ def torch_device(prefer: str = "auto"):
 
     if prefer == "cpu":
         return torch.device("cpu")
+    if prefer == "cuda" and not torch.cuda.is_available():
+        raise SaeflowError("device 'cuda' requested but torch sees no CUDA device (use device: auto or cpu)")
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

@@ -58,8 +58,8 @@ class SAE(nn.Module):
         """d loss / d pre at the active entries, given d loss / d z there (adds sparsity terms)."""
         return g_vals * (codes.pre > 0)
 
-    def extra_terms(self, pre, codes, x, xc, g, err, state, losses, grads, enc_terms) -> None:
-        """Architecture losses beyond reconstruction (AuxK, threshold STE, ...)."""
+    def extra_terms(self, pre, codes, x, xc, g, g_scale, state, losses, grads, enc_terms) -> None:
+        """Architecture losses beyond reconstruction (AuxK, threshold STE, ...); ``g / g_scale`` = x_hat - x."""
 
     def after_step(self, state: dict, stats: dict) -> None:
         """Per-step bookkeeping after the optimiser step (thresholds, coefficient calibration)."""
@@ -101,13 +101,16 @@ class SAE(nn.Module):
         else:
             pre = torch.addmm(self.b_enc, xc, self.W_enc)
         codes = self.select(pre, state)
-        x_hat = codes.matmul(self.W_dec)
-        x_hat += self.b_dec
-        err = x_hat - x
-        var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
-        fvu = err.pow(2).sum() / (b * var)
+        err = codes.matmul(self.W_dec)  # x_hat, then err = x_hat - x in place
+        err.add_(self.b_dec).sub_(x)
+        flat = x.reshape(-1)
+        mean = x.mean(0)
+        var = ((torch.dot(flat, flat) - b * torch.dot(mean, mean)) / b).clamp_min(1e-8)  # E||x - mean||^2
+        e = err.reshape(-1)
+        fvu = torch.dot(e, e) / (b * var)
         losses = {"fvu": fvu}
-        g = err * (2.0 / (b * var))  # d loss / d x_hat
+        g_scale = 2.0 / (b * var)
+        g = err.mul_(g_scale)  # d loss / d x_hat (err itself is g / g_scale)
         grads = {
             "W_dec": codes.weight_grad(g, codes.values, s),
             "b_dec": g.sum(0),
@@ -115,7 +118,7 @@ class SAE(nn.Module):
         }
         g_vals = codes.sampled_dot(g, self.W_dec)
         enc_terms = [(codes, self.code_grad(codes, g_vals, state, losses))]
-        self.extra_terms(pre, codes, x, xc, g, err, state, losses, grads, enc_terms)
+        self.extra_terms(pre, codes, x, xc, g, g_scale, state, losses, grads, enc_terms)
         g_rows = None
         h = torch.zeros(s, dtype=x.dtype, device=x.device)
         for c, gp in enc_terms:

@@ -16,7 +16,7 @@ class AuxKMixin:
     count it twice). Normalised by the residual's variance, weighted by ``aux_coef``.
     """
 
-    def extra_terms(self, pre, codes, x, xc, g, err, state, losses, grads, enc_terms) -> None:
+    def extra_terms(self, pre, codes, x, xc, g, g_scale, state, losses, grads, enc_terms) -> None:
         dead = state.get("dead")
         if dead is None or self.aux_coef <= 0:
             return
@@ -29,7 +29,7 @@ class AuxKMixin:
         vals, j = pre.index_select(1, dead_idx).topk(k, dim=1, sorted=False)
         aux = SparseCodes.from_topk(dead_idx[j], vals.relu())
         aux.pre = vals.reshape(-1)
-        resid = -err  # x - x_hat
+        resid = g * (-1.0 / g_scale)  # x - x_hat
         e_hat = aux.matmul(self.W_dec)
         diff = e_hat - resid
         var = (resid - resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)

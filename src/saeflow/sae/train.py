@@ -245,7 +245,7 @@ def train_sae(store, layer: int, recipe: dict, train_ranges: np.ndarray, test_ra
     torch.set_num_threads(max(1, threads))
     seed = int(recipe.get("seed", 0))
     rng = seed_everything(seed)
-    dev = torch_device(device)
+    dev = torch_device(recipe.get("device") or device)
     arr = store.layer(layer)
     path = str(store.dir / f"layer{layer}.npy")
     d = arr.shape[1]
