@@ -65,7 +65,12 @@ def dense_loss(sae, x, dead):
     if arch == "relu_l1":
         loss = loss + sae.coef * z.sum() / b
     if arch == "jumprelu":
-        loss = loss + sae.coef * _Step.apply(pre, sae.threshold, sae.bandwidth).sum() / b
+        h = _Step.apply(pre, sae.threshold, sae.bandwidth)
+        if sae.target_l0:
+            t = sae.target_l0
+            loss = loss + sae.coef * ((2.0 / t) * (h.sum(1) - t).pow(2)).mean()
+        else:
+            loss = loss + sae.coef * h.sum() / b
     return loss
 
 
@@ -74,6 +79,8 @@ RECIPES = {
     "batchtopk": dict(arch="batchtopk", expansion=4, k=5, aux_k=6, aux_coef=0.5),
     "relu_l1": dict(arch="relu_l1", expansion=4, sparsity_coef=0.3),
     "jumprelu": dict(arch="jumprelu", expansion=4, sparsity_coef=0.3, init_threshold=0.3, bandwidth=0.2),
+    "jumprelu_target": dict(arch="jumprelu", expansion=4, sparsity_coef=0.3, init_threshold=0.3, bandwidth=0.2,
+                            target_l0=4),
 }
 
 
@@ -83,6 +90,7 @@ def test_sparse_step_matches_autograd(arch, with_dead):
     torch.manual_seed(0)
     d = 12
     sae = build_sae(dict(RECIPES[arch], seed=1), d).double()
+    arch = sae.architecture
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.2)
         sae.b_dec.normal_(0, 0.3)
@@ -102,10 +110,10 @@ def test_sparse_step_matches_autograd(arch, with_dead):
     total = losses["fvu"] + sae.aux_coef * losses.get("aux", 0)
     if arch == "relu_l1":
         total = total + sae.coef * losses["l1"]
-    if arch == "jumprelu":
+    if arch.startswith("jumprelu"):
         total = total + sae.coef * losses["l0_loss"]
     assert float(total) == pytest.approx(ref_value, rel=1e-9)
-    if arch == "jumprelu":  # entries within the bandwidth exist, so the STE path is exercised
+    if arch.startswith("jumprelu"):  # entries within the bandwidth exist, so the STE path is exercised
         assert float(sae.threshold.grad.abs().sum()) > 0
     if with_dead and arch in ("topk", "batchtopk"):
         assert float(losses["aux"]) > 0

@@ -64,6 +64,9 @@ class SAE(nn.Module):
     def after_step(self, state: dict, stats: dict) -> None:
         """Per-step bookkeeping after the optimiser step (thresholds, coefficient calibration)."""
 
+    def init_from_sample(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation from a sample of (scaled) training inputs, after b_dec is set."""
+
     def cfg_extra(self) -> dict:
         return {}
 

@@ -23,11 +23,12 @@ from .kernels import SparseCodes
 
 class PenalizedSAE(SAE):
     def __init__(self, d_in: int, d_sae: int, seed: int = 0, coef: float = 1e-3, target_l0: float | None = None,
-                 gain: float = 0.01):
+                 gain: float = 0.03):
         super().__init__(d_in, d_sae, seed)
         self.register_buffer("coef", torch.tensor(float(coef)))
         self.target_l0 = target_l0
         self.gain = gain
+        self.two_sided_penalty = False
 
     def export_tensors(self) -> dict[str, torch.Tensor]:
         t = super().export_tensors()
@@ -42,13 +43,17 @@ class PenalizedSAE(SAE):
         if self.target_l0:
             l0 = float(stats["l0"])
             err = min(1.0, max(-1.0, math.log((l0 + 0.5) / (self.target_l0 + 0.5))))
+            if self.two_sided_penalty:
+                # The quadratic penalty itself pushes L0 up when it is below the target, so the coefficient
+                # only grows, while L0 is more than 5% above the target (its equilibrium sits a little above).
+                err = max(0.0, err - 0.05)
             self.coef.mul_(math.exp(self.gain * err)).clamp_(1e-9, 1e3)
         stats["coef"] = float(self.coef)
 
     @staticmethod
     def _recipe_kwargs(recipe: dict) -> dict:
         return dict(coef=float(recipe.get("sparsity_coef", 1e-3)), target_l0=recipe.get("target_l0"),
-                    gain=float(recipe.get("calibration_gain", 0.01)))
+                    gain=float(recipe.get("calibration_gain", 0.03)))
 
 
 class ReluL1SAE(PenalizedSAE):
@@ -83,6 +88,10 @@ class ReluL1SAE(PenalizedSAE):
 class JumpReLUSAE(PenalizedSAE):
     """z = pre * H(pre - theta), learned per-latent thresholds theta; loss = FVU + coef * L0.
 
+    With ``target_l0`` the penalty is Gemma Scope 2's quadratic one around the
+    target, coef * mean_rows (2/T) (L0_row - T)^2 (two-sided: it also lowers
+    thresholds when L0 falls below T), and coef is calibrated as for ReLU+L1.
+
     The Heaviside step gets a straight-through estimator with a rectangle kernel
     of width ``bandwidth``: d z / d theta = -(theta / eps) K((pre - theta) / eps) and
     d L0 / d theta = -(1 / eps) K(...), non-zero only for entries within eps/2 of
@@ -100,6 +109,7 @@ class JumpReLUSAE(PenalizedSAE):
         super().__init__(d_in, d_sae, seed, **kw)
         self.threshold = torch.nn.Parameter(torch.full((d_sae,), float(init_threshold)))
         self.bandwidth = bandwidth
+        self.two_sided_penalty = bool(self.target_l0)
 
     @classmethod
     def from_recipe(cls, recipe: dict, d_in: int) -> "JumpReLUSAE":
@@ -114,6 +124,20 @@ class JumpReLUSAE(PenalizedSAE):
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.threshold)
 
+    @torch.no_grad()
+    def init_from_sample(self, x: torch.Tensor) -> None:
+        """With a target L0, start each threshold at the quantile where its latent fires on target/d_sae of
+        the sample, so training starts at the target L0 instead of ~d_sae/2 (the coefficient controller
+        then only has to hold it there, rather than drive L0 down by an order of magnitude and overshoot)."""
+        if not self.target_l0:
+            return
+        x = x[:4096]
+        q = 1.0 - min(1.0, float(self.target_l0) / self.d_sae)
+        rank = max(1, min(len(x), int(round(q * len(x)))))
+        for a in range(0, self.d_sae, 1024):
+            pre = (x - self.b_dec) @ self.W_enc[:, a : a + 1024] + self.b_enc[a : a + 1024]
+            self.threshold.data[a : a + 1024] = pre.kthvalue(rank, dim=0).values.clamp_min(1e-3)
+
     def select(self, pre: torch.Tensor, state: dict) -> SparseCodes:
         return SparseCodes.from_mask(pre > self.threshold, pre)
 
@@ -123,13 +147,22 @@ class JumpReLUSAE(PenalizedSAE):
     def extra_terms(self, pre, codes, x, xc, g, err, state, losses, grads, enc_terms) -> None:
         b, eps = x.shape[0], self.bandwidth
         theta = self.threshold.detach()
-        losses["l0_loss"] = codes.nnz / b
         near = SparseCodes.from_mask((pre - theta).abs() < eps / 2, pre)
         # reconstruction: sum over near entries of dL/dz * (-(theta/eps)); dL/dz from the sampled product
         g_z = near.sampled_dot(g, self.W_dec)
         g_theta = -near.latent_sum(g_z, self.d_sae) * theta / eps
-        # L0 penalty: coef * (1/B) sum H(pre - theta)
-        g_theta -= near.latent_sum(torch.ones_like(g_z), self.d_sae) * (self.coef / (b * eps))
+        if self.target_l0:
+            # Gemma Scope 2's quadratic penalty around the target: coef * mean_rows 2/T (L0_row - T)^2.
+            # Two-sided: rows below the target push their near-threshold latents' thresholds down.
+            t = float(self.target_l0)
+            row_l0 = torch.diff(codes.offsets, append=codes.offsets.new_tensor([codes.nnz])).to(pre.dtype)
+            losses["l0_loss"] = (2.0 / t) * (row_l0 - t).pow(2).mean()
+            per_entry = (4.0 / t) * (row_l0 - t)[near.rows]
+            g_theta -= near.latent_sum(per_entry, self.d_sae) * (self.coef / (b * eps))
+        else:
+            # L0 penalty: coef * (1/B) sum H(pre - theta)
+            losses["l0_loss"] = codes.nnz / b
+            g_theta -= near.latent_sum(torch.ones_like(g_z), self.d_sae) * (self.coef / (b * eps))
         grads["threshold"] = g_theta
 
     @torch.no_grad()

@@ -205,6 +205,7 @@ def input_scale_and_init(sae, sample: torch.Tensor, recipe: dict) -> float:
             sae.b_dec.copy_(geometric_median(sample * scale))
         elif init == "mean":
             sae.b_dec.copy_((sample * scale).mean(0))
+    sae.init_from_sample(sample * scale)
     return scale
 
 
