@@ -256,6 +256,11 @@ def worker_saeflow(args, train, held, probe) -> dict:
         return {"error": f"not available: {type(e).__name__}: {e}"}
     recipe = _saeflow_recipe()
     recipe.update(arch="topk", expansion=EXPANSION, k=K, batch_size=BATCH, seed=args.seed, shuffle=False)
+    # Dead-latent window as the peers count it (dictionary_learning and sparsify: 10M tokens; SAELens: 1000
+    # steps = 4M tokens), so AuxK is inactive in this short run for every library alike. The workflow's
+    # default (20k tokens) suits its small toy runs; with it AuxK switches on here after ~5 steps and
+    # reconstructs with aux_k = 256 latents per row, 8x the main k (see README, "SAE training speed").
+    recipe["dead_window"] = 10_000_000
     if args.saeflow_lr is not None:
         recipe["lr"] = args.saeflow_lr
     res = fit_array(train, recipe, steps=args.steps, batch_size=BATCH, seed=args.seed,
