@@ -165,10 +165,14 @@ def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
     wd = finished_run
     p = smk(wd, "-n")
     assert "Nothing to be done" in p.stdout + p.stderr
-    cfg = yaml.safe_load((wd / "config" / "config.yaml").read_text())
+    original = (wd / "config" / "config.yaml").read_text()
+    cfg = yaml.safe_load(original)
     cfg["saes"]["jr"]["sweep"]["target_l0"] = [6]
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    p = smk(wd, "-n")
+    try:
+        p = smk(wd, "-n")
+    finally:  # later tests use the finished run as it was
+        (wd / "config" / "config.yaml").write_text(original)
     out = p.stdout + p.stderr
     jobs = planned_jobs(p)
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]

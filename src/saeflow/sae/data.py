@@ -8,15 +8,13 @@ size of the file is ever held, one epoch visits every row once, and the stream's
 whole state is (epoch, position). ``max_vectors`` subsampling takes the first
 ``max_vectors`` positions of a fixed permutation, also without an index array.
 
-Pages of the memory map that a batch touched are handed back to the kernel
-(``madvise(MADV_DONTNEED)``) every few batches: the process's resident memory
-then stays flat however large the file is (read-only file pages are simply
-re-read from the page cache when needed).
+Rows are read with ``pread`` (:class:`RowReader`), not through the memory map,
+so the process's resident memory stays flat however large the file is.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
 
 import numpy as np
 import torch
@@ -86,13 +84,54 @@ class RowSet:
                 yield int(s + a), int(s + min(length, a + block))
 
 
-def release_pages(arr: np.ndarray) -> None:
-    """Drop this process's resident pages of a read-only memory map (they stay in the page cache)."""
-    mm = getattr(arr, "_mmap", None)
-    if mm is None and isinstance(getattr(arr, "base", None), mmap.mmap):
-        mm = arr.base
-    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mm.madvise(mmap.MADV_DONTNEED)
+class RowReader:
+    """Read rows of a memory-mapped .npy layer with ``pread`` (one call per run of consecutive rows).
+
+    Reading through the memory map would make every touched page resident in this
+    process -- and the kernel maps up to 64 KiB around each faulted page, so a batch
+    of 4096 random 1 KiB rows costs ~256 MiB of resident memory until released.
+    ``pread`` copies straight from the page cache into one batch buffer: resident
+    memory is the buffer, whatever the file's size (measured in benchmarks/sae_memory.py).
+    Arrays that are not file-backed are indexed directly.
+    """
+
+    def __init__(self, arr: np.ndarray, path: str = "activations"):
+        self.arr, self.path = arr, path
+        self.fd = None
+        fn = getattr(arr, "filename", None)
+        if fn and isinstance(arr, np.memmap) and arr.flags.c_contiguous and arr.ndim == 2:
+            self.fd = os.open(fn, os.O_RDONLY)
+            self.offset = int(arr.offset)
+            self.row_bytes = arr.shape[1] * arr.itemsize
+
+    def __del__(self):
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 (len(rows), d) for sorted ``rows``."""
+        if self.fd is None:
+            block = np.asarray(self.arr[rows], dtype=np.float32)
+        else:
+            buf = np.empty((len(rows), self.arr.shape[1]), dtype=self.arr.dtype)
+            mv = memoryview(buf).cast("B")
+            rb = self.row_bytes
+            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+            starts = np.concatenate([[0], breaks]).tolist()
+            ends = np.concatenate([breaks, [len(rows)]]).tolist()
+            first = rows[starts].tolist() if len(rows) else []
+            for a, b, r in zip(starts, ends, first):
+                n = os.preadv(self.fd, [mv[a * rb : b * rb]], self.offset + r * rb)
+                if n != (b - a) * rb:
+                    raise SaeflowError(f"{self.path}: short read at row {r} (file truncated?)")
+            block = buf.astype(np.float32)
+        if not np.isfinite(block).all():
+            bad = np.asarray(rows)[~np.isfinite(block).all(axis=1)][:5]
+            raise SaeflowError(f"{self.path}: NaN or inf in activation rows {bad.tolist()}")
+        return block
+
+    def range(self, a: int, b: int) -> np.ndarray:
+        return self.rows(np.arange(a, b, dtype=np.int64))
 
 
 class BatchStream:
@@ -104,10 +143,10 @@ class BatchStream:
 
     def __init__(self, arr: np.ndarray, rowset: RowSet, batch_size: int, seed: int, max_vectors: int = 0,
                  shuffle: bool = True, scale: float = 1.0, outlier_norm: float | None = None,
-                 release_every: int = 8, path: str = "activations"):
+                 path: str = "activations"):
         self.arr, self.rowset, self.bs, self.seed = arr, rowset, int(batch_size), int(seed)
         self.shuffle, self.scale, self.outlier_norm = shuffle, scale, outlier_norm
-        self.release_every, self.path = release_every, path
+        self.path = path
         self.n = rowset.n if not max_vectors else min(rowset.n, int(max_vectors))
         if self.n == 0:
             raise SaeflowError(f"{path}: no training rows")
@@ -115,6 +154,7 @@ class BatchStream:
         self.epoch, self.pos, self.batches = 0, 0, 0
         self.n_outliers = 0
         self._perm = None
+        self.reader = RowReader(arr, path)
 
     def _epoch_perm(self):
         if self._perm is None or self._perm[0] != self.epoch:
@@ -136,18 +176,11 @@ class BatchStream:
         return pos if self._subset is None else self._subset(pos)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.sort(rows)
-        block = np.asarray(self.arr[rows], dtype=np.float32)
-        if not np.isfinite(block).all():
-            bad = rows[~np.isfinite(block).all(axis=1)][:5]
-            raise SaeflowError(f"{self.path}: NaN or inf in activation rows {bad.tolist()}")
-        return block
+        return self.reader.rows(np.sort(rows))
 
     def __next__(self) -> torch.Tensor:
         x = torch.from_numpy(self.read(self.rowset.rows(self.next_positions())))
         self.batches += 1
-        if self.release_every and self.batches % self.release_every == 0:
-            release_pages(self.arr)
         if self.scale != 1.0:
             x.mul_(self.scale)
         if self.outlier_norm:

@@ -34,7 +34,7 @@ import torch
 
 from ..utils import SaeflowError, atomic_path, seed_everything, write_json
 from . import build_sae
-from .data import BatchStream, RowSet, release_pages
+from .data import BatchStream, RowReader, RowSet
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,9 @@ def evaluate(sae, arr: np.ndarray, rowset: RowSet, scale: float = 1.0, block: in
     sse = 0.0
     fires = torch.zeros(sae.d_sae, dtype=torch.float64)
     l0 = 0.0
+    reader = RowReader(arr, path)
     for a, b in rowset.iter_blocks(block):
-        xn = np.asarray(arr[a:b], dtype=np.float32)
-        if not np.isfinite(xn).all():
-            raise SaeflowError(f"{path}: NaN or inf in activation rows {a}..{b - 1}")
-        x = torch.from_numpy(xn) * scale
+        x = torch.from_numpy(reader.range(a, b)) * scale
         z = sae.encode(x)
         x_hat = sae.decode(z)
         sse += float((x - x_hat).double().pow(2).sum())
@@ -77,7 +75,6 @@ def evaluate(sae, arr: np.ndarray, rowset: RowSet, scale: float = 1.0, block: in
         active = z > 0
         fires += active.double().sum(0)
         l0 += float(active.sum())
-        release_pages(arr)
     total_var = sum_x2 - float((sum_x**2).sum()) / n
     freq = (fires / n).numpy()
     return {
@@ -256,8 +253,7 @@ def train_sae(store, layer: int, recipe: dict, train_ranges: np.ndarray, test_ra
     sae = build_sae(recipe, d)
     n_sample = min(train.n, 20000)
     sample_rows = train.rows(np.sort(rng.choice(train.n, n_sample, replace=False)))
-    sample = torch.from_numpy(BatchStream(arr, train, 1, seed, path=path).read(sample_rows))
-    release_pages(arr)
+    sample = torch.from_numpy(RowReader(arr, path).rows(sample_rows))
     scale = input_scale_and_init(sae, sample, recipe)
     outlier = recipe.get("outlier_norm_factor")
     outlier_norm = float(outlier) * float((sample * scale).norm(dim=1).median()) if outlier else None
