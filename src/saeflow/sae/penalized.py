@@ -44,9 +44,10 @@ class PenalizedSAE(SAE):
             l0 = float(stats["l0"])
             err = min(1.0, max(-1.0, math.log((l0 + 0.5) / (self.target_l0 + 0.5))))
             if self.two_sided_penalty:
-                # The quadratic penalty itself pushes L0 up when it is below the target, so the coefficient
-                # only grows, while L0 is more than 5% above the target (its equilibrium sits a little above).
-                err = max(0.0, err - 0.05)
+                # The quadratic penalty pulls L0 towards the target from both sides, so its coefficient is how
+                # tightly L0 is held there: it grows while L0 is more than 5% off the target, either way, and
+                # never shrinks (shrinking it when L0 is low would weaken the pull back up).
+                err = max(0.0, abs(err) - 0.05)
             self.coef.mul_(math.exp(self.gain * err)).clamp_(1e-9, 1e3)
         stats["coef"] = float(self.coef)
 
