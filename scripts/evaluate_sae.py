@@ -2,9 +2,9 @@ import torch
 
 from saeflow import plots
 from saeflow.evaluation import evaluate_sae
-from saeflow.utils import setup_logging, torch_device, write_json
+from saeflow.utils import setup_job, torch_device, write_json
 
-setup_logging(snakemake.log[0])
+setup_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
 metrics, _ = evaluate_sae(

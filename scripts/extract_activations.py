@@ -1,19 +1,22 @@
 import pandas as pd
 import torch
 
-from saeflow.activations import extract_activations
+from saeflow.activations import extract_activations, shard_bounds
 from saeflow.models import load_model
-from saeflow.utils import setup_logging, torch_device
+from saeflow.utils import setup_job, torch_device
 
-setup_logging(snakemake.log[0])
+setup_job(snakemake)
 torch.set_num_threads(snakemake.threads)
-w = snakemake.wildcards
+w, p = snakemake.wildcards, snakemake.params
+seqs = pd.read_parquet(snakemake.input.sequences)
+start, end = shard_bounds(len(seqs), p.n_shards)[int(w.shard)]
 adapter = load_model(snakemake.input.model, device=torch_device())
 extract_activations(
     adapter,
-    pd.read_parquet(snakemake.input.sequences),
-    snakemake.params.layers,
+    seqs.iloc[start:end],
+    p.layers,
     snakemake.output[0],
-    batch_size=snakemake.params.batch_size,
+    batch_size=p.batch_size,
+    seq_start=start,
     meta={"model": w.model, "dataset": w.dataset, "model_path": snakemake.input.model},
 )

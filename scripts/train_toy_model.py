@@ -1,5 +1,5 @@
 from saeflow.models.toy_lm import train_toy_lm
-from saeflow.utils import setup_logging
+from saeflow.utils import setup_job
 
-setup_logging(snakemake.log[0])
+setup_job(snakemake)
 train_toy_lm(snakemake.input.fasta, snakemake.input.planted, snakemake.params.toy, snakemake.output[0], snakemake.threads)

@@ -77,3 +77,14 @@ def split(store):
     ranges = np.stack([store.seq_offsets[:-1], store.seq_offsets[1:]], axis=1)
     is_test = np.arange(len(ranges)) % 5 == 0
     return ranges[~is_test], ranges[is_test]
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory):
+    """The workflow's test config run to the end with the local executor (shared by the workflow
+    and SLURM tests, which compares its outputs with this run's)."""
+    from wfutil import copy_workflow, load_test_config, smk
+
+    wd = copy_workflow(tmp_path_factory.mktemp("run"), load_test_config())
+    smk(wd)
+    return wd

@@ -70,3 +70,47 @@ def test_extract_rejects_bad_layer(tiny_model_dir, tmp_path):
     with pytest.raises(SaeflowError, match="out of range"):
         extract_activations(ad, pd.DataFrame({"sequence": ["ACGT"]}), [5], tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_shard_bounds_tile_the_table():
+    from saeflow.activations import shard_bounds
+
+    assert shard_bounds(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert [b - a for a, b in shard_bounds(2, 4)] == [0, 1, 1, 0]  # short tables give empty shards
+    b = shard_bounds(1001, 7)
+    assert b[0][0] == 0 and b[-1][1] == 1001 and all(x[1] == y[0] for x, y in zip(b, b[1:]))
+
+
+@pytest.mark.parametrize("n_shards", [1, 3, 9])
+def test_sharded_extraction_merges_into_the_unsharded_store(tiny_model_dir, tmp_path, n_shards):
+    from saeflow.activations import merge_activation_shards, shard_bounds
+
+    ad = load_model(tiny_model_dir)
+    rng = np.random.default_rng(0)
+    seqs = pd.DataFrame({"sequence": ["".join(rng.choice(list("ACGT"), rng.integers(5, 15))) for _ in range(7)],
+                         "split": ["train", "test"] * 3 + ["train"]})
+    # batch_size 1: no padding, so sharded and whole runs see identical forward passes
+    extract_activations(ad, seqs, [1, 2], tmp_path / "whole", batch_size=1)
+    dirs = []
+    for i, (a, b) in enumerate(shard_bounds(len(seqs), n_shards)):
+        dirs.append(tmp_path / f"shard{i}")
+        extract_activations(ad, seqs.iloc[a:b], [1, 2], dirs[-1], batch_size=1, seq_start=a)
+    man = merge_activation_shards(dirs, tmp_path / "merged")
+    whole, merged = ActivationStore(tmp_path / "whole"), ActivationStore(tmp_path / "merged")
+    for l in (1, 2):
+        np.testing.assert_array_equal(merged.layer(l), whole.layer(l))
+    pd.testing.assert_frame_equal(merged.tokens, whole.tokens)
+    np.testing.assert_array_equal(merged.seq_offsets, whole.seq_offsets)
+    assert man["files"] == whole.manifest["files"] and man["n_sequences"] == 7 and man["shards"] == n_shards
+
+
+def test_merge_refuses_a_missing_shard(tiny_model_dir, tmp_path):
+    from saeflow.activations import merge_activation_shards
+
+    ad = load_model(tiny_model_dir)
+    seqs = pd.DataFrame({"sequence": ["ACGTAC", "GGGCC", "TTAAC"], "split": ["train"] * 3})
+    extract_activations(ad, seqs.iloc[:1], [1], tmp_path / "s0", seq_start=0)
+    extract_activations(ad, seqs.iloc[2:], [1], tmp_path / "s2", seq_start=2)
+    with pytest.raises(SaeflowError, match="s2: starts at sequence 2, expected 1"):
+        merge_activation_shards([tmp_path / "s0", tmp_path / "s2"], tmp_path / "m")
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))

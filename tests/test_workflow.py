@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,47 +11,7 @@ import yaml
 
 from saeflow.evaluation import SUMMARY_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def copy_workflow(dest: Path, config: dict | None = None) -> Path:
-    for part in ("workflow", "scripts", "envs", "profiles", "config"):
-        shutil.copytree(REPO / part, dest / part)
-    if config is not None:
-        (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return dest
-
-
-def smk(workdir: Path, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
-                       timeout=timeout, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
-    return p
-
-
-def planned_jobs(p: subprocess.CompletedProcess) -> dict[str, int]:
-    """Parse the 'Job stats' table of a dry run."""
-    out = p.stdout + p.stderr
-    jobs, on = {}, False
-    for line in out.splitlines():
-        if line.startswith("job ") and "count" in line:
-            on = True
-            continue
-        if on:
-            parts = line.split()
-            if not parts or parts[0].startswith("-"):
-                continue
-            if parts[0] == "total":
-                break
-            jobs[parts[0]] = int(parts[1])
-    return jobs
-
-
-def load_test_config() -> dict:
-    return yaml.safe_load((REPO / "tests" / "config" / "test.yaml").read_text())
+from wfutil import REPO, copy_workflow, load_test_config, planned_jobs, smk
 
 
 def test_dry_run_of_default_config_is_fast_and_clean():
@@ -113,10 +70,8 @@ def test_truncated_fasta_fails_clearly_and_leaves_nothing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    wd = copy_workflow(tmp_path_factory.mktemp("run"), load_test_config())
-    smk(wd)
-    return wd
+def finished_run(local_run):
+    return local_run
 
 
 @pytest.mark.workflow
@@ -140,6 +95,12 @@ def test_whole_dag_produces_outputs(finished_run):
         else:  # TopK: k per token
             assert (ev.l0 > 15.5).all() and (ev.l0 <= 16).all(), ev
         assert (base / "eval" / sae / "summary.png").exists() and (base / "eval" / sae / "layer4_frequency.png").exists()
+    # three extraction shards merged into one store; the temp() shards are gone
+    from saeflow.activations import ActivationStore
+
+    store = ActivationStore(base / "activations")
+    assert store.manifest["shards"] == 3 and store.seq_offsets[-1] == store.manifest["n_tokens"]
+    assert store.tokens.seq.is_monotonic_increasing and not (base / "activation_shards").exists()
     # the promoter task ran through the same rules
     assert (wd / "results" / "toy_esm" / "promoter_tata" / "catalog" / "topk_x4_k16" / "summary.tsv").exists()
     lm = pd.read_csv(wd / "results" / "toy_esm" / "toy_lm_metrics.tsv", sep="\t").set_index("metric").value
@@ -191,3 +152,30 @@ def test_report_builds_offline(finished_run):
     assert len(html) > 100_000
     for caption_word in ("Masked-token accuracy", "variance explained", "Recovery of the planted motifs"):
         assert caption_word in html
+
+
+def _dry_run_resources(wd, *args):
+    """rule -> resources line of each job in a dry run (as Snakemake prints them)."""
+    p = smk(wd, "-n", "--forceall", *args)
+    res, rule = {}, None
+    for line in (p.stdout + p.stderr).splitlines():
+        s = line.strip()
+        if s.startswith("rule ") or s.startswith("localrule "):
+            rule = s.split()[1].rstrip(":")
+        elif s.startswith("resources:") and rule:
+            res.setdefault(rule, s)
+    return res
+
+
+def test_local_gpu_profile_gives_model_rules_one_gpu_each_and_caps_them(tmp_path):
+    wd = copy_workflow(tmp_path, load_test_config())
+    res = _dry_run_resources(wd, "--profile", "profiles/local-gpu")
+    for rule in ("train_toy_model", "extract_activations", "train_sae", "evaluate_sae"):
+        assert "gpu=1" in res[rule], res[rule]
+    for rule in ("feature_catalog", "prepare_sequences", "merge_activations"):
+        assert "gpu=1" not in res[rule], res[rule]
+    # the default (CPU) profile asks no GPU, and memory grows with the attempt
+    res = _dry_run_resources(wd)
+    assert "gpu=0" in res["train_sae"] and "mem_mb=4000" in res["train_sae"]
+    p = smk(wd, "-n", "--forceall", "--profile", "profiles/local-gpu", "--resources", "gpu=2")
+    assert p.returncode == 0

@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def extract_activations(adapter, sequences: pd.DataFrame, layers: list[int], out_dir, batch_size: int = 16,
-                        max_length: int | None = None, meta: dict | None = None) -> dict:
-    """Run the model once per batch and stream every requested layer to disk."""
+                        max_length: int | None = None, meta: dict | None = None, seq_start: int = 0) -> dict:
+    """Run the model once per batch and stream every requested layer to disk.
+
+    ``sequences`` may be one shard of a larger table: ``seq_start`` is the row of its first
+    sequence in the whole table, so the ``seq`` column of the token index stays global.
+    """
     from tqdm.auto import tqdm
 
     bad = [l for l in layers if not 0 <= l <= adapter.n_layers]
@@ -59,7 +63,7 @@ def extract_activations(adapter, sequences: pd.DataFrame, layers: list[int], out
                 if not np.isfinite(h).all():
                     raise SaeflowError(f"layer {l} activations contain NaN/inf (batch starting at sequence {i})")
                 arrays[l][row : row + n] = h.astype(np.float16)
-            index["seq"][row : row + n] = b_idx + i
+            index["seq"][row : row + n] = b_idx + i + seq_start
             index["pos"][row : row + n] = t_idx
             index["token_id"][row : row + n] = tb.input_ids.numpy()[b_idx, t_idx]
             index["start"][row : row + n] = tb.offsets[b_idx, t_idx, 0]
@@ -78,11 +82,93 @@ def extract_activations(adapter, sequences: pd.DataFrame, layers: list[int], out
             n_tokens=n_tokens,
             d_model=d,
             n_sequences=len(seqs),
+            seq_start=int(seq_start),
             layers=list(layers),
             files={f"layer{l}.npy": sha256(tmp / f"layer{l}.npy") for l in layers},
         )
         write_json(tmp / "manifest.json", manifest)
     log.info("wrote %d tokens x %d dims for layers %s", n_tokens, d, layers)
+    return manifest
+
+
+def shard_bounds(n_sequences: int, n_shards: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) sequence ranges of ``n_shards`` near-equal shards.
+
+    The workflow fixes the number of shard jobs before the sequence table exists, so a
+    table shorter than ``n_shards`` gives some empty shards (valid, zero-token stores).
+    """
+    if n_shards < 1:
+        raise SaeflowError(f"shards must be >= 1 (got {n_shards})")
+    edges = np.linspace(0, n_sequences, n_shards + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16) -> dict:
+    """Concatenate shard directories (in sequence order) into one activation directory.
+
+    Layers are streamed chunk by chunk (memory stays at one chunk);
+    a single shard is hard-linked instead of copied when the filesystem allows it. The shards
+    must tile the sequence table: each one starts where the previous one ended.
+    """
+    import shutil
+
+    shard_dirs = [Path(d) for d in shard_dirs]
+    if not shard_dirs:
+        raise SaeflowError("no activation shards to merge")
+    mans = []
+    for d in shard_dirs:
+        if not (d / "manifest.json").exists():
+            raise SaeflowError(f"{d}: no manifest.json; not an activation shard")
+        mans.append(read_json(d / "manifest.json"))
+    first = mans[0]
+    expect = 0
+    for d, m in zip(shard_dirs, mans):
+        for key in ("layers", "d_model", "dtype"):
+            if m[key] != first[key]:
+                raise SaeflowError(f"{d}: {key} {m[key]!r} differs from {shard_dirs[0]}'s {first[key]!r}")
+        if m.get("seq_start", 0) != expect:
+            raise SaeflowError(f"{d}: starts at sequence {m.get('seq_start', 0)}, expected {expect} (missing or reordered shard)")
+        expect += m["n_sequences"]
+    layers, d = first["layers"], first["d_model"]
+    n_tokens = sum(m["n_tokens"] for m in mans)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        files = {}
+        for l in layers:
+            name = f"layer{l}.npy"
+            if len(shard_dirs) == 1:
+                try:
+                    os.link(shard_dirs[0] / name, tmp / name)
+                except OSError:
+                    shutil.copyfile(shard_dirs[0] / name, tmp / name)
+                files[name] = first["files"][name]
+                continue
+            out = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.float16, shape=(n_tokens, d))
+            row = 0
+            for sd, m in zip(shard_dirs, mans):
+                src = np.load(sd / name, mmap_mode="r")
+                if src.shape != (m["n_tokens"], d):
+                    raise SaeflowError(f"{sd / name}: shape {src.shape} does not match its manifest")
+                for i in range(0, len(src), chunk_rows):
+                    block = np.asarray(src[i : i + chunk_rows])
+                    out[row : row + len(block)] = block
+                    row += len(block)
+                del src
+            out.flush()
+            del out
+            files[name] = sha256(tmp / name)
+        tokens = pd.concat([pd.read_parquet(sd / "tokens.parquet") for sd in shard_dirs], ignore_index=True)
+        tokens.to_parquet(tmp / "tokens.parquet", index=False)
+        offsets, base = [np.zeros(1, np.int64)], 0
+        for sd in shard_dirs:
+            o = ActivationStore(sd).seq_offsets
+            offsets.append(o[1:] + base)
+            base += int(o[-1])
+        np.save(tmp / "seq_offsets.npy", np.concatenate(offsets).astype(np.int64))
+        manifest = {k: v for k, v in first.items() if k not in ("files", "n_tokens", "n_sequences", "seq_start")}
+        manifest.update(n_tokens=n_tokens, n_sequences=expect, seq_start=0, shards=len(shard_dirs), files=files)
+        write_json(tmp / "manifest.json", manifest)
+    log.info("merged %d shard(s): %d sequences, %d tokens", len(shard_dirs), expect, n_tokens)
     return manifest
 
 

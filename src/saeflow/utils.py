@@ -129,6 +129,18 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def setup_job(smk) -> None:
+    """Start of a rule script: log to the rule's log, then claim the job's GPUs.
+
+    ``resources.gpu`` of the job (set by the GPU profiles) is how many devices it claims
+    (see :mod:`saeflow.gpu`); with 0 nothing changes.
+    """
+    from .gpu import claim_gpus
+
+    setup_logging(smk.log[0])
+    claim_gpus(int(smk.resources.get("gpu", 0) or 0))
+
+
 def torch_device(prefer: str = "auto"):
     """CUDA when present (and not refused), else CPU."""
     import torch

@@ -1,22 +1,44 @@
+# Extraction scales out: each dataset's sequences are cut into `datasets.<name>.shards`
+# contiguous shards, one (GPU) job each; merge_activations concatenates them into the one
+# activation directory every downstream rule reads. Shards are temp(): deleted once merged.
+
+
 rule extract_activations:
     input:
         model=get_model_dir,
         sequences="results/datasets/{dataset}/sequences.parquet",
     output:
-        directory("results/{model}/{dataset}/activations"),
+        temp(directory("results/{model}/{dataset}/activation_shards/shard{shard}")),
     log:
-        "logs/extract_activations/{model}/{dataset}.log",
+        "logs/extract_activations/{model}/{dataset}/shard{shard}.log",
     benchmark:
-        "benchmarks/extract_activations/{model}/{dataset}.tsv"
+        "benchmarks/extract_activations/{model}/{dataset}/shard{shard}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: get_threads
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=120,
         gpu=0,
     params:
         layers=lambda wc: get_layers(wc.model),
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
+        n_shards=lambda wc: config["datasets"][wc.dataset]["shards"],
     script:
         "../../scripts/extract_activations.py"
+
+
+rule merge_activations:
+    input:
+        get_activation_shards,
+    output:
+        directory("results/{model}/{dataset}/activations"),
+    log:
+        "logs/merge_activations/{model}/{dataset}.log",
+    conda:
+        "../../envs/torch.yaml"
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=60,
+    script:
+        "../../scripts/merge_activations.py"

@@ -14,7 +14,7 @@ rule feature_catalog:
         "../../envs/torch.yaml"
     threads: get_threads
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     params:
         catalog=config["catalog"],
@@ -41,7 +41,7 @@ rule catalog_summary:
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     script:
         "../../scripts/catalog_summary.py"
@@ -61,7 +61,7 @@ rule ground_truth_recovery:
         "../../envs/torch.yaml"
     threads: get_threads
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     script:
         "../../scripts/ground_truth_recovery.py"
@@ -86,7 +86,7 @@ rule recovery_summary:
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     script:
         "../../scripts/recovery_summary.py"

@@ -33,6 +33,15 @@ def _validate_config():
 
 _validate_config()
 
+# Scripts import the saeflow library from this checkout's src/ (conda envs hold only its
+# dependencies), also inside SLURM jobs, which re-read this file. Code changes take effect
+# without rebuilding any env.
+_SRC = os.path.normpath(os.path.join(workflow.basedir, "..", "src"))
+if os.path.isdir(_SRC) and _SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+    )
+
 
 def _check_config():
     """Cross-references the JSON schema cannot express; errors name the key."""
@@ -132,6 +141,7 @@ wildcard_constraints:
     ref=_alternatives(config["references"]),
     sae=_alternatives(config["saes"]),
     layer=r"\d+",
+    shard=r"\d+",
 
 
 # --- references -----------------------------------------------------------------
@@ -217,6 +227,23 @@ def get_sae_recipe(wildcards):
 
 def get_threads(wildcards=None):
     return config["threads"]
+
+
+def mem_mb(base):
+    """A memory request (MB) that grows with each retry: base on attempt 1, 2x base on attempt 2, ...
+
+    So a job killed for memory (OOM, or SLURM's memory limit) is retried with more.
+    """
+    return lambda wildcards, attempt: base * attempt
+
+
+def get_activation_shards(wildcards):
+    return expand(
+        "results/{model}/{dataset}/activation_shards/shard{shard}",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        shard=range(config["datasets"][wildcards.dataset]["shards"]),
+    )
 
 
 # --- targets ----------------------------------------------------------------------

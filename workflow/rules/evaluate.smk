@@ -19,7 +19,7 @@ rule evaluate_sae:
         "../../envs/torch.yaml"
     threads: get_threads
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
         gpu=0,
     params:
@@ -52,7 +52,7 @@ rule eval_summary:
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     script:
         "../../scripts/eval_summary.py"

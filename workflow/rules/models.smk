@@ -12,8 +12,9 @@ rule train_toy_model:
         "../../envs/torch.yaml"
     threads: get_threads
     resources:
-        mem_mb=3000,
+        mem_mb=mem_mb(3000),
         runtime=60,
+        gpu=0,
     params:
         toy=lambda wc: config["models"][wc.model]["toy"],
     script:
@@ -39,7 +40,7 @@ rule toy_lm_metrics:
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     script:
         "../../scripts/toy_lm_metrics.py"

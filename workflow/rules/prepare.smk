@@ -8,7 +8,7 @@ rule prepare_sequences:
     conda:
         "../../envs/genomics.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=30,
     params:
         dataset=get_dataset,

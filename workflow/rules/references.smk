@@ -9,7 +9,7 @@ rule build_toy_genome:
     conda:
         "../../envs/genomics.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     params:
         toy=lambda wc: config["references"][wc.ref]["toy"],
@@ -28,7 +28,7 @@ rule build_toy_task:
     conda:
         "../../envs/genomics.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     params:
         task=lambda wc: config["references"][wc.ref]["toy"]["task"],
@@ -48,7 +48,7 @@ rule index_fasta:
     conda:
         "../../envs/genomics.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=60,
     script:
         "../../scripts/index_fasta.py"

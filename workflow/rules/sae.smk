@@ -12,7 +12,7 @@ rule train_sae:
         "../../envs/torch.yaml"
     threads: get_threads
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=240,
         gpu=0,
     params:
@@ -35,7 +35,7 @@ rule plot_training_curves:
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     script:
         "../../scripts/plot_training_curves.py"
