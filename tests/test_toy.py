@@ -1,6 +1,11 @@
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pyBigWig
 import pysam
+import torch
 
 from saeflow.motifs import load_jaspar, revcomp
 from saeflow.toy import build_toy_genome, build_toy_task, gc_content
@@ -63,3 +68,45 @@ def test_toy_task_is_gc_matched_with_motif_at_offset(toy_genome, tmp_path):
     for r in pos.itertuples():
         assert r.sequence[20 : 20 + len(tbp[(r.chrom, r.start + 20)])] == tbp[(r.chrom, r.start + 20)]
     assert abs(gc_content(pos.sequence).mean() - gc_content(neg.sequence).mean()) < 0.02
+
+
+TOY_LM_RUN = """
+import logging, os, signal, sys
+logging.basicConfig(level=logging.INFO)
+import saeflow.models.toy_lm as t
+calls, kill_at = [0], int(sys.argv[2])
+orig = t.mask_tokens
+def counting(*a, **k):  # called once per training step
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return orig(*a, **k)
+t.mask_tokens = counting
+params = dict(seed=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seq_len=32, steps=30,
+              batch_size=4, lr=1e-3, mask_prob=0.15, site_fraction=1.0, eval_windows=10, checkpoint_every=10)
+t.train_toy_lm(sys.argv[3], sys.argv[4], params, sys.argv[1], threads=1)
+"""
+
+
+def test_killed_toy_lm_training_resumes_to_the_same_weights(toy_genome, tmp_path):
+    from safetensors.torch import load_file
+
+    d, _ = toy_genome
+    script = tmp_path / "run.py"
+    script.write_text(TOY_LM_RUN)
+
+    def run(out, kill_at):
+        return subprocess.run([sys.executable, str(script), str(out), str(kill_at), str(d / "genome.fa.gz"),
+                               str(d / "planted.tsv")], capture_output=True, text=True)
+
+    killed = run(tmp_path / "resumed", 25)  # step 24: after the checkpoint at step 20
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (tmp_path / "resumed.ckpt").exists() and not (tmp_path / "resumed").exists()
+    done = run(tmp_path / "resumed", -1)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stderr and "at step 20 of 30" in done.stderr
+    assert not (tmp_path / "resumed.ckpt").exists()
+    assert run(tmp_path / "straight", -1).returncode == 0
+    a = load_file(tmp_path / "resumed" / "model.safetensors")
+    b = load_file(tmp_path / "straight" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

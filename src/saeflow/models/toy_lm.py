@@ -10,9 +10,11 @@ what a motif is.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -171,10 +173,30 @@ def train_toy_lm(fasta, planted_path, params: dict, out_dir, threads: int = 1) -
     )
     gen = torch.Generator().manual_seed(params["seed"])
     lo = tokenizer.convert_tokens_to_ids("A")
-    curve = []
+    curve, start = [], 0
     t0 = time.time()
+    # Preemption: every `checkpoint_every` steps the whole training state (weights, optimiser,
+    # schedule, every RNG) goes to <out_dir>.ckpt, atomically; a retried job resumes there and
+    # ends at the same weights as an uninterrupted run.
+    ckpt = Path(str(out_dir).rstrip("/") + ".ckpt")
+    every = int(params.get("checkpoint_every") or 0)
+    fingerprint = json.dumps(params, sort_keys=True)
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            rng.bit_generator.state = state["rng"]
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+            curve, start = state["curve"], state["step"]
+            t0 -= state["seconds"]
+            log.info("resumed from %s at step %d of %d", ckpt, start, steps)
+        else:
+            log.warning("ignoring checkpoint %s: it belongs to other training parameters", ckpt)
     model.train()
-    for step in tqdm(range(steps), desc="toy LM", mininterval=5):
+    for step in tqdm(range(start, steps), desc="toy LM", mininterval=5, initial=start, total=steps):
         seqs, _ = _crops(genome, rng, params["batch_size"], params["seq_len"], planted, params["site_fraction"])
         enc = tokenizer(seqs, return_tensors="pt", return_special_tokens_mask=True)
         ids, labels = mask_tokens(
@@ -189,6 +211,13 @@ def train_toy_lm(fasta, planted_path, params: dict, out_dir, threads: int = 1) -
         sched.step()
         if step % 25 == 0 or step == steps - 1:
             curve.append({"step": step, "loss": loss.item(), "seconds": round(time.time() - t0, 2)})
+        if every and (step + 1) % every == 0 and step + 1 < steps:
+            state = {"fingerprint": fingerprint, "step": step + 1, "model": model.state_dict(),
+                     "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.bit_generator.state,
+                     "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "curve": curve,
+                     "seconds": time.time() - t0}
+            with atomic_path(ckpt) as tmp:
+                torch.save(state, tmp)
     metrics = evaluate_motif_accuracy(model, tokenizer, genome, planted, params, rng)
     metrics.update(n_parameters=n_params, train_seconds=round(time.time() - t0, 1), final_loss=curve[-1]["loss"])
     log.info("toy LM metrics: %s", metrics)
@@ -196,4 +225,5 @@ def train_toy_lm(fasta, planted_path, params: dict, out_dir, threads: int = 1) -
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "saeflow_metrics.json", {"metrics": metrics, "curve": curve, "params": params})
+    ckpt.unlink(missing_ok=True)
     return metrics
