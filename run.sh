@@ -14,7 +14,8 @@ fi
 # The tests also load saved SAEs in SAELens (from PyPI; heavy, so only for `test`).
 EXTRAS=test
 if [ "${1:-run}" = test ]; then EXTRAS=test,saelens; fi
-.venv/bin/pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
+# Under the envs' pins (envs/constraints.txt): the venv the tests run is what the rules' conda envs hold.
+.venv/bin/pip install -q --disable-pip-version-check -c envs/constraints.txt -e ".[$EXTRAS]"
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-run}" in
   install) ;;

@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 
 from saeflow import plots
-from saeflow.catalog import SUMMARY_COLUMNS
+from saeflow.columns import CATALOG_SUMMARY_COLUMNS as SUMMARY_COLUMNS
 from saeflow.utils import read_json, setup_logging, write_table
 
 setup_logging(snakemake.log[0])

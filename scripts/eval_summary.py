@@ -1,7 +1,7 @@
 import pandas as pd
 
 from saeflow import plots
-from saeflow.evaluation import SUMMARY_COLUMNS
+from saeflow.columns import EVAL_SUMMARY_COLUMNS as SUMMARY_COLUMNS
 from saeflow.utils import read_json, setup_logging, write_table
 
 setup_logging(snakemake.log[0])

@@ -13,7 +13,7 @@ from .activations import ActivationStore
 log = logging.getLogger(__name__)
 
 #: Per-layer summary columns, as in the Geneformer results of the seeds (plus layer and L0).
-SUMMARY_COLUMNS = ["layer", "VarExpl", "L0", "Alive", "Dead", "SVD-aligned", "Novel", "MeanCos"]
+from .columns import CATALOG_SUMMARY_COLUMNS as SUMMARY_COLUMNS  # noqa: E402,F401  (re-exported)
 
 
 def sequence_bounds(tokens: pd.DataFrame) -> np.ndarray:

@@ -43,8 +43,8 @@ Decisions (and why):
   prediction at a masked position bypass the SAE through its own residual stream, overstating the
   loss recovered. ``[CLS]``/``[SEP]``/padding keep their clean hidden state.
 
-torch is imported inside the functions that need it, so that the report environment (no torch) can
-import :data:`SUMMARY_COLUMNS` from here.
+torch is imported inside the functions that need it; the report rules take the column order from
+:mod:`saeflow.columns`.
 """
 
 from __future__ import annotations
@@ -67,8 +67,7 @@ log = logging.getLogger(__name__)
 DENSE_THRESHOLD = 0.1
 
 #: Scalar columns of the per-layer evaluation, in the order of the summary table.
-SUMMARY_COLUMNS = ["layer", "fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction",
-                   "loss_clean", "loss_zero", "loss_sae", "loss_recovered"]
+from .columns import EVAL_SUMMARY_COLUMNS as SUMMARY_COLUMNS  # noqa: E402  (re-exported)
 
 
 # --- activation metrics -------------------------------------------------------------

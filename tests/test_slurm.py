@@ -1,0 +1,156 @@
+"""The workflow's test config through ``--profile profiles/slurm`` on a real SLURM.
+
+Needs a running SLURM (``bash tests/slurm/up.sh`` as root brings up a single-node one with two
+fake GPUs; CI does that and sets SAEFLOW_REQUIRE_SLURM=1 so that a SLURM that fails to come up
+fails the test instead of skipping it). The run uses the repository's own SLURM profile with
+only the account changed and one CPU per GPU (the test node has two CPUs): partitions ``cpu``
+and ``gpu``, ``--gpus=a100:1`` for the GPU rules, retries, memory per attempt, squeue status.
+
+Mid-run the toy-LM training job (a GPU job) is cancelled with scancel after its first
+checkpoint; the test checks that SLURM ran every job (job ids in the SLURM logs), that the
+cancelled job was submitted again and resumed from its checkpoint, and that the final outputs
+equal those of the local run of the same config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from wfutil import REPO, copy_workflow, load_test_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+
+
+def slurm_is_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=15).stdout
+    except subprocess.TimeoutExpired:
+        return False
+    return bool(re.search(r"^(idle|mixed|allocated|completing)", out, re.M))
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if not slurm_is_up():
+        if os.environ.get("SAEFLOW_REQUIRE_SLURM") == "1":
+            pytest.fail("SAEFLOW_REQUIRE_SLURM=1 but no SLURM answers (sinfo); see tests/slurm/up.sh")
+        pytest.skip("no SLURM running here: `sudo bash tests/slurm/up.sh` brings one up (CI does)")
+
+
+def ci_profile(wd: Path) -> Path:
+    """profiles/slurm with the test cluster's account and one CPU per GPU; everything else as shipped."""
+    prof = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    prof["default-resources"]["slurm_account"] = "saeflow-ci"
+    for rule in prof["set-resources"].values():
+        rule["cpus_per_gpu"] = 1
+    # same torch threads as the local run, so the outputs can be compared bit for bit
+    prof["set-threads"] = {rule: 2 for rule in prof.get("set-threads", {})}
+    prof["jobs"] = 6
+    prof["latency-wait"] = 5
+    d = wd / "profiles" / "slurm-ci"
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    return d
+
+
+def slurm_job_logs(wd: Path) -> dict[str, list[Path]]:
+    """rule -> SLURM log files (one per submitted job, named after the SLURM job id)."""
+    out: dict[str, list[Path]] = {}
+    for f in (wd / ".snakemake" / "slurm_logs").rglob("*.log"):
+        rule = next((p[len("rule_"):] for p in f.relative_to(wd).parts if p.startswith("rule_")), None)
+        if rule and f.stem.isdigit():
+            out.setdefault(rule, []).append(f)
+    return out
+
+
+def job_state(job_id: str) -> str:
+    p = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return p.stdout.strip()
+
+
+def comparable_files(root: Path) -> list[Path]:
+    keep = {".safetensors", ".npy", ".parquet", ".tsv"}
+    files = []
+    for top in ("results", "resources/models"):
+        files += [f.relative_to(root) for f in (root / top).rglob("*") if f.is_file() and f.suffix in keep]
+    return sorted(files)
+
+
+def assert_same(a: Path, b: Path) -> None:
+    if a.suffix == ".tsv":
+        x, y = (pd.read_csv(p, sep="\t") for p in (a, b))
+        drop = [c for c in x.columns if "seconds" in c]
+        x, y = x.drop(columns=drop), y.drop(columns=drop)
+        if "metric" in x.columns:  # metric/value tables: wall times are not results
+            x, y = (t[~t.metric.str.contains("seconds")].reset_index(drop=True) for t in (x, y))
+        pd.testing.assert_frame_equal(x, y, check_exact=True, obj=str(a))
+    elif a.suffix == ".parquet":
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True, obj=str(a))
+    else:
+        assert a.read_bytes() == b.read_bytes(), f"{a} differs from the local run's"
+
+
+def test_test_config_through_slurm_with_a_cancelled_gpu_job(slurm, local_run, tmp_path):
+    wd = copy_workflow(tmp_path / "wd", load_test_config())
+    prof = ci_profile(wd)
+    log_path = tmp_path / "snakemake.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", str(prof.relative_to(wd))],
+                                cwd=wd, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    ckpt = wd / "resources" / "models" / "toy_esm.ckpt"
+    cancelled = None
+    try:
+        deadline = time.time() + 1800
+        while proc.poll() is None and time.time() < deadline:
+            if cancelled is None and ckpt.exists():
+                jobs = slurm_job_logs(wd).get("train_toy_model", [])
+                if len(jobs) == 1 and job_state(jobs[0].stem) == "RUNNING":
+                    cancelled = jobs[0].stem
+                    subprocess.run(["scancel", cancelled], check=True)
+            time.sleep(1)
+        if proc.poll() is None:
+            proc.kill()
+            pytest.fail("the SLURM run did not finish in 30 min")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log_path.read_text()
+    assert proc.returncode == 0, out[-6000:]
+    assert cancelled is not None, "never saw the toy-LM job running with a checkpoint to cancel"
+
+    # every job went through sbatch: one SLURM log (named by job id) per submitted job
+    logs = slurm_job_logs(wd)
+    assert {"train_toy_model", "extract_activations", "train_sae", "evaluate_sae", "feature_catalog"} <= set(logs)
+    assert len(logs["extract_activations"]) == 3 + 1  # ctcf_peaks in 3 shards, promoter_tata in 1
+    ids = [f.stem for fs in logs.values() for f in fs]
+    assert len(ids) == len(set(ids))
+    for i in ids:
+        assert re.search(rf"\b{i}\b", out), f"SLURM job {i} not in snakemake's output"
+    # the cancelled GPU job was submitted again and resumed from its checkpoint
+    toy = sorted(logs["train_toy_model"], key=lambda f: int(f.stem))
+    assert len(toy) == 2 and toy[0].stem == cancelled, toy
+    rule_log = (wd / "logs" / "train_toy_model" / "toy_esm.log").read_text()
+    assert re.search(r"resumed from .*toy_esm\.ckpt at step \d+ of 1500", rule_log), rule_log[-3000:]
+    assert not ckpt.exists()
+    # localrules ran here, not through the queue
+    assert "catalog_summary" not in logs and "eval_summary" not in logs
+
+    # the same results as the local run of the same config
+    mine, theirs = comparable_files(wd), comparable_files(local_run)
+    assert mine == theirs
+    assert any(f.suffix == ".safetensors" for f in mine)
+    for f in mine:
+        assert_same(wd / f, local_run / f)
