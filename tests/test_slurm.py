@@ -57,6 +57,8 @@ def ci_profile(wd: Path) -> Path:
         rule["cpus_per_gpu"] = 1
     # same torch threads as the local run, so the outputs can be compared bit for bit
     prof["set-threads"] = {rule: 2 for rule in prof.get("set-threads", {})}
+    prof["slurm-keep-successful-logs"] = True  # the plugin deletes them by default; the test reads them
+    prof["slurm-init-seconds-before-status-checks"] = 5  # first status poll after 5 s, not 40
     prof["jobs"] = 6
     prof["latency-wait"] = 5
     d = wd / "profiles" / "slurm-ci"
