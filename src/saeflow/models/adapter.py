@@ -2,48 +2,65 @@
 
 The toy model the workflow trains and real checkpoints (DNABERT, Nucleotide
 Transformer, snapshots under ``resources/models/``) go through the same
-``load_model``; family-specific details live in adapter subclasses.
+``load_model``; family-specific details live in adapter subclasses. The interface
+(tokenise, run with captures and patches) is :mod:`saeflow.models.base`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-
-import numpy as np
 
 from ..utils import SaeflowError
+from .base import HookedAdapter, LayerSites, Site, TokenBatch
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TokenBatch:
-    input_ids: "object"  # torch.LongTensor (B, T)
-    attention_mask: "object"  # (B, T)
-    offsets: np.ndarray  # (B, T, 2) base span of each token in its sequence; (0, 0) for specials
-    special: np.ndarray  # (B, T) bool: special or padding tokens
+class HFMaskedLMAdapter(HookedAdapter):
+    """Hugging Face BERT-style masked LMs (``BertForMaskedLM``, ``EsmForMaskedLM``): sites by module name.
 
+    Block ``L`` is ``encoder.layer[L-1]``; its self-attention module has ``query``/``key``/``value``
+    projections and returns ``(concatenated head outputs, probabilities)``; its ``intermediate``
+    module's output is the MLP activation. ESM's last residual layer is the final layer norm's
+    output (``encoder.emb_layer_norm_after``), as ``hidden_states[-1]`` reports it.
+    """
 
-class DnaAdapter:
-    """A DNA masked LM: tokenise with offsets, run once, return every layer."""
+    def blocks(self) -> list:
+        blocks = list(self.model.base_model.encoder.layer)
+        if len(blocks) != self.n_layers:
+            raise SaeflowError(f"{type(self.model).__name__}: {len(blocks)} blocks, config says {self.n_layers}")
+        return blocks
 
-    def __init__(self, model, tokenizer, device=None):
+    def resid_site(self, layer: int) -> Site:
+        enc = self.model.base_model.encoder
+        if layer == self.n_layers and getattr(enc, "emb_layer_norm_after", None) is not None:
+            return Site(enc.emb_layer_norm_after, "output")
+        return super().resid_site(layer)
+
+    def layer_sites(self, layer: int) -> LayerSites:
+        block = self.blocks()[layer - 1]
+        att = block.attention.self
+        return LayerSites(q=Site(att.query), k=Site(att.key), v=Site(att.value),
+                          head_out=Site(att, "output", 0), mlp=Site(block.intermediate), attn=None)
+
+    def head_weights(self, layer: int) -> dict:
         import torch
 
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.device = device or torch.device("cpu")
-        self.model.to(self.device)
+        block = self.blocks()[layer - 1]
+        att, H, dh, d = block.attention.self, self.n_heads, self.d_head, self.d_model
+        with torch.no_grad():
+            w = {k: getattr(att, m).weight.detach().T.reshape(d, H, dh).permute(1, 0, 2).clone()
+                 for k, m in (("W_Q", "query"), ("W_K", "key"), ("W_V", "value"))}
+            w["W_O"] = block.attention.output.dense.weight.detach().T.reshape(H, dh, d).clone()
+        return w
 
-    @property
-    def n_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
 
-    @property
-    def d_model(self) -> int:
-        return int(self.model.config.hidden_size)
+class DnaAdapter(HFMaskedLMAdapter):
+    """A DNA masked LM whose fast tokenizer returns token -> base offsets (the toy model's)."""
+
+    family = "hf_dna"
+    kind = "dna"
 
     def tokenize(self, sequences: list[str], max_length: int | None = None) -> TokenBatch:
         enc = self.tokenizer(
@@ -57,19 +74,6 @@ class DnaAdapter:
         )
         special = enc["special_tokens_mask"].numpy().astype(bool) | (enc["attention_mask"].numpy() == 0)
         return TokenBatch(enc["input_ids"], enc["attention_mask"], enc["offset_mapping"].numpy(), special)
-
-    def hidden_states(self, batch: TokenBatch, layers: list[int]):
-        """One forward pass; returns {layer: (B, T, d) tensor}. Layer 0 = embeddings, L = block L output."""
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=batch.input_ids.to(self.device),
-                attention_mask=batch.attention_mask.to(self.device),
-                output_hidden_states=True,
-            )
-        hs = out.hidden_states
-        return {layer: hs[layer] for layer in layers}
 
 
 def load_model(path: str | os.PathLike, device=None) -> DnaAdapter:
