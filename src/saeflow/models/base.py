@@ -356,3 +356,25 @@ def _eager_attention(model):
                     pass
 
     return ctx()
+
+
+@dataclass
+class CellMatrix:
+    """Cells for a single-cell model: raw counts (cells x genes) and the genes' identifiers.
+
+    ``X`` is a scipy.sparse CSR matrix (or a dense array) of raw counts; ``gene_ids`` are Ensembl
+    ids (Geneformer's vocabulary), ``gene_symbols`` HGNC symbols (scGPT's); either may be None
+    when the data lack it (the adapter that needs it says so). ``names`` are the cell ids.
+    Slicing (``cells[i:j]``) returns the rows as a new :class:`CellMatrix`.
+    """
+
+    X: Any
+    gene_ids: np.ndarray | None
+    gene_symbols: np.ndarray | None
+    names: np.ndarray
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+    def __getitem__(self, rows) -> "CellMatrix":
+        return CellMatrix(self.X[rows], self.gene_ids, self.gene_symbols, np.asarray(self.names)[rows])
