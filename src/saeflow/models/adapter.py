@@ -1,15 +1,20 @@
-"""Load a masked LM from a directory (``save_pretrained`` layout) behind one interface.
+"""Load a model directory behind one interface: the family registry and the Hugging Face adapters.
 
-The toy model the workflow trains and real checkpoints (DNABERT, Nucleotide
-Transformer, snapshots under ``resources/models/``) go through the same
-``load_model``; family-specific details live in adapter subclasses. The interface
+The toy model the workflow trains and released checkpoints (DNABERT, Nucleotide Transformer v2,
+Geneformer, DNABERT-2, scGPT; snapshots under ``resources/models/``) go through the same
+:func:`load_model`, which picks the family's loader from :data:`LOADERS` (``family=`` or
+:func:`detect_family`). Family-specific details live in each family's module
+(:mod:`saeflow.models.dnabert`, :mod:`~saeflow.models.nucleotide_transformer`,
+:mod:`~saeflow.models.geneformer`, ...), imported only when that family is loaded. The interface
 (tokenise, run with captures and patches) is :mod:`saeflow.models.base`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 from ..utils import SaeflowError
 from .base import HookedAdapter, LayerSites, Site, TokenBatch
@@ -76,8 +81,51 @@ class DnaAdapter(HFMaskedLMAdapter):
         return TokenBatch(enc["input_ids"], enc["attention_mask"], enc["offset_mapping"].numpy(), special)
 
 
-def load_model(path: str | os.PathLike, device=None) -> DnaAdapter:
-    """Load model + tokenizer saved with ``save_pretrained`` (local files only)."""
+def read_config(path: str | os.PathLike) -> dict:
+    """``config.json`` of a model directory as a dict; errors name the file."""
+    path = Path(path)
+    cfg = path / "config.json"
+    if not path.is_dir() or not cfg.is_file():
+        raise SaeflowError(f"{path}: not a model directory (no config.json); expected a save_pretrained layout")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise SaeflowError(f"{cfg}: not valid JSON ({e})") from None
+
+
+def load_checked(model_cls, path: str | os.PathLike, config, what: str):
+    """``model_cls.from_pretrained`` (local files only, float32) that refuses missing or mis-shaped weights.
+
+    A weight missing from a checkpoint would otherwise be randomly initialised with only a log
+    line; for SAE features that is silent garbage, so here it is an error naming the keys.
+    Checkpoint tensors the model does not use (e.g. a BERT pooler under a masked-LM head) are
+    logged and ignored.
+    """
+    import torch
+    import transformers
+
+    # float32 whatever the checkpoint's storage dtype ("dtype" replaced "torch_dtype" in transformers 4.56)
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+    try:
+        model, info = model_cls.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True,
+                                                **dtype_kw)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise SaeflowError(f"{path}: cannot load the {what} weights ({type(e).__name__}: {e})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(m) for m in (info.get("mismatched_keys") or []))
+    if missing or mismatched:
+        raise SaeflowError(f"{path}: the checkpoint does not fit {what} ({type(model).__name__}): "
+                           f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}, "
+                           f"mis-shaped {mismatched[:6]}{' ...' if len(mismatched) > 6 else ''}")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        log.info("%s: %d checkpoint tensors unused by %s (e.g. %s)", path, len(unexpected), what, unexpected[:3])
+    return model
+
+
+def _load_toy(path: str | os.PathLike, device=None) -> DnaAdapter:
+    """The workflow's toy model (and any DNA masked LM saved with a fast tokenizer): ``save_pretrained`` layout."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
@@ -89,8 +137,118 @@ def load_model(path: str | os.PathLike, device=None) -> DnaAdapter:
     return DnaAdapter(model, tokenizer, device)
 
 
-def load_vocab(path: str | os.PathLike) -> dict[int, str]:
-    """id -> token string of a saved tokenizer (cheap: no model weights)."""
+# --- the family registry ------------------------------------------------------------------------
+#: family -> (module, loader function); modules are imported only when their family is loaded.
+LOADERS: dict[str, tuple[str, str]] = {
+    "toy": (__name__, "_load_toy"),
+    "dnabert": ("saeflow.models.dnabert", "load_dnabert"),
+    "nucleotide_transformer": ("saeflow.models.nucleotide_transformer", "load_nucleotide_transformer"),
+    "geneformer": ("saeflow.models.geneformer", "load_geneformer"),
+    "dnabert2": ("saeflow.models.dnabert2", "load_dnabert2"),
+    "scgpt": ("saeflow.models.scgpt", "load_scgpt"),
+}
+FAMILIES = tuple(LOADERS)
+
+
+def _vocab_head(path: Path, n: int = 8) -> list[str]:
+    try:
+        with open(path) as fh:
+            return [line.strip() for _, line in zip(range(n), fh)]
+    except OSError:
+        return []
+
+
+def detect_family(path: str | os.PathLike) -> str:
+    """The model family of a local model directory, from files only (no weights are read).
+
+    Rules, first match wins (each is a layout only that family ships):
+
+    * no ``config.json`` but ``args.json`` + ``vocab.json`` + a ``*.pt`` file: ``scgpt`` (scGPT's
+      released checkpoint layout);
+    * a BERT ``config.json`` and Geneformer's ``token_dictionary*.pkl`` in the directory, below it,
+      or in a ``geneformer/`` directory beside it: ``geneformer`` (see
+      :func:`saeflow.models.geneformer.find_dictionaries`);
+    * ``config.json`` with ``alibi_starting_size`` or an ``auto_map`` into ``bert_layers``: ``dnabert2``;
+    * ``tokenizer.json`` (a fast tokenizer with offsets, which neither DNABERT nor NT ships): ``toy``;
+    * ``vocab.txt`` starting ``[PAD] [UNK] [CLS] [SEP] [MASK]``: ``dnabert``; starting with
+      ``<unk> <pad> <mask> <cls>``: ``nucleotide_transformer``.
+
+    Anything else raises a :class:`SaeflowError` that lists the families to pass as ``family=``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise SaeflowError(f"{path}: not a model directory (no such directory)")
+    if not (path / "config.json").is_file():
+        if (path / "args.json").is_file() and (path / "vocab.json").is_file() and any(path.glob("*.pt")):
+            return "scgpt"
+        raise SaeflowError(f"{path}: not a model directory (no config.json); expected a save_pretrained layout, "
+                           "or an scGPT checkpoint (args.json, vocab.json, *.pt)")
+    cfg = read_config(path)
+    if cfg.get("model_type") in (None, "bert"):
+        from .geneformer import dictionary_candidates
+
+        if dictionary_candidates(path):
+            return "geneformer"
+    auto_map = cfg.get("auto_map") or {}
+    if "alibi_starting_size" in cfg or any("bert_layers" in str(v) for v in auto_map.values()):
+        return "dnabert2"
+    if (path / "tokenizer.json").is_file():
+        return "toy"
+    head = _vocab_head(path / "vocab.txt")
+    if head[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]:
+        return "dnabert"
+    if head[:4] == ["<unk>", "<pad>", "<mask>", "<cls>"]:
+        return "nucleotide_transformer"
+    raise SaeflowError(f"{path}: cannot tell the model family from its files (config.json model_type "
+                       f"{cfg.get('model_type')!r}); pass family= one of {', '.join(FAMILIES)}")
+
+
+def load_model(path: str | os.PathLike, device=None, family: str | None = None):
+    """Load a local model directory as a :class:`~saeflow.models.base.ModelAdapter` (no network).
+
+    ``family`` is one of :data:`FAMILIES`; None detects it from the directory's files
+    (:func:`detect_family`). ``"toy"`` is the workflow's own model (``save_pretrained`` with a
+    fast tokenizer); the others are the released checkpoints' layouts, documented in each
+    family's module.
+    """
+    import importlib
+
+    if family is None:
+        family = detect_family(path)
+    if family not in LOADERS:
+        raise SaeflowError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    module, fn = LOADERS[family]
+    try:
+        loader = getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as e:
+        raise SaeflowError(f"model family {family!r}: its loader {module}.{fn} is not available "
+                           f"({type(e).__name__}: {e})") from None
+    return loader(path, device=device)
+
+
+def load_vocab(path: str | os.PathLike, family: str | None = None) -> dict[int, str]:
+    """id -> token string of a model directory's vocabulary (cheap: no model weights).
+
+    DNABERT and Nucleotide Transformer: the lines of ``vocab.txt``; Geneformer: the token
+    dictionary inverted (tokens are Ensembl ids and its special tokens). Every other directory
+    (the toy model, DNABERT-2, or one whose family cannot be told) goes through ``AutoTokenizer``,
+    as before.
+    """
+    fam = family
+    if fam is None:
+        try:
+            fam = detect_family(path)
+        except SaeflowError:
+            fam = None
+    if fam in ("dnabert", "nucleotide_transformer"):
+        from .dna_tokens import read_vocab_txt
+
+        return dict(enumerate(read_vocab_txt(Path(path) / "vocab.txt")))
+    if fam == "geneformer":
+        from .geneformer import find_dictionaries, read_token_dictionary
+
+        tok_file, _ = find_dictionaries(path, vocab_size=read_config(path).get("vocab_size"))
+        return {i: t for t, i in read_token_dictionary(tok_file).items()}
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
