@@ -9,7 +9,7 @@ torch.set_num_threads(snakemake.threads)
 i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
 metrics, _ = evaluate_sae(
     i.sae, i.acts, i.sequences, i.model, int(w.layer), mask_prob=p.mask_prob, seed=p.seed,
-    batch_size=p.batch_size, max_sequences=p.max_sequences, device=torch_device(),
+    batch_size=p.batch_size, max_sequences=p.max_sequences, device=torch_device(), family=p.family,
 )
 write_json(snakemake.output.json, dict(metrics, model=w.model, dataset=w.dataset, sae=w.sae))
 plots.frequency_histogram(

@@ -10,7 +10,9 @@ torch.set_num_threads(snakemake.threads)
 w, p = snakemake.wildcards, snakemake.params
 seqs = pd.read_parquet(snakemake.input.sequences)
 start, end = shard_bounds(len(seqs), p.n_shards)[int(w.shard)]
-adapter = load_model(snakemake.input.model, device=torch_device())
+# The family keyword goes to loaders that take it (the toy family is the generic loader's default).
+family = {"family": p.family} if p.family and p.family != "toy" else {}
+adapter = load_model(snakemake.input.model, device=torch_device(), **family)
 extract_activations(
     adapter,
     seqs.iloc[start:end],

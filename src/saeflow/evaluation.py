@@ -316,7 +316,8 @@ def lm_loss_recovered(adapter, sae: Callable[[torch.Tensor], torch.Tensor], sequ
 
 def evaluate_sae(sae_dir: str | os.PathLike, acts_dir: str | os.PathLike, sequences_path: str | os.PathLike,
                  model_dir: str | os.PathLike, layer: int, mask_prob: float = 0.15, seed: int = 0,
-                 batch_size: int = 16, max_sequences: int | None = None, device=None) -> tuple[dict, np.ndarray]:
+                 batch_size: int = 16, max_sequences: int | None = None, device=None,
+                 family: str | None = None) -> tuple[dict, np.ndarray]:
     """All held-out metrics of the SAE in ``sae_dir`` on ``layer``; returns (metrics, per-latent frequency).
 
     ``max_sequences`` caps the held-out sequences used for the LM loss (a seeded sample); the
@@ -341,7 +342,8 @@ def evaluate_sae(sae_dir: str | os.PathLike, acts_dir: str | os.PathLike, sequen
     freq = act.pop("frequency")
     act["n_tokens"] = int(act["n_tokens"])
 
-    adapter = load_model(model_dir, device=device)
+    # ``family`` (config models.<name>.family) goes to the loader except for the generic (toy) one.
+    adapter = load_model(model_dir, device=device, **({"family": family} if family and family != "toy" else {}))
     if adapter.d_model != sae.d_in:
         raise SaeflowError(f"{sae_dir}/cfg.json: d_in={sae.d_in}, but the model in {model_dir} has width "
                            f"{adapter.d_model}")

@@ -23,6 +23,7 @@ rule extract_activations:
     params:
         layers=lambda wc: get_layers(wc.model),
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
+        family=get_model_family,
         n_shards=lambda wc: config["datasets"][wc.dataset]["shards"],
     script:
         "../../scripts/extract_activations.py"

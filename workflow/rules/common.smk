@@ -43,6 +43,15 @@ if os.path.isdir(_SRC) and _SRC not in os.environ.get("PYTHONPATH", "").split(os
     )
 
 
+def _url_basename(url, default="download"):
+    """The last path component of a URL (no query), safe as a file name."""
+    from urllib.parse import unquote, urlsplit
+
+    name = os.path.basename(unquote(urlsplit(url).path).rstrip(os.sep))
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return name or default
+
+
 def _check_config():
     """Cross-references the JSON schema cannot express; errors name the key."""
     errors = []
@@ -55,13 +64,42 @@ def _check_config():
     for name, ref in refs.items():
         if ref["source"] == "files" and not ref["fasta"]:
             errors.append(f"references.{name}.fasta: required when source is 'files'")
+        if ref["source"] == "download" and not ref["url"]:
+            errors.append(f"references.{name}.url: required when source is 'download'")
     for name, m in models.items():
         if m["source"] == "local" and not m["path"]:
             errors.append(f"models.{name}.path: required when source is 'local'")
         if m["source"] == "toy" and m["reference"] not in refs:
             errors.append(f"models.{name}.reference: unknown reference {m['reference']!r}")
+        if m["source"] == "hub":
+            for key in ("repo_id", "revision"):
+                if not m["hub"][key]:
+                    errors.append(f"models.{name}.hub.{key}: required when source is 'hub'")
+        if m["source"] == "url":
+            names = [f.get("name") or _url_basename(f["url"], "") for f in m["files"]]
+            if not names:
+                errors.append(f"models.{name}.files: required when source is 'url'")
+            elif len(set(names)) < len(names) or not all(names):
+                errors.append(f"models.{name}.files: every file needs a distinct name")
+        if m["source"] in ("hub", "url") and not (m["n_layers"] or m["layers"]):
+            errors.append(
+                f"models.{name}.n_layers: required for a {m['source']} model (or list `layers`): "
+                "the plan is made before the checkpoint is downloaded"
+            )
     for name, d in dsets.items():
-        if d["reference"] not in refs:
+        if d["kind"] == "cells":
+            if not (d["h5ad"] or d["url"]):
+                errors.append(f"datasets.{name}: kind 'cells' needs h5ad (a path) or url")
+            if any(run["dataset"] == name for run in config["runs"]):
+                errors.append(
+                    f"datasets.{name}: kind 'cells' can be downloaded (`snakemake downloads`) "
+                    "but not yet run (no cell preparation step)"
+                )
+        elif d["kind"] == "task" and d["table"] and d["nt_task"]:
+            errors.append(f"datasets.{name}: give table or nt_task, not both")
+        elif d["kind"] == "task" and (d["table"] or d["nt_task"]):
+            pass  # the table stands alone: no reference needed
+        elif d["reference"] not in refs:
             errors.append(f"datasets.{name}.reference: unknown reference {d['reference']!r}")
         elif d["kind"] == "peaks":
             r = refs[d["reference"]]
@@ -69,8 +107,18 @@ def _check_config():
                 errors.append(
                     f"datasets.{name}: kind 'peaks' needs references.{d['reference']}.peaks"
                 )
-        elif d["kind"] == "task" and not d["table"] and refs[d["reference"]]["source"] != "toy":
-            errors.append(f"datasets.{name}.table: required for a task on a non-toy reference")
+            if r["source"] == "download" and not (r["peaks"] or r["encode_peaks"]):
+                errors.append(
+                    f"datasets.{name}: kind 'peaks' needs references.{d['reference']}.encode_peaks "
+                    "(or peaks)"
+                )
+        elif d["kind"] == "task" and refs[d["reference"]]["source"] != "toy":
+            errors.append(
+                f"datasets.{name}.table: required (or nt_task) for a task on a non-toy reference"
+            )
+    for name, g in config["genesets"].items():
+        if g["source"] == "gmt" and not g["url"]:
+            errors.append(f"genesets.{name}.url: required when source is 'gmt'")
     for i, run in enumerate(config["runs"]):
         if run["model"] not in models:
             errors.append(f"runs[{i}].model: unknown model {run['model']!r}")
@@ -78,7 +126,7 @@ def _check_config():
             errors.append(f"runs[{i}].dataset: unknown dataset {run['dataset']!r}")
     if config["runs"] and not saes:
         errors.append("saes: at least one SAE recipe is needed")
-    for name in list(models) + list(dsets) + list(saes) + list(refs):
+    for name in list(models) + list(dsets) + list(saes) + list(refs) + list(config["genesets"]):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "datasets":
             errors.append(
                 f"{name!r}: names may hold only letters, digits, '_', '.', '-' (and not be 'datasets')"
@@ -135,11 +183,28 @@ def _alternatives(keys):
     return "|".join(sorted(re.escape(str(k)) for k in keys)) or "__none__"
 
 
+def _models_from(*sources):
+    return [n for n, m in config["models"].items() if m["source"] in sources]
+
+
+def _genesets_from(*sources):
+    return [n for n, g in config["genesets"].items() if g["source"] in sources]
+
+
+def _nt_tasks():
+    return {
+        d["nt_task"] for d in config["datasets"].values() if d["kind"] == "task" and d["nt_task"]
+    }
+
+
 wildcard_constraints:
     model=_alternatives(config["models"]),
     dataset=_alternatives(config["datasets"]),
     ref=_alternatives(config["references"]),
     sae=_alternatives(config["saes"]),
+    geneset=_alternatives(config["genesets"]),
+    nt_task=_alternatives(_nt_tasks()),
+    accession=r"ENCFF[0-9A-Z]+",
     layer=r"\d+",
     shard=r"\d+",
 
@@ -147,11 +212,21 @@ wildcard_constraints:
 # --- references -----------------------------------------------------------------
 
 
-def get_raw_fasta(wildcards):
-    ref = config["references"][wildcards.ref]
+def _raw_fasta(name):
+    ref = config["references"][name]
     if ref["source"] == "toy":
-        return f"resources/toy/{wildcards.ref}/genome.fa"
+        return f"resources/toy/{name}/genome.fa"
+    if ref["source"] == "download":
+        return f"resources/references/{name}/download/{_url_basename(ref['url'], 'genome.fa')}"
     return ref["fasta"]
+
+
+def get_raw_fasta(wildcards):
+    return _raw_fasta(wildcards.ref)
+
+
+#: ENCODE accession keys of a downloaded reference: file extension and ENCODE file_format.
+ENCODE_FILES = {"peaks": ("bed.gz", "bed"), "signal": ("bigWig", "bigWig")}
 
 
 def _ref_file(ref_name, key):
@@ -162,7 +237,24 @@ def _ref_file(ref_name, key):
             "planted": f"resources/toy/{ref_name}/planted.tsv",
             "signal": f"resources/toy/{ref_name}/signal.bw",
         }[key]
+    if ref["source"] == "download" and not ref[key] and key in ENCODE_FILES:
+        acc = ref[f"encode_{key}"]
+        return f"resources/encode/{acc}.{ENCODE_FILES[key][0]}" if acc else ""
     return ref[key]
+
+
+def get_encode_params(wildcards):
+    """ENCODE file format, and the assembly of the (first) downloaded reference that uses it."""
+    fmt = {ext: f for ext, f in ENCODE_FILES.values()}[wildcards.extension]
+    assembly = ""
+    for ref in config["references"].values():
+        if ref["source"] == "download" and wildcards.accession in (
+            ref["encode_peaks"],
+            ref["encode_signal"],
+        ):
+            assembly = ref["assembly"]
+            break
+    return {"file_format": fmt, "assembly": assembly, **config["encode"]}
 
 
 def get_dataset(wildcards):
@@ -172,14 +264,23 @@ def get_dataset(wildcards):
 def get_dataset_inputs(wildcards):
     d = get_dataset(wildcards)
     ref = d["reference"]
-    inputs = {"fasta": f"resources/references/{ref}/genome.fa.gz"}
     if d["kind"] == "peaks":
-        inputs["peaks"] = _ref_file(ref, "peaks")
-    elif d["table"]:
-        inputs["table"] = d["table"]
-    else:
-        inputs["table"] = f"resources/toy/{ref}/task.parquet"
-    return inputs
+        return {
+            "fasta": f"resources/references/{ref}/genome.fa.gz",
+            "peaks": _ref_file(ref, "peaks"),
+        }
+    if d["kind"] == "cells":
+        return {"h5ad": get_cells_h5ad(wildcards)}
+    if d["table"]:
+        return {"table": d["table"]}
+    if d["nt_task"]:
+        return {"table": f"resources/nt_benchmark/{d['nt_task']}/task.parquet"}
+    return {"table": f"resources/toy/{ref}/task.parquet"}
+
+
+def get_cells_h5ad(wildcards):
+    d = get_dataset(wildcards)
+    return d["h5ad"] or f"resources/cells/{wildcards.dataset}.h5ad"
 
 
 def get_planted(wildcards):
@@ -188,7 +289,10 @@ def get_planted(wildcards):
 
 
 def has_ground_truth(dataset):
-    ref = config["references"][config["datasets"][dataset]["reference"]]
+    d = config["datasets"][dataset]
+    if d["kind"] == "task" and d["nt_task"] or d["reference"] not in config["references"]:
+        return False  # a downloaded task table (or one on no reference): nothing planted
+    ref = config["references"][d["reference"]]
     return ref["source"] == "toy" or bool(ref["planted"])
 
 
@@ -197,18 +301,24 @@ def has_ground_truth(dataset):
 
 def get_model_dir(wildcards):
     m = config["models"][wildcards.model]
-    if m["source"] == "toy":
-        return f"resources/models/{wildcards.model}"
-    return m["path"]
+    if m["source"] == "local":
+        return m["path"]
+    return f"resources/models/{wildcards.model}"  # trained (toy) or downloaded (hub, url)
+
+
+def get_model_family(wildcards):
+    return config["models"][wildcards.model]["family"]
 
 
 def get_layers(model):
-    """Layers of a model, read cheaply: config for toy models, config.json for local ones."""
+    """Layers of a model, read cheaply: config for toy, hub and url models, config.json for local ones."""
     m = config["models"][model]
     if m["layers"]:
         return list(m["layers"])
     if m["source"] == "toy":
         n = m["toy"]["num_layers"]
+    elif m["n_layers"]:
+        n = m["n_layers"]
     else:
         cfg_path = os.path.join(m["path"], "config.json")
         try:
@@ -244,6 +354,30 @@ def get_activation_shards(wildcards):
         dataset=wildcards.dataset,
         shard=range(config["datasets"][wildcards.dataset]["shards"]),
     )
+
+
+# --- downloads ----------------------------------------------------------------------
+
+
+def get_download_targets():
+    """Everything the configured sources download (the `downloads` rule: run it where there is
+    internet, e.g. on a cluster's login node, before the compute jobs)."""
+    out = []
+    for name, ref in config["references"].items():
+        if ref["source"] == "download":
+            out.append(_raw_fasta(name))
+            out += [f for f in (_ref_file(name, "peaks"), _ref_file(name, "signal")) if f]
+    for name, d in config["datasets"].items():
+        if d["kind"] == "task" and d["nt_task"] and not d["table"]:
+            out.append(f"resources/nt_benchmark/{d['nt_task']}/task.parquet")
+        if d["kind"] == "cells" and not d["h5ad"]:
+            out.append(f"resources/cells/{name}.h5ad")
+    for name, g in config["genesets"].items():
+        out.append(
+            f"resources/genesets/{name}.{'gmt' if g['source'] in ('enrichr', 'gmt') else 'tsv'}"
+        )
+    out += [f"resources/models/{m}" for m in _models_from("hub", "url")]
+    return sorted(set(out))
 
 
 # --- targets ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ rule evaluate_sae:
         seed=config["evaluate"]["seed"],
         max_sequences=config["evaluate"]["max_sequences"],
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
+        family=get_model_family,
     script:
         "../../scripts/evaluate_sae.py"
 

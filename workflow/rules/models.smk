@@ -8,6 +8,8 @@ rule train_toy_model:
         "logs/train_toy_model/{model}.log",
     benchmark:
         "benchmarks/train_toy_model/{model}.tsv"
+    wildcard_constraints:
+        model=_alternatives(_models_from("toy")),
     conda:
         "../../envs/torch.yaml"
     threads: get_threads
