@@ -1,3 +1,5 @@
+import os
+
 import torch
 
 from saeflow import plots
@@ -8,8 +10,9 @@ setup_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
 metrics, _ = evaluate_sae(
-    i.sae, i.acts, i.sequences, i.model, int(w.layer), mask_prob=p.mask_prob, seed=p.seed,
+    i.sae, i.acts, i.sequences, os.path.join(i.model, p.subfolder), int(w.layer), mask_prob=p.mask_prob, seed=p.seed,
     batch_size=p.batch_size, max_sequences=p.max_sequences, device=torch_device(), family=p.family,
+    cells_path=i.get("cells"),
 )
 write_json(snakemake.output.json, dict(metrics, model=w.model, dataset=w.dataset, sae=w.sae))
 plots.frequency_histogram(

@@ -1,3 +1,5 @@
+import os
+
 import pandas as pd
 import torch
 
@@ -7,18 +9,25 @@ from saeflow.utils import setup_job, torch_device
 
 setup_job(snakemake)
 torch.set_num_threads(snakemake.threads)
-w, p = snakemake.wildcards, snakemake.params
-seqs = pd.read_parquet(snakemake.input.sequences)
+i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
+seqs = pd.read_parquet(i.sequences)
 start, end = shard_bounds(len(seqs), p.n_shards)[int(w.shard)]
 # The family keyword goes to loaders that take it (the toy family is the generic loader's default).
 family = {"family": p.family} if p.family and p.family != "toy" else {}
-adapter = load_model(snakemake.input.model, device=torch_device(), **family)
+model_path = os.path.join(i.model, p.subfolder)  # models.<name>.subfolder ("" = the directory)
+adapter = load_model(model_path, device=torch_device(), **family)
+if "cells" in i.keys():  # cell datasets: the table's rows are the cells of cells.h5ad, in order
+    from saeflow.cells import load_cells
+
+    items = load_cells(i.cells)[start:end]
+else:
+    items = seqs.iloc[start:end]
 extract_activations(
     adapter,
-    seqs.iloc[start:end],
+    items,
     p.layers,
     snakemake.output[0],
     batch_size=p.batch_size,
     seq_start=start,
-    meta={"model": w.model, "dataset": w.dataset, "model_path": snakemake.input.model},
+    meta={"model": w.model, "dataset": w.dataset, "model_path": model_path},
 )

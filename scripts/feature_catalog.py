@@ -1,3 +1,5 @@
+import os
+
 import pandas as pd
 import torch
 
@@ -13,7 +15,7 @@ i = snakemake.input
 sae = load_sae(i.sae)
 feats, contexts, summary, sv = build_catalog(
     sae, ActivationStore(i.acts), int(snakemake.wildcards.layer), pd.read_parquet(i.sequences),
-    load_vocab(i.model), snakemake.params.catalog, read_json(f"{i.sae}/metrics.json"),
+    load_vocab(os.path.join(i.model, snakemake.params.subfolder)), snakemake.params.catalog, read_json(f"{i.sae}/metrics.json"),
 )
 with atomic_path(snakemake.output[0]) as tmp:
     tmp.mkdir()

@@ -26,19 +26,23 @@ from .utils import SaeflowError, atomic_path, read_json, sha256, write_json
 log = logging.getLogger(__name__)
 
 
-def extract_activations(adapter, sequences: pd.DataFrame, layers: list[int], out_dir, batch_size: int = 16,
+def extract_activations(adapter, sequences, layers: list[int], out_dir, batch_size: int = 16,
                         max_length: int | None = None, meta: dict | None = None, seq_start: int = 0) -> dict:
     """Run the model once per batch and stream every requested layer to disk.
 
-    ``sequences`` may be one shard of a larger table: ``seq_start`` is the row of its first
-    sequence in the whole table, so the ``seq`` column of the token index stays global.
+    ``sequences`` is the sequence table (a DataFrame with a ``sequence`` column) for DNA models,
+    or a :class:`saeflow.models.base.CellMatrix` for cell models (``adapter.kind == "cells"``;
+    then each "sequence" is a cell and the token index gains a ``gene`` column, the gene id of
+    each token, with ``start``/``end`` 0). It may be one shard of a larger table: ``seq_start``
+    is the row of its first sequence in the whole table, so the ``seq`` column stays global.
     """
     from tqdm.auto import tqdm
 
     bad = [l for l in layers if not 0 <= l <= adapter.n_layers]
     if bad:
         raise SaeflowError(f"layers {bad} out of range: the model has layers 0..{adapter.n_layers}")
-    seqs = sequences.sequence.tolist()
+    cells = getattr(adapter, "kind", "dna") == "cells"
+    seqs = sequences if cells else sequences.sequence.tolist()
     # Pass 1 (cheap, tokeniser only): count tokens so the arrays are allocated once, at full size.
     counts = []
     for i in range(0, len(seqs), 256):
@@ -51,6 +55,8 @@ def extract_activations(adapter, sequences: pd.DataFrame, layers: list[int], out
         arrays = {l: np.lib.format.open_memmap(tmp / f"layer{l}.npy", mode="w+", dtype=np.float16, shape=(n_tokens, d))
                   for l in layers}
         index = {k: np.empty(n_tokens, dtype=np.int32) for k in ("seq", "pos", "token_id", "start", "end")}
+        if cells:
+            index["gene"] = np.empty(n_tokens, dtype=object)
         row = 0
         for i in tqdm(range(0, len(seqs), batch_size), desc="extract", mininterval=5):
             tb = adapter.tokenize(seqs[i : i + batch_size], max_length=max_length)
@@ -68,6 +74,8 @@ def extract_activations(adapter, sequences: pd.DataFrame, layers: list[int], out
             index["token_id"][row : row + n] = tb.input_ids.numpy()[b_idx, t_idx]
             index["start"][row : row + n] = tb.offsets[b_idx, t_idx, 0]
             index["end"][row : row + n] = tb.offsets[b_idx, t_idx, 1]
+            if cells:
+                index["gene"][row : row + n] = tb.genes[b_idx, t_idx]
             row += n
         if row != n_tokens:
             raise SaeflowError(f"token count changed between passes ({row} != {n_tokens})")

@@ -317,18 +317,22 @@ def lm_loss_recovered(adapter, sae: Callable[[torch.Tensor], torch.Tensor], sequ
 def evaluate_sae(sae_dir: str | os.PathLike, acts_dir: str | os.PathLike, sequences_path: str | os.PathLike,
                  model_dir: str | os.PathLike, layer: int, mask_prob: float = 0.15, seed: int = 0,
                  batch_size: int = 16, max_sequences: int | None = None, device=None,
-                 family: str | None = None) -> tuple[dict, np.ndarray]:
+                 family: str | None = None, cells_path: str | os.PathLike | None = None) -> tuple[dict, np.ndarray]:
     """All held-out metrics of the SAE in ``sae_dir`` on ``layer``; returns (metrics, per-latent frequency).
 
     ``max_sequences`` caps the held-out sequences used for the LM loss (a seeded sample); the
-    activation metrics always use every held-out token.
+    activation metrics always use every held-out token. With ``cells_path`` (a cell dataset's
+    ``cells.h5ad``; ``sequences_path`` is then its cell table) the activation metrics are the same,
+    split by cell; the masked-LM loss is not computed for cell models (reported as null with a
+    ``loss_note``): Geneformer's masked-gene objective and scGPT's expression regression need
+    their own masking and loss, which the single-cell analyses will bring.
     """
     from .models import load_model
     from .sae import load_sae
 
     store = ActivationStore(acts_dir)
     seqs = pd.read_parquet(sequences_path)
-    for col in ("sequence", "split"):
+    for col in (("split",) if cells_path else ("sequence", "split")):
         if col not in seqs.columns:
             raise SaeflowError(f"{sequences_path}: no {col!r} column")
     if len(seqs) != store.manifest.get("n_sequences", len(seqs)):
@@ -347,6 +351,13 @@ def evaluate_sae(sae_dir: str | os.PathLike, acts_dir: str | os.PathLike, sequen
     if adapter.d_model != sae.d_in:
         raise SaeflowError(f"{sae_dir}/cfg.json: d_in={sae.d_in}, but the model in {model_dir} has width "
                            f"{adapter.d_model}")
+    if cells_path:
+        lm = {"loss_clean": None, "loss_zero": None, "loss_sae": None, "loss_recovered": None,
+              "n_masked_tokens": 0, "n_sequences": int((seqs.split == "test").sum()),
+              "loss_note": f"not computed for cell models ({adapter.family})"}
+        metrics = {"layer": int(layer), **act, **lm, "frequency_histogram": frequency_histogram(freq, act["n_tokens"])}
+        log.info("layer %d: %s", layer, {k: v for k, v in metrics.items() if k != "frequency_histogram"})
+        return metrics, freq
     held_out = seqs.sequence[seqs.split == "test"].tolist()
     if max_sequences and len(held_out) > max_sequences:
         pick = np.sort(np.random.default_rng(seed).choice(len(held_out), max_sequences, replace=False))

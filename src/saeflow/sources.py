@@ -357,7 +357,8 @@ def _files_record(root: Path) -> dict[str, dict[str, Any]]:
 
 def hub_snapshot(repo_id: str, revision: str, dest: str | os.PathLike, allow_patterns: list[str] | None = None,
                  endpoint: str | None = None, n_layers: int | None = None, family: str | None = None,
-                 retries: int = 3, backoff: float = 2.0, token: str | bool | None = None) -> dict[str, Any]:
+                 retries: int = 3, backoff: float = 2.0, token: str | bool | None = None,
+                 subfolder: str = "") -> dict[str, Any]:
     """Snapshot of Hugging Face model repo ``repo_id`` at ``revision`` into ``dest`` (all or nothing).
 
     The revision is resolved to its commit first and every file is fetched at that commit;
@@ -381,7 +382,10 @@ def hub_snapshot(repo_id: str, revision: str, dest: str | os.PathLike, allow_pat
                 shutil.rmtree(tmp / ".cache", ignore_errors=True)
                 if not any(p.is_file() for p in tmp.rglob("*")):
                     raise SaeflowError(f"{where}: no file matched allow_patterns {allow_patterns}")
-                check_depth(tmp, n_layers, where)
+                if subfolder and not (tmp / subfolder).is_dir():
+                    raise SaeflowError(f"{where}: no folder {subfolder!r} among the files fetched "
+                                       f"(allow_patterns {allow_patterns})")
+                check_depth(tmp / subfolder, n_layers, where)
                 rec = {"source": "hub", "repo_id": repo_id, "revision": revision, "commit": commit,
                        "endpoint": endpoint, "family": family, "allow_patterns": allow_patterns,
                        "files": _files_record(tmp)}

@@ -5,8 +5,7 @@
 
 rule extract_activations:
     input:
-        model=get_model_dir,
-        sequences="results/datasets/{dataset}/sequences.parquet",
+        unpack(get_extract_inputs),
     output:
         temp(directory("results/{model}/{dataset}/activation_shards/shard{shard}")),
     log:
@@ -24,6 +23,7 @@ rule extract_activations:
         layers=lambda wc: get_layers(wc.model),
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
         family=get_model_family,
+        subfolder=get_model_subfolder,
         n_shards=lambda wc: config["datasets"][wc.dataset]["shards"],
     script:
         "../../scripts/extract_activations.py"

@@ -17,6 +17,7 @@ rule feature_catalog:
         mem_mb=mem_mb(4000),
         runtime=60,
     params:
+        subfolder=get_model_subfolder,
         catalog=config["catalog"],
     script:
         "../../scripts/feature_catalog.py"

@@ -90,11 +90,6 @@ def _check_config():
         if d["kind"] == "cells":
             if not (d["h5ad"] or d["url"]):
                 errors.append(f"datasets.{name}: kind 'cells' needs h5ad (a path) or url")
-            if any(run["dataset"] == name for run in config["runs"]):
-                errors.append(
-                    f"datasets.{name}: kind 'cells' can be downloaded (`snakemake downloads`) "
-                    "but not yet run (no cell preparation step)"
-                )
         elif d["kind"] == "task" and d["table"] and d["nt_task"]:
             errors.append(f"datasets.{name}: give table or nt_task, not both")
         elif d["kind"] == "task" and (d["table"] or d["nt_task"]):
@@ -177,6 +172,24 @@ def _expand_sweeps():
 
 
 _expand_sweeps()
+
+
+def _run_saes():
+    """Per run, the recipes to train (after sweep expansion); unknown names are config errors."""
+    errors = []
+    for i, run in enumerate(config["runs"]):
+        names = []
+        for want in run["saes"]:
+            points = [n for n in config["saes"] if n == want or n.startswith(f"{want}-")]
+            if not points:
+                errors.append(f"runs[{i}].saes: unknown SAE recipe {want!r}")
+            names += [n for n in points if n not in names]
+        run["saes"] = names or list(config["saes"])
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+
+
+_run_saes()
 
 
 def _alternatives(keys):
@@ -278,6 +291,21 @@ def get_dataset_inputs(wildcards):
     return {"table": f"resources/toy/{ref}/task.parquet"}
 
 
+def _datasets_of_kind(*kinds):
+    return _alternatives(n for n, d in config["datasets"].items() if d["kind"] in kinds)
+
+
+def get_extract_inputs(wildcards):
+    """The model, the sequence (or cell) table, and for cell datasets the prepared cells."""
+    inputs = {
+        "model": get_model_dir(wildcards),
+        "sequences": f"results/datasets/{wildcards.dataset}/sequences.parquet",
+    }
+    if get_dataset(wildcards)["kind"] == "cells":
+        inputs["cells"] = f"results/datasets/{wildcards.dataset}/cells.h5ad"
+    return inputs
+
+
 def get_cells_h5ad(wildcards):
     d = get_dataset(wildcards)
     return d["h5ad"] or f"resources/cells/{wildcards.dataset}.h5ad"
@@ -290,6 +318,8 @@ def get_planted(wildcards):
 
 def has_ground_truth(dataset):
     d = config["datasets"][dataset]
+    if d["kind"] == "cells":
+        return False
     if d["kind"] == "task" and d["nt_task"] or d["reference"] not in config["references"]:
         return False  # a downloaded task table (or one on no reference): nothing planted
     ref = config["references"][d["reference"]]
@@ -306,6 +336,10 @@ def get_model_dir(wildcards):
     return f"resources/models/{wildcards.model}"  # trained (toy) or downloaded (hub, url)
 
 
+def get_model_subfolder(wildcards):
+    return config["models"][wildcards.model]["subfolder"]
+
+
 def get_model_family(wildcards):
     return config["models"][wildcards.model]["family"]
 
@@ -320,7 +354,7 @@ def get_layers(model):
     elif m["n_layers"]:
         n = m["n_layers"]
     else:
-        cfg_path = os.path.join(m["path"], "config.json")
+        cfg_path = os.path.join(m["path"], m["subfolder"], "config.json")
         try:
             with open(cfg_path) as fh:
                 n = json.load(fh)["num_hidden_layers"]
@@ -429,15 +463,16 @@ def get_final_outputs():
         m, d = run["model"], run["dataset"]
         if config["models"][m]["source"] == "toy":
             out.append(f"results/{m}/toy_lm_metrics.tsv")
-        for sae in config["saes"]:
+        cells = config["datasets"][d]["kind"] == "cells"
+        for sae in run["saes"]:
             base = f"results/{m}/{d}"
             out += [
                 f"{base}/sae/{sae}/training_curves.png",
-                f"{base}/catalog/{sae}/summary.tsv",
-                f"{base}/catalog/{sae}/summary.png",
                 f"{base}/eval/{sae}/summary.tsv",
                 f"{base}/eval/{sae}/summary.png",
             ]
+            if not cells:  # the catalog reads bases and contexts; cells get their own (issue 6)
+                out += [f"{base}/catalog/{sae}/summary.tsv", f"{base}/catalog/{sae}/summary.png"]
             if has_ground_truth(d):
                 out += [
                     f"{base}/recovery/{sae}/recovery.tsv",

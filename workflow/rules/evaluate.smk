@@ -1,9 +1,8 @@
 rule evaluate_sae:
     input:
+        unpack(get_extract_inputs),
         sae="results/{model}/{dataset}/sae/{sae}/layer{layer}",
         acts="results/{model}/{dataset}/activations",
-        sequences="results/datasets/{dataset}/sequences.parquet",
-        model=get_model_dir,
     output:
         json="results/{model}/{dataset}/eval/{sae}/layer{layer}.json",
         hist=report(
@@ -28,6 +27,7 @@ rule evaluate_sae:
         max_sequences=config["evaluate"]["max_sequences"],
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
         family=get_model_family,
+        subfolder=get_model_subfolder,
     script:
         "../../scripts/evaluate_sae.py"
 

@@ -5,6 +5,8 @@ rule prepare_sequences:
         "results/datasets/{dataset}/sequences.parquet",
     log:
         "logs/prepare_sequences/{dataset}.log",
+    wildcard_constraints:
+        dataset=_datasets_of_kind("peaks", "task"),
     conda:
         "../../envs/genomics.yaml"
     resources:
@@ -14,3 +16,27 @@ rule prepare_sequences:
         dataset=get_dataset,
     script:
         "../../scripts/prepare_sequences.py"
+
+
+# Cells: the selected (e.g. control) cells' raw counts, and the cell table (name, label,
+# perturbation, split) in the place of the sequence table, so SAE training and evaluation
+# split by cell exactly as they split by sequence.
+rule prepare_cells:
+    input:
+        unpack(get_dataset_inputs),
+    output:
+        table="results/datasets/{dataset}/sequences.parquet",
+        cells="results/datasets/{dataset}/cells.h5ad",
+    log:
+        "logs/prepare_cells/{dataset}.log",
+    wildcard_constraints:
+        dataset=_datasets_of_kind("cells"),
+    conda:
+        "../../envs/torch.yaml"
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    params:
+        dataset=get_dataset,
+    script:
+        "../../scripts/prepare_cells.py"

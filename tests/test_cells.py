@@ -1,0 +1,75 @@
+"""Cells from an h5ad: selection of control cells, split, gene columns, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from saeflow.cells import load_cells, prepare_cells
+from saeflow.utils import SaeflowError
+
+
+def write_h5ad(path, n=40, g=12, negative=False, seed=0):
+    import anndata
+
+    rng = np.random.default_rng(seed)
+    X = rng.poisson(1.0, size=(n, g)).astype(np.float32)
+    if negative:
+        X[0, 0] = -1.0
+    obs = pd.DataFrame({"gene": ["non-targeting" if i % 2 == 0 else f"G{i % 5}" for i in range(n)],
+                        "celltype": [f"t{i % 3}" for i in range(n)]}, index=[f"cell{i}" for i in range(n)])
+    var = pd.DataFrame({"gene_name": [f"SYM{j}" for j in range(g)]}, index=[f"ENSG{j:011d}" for j in range(g)])
+    anndata.AnnData(X=sp.csr_matrix(X), obs=obs, var=var).write_h5ad(path)
+    return X, obs, var
+
+
+def test_control_cells_subsampled_split_and_read_back(tmp_path):
+    X, obs, var = write_h5ad(tmp_path / "in.h5ad")
+    t = prepare_cells(tmp_path / "in.h5ad", tmp_path / "cells.h5ad", tmp_path / "cells.parquet",
+                      perturbation_column="gene", control_label="non-targeting", label_column="celltype",
+                      gene_id_column="index", gene_symbol_column="gene_name", n_cells=10, test_fraction=0.3, seed=1)
+    assert len(t) == 10 and set(t.perturbation) == {"non-targeting"}
+    assert (t.split == "test").sum() == 3
+    assert pd.read_parquet(tmp_path / "cells.parquet").equals(t)
+    cm = load_cells(tmp_path / "cells.h5ad")
+    assert list(cm.names) == list(t.name)
+    assert list(cm.gene_ids) == list(var.index) and list(cm.gene_symbols) == list(var.gene_name)
+    rows = [obs.index.get_loc(n) for n in t.name]
+    np.testing.assert_array_equal(cm.X.toarray(), X[rows])
+    assert list(t.label) == list(obs.celltype.iloc[rows])
+    assert len(cm[2:5]) == 3 and list(cm[2:5].names) == list(t.name[2:5])
+    # same seed, same cells
+    t2 = prepare_cells(tmp_path / "in.h5ad", tmp_path / "c2.h5ad", tmp_path / "c2.parquet",
+                       perturbation_column="gene", control_label="non-targeting", gene_id_column="index",
+                       n_cells=10, test_fraction=0.3, seed=1)
+    assert list(t2.name) == list(t.name) and load_cells(tmp_path / "c2.h5ad").gene_symbols is None
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(perturbation_column="guide"), "obs has no column 'guide'"),
+    (dict(perturbation_column="gene", control_label="scrambled"), "no cell has gene == 'scrambled'"),
+    (dict(gene_symbol_column="symbol"), "var has no column 'symbol'"),
+    (dict(layer="counts"), "no layer 'counts'"),
+    (dict(layer="raw"), "has no .raw"),
+])
+def test_bad_columns_name_the_file_and_column(tmp_path, kw, msg):
+    write_h5ad(tmp_path / "in.h5ad")
+    kw = dict(dict(gene_id_column="index"), **kw)
+    with pytest.raises(SaeflowError, match=msg) as e:
+        prepare_cells(tmp_path / "in.h5ad", tmp_path / "cells.h5ad", tmp_path / "cells.parquet", **kw)
+    assert "in.h5ad" in str(e.value)
+    assert not (tmp_path / "cells.h5ad").exists() and not (tmp_path / "cells.parquet").exists()
+
+
+def test_scaled_data_and_truncated_files_are_rejected(tmp_path):
+    write_h5ad(tmp_path / "neg.h5ad", negative=True)
+    with pytest.raises(SaeflowError, match="negative values"):
+        prepare_cells(tmp_path / "neg.h5ad", tmp_path / "c.h5ad", tmp_path / "c.parquet", gene_id_column="index")
+    write_h5ad(tmp_path / "ok.h5ad")
+    data = (tmp_path / "ok.h5ad").read_bytes()
+    (tmp_path / "cut.h5ad").write_bytes(data[: len(data) // 3])
+    with pytest.raises(SaeflowError, match="cut.h5ad: cannot read as h5ad"):
+        prepare_cells(tmp_path / "cut.h5ad", tmp_path / "c.h5ad", tmp_path / "c.parquet", gene_id_column="index")
+    assert not list(tmp_path.glob("c.*"))

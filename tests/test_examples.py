@@ -1,0 +1,58 @@
+"""The example configs for real models and data plan cleanly (``snakemake -n --configfile``).
+
+Nothing is downloaded: the plan is made before any checkpoint or dataset exists, so each
+example must carry its layer count and every source in config. The job counts are what a user
+would expect from the file: one SAE per (run, recipe, layer), the downloads it needs, and the
+cell preparation for the single-cell examples.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from wfutil import REPO, copy_workflow, planned_jobs, smk
+
+EXAMPLES = {
+    # name: (layers, runs x recipes, rules that must be planned)
+    "dnabert2_ctcf": (12, 5 * 3, {"download_hub_model", "download_fasta", "download_encode", "download_nt_task",
+                                  "index_fasta", "prepare_sequences", "feature_catalog"}),
+    "nt_v2_ctcf": (12, 2 * 2, {"download_hub_model", "download_fasta", "download_encode", "download_nt_task"}),
+    "geneformer_k562": (18, 1, {"download_hub_model", "download_cells", "prepare_cells"}),
+    "scgpt_k562": (12, 1, {"download_url_model", "download_cells", "prepare_cells"}),
+}
+
+
+@pytest.fixture(scope="module")
+def wd(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("examples"))
+
+
+def test_every_example_is_tested():
+    assert {p.stem for p in (REPO / "config" / "examples").glob("*.yaml")} == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_config_plans(wd, name):
+    layers, sae_runs, rules = EXAMPLES[name]
+    cfg = yaml.safe_load((REPO / "config" / "examples" / f"{name}.yaml").read_text())
+    p = smk(wd, "-n", "--configfile", f"config/examples/{name}.yaml", timeout=300)
+    jobs = planned_jobs(p)
+    assert jobs["train_sae"] == layers * sae_runs, jobs
+    assert jobs["evaluate_sae"] == layers * sae_runs
+    assert rules <= set(jobs), rules - set(jobs)
+    assert "train_toy_model" not in jobs and "build_toy_genome" not in jobs  # the toy run was replaced
+    cells = any(d.get("kind") == "cells" for d in cfg["datasets"].values())
+    assert ("feature_catalog" in jobs) != cells  # cells: no base-level catalog
+    shards = sum(cfg["datasets"][r["dataset"]].get("shards", 1) for r in cfg["runs"])
+    assert jobs["extract_activations"] == shards
+
+
+def test_a_run_naming_an_unknown_recipe_fails_naming_it(wd, tmp_path):
+    cfg = yaml.safe_load((REPO / "config" / "examples" / "geneformer_k562.yaml").read_text())
+    cfg["runs"][0]["saes"] = ["topk_x4_k23"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    p = smk(wd, "-n", "--configfile", str(bad), check=False, timeout=300)
+    assert p.returncode != 0
+    assert "runs[0].saes: unknown SAE recipe 'topk_x4_k23'" in p.stdout + p.stderr
