@@ -13,9 +13,12 @@ setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 i = snakemake.input
 sae = load_sae(i.sae)
+# the vocabulary of the family the model was extracted with (toy: detected from the files, as the loader does)
+family = snakemake.params.family if snakemake.params.family != "toy" else None
+vocab = load_vocab(os.path.join(i.model, snakemake.params.subfolder), family=family)
 feats, contexts, summary, sv = build_catalog(
     sae, ActivationStore(i.acts), int(snakemake.wildcards.layer), pd.read_parquet(i.sequences),
-    load_vocab(os.path.join(i.model, snakemake.params.subfolder)), snakemake.params.catalog, read_json(f"{i.sae}/metrics.json"),
+    vocab, snakemake.params.catalog, read_json(f"{i.sae}/metrics.json"),
 )
 with atomic_path(snakemake.output[0]) as tmp:
     tmp.mkdir()

@@ -1,8 +1,8 @@
 """DNABERT, Nucleotide Transformer v2 and Geneformer adapters: tokenization, hooks, patches, loading.
 
-Every model here is a tiny random-weight model built from the family's config class with the
-released checkpoints' layout (config keys, vocabulary / dictionary files), written to a tmp dir
-and loaded back with ``load_model(..., family=...)``. No network.
+Every model here is a tiny random-weight model built (tests/tinymodels.py) from the family's
+config class with the released checkpoints' layout (config keys, vocabulary / dictionary files),
+written to a tmp dir and loaded back with ``load_model(..., family=...)``. No network.
 """
 
 import itertools
@@ -19,98 +19,7 @@ from saeflow.models.adapter import FAMILIES, LOADERS, detect_family, load_vocab
 from saeflow.models.base import Capture, CellMatrix, Patch
 from saeflow.utils import SaeflowError
 
-TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-
-
-# --- model directories in the released layouts ---------------------------------------------------
-def make_dnabert_dir(d, k, max_pos=64):
-    """DNABERT-k: vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], then the k-mers in zhihan1996's ACGT order
-    A, T, C, G), a BertForMaskedLM, and the hub config's extras (auto_map to custom code, rnn keys)."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + ["".join(p) for p in itertools.product("ATCG", repeat=k)]
-    torch.manual_seed(k)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), max_position_embeddings=max_pos, pad_token_id=0, **TINY))
-    model.save_pretrained(d)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg.update(auto_map={"AutoConfig": "configuration_bert.BertConfig",
-                         "AutoModelForMaskedLM": "dnabert_layer.BertForMaskedLM"},
-               rnn="lstm", num_rnn_layer=1, split=10)
-    (d / "config.json").write_text(json.dumps(cfg))
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "DNATokenizer", "max_len": max_pos}))
-    return d
-
-
-NT_VOCAB = (["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
-            + ["".join(p) for p in itertools.product("ATCG", repeat=6)] + list("ATCGN"))
-
-
-def nt_config(**over):
-    """The published v2 config.json (nucleotide-transformer-v2-*-multi-species), tiny sizes."""
-    cfg = {"add_bias_fnn": False, "architectures": ["EsmForMaskedLM"], "attention_probs_dropout_prob": 0.0,
-           "auto_map": {"AutoConfig": "esm_config.EsmConfig", "AutoModelForMaskedLM": "modeling_esm.EsmForMaskedLM"},
-           "emb_layer_norm_before": False, "esmfold_config": None, "hidden_dropout_prob": 0.0, "hidden_size": 16,
-           "initializer_range": 0.02, "intermediate_size": 24, "is_folding_model": False, "layer_norm_eps": 1e-12,
-           "mask_token_id": 2, "max_position_embeddings": 2050, "model_type": "esm", "num_attention_heads": 2,
-           "num_hidden_layers": 2, "pad_token_id": 1, "position_embedding_type": "rotary",
-           "tie_word_embeddings": False, "token_dropout": False, "torch_dtype": "float32", "use_cache": False,
-           "vocab_list": None, "vocab_size": 4107}
-    cfg.update(over)
-    return cfg
-
-
-def published_nt_state_dict(model):
-    """Our model's state dict in the published checkpoint's layout: one rotary inv_freq per layer."""
-    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    inv = sd.pop("esm.rotary_embeddings.inv_freq")
-    for i in range(model.config.num_hidden_layers):
-        sd[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = inv.clone()
-    return sd
-
-
-def make_nt_dir(d):
-    from safetensors.torch import save_file
-    from transformers import EsmConfig
-
-    from saeflow.models.ntv2_modeling import NTv2ForMaskedLM
-
-    cfg = nt_config()
-    torch.manual_seed(0)
-    model = NTv2ForMaskedLM(EsmConfig(**cfg))
-    save_file(published_nt_state_dict(model), str(d / "model.safetensors"), metadata={"format": "pt"})
-    (d / "config.json").write_text(json.dumps(cfg))
-    (d / "vocab.txt").write_text("\n".join(NT_VOCAB))  # the released file has no final newline
-    (d / "special_tokens_map.json").write_text(json.dumps(
-        {"cls_token": "<cls>", "mask_token": "<mask>", "pad_token": "<pad>", "unk_token": "<unk>"}))
-    return d, model
-
-
-def gene(i):
-    return f"ENSG{i:011d}"
-
-
-def make_geneformer_dir(d, version, n_genes=30, max_pos=12):
-    """Geneformer: BertForMaskedLM + token_dictionary*.pkl / gene_median_dictionary*.pkl in the model dir.
-    Gene i has token id (n_special + i) and median 1 + i % 5 (gene 0's median is set by the test)."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    specials = ["<pad>", "<mask>"] + (["<cls>", "<eos>"] if version == "V2" else [])
-    tokens = {t: i for i, t in enumerate(specials)}
-    tokens.update({gene(i): len(specials) + i for i in range(n_genes)})
-    medians = {gene(i): float(1 + i % 5) for i in range(n_genes)}
-    suffix = "_gc104M" if version == "V2" else ""
-    with open(d / f"token_dictionary{suffix}.pkl", "wb") as fh:
-        pickle.dump(tokens, fh)
-    with open(d / f"gene_median_dictionary{suffix}.pkl", "wb") as fh:
-        pickle.dump(medians, fh)
-    torch.manual_seed(1)
-    cfg = BertConfig(vocab_size=len(tokens), max_position_embeddings=max_pos, pad_token_id=0,
-                     hidden_act="relu", **TINY)
-    BertForMaskedLM(cfg).save_pretrained(d)
-    return d, tokens, medians
-
+from tinymodels import gene, make_dnabert_dir, make_geneformer_dir, make_nt_dir, nt_config
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
@@ -466,6 +375,9 @@ def test_geneformer_errors(dirs, adapters, tmp_path):
     with pytest.raises(SaeflowError, match="does not belong to this model"):
         load_model(d, family="geneformer")
     assert load_vocab(dirs["geneformer_V2"])[2] == "<cls>"
+    assert load_vocab(dirs["nt"], family="nucleotide_transformer")[3] == "<cls>"
+    with pytest.raises(SaeflowError, match="unknown model family 'bogus'"):
+        load_vocab(dirs["nt"], family="bogus")
 
 
 def test_geneformer_dictionaries_in_a_repository_snapshot(tmp_path):

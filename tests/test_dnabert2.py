@@ -1,15 +1,14 @@
 """DNABERT-2 in saeflow's own implementation (saeflow.models.dnabert2), on tiny random checkpoints.
 
-Each checkpoint is written in the hub's layout (config.json, weights, tokenizer.json) with a BPE
-tokenizer trained here on random DNA the way the DNABERT-2 authors trained theirs (BPE with
-[UNK], Whitespace pre-tokenizer, specials [UNK] [CLS] [SEP] [PAD] [MASK], [CLS] $A [SEP]).
+Each checkpoint is written in the hub's layout (config.json, weights, tokenizer.json) by
+tests/tinymodels.py, with a BPE tokenizer trained there on random DNA the way the DNABERT-2
+authors trained theirs (BPE with [UNK], Whitespace pre-tokenizer, specials [UNK] [CLS] [SEP]
+[PAD] [MASK], [CLS] $A [SEP]).
 The block arithmetic is recomputed in this file from the captured tensors and the weights, and
 the key names and ALiBi slopes are written out by hand from the published bert_layers.py.
 """
 
 import json
-import math
-import random
 
 import numpy as np
 import pytest
@@ -20,7 +19,9 @@ from saeflow.models.base import Capture, Patch
 from saeflow.models.dnabert2 import alibi_bias, alibi_slopes, load_dnabert2
 from saeflow.utils import SaeflowError
 
-N_LAYERS = 2
+from tinymodels import DNABERT2_LAYERS as N_LAYERS
+from tinymodels import write_dnabert2_checkpoint as write_checkpoint
+
 
 # The published checkpoint's key names for a 2-layer model (BertForMaskedLM of bert_layers.py:
 # BertEmbeddings without position embeddings, BertUnpadSelfAttention.Wqkv, BertSelfOutput,
@@ -63,58 +64,6 @@ PUBLISHED_KEYS = [
 SEQS = ["ACGTTGCAAGGCTTACGATCGATCGGATAC", "TTGACCA", "GATTACAGATTACAGGGCCCAAATTTACGTACGTAGCTAGCTAGGA"]
 
 
-def train_tokenizer(seed=0):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
-    rng = random.Random(seed)
-    corpus = ["".join(rng.choice("ACGT") for _ in range(300)) for _ in range(60)]
-    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
-                                  show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    return tok
-
-
-def write_checkpoint(d, hidden=32, heads=4, fmt="bin", seed=0):
-    """A random DNABERT-2-layout checkpoint in directory ``d``; returns the state dict written."""
-    from saeflow.models.dnabert2 import Dnabert2Config, Dnabert2ForMaskedLM
-
-    d.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(seed)
-    tok.save(str(d / "tokenizer.json"))
-    cfg = {  # the real config.json's keys, tiny sizes
-        "_name_or_path": "zhihan1996/DNABERT-2-117M", "alibi_starting_size": 512,
-        "attention_probs_dropout_prob": 0.0, "auto_map": {"AutoModelForMaskedLM": "bert_layers.BertForMaskedLM"},
-        "classifier_dropout": None, "gradient_checkpointing": False, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "hidden_size": hidden, "initializer_range": 0.02,
-        "intermediate_size": 2 * hidden, "layer_norm_eps": 1e-12, "max_position_embeddings": 512,
-        "model_type": "bert", "num_attention_heads": heads, "num_hidden_layers": N_LAYERS,
-        "position_embedding_type": "absolute", "torch_dtype": "float32", "transformers_version": "4.28.0",
-        "type_vocab_size": 2, "use_cache": True, "vocab_size": tok.get_vocab_size(),
-    }
-    (d / "config.json").write_text(json.dumps(cfg))
-    model = Dnabert2ForMaskedLM(Dnabert2Config.from_dict(cfg))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.1 if "LayerNorm" in name or "layernorm" in name
-                                                            else 1 / math.sqrt(p.shape[-1])))
-            if name.endswith(("LayerNorm.weight", "layernorm.weight")):
-                p.add_(1.0)
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    if fmt == "bin":
-        torch.save(sd, d / "pytorch_model.bin")
-    else:  # safetensors refuses shared tensors: a de-duplicated save without the tied decoder weight
-        from safetensors.torch import save_file
-
-        save_file({k: v for k, v in sd.items() if k != "cls.predictions.decoder.weight"}, str(d / "model.safetensors"))
-    return sd
-
-
 @pytest.fixture(scope="module", params=[(32, 4), (36, 3)], ids=["4heads", "3heads"])
 def ckpt(request, tmp_path_factory):
     hidden, heads = request.param
@@ -126,6 +75,14 @@ def ckpt(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ad(ckpt):
     return load_dnabert2(ckpt[0])
+
+
+def test_load_vocab_is_the_adapters_bpe_vocabulary(ad, ckpt):
+    from saeflow.models.adapter import detect_family, load_vocab
+
+    want = {i: t for t, i in ad.tokenizer.get_vocab().items()}
+    assert detect_family(ckpt[0]) == "dnabert2"
+    assert load_vocab(ckpt[0]) == want and load_vocab(ckpt[0], family="dnabert2") == want
 
 
 def test_state_dict_has_the_published_names_and_shapes(ad, ckpt):

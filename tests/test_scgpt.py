@@ -1,30 +1,32 @@
 """scGPT without the scgpt package (saeflow.models.scgpt), on tiny random-weight checkpoints.
 
-The checkpoints are written in the published layout: a reference module built here from plain
-torch pieces the way scGPT's ``TransformerModel`` builds itself (``scgpt/model/model.py``, with
+The checkpoints are written in the published layout by tests/tinymodels.py: a reference module
+built from plain torch pieces the way scGPT's ``TransformerModel`` builds itself (``scgpt/model/model.py``, with
 ``use_fast_transformer=False``: ``nn.TransformerEncoder`` of ``nn.TransformerEncoderLayer``;
 ``do_mvc=True`` as ``embed_data`` loads the whole-human model, plus the generative ``flag_encoder``),
 saved as the in_proj layout, and renamed to flash-attn's ``Wqkv`` for the flash layout. The key
 names are also written out by hand (``published_keys``) so that neither list comes from saeflow.
 """
 
-import json
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from saeflow.models.base import Capture, CellMatrix, Patch
 from saeflow.models.scgpt import ScgptTokenizer, binning, load_scgpt
 from saeflow.utils import SaeflowError
 
-D, H, D_HID, L = 16, 4, 32, 2
-GENES = ["CD3E", "CD4", "CD8A", "MS4A1", "LYZ", "NKG7", "GNLY", "CD14", "FCGR3A", "PPBP"] + [f"G{i}" for i in range(30)]
-VOCAB = {g: i for i, g in enumerate(GENES)} | {"<pad>": len(GENES), "<cls>": len(GENES) + 1, "<eoc>": len(GENES) + 2}
-ARGS = dict(embsize=D, nlayers=L, nheads=H, d_hid=D_HID, dropout=0.2, pad_token="<pad>", pad_value=-2, mask_value=-1,
-            n_bins=51, input_emb_style="continuous", max_seq_len=1200, fast_transformer=True)
+from tinymodels import SCGPT_ARGS as ARGS
+from tinymodels import SCGPT_D as D
+from tinymodels import SCGPT_D_HID as D_HID
+from tinymodels import SCGPT_GENES as GENES
+from tinymodels import SCGPT_H as H
+from tinymodels import SCGPT_L as L
+from tinymodels import SCGPT_VOCAB as VOCAB
+from tinymodels import scgpt_reference_model as reference_model
+from tinymodels import scgpt_to_layout as to_layout
+from tinymodels import write_scgpt_checkpoint as write_checkpoint
 
 
 def published_keys(n_layers: int, layout: str) -> list[str]:
@@ -49,71 +51,6 @@ def published_keys(n_layers: int, layout: str) -> list[str]:
 
 #: heads saeflow does not run (MVC decoder "inner product" style, generative flag encoder)
 UNUSED = ["flag_encoder.weight", "mvc_decoder.gene2query.weight", "mvc_decoder.gene2query.bias", "mvc_decoder.W.weight"]
-
-
-class Reference(nn.Module):
-    """scGPT TransformerModel (non-flash path) rebuilt from torch pieces, for keys and a forward to compare."""
-
-    def __init__(self, ntoken: int):
-        super().__init__()
-        self.encoder = nn.Module()
-        self.encoder.embedding = nn.Embedding(ntoken, D)
-        self.encoder.enc_norm = nn.LayerNorm(D)
-        self.flag_encoder = nn.Embedding(2, D)
-        self.value_encoder = nn.Module()
-        self.value_encoder.linear1 = nn.Linear(1, D)
-        self.value_encoder.linear2 = nn.Linear(D, D)
-        self.value_encoder.norm = nn.LayerNorm(D)
-        self.transformer_encoder = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(D, H, D_HID, 0.0, batch_first=True), L, enable_nested_tensor=False)
-        self.decoder = nn.Module()
-        self.decoder.fc = nn.Sequential(nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, 1))
-        self.mvc_decoder = nn.Module()
-        self.mvc_decoder.gene2query = nn.Linear(D, D)
-        self.mvc_decoder.W = nn.Linear(D, D, bias=False)
-
-    def forward(self, ids, values, pad_mask):
-        ve = self.value_encoder
-        x = self.encoder.enc_norm(self.encoder.embedding(ids))
-        v = torch.clamp(values.unsqueeze(-1), max=512)
-        x = x + ve.norm(ve.linear2(torch.relu(ve.linear1(v))))
-        hidden = [x]
-        for layer in self.transformer_encoder.layers:
-            x = layer(x, src_key_padding_mask=pad_mask)
-            hidden.append(x)
-        return hidden, self.decoder.fc(x).squeeze(-1)
-
-
-def reference_model(seed: int = 0) -> Reference:
-    torch.manual_seed(seed)
-    ref = Reference(len(VOCAB)).eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.3 * torch.randn_like(p))
-    return ref
-
-
-def to_layout(sd: dict, layout: str) -> dict:
-    """The in_proj state dict renamed to flash-attn 1.x (``Wqkv``) or scGPT's wrapper (``_impl``) names."""
-    out = {}
-    for k, v in sd.items():
-        if layout in ("flash", "impl"):
-            k = k.replace("self_attn.in_proj_weight", "self_attn.Wqkv.weight").replace("self_attn.in_proj_bias", "self_attn.Wqkv.bias")
-        if layout == "impl":
-            k = k.replace("self_attn.Wqkv.", "self_attn._impl.Wqkv.").replace("self_attn.out_proj.", "self_attn._impl.out_proj.")
-        out[k] = v.clone()
-    return out
-
-
-def write_checkpoint(d, state, args=ARGS, vocab=VOCAB):
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "args.json").write_text(json.dumps(args))
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    torch.save(state, d / "best_model.pt")
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -365,6 +302,11 @@ def test_vocab_without_specials_gets_them_appended(tmp_path, ref):
     ad = load_scgpt(write_checkpoint(tmp_path / "v", to_layout(ref.state_dict(), "flash"), vocab=vocab))
     assert ad.tokenizer.pad_id == len(GENES) and ad.tokenizer.cls_id == len(GENES) + 1
     assert ad.tokenizer.vocab["<eoc>"] == len(GENES) + 2
+    # the feature catalog's vocabulary is the adapter's, specials included
+    from saeflow.models.adapter import load_vocab
+
+    assert load_vocab(tmp_path / "v") == {i: t for t, i in ad.tokenizer.vocab.items()}
+    assert load_vocab(tmp_path / "v", family="scgpt")[len(GENES) + 1] == "<cls>"
 
 
 def test_pre_norm_follows_the_published_layer(tmp_path, ref):

@@ -18,6 +18,7 @@ rule feature_catalog:
         runtime=60,
     params:
         subfolder=get_model_subfolder,
+        family=get_model_family,
         catalog=config["catalog"],
     script:
         "../../scripts/feature_catalog.py"

@@ -344,8 +344,26 @@ def get_model_family(wildcards):
     return config["models"][wildcards.model]["family"]
 
 
+def _local_depth(model, directory):
+    """Blocks of a local checkpoint: config.json num_hidden_layers, or scGPT's args.json nlayers."""
+    for name, key in (("config.json", "num_hidden_layers"), ("args.json", "nlayers")):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as fh:
+                return int(json.load(fh)[key])
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"models.{model}.path: cannot read {key} from {path}: {e}")
+    raise ValueError(
+        f"models.{model}.path: no config.json (nor scGPT's args.json) in {directory} to read the "
+        f"number of layers from; list models.{model}.layers or set n_layers"
+    )
+
+
 def get_layers(model):
-    """Layers of a model, read cheaply: config for toy, hub and url models, config.json for local ones."""
+    """Layers of a model, read cheaply: config for toy, hub and url models, the checkpoint's
+    config.json (args.json for scGPT) for local ones."""
     m = config["models"][model]
     if m["layers"]:
         return list(m["layers"])
@@ -354,14 +372,7 @@ def get_layers(model):
     elif m["n_layers"]:
         n = m["n_layers"]
     else:
-        cfg_path = os.path.join(m["path"], m["subfolder"], "config.json")
-        try:
-            with open(cfg_path) as fh:
-                n = json.load(fh)["num_hidden_layers"]
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(
-                f"models.{model}.path: cannot read num_hidden_layers from {cfg_path}: {e}"
-            )
+        n = _local_depth(model, os.path.join(m["path"], m["subfolder"]))
     return list(range(1, n + 1))
 
 

@@ -229,10 +229,13 @@ def load_model(path: str | os.PathLike, device=None, family: str | None = None):
 def load_vocab(path: str | os.PathLike, family: str | None = None) -> dict[int, str]:
     """id -> token string of a model directory's vocabulary (cheap: no model weights).
 
-    DNABERT and Nucleotide Transformer: the lines of ``vocab.txt``; Geneformer: the token
-    dictionary inverted (tokens are Ensembl ids and its special tokens). Every other directory
-    (the toy model, DNABERT-2, or one whose family cannot be told) goes through ``AutoTokenizer``,
-    as before.
+    ``family`` is the one the model is loaded with (None: :func:`detect_family`), so the
+    vocabulary is always the one its adapter tokenizes with. DNABERT and Nucleotide Transformer:
+    the lines of ``vocab.txt``; DNABERT-2: ``tokenizer.json`` (read as its adapter reads it);
+    Geneformer: the token dictionary inverted (tokens are Ensembl ids and its special tokens);
+    scGPT: ``vocab.json`` inverted (gene symbols, specials appended as the adapter does). Every
+    other directory (the toy model, or one whose family cannot be told) goes through
+    ``AutoTokenizer``.
     """
     fam = family
     if fam is None:
@@ -249,6 +252,17 @@ def load_vocab(path: str | os.PathLike, family: str | None = None) -> dict[int, 
 
         tok_file, _ = find_dictionaries(path, vocab_size=read_config(path).get("vocab_size"))
         return {i: t for t, i in read_token_dictionary(tok_file).items()}
+    if fam == "dnabert2":
+        from .dnabert2 import load_dnabert2_tokenizer
+
+        tok = load_dnabert2_tokenizer(Path(path) / "tokenizer.json")
+        return {i: t for t, i in tok.get_vocab().items()}
+    if fam == "scgpt":
+        from .scgpt import read_vocab
+
+        return {i: t for t, i in read_vocab(Path(path) / "vocab.json").items()}
+    if fam is not None and fam not in LOADERS:
+        raise SaeflowError(f"unknown model family {fam!r}; known: {', '.join(FAMILIES)}")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
