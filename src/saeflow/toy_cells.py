@@ -1,0 +1,188 @@
+"""The embedded single-cell default: real PBMCs and a tiny Geneformer-style model trained on them.
+
+* :func:`write_pbmc` turns scanpy's shipped ``pbmc68k_reduced`` (700 real PBMCs x 765 genes, no
+  network) into the h5ad the cell rules read, and writes the dataset's own marker genes
+  (``uns['rank_genes_groups']``, grouped by ``bulk_labels``) as a GMT: the ground truth that cell-type
+  features should be enriched for.
+
+  ``pbmc68k_reduced`` keeps no raw counts: ``X`` is scaled (negative values), ``raw.X`` is
+  log1p of size-normalised expression. Rank-value encoding only needs each gene's expression
+  relative to the cell's total and to the gene's median, so ``expm1(raw.X)`` (normalised
+  expression, non-negative) stands in for counts; the h5ad says so in ``uns``.
+
+* :func:`train_toy_geneformer` trains a ``BertForMaskedLM`` over rank-value-encoded cells, the
+  Geneformer objective at toy scale: the token dictionary (``<pad>``, ``<mask>``, ``<cls>``,
+  ``<eos>`` then one token per gene, V2 layout) and the gene medians (non-zero median of each
+  gene's normalised expression) are built from the data and pickled beside the model under the
+  names Geneformer uses, so :func:`saeflow.models.load_model` loads it with ``family:
+  geneformer``, the loader of the real checkpoints. Genes are keyed by symbol (the dataset has no
+  Ensembl ids), so the dataset's ``gene_id_column`` is the symbol column.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .utils import SaeflowError, atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ["<pad>", "<mask>", "<cls>", "<eos>"]
+
+
+def write_pbmc(out_h5ad, out_gmt, n_markers: int = 25) -> dict:
+    """pbmc68k_reduced -> ``out_h5ad`` (normalised expression, symbols, labels) and ``out_gmt`` (markers)."""
+    import anndata
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    a = sc.datasets.pbmc68k_reduced()
+    raw = a.raw.X
+    X = np.expm1(raw.toarray() if sp.issparse(raw) else np.asarray(raw)).astype(np.float32)
+    X[X < 0] = 0
+    symbols = np.asarray(a.raw.var_names).astype(str)
+    obs = pd.DataFrame({"bulk_labels": a.obs["bulk_labels"].astype(str).to_numpy(),
+                        "louvain": a.obs["louvain"].astype(str).to_numpy()},
+                       index=pd.Index(np.asarray(a.obs_names).astype(str)))
+    var = pd.DataFrame({"gene_symbol": symbols}, index=pd.Index(symbols))
+    out = anndata.AnnData(X=sp.csr_matrix(X), obs=obs, var=var)
+    out.uns["saeflow_note"] = "expm1(raw.X) of scanpy's pbmc68k_reduced: normalised expression, not raw counts"
+    with atomic_path(out_h5ad) as tmp:
+        out.write_h5ad(tmp)
+    names = a.uns["rank_genes_groups"]["names"]
+    groups = list(names.dtype.names)
+    lines = []
+    for g in groups:
+        genes = [str(x) for x in names[g][:n_markers]]
+        lines.append("\t".join([g, f"pbmc68k_reduced rank_genes_groups ({a.uns['rank_genes_groups']['params']['method']})", *genes]))
+    with atomic_path(out_gmt) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    log.info("pbmc68k_reduced: %d cells x %d genes; %d marker sets of %d genes", *X.shape, len(groups), n_markers)
+    return {"cells": int(X.shape[0]), "genes": int(X.shape[1]), "marker_sets": len(groups)}
+
+
+def build_dictionaries(cells) -> tuple[dict[str, int], dict[str, float]]:
+    """Token dictionary (specials, then genes in column order) and non-zero medians of normalised expression."""
+    import scipy.sparse as sp
+
+    X = cells.X.tocsr() if sp.issparse(cells.X) else sp.csr_matrix(cells.X)
+    genes = cells.gene_ids if cells.gene_ids is not None else cells.gene_symbols
+    if genes is None:
+        raise SaeflowError("cells have neither gene ids nor symbols")
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    totals[totals == 0] = 1
+    norm = sp.diags(10_000 / totals) @ X
+    norm = norm.tocsc()
+    medians = {}
+    for j, g in enumerate(genes):
+        col = norm.data[norm.indptr[j]:norm.indptr[j + 1]]
+        col = col[col > 0]
+        if len(col):
+            medians[str(g)] = float(np.median(col))
+    token_dict = {s: i for i, s in enumerate(SPECIALS)}
+    for g in genes:
+        if str(g) in medians and str(g) not in token_dict:
+            token_dict[str(g)] = len(token_dict)
+    return token_dict, medians
+
+
+def train_toy_geneformer(cells, out_dir, params: dict, metrics_path=None) -> dict:
+    """Train the toy Geneformer on ``cells`` (a CellMatrix) and save it loadable as ``family: geneformer``.
+
+    ``params``: seed, hidden_size, num_layers, num_heads, intermediate_size, steps, batch_size, lr,
+    mask_prob, max_length (model input size in tokens, <cls> and <eos> included: each cell's
+    top-ranked genes, as Geneformer truncates to its input size). Metrics: masked-gene accuracy on held-out cells vs the best constant guess.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import BertConfig, BertForMaskedLM
+
+    from .models.geneformer import GeneformerTokenizer
+
+    p = dict(seed=0, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, steps=800,
+             batch_size=16, lr=1e-3, mask_prob=0.15, test_fraction=0.2, max_length=128)
+    p.update(params or {})
+    torch.manual_seed(p["seed"])
+    rng = np.random.default_rng(p["seed"])
+    token_dict, medians = build_dictionaries(cells)
+    gene_ids = cells.gene_ids if cells.gene_ids is not None else cells.gene_symbols
+    from .models.base import CellMatrix
+
+    cells = CellMatrix(cells.X, np.asarray(gene_ids).astype(str), cells.gene_symbols, cells.names)
+    # Like Geneformer, the input is truncated to the model's size: the top-ranked genes of each cell.
+    max_len = int(p["max_length"])
+    tok = GeneformerTokenizer(token_dict, medians, max_len, special_tokens=True, source="toy geneformer")
+    enc = tok.encode(cells)
+    ids, attn, special = enc.input_ids, enc.attention_mask, torch.from_numpy(enc.special)
+    n = ids.shape[0]
+    order = rng.permutation(n)
+    n_test = max(1, int(round(p["test_fraction"] * n)))
+    test, train = order[:n_test], order[n_test:]
+    config = BertConfig(vocab_size=len(token_dict), hidden_size=p["hidden_size"], num_hidden_layers=p["num_layers"],
+                        num_attention_heads=p["num_heads"], intermediate_size=p["intermediate_size"],
+                        max_position_embeddings=max_len, pad_token_id=token_dict["<pad>"],
+                        hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.02, type_vocab_size=1)
+    model = BertForMaskedLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=0.01)
+    warm = max(1, p["steps"] // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / p["steps"])))))
+    mask_id = token_dict["<mask>"]
+
+    def masked(batch_rows, gen):
+        x, a, sp_ = ids[batch_rows].clone(), attn[batch_rows], special[batch_rows]
+        m = (torch.rand(x.shape, generator=gen) < p["mask_prob"]) & ~sp_
+        labels = torch.where(m, x, torch.full_like(x, -100))
+        x[m] = mask_id
+        # trim padding columns shared by the whole batch
+        width = int(a.sum(1).max())
+        return x[:, :width].contiguous(), a[:, :width].contiguous(), labels[:, :width].contiguous()
+
+    gen = torch.Generator().manual_seed(p["seed"])
+    model.train()
+    losses = []
+    for step in tqdm(range(p["steps"]), desc="toy geneformer", mininterval=10):
+        rows = train[rng.integers(0, len(train), p["batch_size"])]
+        x, a, y = masked(rows, gen)
+        loss = model(input_ids=x, attention_mask=a, labels=y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+    model.eval()
+    egen = torch.Generator().manual_seed(p["seed"] + 1)
+    correct = total = 0
+    counts = np.bincount(ids[torch.from_numpy(train)][~special[torch.from_numpy(train)]].numpy(),
+                         minlength=len(token_dict))
+    base_guess = int(np.argmax(counts))
+    base_correct = 0
+    with torch.inference_mode():
+        for i in range(0, n_test, 32):
+            x, a, y = masked(test[i:i + 32], egen)
+            pred = model(input_ids=x, attention_mask=a).logits.argmax(-1)
+            sel = y != -100
+            correct += int((pred[sel] == y[sel]).sum())
+            base_correct += int((y[sel] == base_guess).sum())
+            total += int(sel.sum())
+    metrics = {"masked_gene_accuracy": correct / max(total, 1), "constant_guess_accuracy": base_correct / max(total, 1),
+               "n_masked_test_tokens": total, "final_train_loss": float(np.mean(losses[-50:])),
+               "n_genes": len(token_dict) - len(SPECIALS), "n_cells": int(n), "params": p}
+    log.info("toy geneformer: %s", {k: v for k, v in metrics.items() if k != "params"})
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        with open(tmp / "token_dictionary.pkl", "wb") as fh:
+            pickle.dump(token_dict, fh)
+        with open(tmp / "gene_median_dictionary.pkl", "wb") as fh:
+            pickle.dump(medians, fh)
+    if metrics_path:
+        write_json(metrics_path, metrics)
+    return metrics
