@@ -136,7 +136,7 @@ def test_test_config_through_slurm_with_a_cancelled_gpu_job(slurm, local_run, tm
     # every job went through sbatch: one SLURM log (named by job id) per submitted job
     logs = slurm_job_logs(wd)
     assert {"train_toy_model", "extract_activations", "train_sae", "evaluate_sae", "feature_catalog"} <= set(logs)
-    assert len(logs["extract_activations"]) == 3 + 1  # ctcf_peaks in 3 shards, promoter_tata in 1
+    assert len(logs["extract_activations"]) == 3 + 1 + 1  # ctcf_peaks in 3 shards, promoter_tata and pbmc in 1
     ids = [f.stem for fs in logs.values() for f in fs]
     assert len(ids) == len(set(ids))
     for i in ids:

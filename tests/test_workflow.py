@@ -119,6 +119,46 @@ def test_whole_dag_produces_outputs(finished_run):
 
 
 @pytest.mark.workflow
+def test_single_cell_atlas_of_pbmc(finished_run):
+    """The embedded single-cell default: real PBMCs through the toy Geneformer, an SAE per layer and the atlas.
+
+    Ground truth: the dataset's own marker genes per cell type (rank_genes_groups). Some features
+    must be enriched for them after BH over every (feature, set) test of the layer, and some for a
+    cell type's cells (Fisher, BH over features x labels).
+    """
+    wd = finished_run
+    base = wd / "results" / "toy_geneformer" / "pbmc"
+    lm = pd.read_csv(wd / "results" / "toy_geneformer" / "toy_cell_lm_metrics.tsv", sep="\t").set_index("metric").value
+    assert lm["masked_gene_accuracy"] > lm["constant_guess_accuracy"]
+    summary = pd.read_csv(base / "cells" / "topk_x4_k16" / "summary.tsv", sep="\t")
+    assert summary.layer.tolist() == [1, 2]
+    assert {"Features", "Alive", "Annotated", "Ann%", "Enrichments", "pbmc68k_markers", "Modules", "Persistent",
+            "Moderate", "Transient", "CellTypeFeatures"} <= set(summary.columns)
+    assert (base / "cells" / "topk_x4_k16" / "summary.png").stat().st_size > 10_000
+    assert summary.Persistent.notna().iloc[0] and summary.Persistent.isna().iloc[-1]  # the last layer has no next
+    assert summary.CellTypeFeatures.max() > 0
+    hits = []
+    for layer in (1, 2):
+        d = base / "cells" / "topk_x4_k16" / f"layer{layer}"
+        enr = pd.read_parquet(d / "enrichment.parquet")
+        info = __import__("json").loads((d / "layer.json").read_text())
+        top = pd.read_parquet(d / "top_genes.parquet")
+        # every (feature with top genes) x (marker set within the size limits: at most the 10 cell types)
+        # test is in the BH family, zero overlaps included
+        n_feat = top.feature.nunique()
+        assert info["enrichment_family_size"] % n_feat == 0 and 1 <= info["enrichment_family_size"] // n_feat <= 10
+        assert info["enrichment_family_size"] >= len(enr)
+        hits.append(enr[(enr.library == "pbmc68k_markers") & (enr.q < 0.05)])
+        assert top.groupby("feature").size().max() <= 20
+    sig = pd.concat(hits)
+    assert len(sig) > 0, "no feature is enriched for a cell type's marker genes after BH"
+    # the tokens of a cell model carry genes
+    from saeflow.activations import ActivationStore
+
+    assert "gene" in ActivationStore(base / "activations").tokens.columns
+
+
+@pytest.mark.workflow
 def test_ctcf_is_recovered(finished_run):
     rec = pd.read_csv(finished_run / "results/toy_esm/ctcf_peaks/recovery/topk_x4_k16/recovery.tsv", sep="\t")
     ctcf = rec[rec.motif_id == "MA0139.1"]

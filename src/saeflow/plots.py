@@ -138,3 +138,30 @@ def eval_summary(summary: pd.DataFrame, path) -> None:
         ax.set_xlabel("layer")
         ax.set_xticks(list(x))
     _save(fig, path)
+
+
+def cell_summary(summary: pd.DataFrame, path) -> None:
+    """Single-cell atlas per layer: alive and annotated features, modules, cross-layer persistence."""
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
+    x = summary.layer
+    axes[0].plot(x, summary.Alive, "o-", label="alive")
+    axes[0].plot(x, summary.Annotated, "s-", label="annotated (q < alpha)")
+    if "CellTypeFeatures" in summary:
+        axes[0].plot(x, summary.CellTypeFeatures, "^-", label="cell-type enriched")
+    axes[0].set_title("features")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(x, summary["Ann%"], "o-")
+    axes[1].set_title("annotated (% of alive)")
+    axes[1].set_ylim(bottom=0)
+    axes[2].bar(x, summary.Modules)
+    axes[2].set_title("co-activation modules")
+    bottom = pd.Series(0.0, index=summary.index)
+    for cls, color in (("Persistent", "C2"), ("Moderate", "C1"), ("Transient", "C7")):
+        vals = summary[cls].fillna(0)
+        axes[3].bar(x, vals, bottom=bottom, label=cls.lower(), color=color)
+        bottom += vals
+    axes[3].set_title("match in the next layer (decoder cosine)")
+    axes[3].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("layer")
+    _save(fig, path)

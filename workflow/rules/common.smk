@@ -69,7 +69,7 @@ def _check_config():
     for name, m in models.items():
         if m["source"] == "local" and not m["path"]:
             errors.append(f"models.{name}.path: required when source is 'local'")
-        if m["source"] == "toy" and m["reference"] not in refs:
+        if m["source"] == "toy" and m["family"] == "toy" and m["reference"] not in refs:
             errors.append(f"models.{name}.reference: unknown reference {m['reference']!r}")
         if m["source"] == "hub":
             for key in ("repo_id", "revision"):
@@ -86,10 +86,31 @@ def _check_config():
                 f"models.{name}.n_layers: required for a {m['source']} model (or list `layers`): "
                 "the plan is made before the checkpoint is downloaded"
             )
+    for name, m in models.items():
+        if m["source"] == "toy" and m["family"] == "geneformer":
+            ds = m["toy_cells"]["dataset"]
+            if ds not in dsets or dsets[ds]["kind"] != "cells":
+                errors.append(f"models.{name}.toy_cells.dataset: {ds!r} is not a cells dataset")
+        elif m["source"] == "toy" and m["family"] != "toy":
+            errors.append(
+                f"models.{name}.family: a toy model is the toy ESM (family toy) "
+                "or the toy Geneformer (family geneformer)"
+            )
     for name, d in dsets.items():
         if d["kind"] == "cells":
-            if not (d["h5ad"] or d["url"]):
-                errors.append(f"datasets.{name}: kind 'cells' needs h5ad (a path) or url")
+            if not (d["h5ad"] or d["builtin"] or d["url"]):
+                errors.append(f"datasets.{name}: kind 'cells' needs h5ad (a path), builtin or url")
+            for gs in d["genesets"]:
+                if gs == "pbmc68k_markers" and d["builtin"] == "pbmc68k_reduced":
+                    continue
+                if gs not in config["genesets"] or config["genesets"][gs]["source"] not in (
+                    "enrichr",
+                    "gmt",
+                ):
+                    errors.append(
+                        f"datasets.{name}.genesets: {gs!r} is not a gene-set library "
+                        "(a `genesets` entry with source enrichr or gmt)"
+                    )
         elif d["kind"] == "task" and d["table"] and d["nt_task"]:
             errors.append(f"datasets.{name}: give table or nt_task, not both")
         elif d["kind"] == "task" and (d["table"] or d["nt_task"]):
@@ -308,7 +329,41 @@ def get_extract_inputs(wildcards):
 
 def get_cells_h5ad(wildcards):
     d = get_dataset(wildcards)
-    return d["h5ad"] or f"resources/cells/{wildcards.dataset}.h5ad"
+    if d["h5ad"]:
+        return d["h5ad"]
+    if d["builtin"]:
+        return f"resources/cells/builtin/{d['builtin']}.h5ad"
+    return f"resources/cells/{wildcards.dataset}.h5ad"
+
+
+def get_geneset_gmts(wildcards):
+    """The GMT files a cell dataset's features are tested against (name -> path)."""
+    return {
+        gs: (
+            "resources/genesets/pbmc68k_markers.gmt"
+            if gs == "pbmc68k_markers"
+            else f"resources/genesets/{gs}.gmt"
+        )
+        for gs in get_dataset(wildcards)["genesets"]
+    }
+
+
+def get_cell_layer_dirs(wildcards):
+    return expand(
+        "results/{model}/{dataset}/cells/{sae}/layer{layer}",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        sae=wildcards.sae,
+        layer=get_layers(wildcards.model),
+    )
+
+
+def get_toy_cells_table(wildcards):
+    ds = config["models"][wildcards.model]["toy_cells"]["dataset"]
+    return {
+        "cells": f"results/datasets/{ds}/cells.h5ad",
+        "table": f"results/datasets/{ds}/sequences.parquet",
+    }
 
 
 def get_planted(wildcards):
@@ -368,7 +423,7 @@ def get_layers(model):
     if m["layers"]:
         return list(m["layers"])
     if m["source"] == "toy":
-        n = m["toy"]["num_layers"]
+        n = m["toy_cells" if m["family"] == "geneformer" else "toy"]["num_layers"]
     elif m["n_layers"]:
         n = m["n_layers"]
     else:
@@ -473,7 +528,8 @@ def get_final_outputs():
     for run in config["runs"]:
         m, d = run["model"], run["dataset"]
         if config["models"][m]["source"] == "toy":
-            out.append(f"results/{m}/toy_lm_metrics.tsv")
+            toy_cells = config["models"][m]["family"] == "geneformer"
+            out.append(f"results/{m}/toy_{'cell_' if toy_cells else ''}lm_metrics.tsv")
         cells = config["datasets"][d]["kind"] == "cells"
         for sae in run["saes"]:
             base = f"results/{m}/{d}"
@@ -482,7 +538,9 @@ def get_final_outputs():
                 f"{base}/eval/{sae}/summary.tsv",
                 f"{base}/eval/{sae}/summary.png",
             ]
-            if not cells:  # the catalog reads bases and contexts; cells get their own (issue 6)
+            if cells:  # the cell atlas: genes, cells, gene sets, modules, tracking
+                out += [f"{base}/cells/{sae}/summary.tsv", f"{base}/cells/{sae}/summary.png"]
+            else:  # the DNA catalog: bases and contexts
                 out += [f"{base}/catalog/{sae}/summary.tsv", f"{base}/catalog/{sae}/summary.png"]
             if has_ground_truth(d):
                 out += [

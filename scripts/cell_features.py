@@ -1,0 +1,10 @@
+import torch
+
+from saeflow.cellatlas import analyse_layer
+from saeflow.utils import setup_logging
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+i, p = snakemake.input, snakemake.params
+analyse_layer(i.sae, i.acts, i.table, int(snakemake.wildcards.layer), {g: i[g] for g in p.genesets}, p.cells,
+              snakemake.output[0])
