@@ -9,4 +9,5 @@ prepare_cells(
     label_column=d["label_column"], gene_id_column=d["gene_id_column"] or "index",
     gene_symbol_column=d["gene_symbol_column"], n_cells=d["n_cells"],
     test_fraction=d["test_fraction"], seed=d["seed"],
+    perturbed_per_target=d["perturbed_cells_per_target"], perturbation_targets=d["perturbation_targets"],
 )

@@ -501,3 +501,27 @@ def test_bh_matches_scipy_and_skips_nan():
     assert q.shape == (2, 3) and np.isnan(q[1, 2])
     np.testing.assert_allclose(q.ravel()[:5], false_discovery_control(p[:5], method="bh"))
     assert hypergeom.sf(-1, 10, 3, 2) == pytest.approx(1.0)
+
+
+def test_gene_sets_and_networks_share_one_bh_family():
+    """The q of a gene-set test depends on the network tests of the layer too (one family), and the
+    zero-overlap tests that are not stored still count: same as BH over every p with those at 1."""
+    from statsmodels.stats.multitest import multipletests
+
+    from saeflow.cellatlas import joint_bh
+
+    rng = np.random.default_rng(0)
+    ora = pd.DataFrame({"feature": np.arange(30), "p": rng.uniform(0, 0.02, 30) ** 2})
+    nets = {"trrust": pd.DataFrame({"feature": np.arange(50), "p": rng.uniform(0, 1, 50)}),
+            "string": pd.DataFrame({"feature": np.arange(50), "p": np.r_[np.full(5, 1e-4), rng.uniform(0, 1, 45)]})}
+    unstored = 400
+    family = joint_bh(ora, 30 + unstored, nets)
+    assert family == 30 + unstored + 100
+    allp = np.concatenate([ora.p, nets["trrust"].p, nets["string"].p, np.ones(unstored)])
+    ref = multipletests(allp, method="fdr_bh")[1]
+    np.testing.assert_allclose(ora.q, ref[:30], rtol=1e-12)
+    np.testing.assert_allclose(nets["trrust"].q, ref[30:80], rtol=1e-12)
+    np.testing.assert_allclose(nets["string"].q, ref[80:130], rtol=1e-12)
+    # larger than the per-network BH would give: the family is bigger
+    alone = multipletests(nets["string"].p, method="fdr_bh")[1]
+    assert (nets["string"].q.to_numpy() >= alone - 1e-15).all() and (nets["string"].q.to_numpy() > alone).any()

@@ -47,6 +47,40 @@ def test_control_cells_subsampled_split_and_read_back(tmp_path):
     assert list(t2.name) == list(t.name) and load_cells(tmp_path / "c2.h5ad").gene_symbols is None
 
 
+def test_perturbed_cells_appended_per_target_and_kept_out_of_train_and_test(tmp_path):
+    from saeflow.activations import split_ranges
+
+    X, obs, var = write_h5ad(tmp_path / "in.h5ad", n=60)
+    t = prepare_cells(tmp_path / "in.h5ad", tmp_path / "cells.h5ad", tmp_path / "cells.parquet",
+                      perturbation_column="gene", control_label="non-targeting", gene_id_column="index",
+                      n_cells=20, test_fraction=0.25, seed=3, perturbed_per_target=4)
+    atlas, pert = t[t.split != "perturbed"], t[t.split == "perturbed"]
+    assert len(atlas) == 20 and set(atlas.perturbation) == {"non-targeting"} and (atlas.split == "test").sum() == 5
+    # the perturbed cells come after the atlas, at most 4 per target, every target present
+    assert (t.index[t.split == "perturbed"] >= 20).all()
+    counts = pert.perturbation.value_counts()
+    targets = sorted(set(obs.gene) - {"non-targeting"})
+    assert sorted(counts.index) == targets and (counts <= 4).all() and counts.min() >= 1
+    cm = load_cells(tmp_path / "cells.h5ad")
+    rows = [obs.index.get_loc(n) for n in t.name]
+    np.testing.assert_array_equal(cm.X.toarray(), X[rows])
+    assert list(t.perturbation) == list(obs.gene.iloc[rows])
+    # SAE training and evaluation read neither the perturbed cells' tokens
+    offsets = np.arange(len(t) + 1) * 3
+    train, test = split_ranges(offsets, t)
+    assert len(train) == 15 and len(test) == 5
+    # only some targets
+    t2 = prepare_cells(tmp_path / "in.h5ad", tmp_path / "c2.h5ad", tmp_path / "c2.parquet",
+                       perturbation_column="gene", control_label="non-targeting", gene_id_column="index",
+                       perturbed_per_target=2, perturbation_targets=["G1"])
+    assert set(t2[t2.split == "perturbed"].perturbation) == {"G1"} and (t2.split == "perturbed").sum() == 2
+    with pytest.raises(SaeflowError, match="no cell has gene == 'NOPE'"):
+        prepare_cells(tmp_path / "in.h5ad", tmp_path / "c3.h5ad", tmp_path / "c3.parquet",
+                      perturbation_column="gene", control_label="non-targeting", gene_id_column="index",
+                      perturbed_per_target=2, perturbation_targets=["NOPE"])
+    assert not (tmp_path / "c3.h5ad").exists()
+
+
 @pytest.mark.parametrize("kw, msg", [
     (dict(perturbation_column="guide"), "obs has no column 'guide'"),
     (dict(perturbation_column="gene", control_label="scrambled"), "no cell has gene == 'scrambled'"),

@@ -10,6 +10,10 @@ Mid-run the toy-LM training job (a GPU job) is cancelled with scancel after its 
 checkpoint; the test checks that SLURM ran every job (job ids in the SLURM logs), that the
 cancelled job was submitted again and resumed from its checkpoint, and that the final outputs
 equal those of the local run of the same config.
+
+The SLURM run is started before the local run and the two overlap (``slurm_run`` is a session
+fixture requested before ``local_run``): a SLURM run spends much of its time between status
+polls, and running them one after the other cost CI ~9 minutes.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -41,12 +47,50 @@ def slurm_is_up() -> bool:
     return bool(re.search(r"^(idle|mixed|allocated|completing)", out, re.M))
 
 
-@pytest.fixture(scope="module")
-def slurm():
+def require_slurm() -> None:
     if not slurm_is_up():
         if os.environ.get("SAEFLOW_REQUIRE_SLURM") == "1":
             pytest.fail("SAEFLOW_REQUIRE_SLURM=1 but no SLURM answers (sinfo); see tests/slurm/up.sh")
         pytest.skip("no SLURM running here: `sudo bash tests/slurm/up.sh` brings one up (CI does)")
+
+
+@pytest.fixture(scope="session")
+def slurm_run(tmp_path_factory):
+    """The test config submitted through the SLURM profile, in the background, with a watcher that
+    scancels the toy-LM training job once it has written its first checkpoint."""
+    require_slurm()
+    root = tmp_path_factory.mktemp("slurm")
+    wd = copy_workflow(root / "wd", load_test_config())
+    prof = ci_profile(wd)
+    log_path = root / "snakemake.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", str(prof.relative_to(wd))],
+                            cwd=wd, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    run = SimpleNamespace(wd=wd, proc=proc, log=log_path, cancelled=None)
+    ckpt = wd / "resources" / "models" / "toy_esm.ckpt"
+    stop = threading.Event()
+
+    def watch():
+        while proc.poll() is None and not stop.is_set():
+            if run.cancelled is None and ckpt.exists():
+                jobs = slurm_job_logs(wd).get("train_toy_model", [])
+                if len(jobs) == 1 and job_state(jobs[0].stem) == "RUNNING":
+                    run.cancelled = jobs[0].stem
+                    subprocess.run(["scancel", run.cancelled], check=True)
+            time.sleep(1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield run
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        watcher.join(timeout=10)
+        log.close()
 
 
 def ci_profile(wd: Path) -> Path:
@@ -104,33 +148,16 @@ def assert_same(a: Path, b: Path) -> None:
         assert a.read_bytes() == b.read_bytes(), f"{a} differs from the local run's"
 
 
-def test_test_config_through_slurm_with_a_cancelled_gpu_job(slurm, local_run, tmp_path):
-    wd = copy_workflow(tmp_path / "wd", load_test_config())
-    prof = ci_profile(wd)
-    log_path = tmp_path / "snakemake.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", str(prof.relative_to(wd))],
-                                cwd=wd, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    ckpt = wd / "resources" / "models" / "toy_esm.ckpt"
-    cancelled = None
+def test_test_config_through_slurm_with_a_cancelled_gpu_job(slurm_run, local_run):
+    wd, proc = slurm_run.wd, slurm_run.proc
     try:
-        deadline = time.time() + 1800
-        while proc.poll() is None and time.time() < deadline:
-            if cancelled is None and ckpt.exists():
-                jobs = slurm_job_logs(wd).get("train_toy_model", [])
-                if len(jobs) == 1 and job_state(jobs[0].stem) == "RUNNING":
-                    cancelled = jobs[0].stem
-                    subprocess.run(["scancel", cancelled], check=True)
-            time.sleep(1)
-        if proc.poll() is None:
-            proc.kill()
-            pytest.fail("the SLURM run did not finish in 30 min")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    out = log_path.read_text()
+        proc.wait(timeout=2400)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the SLURM run did not finish in 40 min")
+    out = slurm_run.log.read_text()
     assert proc.returncode == 0, out[-6000:]
+    cancelled = slurm_run.cancelled
     assert cancelled is not None, "never saw the toy-LM job running with a checkpoint to cancel"
 
     # every job went through sbatch: one SLURM log (named by job id) per submitted job
@@ -146,7 +173,7 @@ def test_test_config_through_slurm_with_a_cancelled_gpu_job(slurm, local_run, tm
     assert len(toy) == 2 and toy[0].stem == cancelled, toy
     rule_log = (wd / "logs" / "train_toy_model" / "toy_esm.log").read_text()
     assert re.search(r"resumed from .*toy_esm\.ckpt at step \d+ of 1500", rule_log), rule_log[-3000:]
-    assert not ckpt.exists()
+    assert not (wd / "resources" / "models" / "toy_esm.ckpt").exists()
     # localrules ran here, not through the queue
     assert "catalog_summary" not in logs and "eval_summary" not in logs
 

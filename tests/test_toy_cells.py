@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from saeflow.cells import load_cells, prepare_cells
-from saeflow.toy_cells import build_dictionaries, train_toy_geneformer, write_pbmc
+from saeflow.toy_cells import build_dictionaries, train_toy_geneformer, write_pbmc, write_pbmc_crispri
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,40 @@ def test_toy_geneformer_loads_as_geneformer_and_learns(pbmc, tmp_path):
     assert tb.genes[0][0] == "" and tb.genes[0][1] in set(cm.gene_ids)
     r = ad.run(tb, Capture(resid=[0, 1, 2]))
     assert r.resid[2].shape == (3, tb.input_ids.shape[1], 32)
+
+
+def test_simulated_crispri_plants_the_designed_knockdowns(pbmc, tmp_path):
+    import anndata
+
+    d, _ = pbmc
+    info = write_pbmc_crispri(d / "pbmc.h5ad", tmp_path / "crispri.h5ad", tmp_path / "trrust.tsv",
+                              cells_per_target=15, n_targets=10, seed=1)
+    assert info["controls"] == 700 and info["perturbed"] == 5 * 15
+    a = anndata.read_h5ad(tmp_path / "crispri.h5ad")
+    src = anndata.read_h5ad(d / "pbmc.h5ad")
+    X, S = a.X.toarray(), src.X.toarray()
+    pert = a.obs.perturbation.to_numpy()
+    # controls: the real cells, unchanged
+    np.testing.assert_array_equal(X[pert == "non-targeting"], S)
+    edges = pd.read_csv(tmp_path / "trrust.tsv", sep="\t")
+    assert list(edges.columns) == ["source", "target", "mode", "pmids"]
+    reg = {tf: set(g.target) for tf, g in edges.groupby("source")}
+    assert set(reg) == {"SPI1", "IRF8", "JUNB", "EGR1"} and all(len(v) == 10 for v in reg.values())
+    assert len(set.union(*reg.values())) == 40  # disjoint regulons
+    assert (edges.groupby("source")["mode"].value_counts() == 5).all()  # half activated, half repressed
+    genes = list(a.var_names)
+    row_of = {n: i for i, n in enumerate(src.obs_names)}
+    for tf in ("SPI1", "IRF8", "JUNB", "EGR1", "SHAM"):
+        cells = np.flatnonzero(pert == tf)
+        assert len(cells) == 15
+        base = S[[row_of[c] for c in a.obs.source_cell.iloc[cells]]]
+        expect = base.copy()
+        if tf != "SHAM":
+            expect[:, genes.index(tf)] *= 0.05
+            if tf != "EGR1":  # EGR1: the TF alone; its listed targets are left as they were
+                mode = edges[edges.source == tf].set_index("target")["mode"]
+                expect[:, [genes.index(g) for g in mode.index[mode == "Activation"]]] *= 0.1
+                expect[:, [genes.index(g) for g in mode.index[mode == "Repression"]]] *= 8.0
+        np.testing.assert_allclose(X[cells], expect, rtol=1e-6)
+        # labels travel with the copied cells
+        assert list(a.obs.bulk_labels.iloc[cells]) == list(src.obs.bulk_labels.loc[a.obs.source_cell.iloc[cells]])

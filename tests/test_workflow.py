@@ -66,7 +66,7 @@ def test_truncated_fasta_fails_clearly_and_leaves_nothing(tmp_path):
     fa.write_text(">chr1\n" + "ACGT" * 60 + "\nACG")  # cut mid-line, no final newline
     cfg = load_test_config()
     cfg["references"]["mine"] = {"source": "files", "fasta": str(fa), "peaks": str(tmp_path / "p.bed")}
-    cfg["datasets"] = {"mine_peaks": {"reference": "mine", "kind": "peaks"}}
+    cfg["datasets"]["mine_peaks"] = {"reference": "mine", "kind": "peaks"}
     cfg["runs"] = [{"model": "toy_esm", "dataset": "mine_peaks"}]
     (tmp_path / "p.bed").write_text("chr1\t10\t50\n")
     wd = copy_workflow(tmp_path / "wd", cfg)
@@ -146,12 +146,35 @@ def test_single_cell_atlas_of_pbmc(finished_run):
         # every (feature with top genes) x (marker set within the size limits: at most the 10 cell types)
         # test is in the BH family, zero overlaps included
         n_feat = top.feature.nunique()
-        assert info["enrichment_family_size"] % n_feat == 0 and 1 <= info["enrichment_family_size"] // n_feat <= 10
-        assert info["enrichment_family_size"] >= len(enr)
+        # ... and every feature's network test (one per feature per network) is in the same family
+        assert info["networks"] == ["pbmc68k_crispri_trrust"]
+        nets = pd.read_parquet(d / "networks.parquet")
+        assert len(nets) == n_feat and nets.p.between(0, 1).all()
+        ora = info["enrichment_family_size"] - n_feat
+        assert ora % n_feat == 0 and 1 <= ora // n_feat <= 10
+        assert ora >= len(enr)
+        # the atlas is the 700 real cells, not the simulated perturbed ones
+        assert info["n_atlas_cells"] == 700
         hits.append(enr[(enr.library == "pbmc68k_markers") & (enr.q < 0.05)])
         assert top.groupby("feature").size().max() <= 20
     sig = pd.concat(hits)
     assert len(sig) > 0, "no feature is enriched for a cell type's marker genes after BH"
+    # perturbation response on the simulated CRISPRi cells: the planted regulators move features,
+    # the SHAM target (copies of control cells) and EGR1 (its targets untouched) move none
+    pert = base / "perturbation" / "topk_x4_k16"
+    targets = pd.read_csv(pert / "summary.tsv", sep="\t")
+    assert set(targets.target) == {"SPI1", "IRF8", "JUNB", "EGR1", "SHAM"} and set(targets.layer) == {1, 2}
+    assert (targets.n_cells == 60).all()
+    by = targets.groupby("target").responding.sum()
+    assert by["SHAM"] == 0 and by["EGR1"] == 0
+    assert by[["SPI1", "IRF8", "JUNB"]].min() > 0
+    resp = pd.read_parquet(pert / "layer1" / "response.parquet")
+    assert {"target", "feature", "U", "rank_biserial", "ci_low", "ci_high", "p", "q"} <= set(resp.columns)
+    assert resp.n_control.max() == 700 and resp.q.dropna().between(0, 1).all()
+    reg = pd.read_csv(pert / "regulatory.tsv", sep="\t")
+    assert set(reg.tf) == {"SPI1", "IRF8", "JUNB", "EGR1"}
+    assert reg[reg.tf == "EGR1"].n_responding.eq(0).all() and reg[reg.tf == "EGR1"].p.isna().all()
+    assert (pert / "summary.png").stat().st_size > 10_000
     # the tokens of a cell model carry genes
     from saeflow.activations import ActivationStore
 
@@ -187,9 +210,10 @@ def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
     jobs = planned_jobs(p)
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
     assert outputs and not [line for line in outputs if "topk_x4_k16" in line]
-    # 2 layers x 2 datasets of the changed SAE; nothing upstream, nothing of the other SAE
-    assert jobs["train_sae"] == 4 and jobs["feature_catalog"] == 4
-    assert jobs["ground_truth_recovery"] == 4  # both datasets live on the toy reference with planted sites
+    # 2 layers of the changed SAE on ctcf_peaks (the one run that lists it); nothing upstream,
+    # nothing of the other SAE
+    assert jobs["train_sae"] == 2 and jobs["feature_catalog"] == 2
+    assert jobs["ground_truth_recovery"] == 2  # ctcf_peaks lives on the toy reference with planted sites
     for upstream in ("build_toy_genome", "index_fasta", "train_toy_model", "extract_activations", "prepare_sequences"):
         assert upstream not in jobs
 

@@ -228,15 +228,18 @@ class ActivationStore:
 
 
 def split_rows(tokens: pd.DataFrame, sequences: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Train/test token rows by the sequence table's ``split`` (held out by sequence, never by token)."""
-    is_test = sequences.split.to_numpy()[tokens.seq.to_numpy()] == "test"
-    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    """Train/test token rows by the sequence table's ``split`` (held out by sequence, never by token).
+
+    Other splits (``perturbed`` cells of a Perturb-seq dataset) are in neither."""
+    split = sequences.split.to_numpy()[tokens.seq.to_numpy()]
+    return np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
 
 
 def split_ranges(offsets: np.ndarray, sequences: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Train/test row ranges, (n, 2) arrays with one [start, end) per sequence, by the ``split`` column.
 
-    Memory is O(number of sequences), whatever the number of tokens.
+    Memory is O(number of sequences), whatever the number of tokens. Sequences of any other split
+    (``perturbed`` cells) are in neither.
     """
     if "split" not in sequences.columns:
         raise SaeflowError("sequence table has no 'split' column")
@@ -244,5 +247,5 @@ def split_ranges(offsets: np.ndarray, sequences: pd.DataFrame) -> tuple[np.ndarr
     if len(sequences) != n:
         raise SaeflowError(f"sequence table has {len(sequences)} rows but the activations cover {n} sequences")
     ranges = np.stack([offsets[:-1], offsets[1:]], axis=1)
-    is_test = sequences.split.to_numpy() == "test"
-    return ranges[~is_test], ranges[is_test]
+    split = sequences.split.to_numpy()
+    return ranges[split == "train"], ranges[split == "test"]

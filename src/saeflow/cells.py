@@ -7,7 +7,11 @@ with a seed, splits them into train/test by cell, and writes
 * ``cells.h5ad``: the selected cells, raw counts as CSR float32, ``var`` with the gene id and
   symbol columns the models need (``gene_id``, ``gene_symbol``);
 * ``cells.parquet``: one row per cell, in the order of ``cells.h5ad``: ``name``, ``label`` (the
-  label column, or ""), ``perturbation`` (or ""), ``split``.
+  label column, or ""), ``perturbation`` (or ""), ``split``: ``train`` / ``test`` for the cells
+  of the atlas (the controls of a Perturb-seq screen), ``perturbed`` for the perturbed cells kept
+  for the perturbation response (after the atlas cells). Only ``train`` cells train the SAE (and
+  the toy cell model); only ``train``/``test`` cells enter the atlas; ``perturbed`` cells are
+  read only by the perturbation-response rule.
 
 :func:`load_cells` reads ``cells.h5ad`` back as a :class:`~saeflow.models.base.CellMatrix`.
 
@@ -57,12 +61,14 @@ def _column(df: pd.DataFrame, col: str, what: str, path) -> pd.Series:
 def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_column: str = "",
                   control_label: str = "", label_column: str = "", gene_id_column: str = "",
                   gene_symbol_column: str = "", n_cells: int = 0, test_fraction: float = 0.3,
-                  seed: int = 0) -> pd.DataFrame:
+                  seed: int = 0, perturbed_per_target: int = 0, perturbation_targets=()) -> pd.DataFrame:
     """Select, subsample and split the cells of ``h5ad``; see the module docstring.
 
     ``gene_id_column`` / ``gene_symbol_column``: ``var`` columns with Ensembl ids / symbols;
     "index" = ``var_names``; "" = not available (a model that needs it will say so).
-    With ``perturbation_column`` and ``control_label``, only control cells are kept.
+    With ``perturbation_column`` and ``control_label``, the control cells are the atlas; with
+    ``perturbed_per_target`` > 0, up to that many cells of each target (all targets, or those of
+    ``perturbation_targets``; a seeded subsample) are appended with split ``perturbed``.
     """
     import scipy.sparse as sp
 
@@ -95,6 +101,23 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
         idx = np.sort(rng.choice(idx, n_cells, replace=False))
     if len(idx) == 0:
         raise SaeflowError(f"{h5ad}: no cells selected")
+    pert_idx = np.zeros(0, dtype=np.int64)
+    if perturbed_per_target:
+        if not (perturbation_column and control_label):
+            raise SaeflowError(f"{h5ad}: perturbed_per_target needs perturbation_column and control_label")
+        pv = pert.to_numpy()
+        wanted = [str(t) for t in perturbation_targets] or sorted(set(pv[~keep]))
+        absent = [t for t in wanted if not (pv == t).any()]
+        if absent:
+            raise SaeflowError(f"{h5ad}: no cell has {perturbation_column} == {absent[0]!r}"
+                               + (f" (and {len(absent) - 1} more targets)" if len(absent) > 1 else ""))
+        chosen = []
+        for t in wanted:
+            rows = np.flatnonzero(pv == t)
+            if len(rows) > perturbed_per_target:
+                rows = np.sort(rng.choice(rows, perturbed_per_target, replace=False))
+            chosen.append(rows)
+        pert_idx = np.concatenate(chosen) if chosen else pert_idx
 
     def gene_col(col, what):
         if not col:
@@ -106,6 +129,8 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
     gene_ids, symbols = gene_col(gene_id_column, "gene ids"), gene_col(gene_symbol_column, "gene symbols")
     if gene_ids is None and symbols is None:
         raise SaeflowError(f"{h5ad}: neither gene ids nor gene symbols configured (gene_id_column / gene_symbol_column)")
+    n_atlas = len(idx)
+    idx = np.concatenate([idx, pert_idx])
     X = X[idx]
     X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
     data = X.data
@@ -116,9 +141,9 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
                            "(set the dataset's `layer` to the counts layer, or 'raw')")
     if data.size and not np.allclose(data, np.round(data)):
         log.warning("%s: counts are not integers (normalised data?); the models expect raw counts", h5ad)
-    n_test = int(round(test_fraction * len(idx)))
-    split = np.array(["train"] * len(idx), dtype=object)
-    split[rng.permutation(len(idx))[:n_test]] = "test"
+    n_test = int(round(test_fraction * n_atlas))
+    split = np.array(["train"] * n_atlas + ["perturbed"] * len(pert_idx), dtype=object)
+    split[rng.permutation(n_atlas)[:n_test]] = "test"
     table = pd.DataFrame({"name": np.asarray(obs.index[idx]).astype(str), "label": labels.to_numpy()[idx],
                           "perturbation": pert.to_numpy()[idx], "split": split})
     import anndata
@@ -133,7 +158,8 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
         out.write_h5ad(tmp)
     with atomic_path(out_table) as tmp:
         table.to_parquet(tmp, index=False)
-    log.info("%s: %d of %d cells kept (%d test), %d genes", h5ad, len(idx), adata.n_obs, n_test, X.shape[1])
+    log.info("%s: %d of %d cells kept (%d atlas, %d test; %d perturbed), %d genes", h5ad, len(idx), adata.n_obs,
+             n_atlas, n_test, len(pert_idx), X.shape[1])
     return table
 
 

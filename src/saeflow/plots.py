@@ -165,3 +165,49 @@ def cell_summary(summary: pd.DataFrame, path) -> None:
     for ax in axes:
         ax.set_xlabel("layer")
     _save(fig, path)
+
+
+def _heatmap(ax, mat: pd.DataFrame, title: str, cbar_label: str, annot: pd.DataFrame | None = None, fmt="{:.0f}",
+             vmax: float | None = None):
+    import numpy as np
+
+    vals = mat.to_numpy(dtype=float)
+    im = ax.imshow(vals, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+    ax.set_xticks(range(mat.shape[1]), [str(c) for c in mat.columns])
+    ax.set_yticks(range(mat.shape[0]), [str(r) for r in mat.index])
+    ax.set_xlabel("layer")
+    ax.set_title(title)
+    ann = mat if annot is None else annot
+    if mat.size <= 400:
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                v = ann.iat[i, j]
+                if v == v and np.isfinite(v):
+                    ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="w")
+    plt.colorbar(im, ax=ax, label=cbar_label)
+
+
+def perturbation_summary(targets: pd.DataFrame, regulatory: pd.DataFrame, path, alpha: float = 0.05,
+                         max_targets: int = 40) -> None:
+    """Responding features per target x layer; regulatory logic (-log10 q, fold) per TF x layer."""
+    import numpy as np
+
+    has_reg = len(regulatory) > 0 and np.isfinite(regulatory.p.to_numpy(float)).any()
+    fig, axes = plt.subplots(1, 2 if has_reg else 1, figsize=(13 if has_reg else 7, 0.3 * min(
+        targets.target.nunique(), max_targets) + 2.5), squeeze=False)
+    # the targets with the most responding features (all when few)
+    order = targets.groupby("target").responding.sum().sort_values(ascending=False).index[:max_targets]
+    mat = targets.pivot(index="target", columns="layer", values="responding").loc[order]
+    _heatmap(axes[0, 0], mat, f"features responding to the perturbation (q < {alpha:g})", "features")
+    if has_reg:
+        r = regulatory[np.isfinite(regulatory.p.to_numpy(float))]
+        r = r.assign(key=r.tf + (" (" + r.network + ")" if r.network.nunique() > 1 else ""))
+        q = r.pivot_table(index="key", columns="layer", values="q", aggfunc="min")
+        fold = r.pivot_table(index="key", columns="layer", values="fold", aggfunc="max").reindex_like(q)
+        lq = -np.log10(q.clip(lower=1e-300))
+        # the colour scale starts at q = 1 and reaches its top no lower than q = alpha^2, so
+        # nothing non-significant looks bright
+        _heatmap(axes[0, 1], lq, f"regulatory logic (fold; bright = small q, q < {alpha:g} at "
+                 f"{-np.log10(alpha):.1f})", "-log10 q (BH)", annot=fold, fmt="{:.1f}x",
+                 vmax=max(2 * -np.log10(alpha), float(np.nanmax(lq.to_numpy())) if lq.size else 0))
+    _save(fig, path)

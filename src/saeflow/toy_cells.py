@@ -17,6 +17,34 @@
   names Geneformer uses, so :func:`saeflow.models.load_model` loads it with ``family:
   geneformer``, the loader of the real checkpoints. Genes are keyed by symbol (the dataset has no
   Ensembl ids), so the dataset's ``gene_id_column`` is the symbol column.
+
+* :func:`write_pbmc_crispri` adds simulated CRISPRi cells to those real PBMCs, so the
+  perturbation-response and regulatory-logic rules run offline with a known answer (Replogle's
+  layout: one obs column names each cell's target, ``non-targeting`` for the controls). The 700 real
+  cells are the controls, unchanged; each perturbed cell is a copy of a randomly drawn real cell
+  whose target gene is knocked down (x ``tf_knockdown``) and, for the planted regulators, whose
+  simulated TRRUST targets change too: the first half (mode Activation) fall (x
+  ``target_knockdown``; CRISPRi typically leaves 5-20% of the transcript), the second half (mode
+  Repression) rise (x ``target_induction``: de-repressed). The planted design:
+
+  ===========  ===================================  ============================================
+  target       what changes                         expected
+  ===========  ===================================  ============================================
+  SPI1, IRF8,  the TF and its 20 listed targets     responding features, enriched for the TF's
+  JUNB                                              targets (regulatory logic)
+  EGR1         the TF only (20 targets listed,      few or no responding features, not enriched
+               left unchanged)                      for the listed targets
+  SHAM         nothing (copies of control cells)    no responding feature (a null target)
+  ===========  ===================================  ============================================
+
+  Why both directions: rank-value encoding keeps a cell's top-ranked genes only, and in these 765
+  highly variable genes no gene is in the top 64 of more than ~40% of cells, so knock-downs alone
+  change a handful of a cell's input tokens; de-repressed genes enter the top ranks of most cells.
+  The network is written as a TRRUST-format table (source, target, mode, pmids = "simulated");
+  targets are drawn (seeded) among the genes that rank-value encoding puts within a cell's top 64
+  most often (what a Geneformer-style model reads), disjoint between TFs. This is a
+  simulation on real expression profiles, labelled as such in the h5ad's ``uns``; it tests the
+  statistics end to end, it is not a biological claim.
 """
 
 from __future__ import annotations
@@ -65,6 +93,83 @@ def write_pbmc(out_h5ad, out_gmt, n_markers: int = 25) -> dict:
         tmp.write_text("\n".join(lines) + "\n")
     log.info("pbmc68k_reduced: %d cells x %d genes; %d marker sets of %d genes", *X.shape, len(groups), n_markers)
     return {"cells": int(X.shape[0]), "genes": int(X.shape[1]), "marker_sets": len(groups)}
+
+
+CRISPRI_DESIGN = {"SPI1": True, "IRF8": True, "JUNB": True, "EGR1": False}  # TF -> targets knocked down too
+SHAM_TARGET = "SHAM"
+CONTROL_LABEL = "non-targeting"
+
+
+def write_pbmc_crispri(pbmc_h5ad, out_h5ad, out_trrust, *, cells_per_target: int = 60, n_targets: int = 20,
+                       tf_knockdown: float = 0.05, target_knockdown: float = 0.1, min_expressed: float = 0.1,
+                       top_ranked: int = 64, target_induction: float = 8.0,
+                       design: dict | None = None, seed: int = 0) -> dict:
+    """``pbmc_h5ad`` (from :func:`write_pbmc`) + simulated CRISPRi cells -> ``out_h5ad`` and a
+    TRRUST-format ``out_trrust``; see the module docstring for the planted design.
+
+    ``obs['perturbation']``: the target of each cell (``non-targeting`` for the real cells);
+    ``obs['source_cell']``: the real cell a perturbed cell was copied from.
+    """
+    import anndata
+    import scipy.sparse as sp
+
+    design = dict(CRISPRI_DESIGN if design is None else design)
+    a = anndata.read_h5ad(pbmc_h5ad)
+    X = sp.csr_matrix(a.X, dtype=np.float32)
+    genes = np.asarray(a.var_names).astype(str)
+    col = {g: j for j, g in enumerate(genes)}
+    missing = [t for t in design if t not in col]
+    if missing:
+        raise SaeflowError(f"{pbmc_h5ad}: simulated CRISPRi targets not among its genes: {missing}")
+    rng = np.random.default_rng(seed)
+    # targets among the genes a Geneformer-style model reads: those ranked within the top
+    # ``top_ranked`` of a cell by rank-value encoding (expression / total / the gene's nonzero median)
+    # in at least ``min_expressed`` of the cells, so that knocking them down changes the model's input
+    dense = X.toarray()
+    norm = dense / np.maximum(dense.sum(1, keepdims=True), 1e-12)
+    med = np.array([np.median(c[c > 0]) if (c > 0).any() else np.inf for c in norm.T])
+    score = np.where(norm > 0, norm / med, -np.inf)
+    ranks = np.argsort(np.argsort(-score, axis=1), axis=1)
+    frac = ((ranks < top_ranked) & (norm > 0)).mean(axis=0)
+    pool = np.array([j for j in np.argsort(-frac, kind="stable") if genes[j] not in design][: 2 * n_targets * len(design)])
+    if len(pool) < n_targets * len(design) or frac[pool[n_targets * len(design) - 1]] < min_expressed:
+        raise SaeflowError(f"{pbmc_h5ad}: too few genes within the top {top_ranked} ranks of >= {min_expressed:.0%} "
+                           f"of cells for {n_targets * len(design)} simulated targets")
+    drawn = rng.permutation(pool)[: n_targets * len(design)].reshape(len(design), n_targets)
+    regulons = {tf: list(genes[drawn[i]]) for i, tf in enumerate(design)}  # first half activated, then repressed
+    blocks, obs_rows = [X], []
+    obs = a.obs.copy()
+    obs["perturbation"] = CONTROL_LABEL
+    obs["source_cell"] = np.asarray(a.obs_names).astype(str)
+    for tf in [*design, SHAM_TARGET]:
+        src = np.sort(rng.choice(X.shape[0], cells_per_target, replace=False))
+        block = X[src].toarray()
+        if tf != SHAM_TARGET:
+            block[:, col[tf]] *= tf_knockdown
+            if design[tf]:
+                half = n_targets // 2
+                block[:, [col[g] for g in regulons[tf][:half]]] *= target_knockdown  # activated by the TF
+                block[:, [col[g] for g in regulons[tf][half:]]] *= target_induction  # repressed by it
+        blocks.append(sp.csr_matrix(block))
+        o = a.obs.iloc[src].copy()
+        o["perturbation"] = tf
+        o["source_cell"] = np.asarray(a.obs_names[src]).astype(str)
+        o.index = pd.Index([f"{tf}_{i}" for i in range(len(src))])
+        obs_rows.append(o)
+    obs = pd.concat([obs, *obs_rows])
+    out = anndata.AnnData(X=sp.vstack(blocks).tocsr(), obs=obs, var=a.var.copy())
+    out.uns["saeflow_note"] = (f"{a.uns.get('saeflow_note', '')}; plus SIMULATED CRISPRi cells (copies of real cells "
+                               f"with knocked-down genes: TF x{tf_knockdown}, planted targets x{target_knockdown})")
+    with atomic_path(out_h5ad) as tmp:
+        out.write_h5ad(tmp)
+    edges = pd.DataFrame([(tf, g, "Activation" if i < n_targets // 2 else "Repression", "simulated")
+                          for tf, gs in regulons.items() for i, g in enumerate(gs)],
+                         columns=["source", "target", "mode", "pmids"])
+    with atomic_path(out_trrust) as tmp:
+        edges.to_csv(tmp, sep="\t", index=False)
+    log.info("pbmc68k_crispri: %d control + %d perturbed cells (%s + %s, %d each)", X.shape[0],
+             out.n_obs - X.shape[0], ", ".join(design), SHAM_TARGET, cells_per_target)
+    return {"controls": int(X.shape[0]), "perturbed": int(out.n_obs - X.shape[0]), "regulons": regulons}
 
 
 def build_dictionaries(cells) -> tuple[dict[str, int], dict[str, float]]:
@@ -156,7 +261,7 @@ def train_toy_geneformer(cells, out_dir, params: dict, metrics_path=None) -> dic
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     egen = torch.Generator().manual_seed(p["seed"] + 1)
     correct = total = 0

@@ -101,7 +101,10 @@ def _check_config():
             if not (d["h5ad"] or d["builtin"] or d["url"]):
                 errors.append(f"datasets.{name}: kind 'cells' needs h5ad (a path), builtin or url")
             for gs in d["genesets"]:
-                if gs == "pbmc68k_markers" and d["builtin"] == "pbmc68k_reduced":
+                if gs == "pbmc68k_markers" and d["builtin"] in (
+                    "pbmc68k_reduced",
+                    "pbmc68k_crispri",
+                ):
                     continue
                 if gs not in config["genesets"] or config["genesets"][gs]["source"] not in (
                     "enrichr",
@@ -111,6 +114,24 @@ def _check_config():
                         f"datasets.{name}.genesets: {gs!r} is not a gene-set library "
                         "(a `genesets` entry with source enrichr or gmt)"
                     )
+            for net in d["networks"]:
+                if net == "pbmc68k_crispri_trrust" and d["builtin"] == "pbmc68k_crispri":
+                    continue
+                if net not in config["genesets"] or config["genesets"][net]["source"] not in (
+                    "trrust",
+                    "string",
+                ):
+                    errors.append(
+                        f"datasets.{name}.networks: {net!r} is not a gene network "
+                        "(a `genesets` entry with source trrust or string)"
+                    )
+            if d["perturbed_cells_per_target"] and not (
+                d["perturbation_column"] and d["control_label"]
+            ):
+                errors.append(
+                    f"datasets.{name}.perturbed_cells_per_target: needs perturbation_column "
+                    "and control_label"
+                )
         elif d["kind"] == "task" and d["table"] and d["nt_task"]:
             errors.append(f"datasets.{name}: give table or nt_task, not both")
         elif d["kind"] == "task" and (d["table"] or d["nt_task"]):
@@ -348,6 +369,37 @@ def get_geneset_gmts(wildcards):
     }
 
 
+BUILTIN_NETWORKS = {"pbmc68k_crispri_trrust": "resources/genesets/pbmc68k_crispri_trrust.tsv"}
+
+
+def is_trrust(net):
+    """TRRUST networks are directed (TF -> target) and feed the regulatory-logic test."""
+    return net in BUILTIN_NETWORKS or config["genesets"][net]["source"] == "trrust"
+
+
+def get_network_tables(wildcards):
+    """The edge tables (TRRUST / STRING) of a cell dataset (name -> path)."""
+    return {
+        f"net_{n}": BUILTIN_NETWORKS.get(n, f"resources/genesets/{n}.tsv")
+        for n in get_dataset(wildcards)["networks"]
+    }
+
+
+def has_perturbations(dataset):
+    d = config["datasets"][dataset]
+    return d["kind"] == "cells" and d["perturbed_cells_per_target"] > 0
+
+
+def get_perturbation_layer_dirs(wildcards):
+    return expand(
+        "results/{model}/{dataset}/perturbation/{sae}/layer{layer}",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        sae=wildcards.sae,
+        layer=get_layers(wildcards.model),
+    )
+
+
 def get_cell_layer_dirs(wildcards):
     return expand(
         "results/{model}/{dataset}/cells/{sae}/layer{layer}",
@@ -540,6 +592,11 @@ def get_final_outputs():
             ]
             if cells:  # the cell atlas: genes, cells, gene sets, modules, tracking
                 out += [f"{base}/cells/{sae}/summary.tsv", f"{base}/cells/{sae}/summary.png"]
+                if has_perturbations(d):
+                    out += [
+                        f"{base}/perturbation/{sae}/summary.tsv",
+                        f"{base}/perturbation/{sae}/summary.png",
+                    ]
             else:  # the DNA catalog: bases and contexts
                 out += [f"{base}/catalog/{sae}/summary.tsv", f"{base}/catalog/{sae}/summary.png"]
             if has_ground_truth(d):
