@@ -133,7 +133,8 @@ def test_single_cell_atlas_of_pbmc(finished_run):
     summary = pd.read_csv(base / "cells" / "topk_x4_k16" / "summary.tsv", sep="\t")
     assert summary.layer.tolist() == [1, 2]
     assert {"Features", "Alive", "Annotated", "Ann%", "Enrichments", "pbmc68k_markers", "Modules", "Persistent",
-            "Moderate", "Transient", "CellTypeFeatures"} <= set(summary.columns)
+            "Moderate", "Transient", "CellTypeFeatures", "pbmc68k_crispri_trrust", "SVDVarExpl", "SAEVarExpl",
+            "AlignedAnn%", "NovelAnn%"} <= set(summary.columns)
     assert (base / "cells" / "topk_x4_k16" / "summary.png").stat().st_size > 10_000
     assert summary.Persistent.notna().iloc[0] and summary.Persistent.isna().iloc[-1]  # the last layer has no next
     assert summary.CellTypeFeatures.max() > 0

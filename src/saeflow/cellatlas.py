@@ -235,6 +235,9 @@ def summarise(layer_dirs: list, sae_dirs: list, layers: list[int], out_table, ou
             row[cls.capitalize()] = int((tr["class"] == cls).sum()) if tr is not None and len(tr) else np.nan
         row["SVDVarExpl"] = info["svd"].get("svd_var_explained")
         row["SAEVarExpl"] = info["svd"].get("sae_var_explained")
+        al = info.get("annotation_by_alignment", {})
+        row["AlignedAnn%"] = 100.0 * al["aligned_rate"] if al.get("aligned_rate") == al.get("aligned_rate") else np.nan
+        row["NovelAnn%"] = 100.0 * al["novel_rate"] if al.get("novel_rate") == al.get("novel_rate") else np.nan
         rows.append(row)
     table = cf.summary_table(rows)
     with atomic_path(out_table) as tmp:

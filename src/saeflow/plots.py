@@ -112,7 +112,7 @@ def frequency_histogram(hist: dict, path, title: str = "") -> None:
 
 def eval_summary(summary: pd.DataFrame, path) -> None:
     """Per-layer SAE evaluation: reconstruction, sparsity, masked-LM loss and loss recovered."""
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 3.5))
     x = summary.layer
     axes[0].plot(x, summary.fvu, "o-")
     axes[0].set_title("FVU (held out)")
@@ -142,7 +142,7 @@ def eval_summary(summary: pd.DataFrame, path) -> None:
 
 def cell_summary(summary: pd.DataFrame, path) -> None:
     """Single-cell atlas per layer: alive and annotated features, modules, cross-layer persistence."""
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 3.5))
     x = summary.layer
     axes[0].plot(x, summary.Alive, "o-", label="alive")
     axes[0].plot(x, summary.Annotated, "s-", label="annotated (q < alpha)")
@@ -162,8 +162,19 @@ def cell_summary(summary: pd.DataFrame, path) -> None:
         bottom += vals
     axes[3].set_title("match in the next layer (decoder cosine)")
     axes[3].legend(fontsize=8)
+    ax = axes[4]  # SVD vs SAE: variance explained, and how often novel vs SVD-aligned features are annotated
+    if "SVDVarExpl" in summary and summary.SVDVarExpl.notna().any():
+        ax.plot(x, 100 * summary.SVDVarExpl, "o-", color="C0", label="variance expl.: top SVD axes")
+        ax.plot(x, 100 * summary.SAEVarExpl, "s-", color="C1", label="variance expl.: SAE")
+    if "NovelAnn%" in summary:
+        ax.plot(x, summary["AlignedAnn%"], "^--", color="C2", label="annotated: SVD-aligned features")
+        ax.plot(x, summary["NovelAnn%"], "v--", color="C3", label="annotated: novel features")
+    ax.set_title("SVD vs SAE (%)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("layer")
+        ax.set_xticks(list(x))
     _save(fig, path)
 
 
