@@ -11,9 +11,9 @@ checkpoint; the test checks that SLURM ran every job (job ids in the SLURM logs)
 cancelled job was submitted again and resumed from its checkpoint, and that the final outputs
 equal those of the local run of the same config.
 
-The SLURM run is started before the local run and the two overlap (``slurm_run`` is a session
-fixture requested before ``local_run``): a SLURM run spends much of its time between status
-polls, and running them one after the other cost CI ~9 minutes.
+The local run comes first, then the SLURM run (``local_run`` is requested before ``slurm_run``).
+Overlapping them was tried: on a 2-core machine two torch jobs with 2 threads each slow each other
+down tenfold (OpenMP threads spinning on oversubscribed cores), far more than the overlap saves.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def require_slurm() -> None:
 @pytest.fixture(scope="session")
 def slurm_run(tmp_path_factory):
     """The test config submitted through the SLURM profile, in the background, with a watcher that
-    scancels the toy-LM training job once it has written its first checkpoint."""
+    scancels the toy-LM training job once it has written its first checkpoint. Request it after
+    ``local_run``: the two must not share the CPUs (see the module docstring)."""
     require_slurm()
     root = tmp_path_factory.mktemp("slurm")
     wd = copy_workflow(root / "wd", load_test_config())
@@ -148,7 +149,7 @@ def assert_same(a: Path, b: Path) -> None:
         assert a.read_bytes() == b.read_bytes(), f"{a} differs from the local run's"
 
 
-def test_test_config_through_slurm_with_a_cancelled_gpu_job(slurm_run, local_run):
+def test_test_config_through_slurm_with_a_cancelled_gpu_job(local_run, slurm_run):
     wd, proc = slurm_run.wd, slurm_run.proc
     try:
         proc.wait(timeout=2400)
