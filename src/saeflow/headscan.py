@@ -1,0 +1,155 @@
+"""CTCF-style attention-head scans: does a head attend to motif tokens more than to matched background?
+
+Inputs per layer: attention probabilities ``attn`` (B, H, T, T: batch, heads, query, key), the
+motif evidence of each token ``motif`` (B, T; e.g. :func:`saeflow.motifscan.token_scores`, the best
+site score overlapping the token, ``-inf`` where no site overlaps) and a mask of the real tokens
+``valid`` (B, T; False for padding and special tokens).
+
+For every head two registered statistics (as in the seed's CTCF analysis):
+
+* **QK correlation** ``r``: Pearson correlation, over all valid tokens of all sequences, between the
+  attention a token *receives* (mean over the valid queries of its sequence, so a row of the
+  attention matrix sums to one and long sequences are not favoured) and the token's motif score
+  (``-inf`` / missing scores are replaced by the lowest finite score of the batch, i.e. "no
+  site"). Two-sided p from the t distribution with n - 2 degrees of freedom (``scipy.stats.pearsonr``
+  semantics); the tokens of one sequence are not independent, so ``p`` is optimistic and the
+  criterion also demands the effect size. Criterion: ``r >= r_min`` (0.5) and ``p < alpha`` (0.05).
+* **Matched attention enrichment** ``rho``: mean attention received by motif tokens (score >=
+  ``threshold``) divided by the mean attention received by background tokens matched to them in GC
+  content: the background tokens are sampled (seeded) within each GC bin to the motif tokens' GC
+  histogram, so a head that merely prefers GC-rich tokens does not pass. Criterion: ``rho >=
+  rho_min`` (2). A percentile bootstrap CI over sequences (resampling whole sequences) goes with it.
+
+``scan_heads`` returns one row per (layer, head) with both statistics and ``passes`` (both
+criteria); :func:`heatmap_tables` pivots them for the report's heatmaps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .utils import SaeflowError
+
+R_MIN, RHO_MIN, ALPHA = 0.5, 2.0, 0.05
+
+
+def _check(attn, motif, valid, gc):
+    attn = np.asarray(attn, dtype=np.float64)
+    if attn.ndim != 4 or attn.shape[2] != attn.shape[3]:
+        raise SaeflowError(f"attention must be (batch, heads, query, key) with query == key, got {attn.shape}")
+    B, _, T, _ = attn.shape
+    motif = np.asarray(motif, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool)
+    gc = np.asarray(gc, dtype=np.float64)
+    for name, a in (("motif scores", motif), ("valid mask", valid), ("GC per token", gc)):
+        if a.shape != (B, T):
+            raise SaeflowError(f"{name} must be (batch, tokens) = {(B, T)}, got {a.shape}")
+    if np.isnan(attn).any():
+        raise SaeflowError("NaN in the attention probabilities")
+    if not valid.any():
+        raise SaeflowError("no valid token")
+    return attn, motif, valid, gc
+
+
+def received_attention(attn: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(B, H, T): attention each key token receives, averaged over the valid queries of its sequence."""
+    q = valid[:, None, :, None].astype(np.float64)
+    n = np.maximum(valid.sum(1), 1)[:, None, None]
+    return (attn * q).sum(axis=2) / n
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row Pearson r of x (H, n) with y (n,), and its two-sided t-test p."""
+    from scipy.stats import t as tdist
+
+    n = y.size
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean()
+    den = np.sqrt((xc ** 2).sum(1) * (yc ** 2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 0, (xc @ yc) / den, np.nan)
+        r = np.clip(r, -1.0, 1.0)
+        tstat = r * np.sqrt((n - 2) / np.maximum(1 - r ** 2, 1e-300))
+    p = np.where(np.isfinite(r), 2 * tdist.sf(np.abs(tstat), n - 2), np.nan)
+    return r, p
+
+
+def gc_matched_background(gc: np.ndarray, is_motif: np.ndarray, candidates: np.ndarray, *, bins: int = 10,
+                          per_motif: int = 1, seed: int = 0) -> np.ndarray:
+    """Indices (into the flat token arrays) of background tokens whose GC histogram matches the motif
+    tokens': within each GC bin (quantile edges of all candidate and motif tokens), ``per_motif``
+    background tokens per motif token are drawn without replacement (fewer when the bin runs out)."""
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(candidates & ~is_motif)
+    mot = np.flatnonzero(is_motif)
+    if len(mot) == 0 or len(pool) == 0:
+        return np.zeros(0, dtype=np.int64)
+    edges = np.unique(np.quantile(gc[np.concatenate([pool, mot])], np.linspace(0, 1, bins + 1)))
+    mb = np.clip(np.searchsorted(edges, gc[mot], side="right") - 1, 0, max(len(edges) - 2, 0))
+    pb = np.clip(np.searchsorted(edges, gc[pool], side="right") - 1, 0, max(len(edges) - 2, 0))
+    out = []
+    for b in np.unique(mb):
+        want = int((mb == b).sum()) * per_motif
+        cand = pool[pb == b]
+        if len(cand):
+            out.append(rng.choice(cand, min(want, len(cand)), replace=False))
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+def scan_heads(attn, motif, valid, gc, *, layer: int = 0, threshold: float, r_min: float = R_MIN,
+               rho_min: float = RHO_MIN, alpha: float = ALPHA, gc_bins: int = 10, n_boot: int = 1000,
+               seed: int = 0) -> pd.DataFrame:
+    """Both statistics for every head of one layer (see the module docstring).
+
+    ``gc``: GC fraction of each token's bases (B, T). ``threshold``: motif score of a motif token.
+    Columns: layer, head, r, p, n_tokens, rho, rho_low, rho_high, n_motif, n_background,
+    attn_motif, attn_background, passes_r, passes_rho, passes.
+    """
+    attn, motif, valid, gc = _check(attn, motif, valid, gc)
+    B, H, T, _ = attn.shape
+    recv = received_attention(attn, valid)  # (B, H, T)
+    flat_valid = valid.reshape(-1)
+    score = motif.reshape(-1).copy()
+    finite = np.isfinite(score) & flat_valid
+    floor = score[finite].min() if finite.any() else 0.0
+    score[~np.isfinite(score)] = floor
+    x = recv.transpose(1, 0, 2).reshape(H, -1)  # (H, B*T)
+    r, p = _pearson(x[:, flat_valid], score[flat_valid])
+    is_motif = flat_valid & (motif.reshape(-1) >= threshold)
+    bg = gc_matched_background(gc.reshape(-1), is_motif, flat_valid, bins=gc_bins, seed=seed)
+    mot = np.flatnonzero(is_motif)
+    rows = []
+    seq_of = np.repeat(np.arange(B), T)
+    rng = np.random.default_rng(seed + 1)
+    for h in range(H):
+        am = x[h, mot].mean() if len(mot) else np.nan
+        ab = x[h, bg].mean() if len(bg) else np.nan
+        rho = am / ab if len(mot) and len(bg) and ab > 0 else np.nan
+        lo = hi = np.nan
+        if np.isfinite(rho) and n_boot:
+            # resample whole sequences: tokens of a sequence share its attention pattern
+            sm = np.bincount(seq_of[mot], weights=x[h, mot], minlength=B)
+            cm = np.bincount(seq_of[mot], minlength=B)
+            sb = np.bincount(seq_of[bg], weights=x[h, bg], minlength=B)
+            cb = np.bincount(seq_of[bg], minlength=B)
+            idx = rng.integers(0, B, size=(n_boot, B))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boot = (sm[idx].sum(1) / cm[idx].sum(1)) / (sb[idx].sum(1) / cb[idx].sum(1))
+            boot = boot[np.isfinite(boot)]
+            if len(boot):
+                lo, hi = np.percentile(boot, [2.5, 97.5])
+        passes_r = bool(np.isfinite(r[h]) and r[h] >= r_min and p[h] < alpha)
+        passes_rho = bool(np.isfinite(rho) and rho >= rho_min)
+        rows.append(dict(layer=int(layer), head=h, r=r[h], p=p[h], n_tokens=int(flat_valid.sum()), rho=rho,
+                         rho_low=lo, rho_high=hi, n_motif=len(mot), n_background=len(bg), attn_motif=am,
+                         attn_background=ab, passes_r=passes_r, passes_rho=passes_rho,
+                         passes=passes_r and passes_rho))
+    return pd.DataFrame(rows)
+
+
+def heatmap_tables(scans: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """layer x head tables of r, rho and passes for the report's heatmaps."""
+    if scans.empty:
+        raise SaeflowError("no head scan rows")
+    return {k: scans.pivot(index="layer", columns="head", values=k) for k in ("r", "rho", "passes")}
