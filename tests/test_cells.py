@@ -107,3 +107,26 @@ def test_scaled_data_and_truncated_files_are_rejected(tmp_path):
     with pytest.raises(SaeflowError, match="cut.h5ad: cannot read as h5ad"):
         prepare_cells(tmp_path / "cut.h5ad", tmp_path / "c.h5ad", tmp_path / "c.parquet", gene_id_column="index")
     assert not list(tmp_path.glob("c.*"))
+
+
+def test_ensembl_top_genes_are_enriched_by_symbol(tmp_path):
+    """Geneformer names genes by Ensembl id, the libraries by symbol: the atlas maps ids to symbols
+    (from the prepared cells' var) before testing, so a planted set is found."""
+    from saeflow.cellatlas import enrich_top_genes, gene_symbol_map
+
+    write_h5ad(tmp_path / "in.h5ad", g=40)
+    prepare_cells(tmp_path / "in.h5ad", tmp_path / "cells.h5ad", tmp_path / "cells.parquet",
+                  gene_id_column="index", gene_symbol_column="gene_name")
+    symbols = gene_symbol_map(tmp_path / "cells.h5ad")
+    assert symbols["ENSG00000000003"] == "SYM3" and len(symbols) == 40
+    ids = [f"ENSG{j:011d}" for j in range(40)]
+    top = pd.DataFrame({"feature": [0] * 8 + [1] * 8, "gene": ids[:8] + ids[20:28]})
+    top["symbol"] = [symbols[g] for g in top.gene]
+    library = {"markers": {"planted": [f"SYM{j}" for j in range(8)], "other": [f"SYM{j}" for j in range(30, 38)]}}
+    df, family = enrich_top_genes(top, library, [symbols[g] for g in ids], min_size=5)
+    assert family == 4
+    best = df.sort_values("p").iloc[0]
+    assert (best.feature, best.term) == (0, "planted") and best.q < 0.05
+    # without the mapping the ids cannot meet the sets, and the engine says so instead of reporting nothing
+    with pytest.raises(SaeflowError, match="same identifiers as the sets"):
+        enrich_top_genes(top.drop(columns="symbol"), library, ids, min_size=5)

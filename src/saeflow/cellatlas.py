@@ -48,11 +48,25 @@ def enrich_top_genes(top: pd.DataFrame, libraries: dict[str, dict[str, list[str]
     """
     from . import enrichment
 
-    hits = {int(f): g.gene.astype(str).tolist() for f, g in top.groupby("feature")}
+    col = "symbol" if "symbol" in top else "gene"
+    hits = {int(f): g[col].astype(str).tolist() for f, g in top.groupby("feature")}
     df = enrichment.overrepresentation(hits, libraries, background, min_size=min_size, max_size=max_size)
     family = int(df.attrs.get("family_size", 0))
     df = df.astype({"feature": np.int64, "library": str, "term": str})
     return df, family
+
+
+def gene_symbol_map(cells_h5ad) -> dict[str, str]:
+    """Gene id -> symbol from the prepared cells' ``var`` (``gene_id``, ``gene_symbol``); empty when
+    the data have no symbols. Geneformer's tokens are Ensembl ids while gene-set libraries, TRRUST and
+    STRING name genes by symbol: enrichment must speak the libraries' language."""
+    import anndata
+
+    var = anndata.read_h5ad(cells_h5ad, backed="r").var
+    if "gene_symbol" not in var or "gene_id" not in var:
+        return {}
+    ids, syms = var["gene_id"].astype(str).to_numpy(), var["gene_symbol"].astype(str).to_numpy()
+    return {i: s for i, s in zip(ids, syms) if i and s and s != "nan"}
 
 
 def _cell_rows(store, cells: np.ndarray) -> np.ndarray:
@@ -93,7 +107,8 @@ def network_enrichment(top: pd.DataFrame, tables: dict[str, str], directed: dict
     """Each feature's top genes against each network (edges among them vs degree-preserving nulls)."""
     from . import enrichment
 
-    hits = {int(f): g.gene.astype(str).tolist() for f, g in top.groupby("feature")}
+    col = "symbol" if "symbol" in top else "gene"
+    hits = {int(f): g[col].astype(str).tolist() for f, g in top.groupby("feature")}
     out = {}
     for name, path in tables.items():
         d = bool(directed[name])
@@ -105,10 +120,13 @@ def network_enrichment(top: pd.DataFrame, tables: dict[str, str], directed: dict
 
 
 def analyse_layer(sae_dir, acts_dir, table_path, layer: int, gmts: dict[str, str], params: dict, out_dir,
-                  networks: dict[str, str] | None = None, directed: dict[str, bool] | None = None) -> dict:
+                  networks: dict[str, str] | None = None, directed: dict[str, bool] | None = None,
+                  symbols: dict[str, str] | None = None) -> dict:
     """Everything of one layer (see the module docstring); returns the summary row.
 
     ``networks``: name -> edge table (TRRUST / STRING), ``directed``: name -> TF -> target edges.
+    ``symbols``: gene id -> symbol (:func:`gene_symbol_map`); when given, ``top_genes`` gains a
+    ``symbol`` column and the gene sets and networks are tested on symbols (background included).
     """
     from . import cellfeatures as cf
     from . import modules
@@ -146,6 +164,9 @@ def analyse_layer(sae_dir, acts_dir, table_path, layer: int, gmts: dict[str, str
 
     libraries = {name: read_gmt(path) for name, path in gmts.items()}
     background = stats.genes[stats.gene_tokens > 0]
+    if symbols:
+        top["symbol"] = [symbols.get(g, g) for g in top.gene.astype(str)]
+        background = np.unique([symbols.get(str(g), str(g)) for g in background])
     if libraries and len(top):
         enr, ora_family = enrich_top_genes(top, libraries, background,
                                            min_size=p["min_set_size"], max_size=p["max_set_size"])
@@ -318,7 +339,8 @@ def analyse_perturbations(sae_dir, acts_dir, table_path, cells_dir, layer: int, 
     regs = []
     for name, path in trrust.items():
         edges = read_trrust(path).rename(columns={"source": "tf"})
-        r = cf.regulatory_logic(resp, top[["feature", "gene"]], edges[["tf", "target"]], alpha=alpha,
+        fg = top[["feature", "symbol"]].rename(columns={"symbol": "gene"}) if "symbol" in top else top[["feature", "gene"]]
+        r = cf.regulatory_logic(resp, fg, edges[["tf", "target"]], alpha=alpha,
                                 n_perm=p["regulatory_permutations"], seed=p["seed"])
         regs.append(r.assign(network=name))
     reg = pd.concat(regs, ignore_index=True) if regs else pd.DataFrame(

@@ -44,6 +44,7 @@ rule cell_features:
         sae="results/{model}/{dataset}/sae/{sae}/layer{layer}",
         acts="results/{model}/{dataset}/activations",
         table="results/datasets/{dataset}/sequences.parquet",
+        cells="results/datasets/{dataset}/cells.h5ad",
     output:
         directory("results/{model}/{dataset}/cells/{sae}/layer{layer}"),
     log:
