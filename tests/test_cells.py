@@ -74,6 +74,10 @@ def test_perturbed_cells_appended_per_target_and_kept_out_of_train_and_test(tmp_
                        perturbation_column="gene", control_label="non-targeting", gene_id_column="index",
                        perturbed_per_target=2, perturbation_targets=["G1"])
     assert set(t2[t2.split == "perturbed"].perturbation) == {"G1"} and (t2.split == "perturbed").sum() == 2
+    t3 = prepare_cells(tmp_path / "in.h5ad", tmp_path / "c4.h5ad", tmp_path / "c4.parquet",
+                       perturbation_column="gene", control_label="non-targeting", gene_id_column="index",
+                       perturbed_per_target=2, perturbation_targets=["G1", "ABSENT"])  # skipped with a warning
+    assert set(t3[t3.split == "perturbed"].perturbation) == {"G1"}
     with pytest.raises(SaeflowError, match="no cell has gene == 'NOPE'"):
         prepare_cells(tmp_path / "in.h5ad", tmp_path / "c3.h5ad", tmp_path / "c3.parquet",
                       perturbation_column="gene", control_label="non-targeting", gene_id_column="index",

@@ -108,9 +108,13 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
         pv = pert.to_numpy()
         wanted = [str(t) for t in perturbation_targets] or sorted(set(pv[~keep]))
         absent = [t for t in wanted if not (pv == t).any()]
-        if absent:
+        if absent and len(absent) == len(wanted):
             raise SaeflowError(f"{h5ad}: no cell has {perturbation_column} == {absent[0]!r}"
-                               + (f" (and {len(absent) - 1} more targets)" if len(absent) > 1 else ""))
+                               + (f" (nor any of the {len(absent) - 1} other targets asked for)" if len(absent) > 1 else ""))
+        if absent:  # a curated list may name genes this screen did not target
+            log.warning("%s: %d of %d perturbation targets have no cells and are skipped: %s", h5ad, len(absent),
+                        len(wanted), ", ".join(absent[:20]))
+            wanted = [t for t in wanted if t not in absent]
         chosen = []
         for t in wanted:
             rows = np.flatnonzero(pv == t)
