@@ -575,6 +575,26 @@ def get_recovery_tables(wildcards):
     )
 
 
+def has_evidence(dataset):
+    """The DNA evidence rules run on every DNA run (peaks or task datasets) unless disabled."""
+    return config["evidence"]["enabled"] and config["datasets"][dataset]["kind"] != "cells"
+
+
+def get_evidence_tables(wildcards):
+    layer_files = lambda name: expand(
+        "results/{model}/{dataset}/evidence/{sae}/layer{layer}/{name}",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        sae=wildcards.sae,
+        layer=get_layers(wildcards.model),
+        name=name,
+    )
+    return {
+        "ablation": layer_files("ablation.tsv"),
+        "differential": layer_files("differential.tsv"),
+    }
+
+
 def get_final_outputs():
     out = []
     for run in config["runs"]:
@@ -599,9 +619,19 @@ def get_final_outputs():
                     ]
             else:  # the DNA catalog: bases and contexts
                 out += [f"{base}/catalog/{sae}/summary.tsv", f"{base}/catalog/{sae}/summary.png"]
+            if has_evidence(d):
+                out += [
+                    f"{base}/evidence/{sae}/summary.tsv",
+                    f"{base}/evidence/{sae}/summary.png",
+                ]
             if has_ground_truth(d):
                 out += [
                     f"{base}/recovery/{sae}/recovery.tsv",
                     f"{base}/recovery/{sae}/recovery.png",
                 ]
-    return out
+        if has_evidence(d):  # per run, whatever the SAE
+            out += [
+                f"results/{m}/{d}/evidence/{name}.png"
+                for name in ("probes", "head_scan", "patching")
+            ]
+    return sorted(set(out), key=out.index)
