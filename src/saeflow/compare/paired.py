@@ -115,7 +115,7 @@ def delong_test(y, score_a, score_b) -> dict:
         r = float(S[0, 1] / np.sqrt(S[0, 0] * S[1, 1])) if S[0, 0] > 0 and S[1, 1] > 0 else float("nan")
     half = 1.959963984540054 * se
     return {"auroc_a": float(auc[0]), "auroc_b": float(auc[1]), "delta": delta, "se": float(se), "z": float(z),
-            "p": p, "ci_low": delta - half, "ci_high": delta + half,
+            "p": p, "ci_low": float(delta - half), "ci_high": float(delta + half),
             "se_a": float(np.sqrt(max(S[0, 0], 0.0))), "se_b": float(np.sqrt(max(S[1, 1], 0.0))), "r": r}
 
 
