@@ -318,6 +318,17 @@ def test_independent_features_match_at_the_null_rate():
     assert s["p_empirical"] > 0.1
 
 
+def test_dead_features_never_win_even_against_negative_correlations():
+    rng = np.random.default_rng(17)
+    x = rng.random(50)
+    A = np.column_stack([x, np.zeros(50)])
+    B = np.column_stack([np.zeros(50), -x + 0.01 * rng.random(50)])  # the only alive B feature: r ~ -1
+    fa, fb, s = match_features(A, B, threshold=0.5, n_null=2)
+    assert fa.match.tolist() == [1, -1] and fa["corr"].iloc[0] < -0.99 and np.isnan(fa["corr"].iloc[1])
+    assert fb.match.tolist() == [-1, 0] and fb["corr"].iloc[1] < -0.99
+    assert s["matched"] == 0 and s["alive_a"] == 1 and s["alive_b"] == 1
+
+
 def test_match_features_errors_and_shared_rows():
     rng = np.random.default_rng(11)
     with pytest.raises(SaeflowError, match="A has 10 rows but B has 9"):
