@@ -11,7 +11,9 @@ each feature (column) of A the feature of B whose activation pattern is most cor
   feature that fires where another is silent is a different feature, not the same one flipped.
 * The Fa x Fb correlation matrix is never held: A is processed in blocks of ``chunk`` columns
   (one chunk x Fb float64 block in memory at a time); A and B may be dense arrays (memory maps
-  included) or scipy sparse matrices (never densified as a whole).
+  included) or scipy sparse matrices (never densified as a whole). A dense B is held once as a
+  centred float64 copy (rows x Fb x 8 bytes): pass B sparse, or as the smaller side, when that
+  matters.
 * **Dead / constant columns** (variance <= 1e-12 mean^2, e.g. all zero) have no correlation:
   a dead feature of A gets ``match`` -1 and ``corr`` NaN and is left out of the matched fraction;
   a dead feature of B is never a match. No division by zero happens, so no warnings.
@@ -187,8 +189,15 @@ def match_features(A, B, *, threshold: float = 0.5, n_null: int = 5, seed: int =
         raise SaeflowError(f"match_features: threshold is a correlation in [-1, 1] (got {threshold})")
     if int(n_null) < 0 or int(chunk) < 1:
         raise SaeflowError(f"match_features: n_null must be >= 0 and chunk >= 1 (got {n_null}, {chunk})")
+    import scipy.sparse as sp
+
     ma, mb = _column_moments(A), _column_moments(B)
     alive_a, alive_b = ~ma[2], ~mb[2]
+    if not sp.issparse(B):
+        # a dense B is held once as centred float64 (exact covariances, no per-block upcast of a
+        # float16 memory map); its mean is then 0 in the cross-product correction
+        B = np.asarray(B, dtype=np.float64) - mb[0]
+        mb = (np.zeros_like(mb[0]), mb[1], mb[2])
     a_idx, a_cor, b_idx, b_cor = _best(A, B, ma, mb, chunk=int(chunk))
     mutual = _mutual(a_idx, b_idx)
     matched = np.nan_to_num(a_cor, nan=-np.inf) >= threshold
