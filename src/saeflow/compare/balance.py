@@ -13,6 +13,15 @@ source an equal share:
   and topped up without replacement (needs ``replace=True``, otherwise an error names them). With
   ``cap`` instead, each source contributes min(n_s, cap) rows without replacement: big sources
   are cut to the cap, small ones kept whole (a softer balance that never repeats a row).
+
+Where it plugs in (not wired yet): SAE training streams rows from a :class:`saeflow.sae.data.RowSet`
+built from one [start, end) token range per training cell (``split_ranges`` in
+``scripts/train_sae.py``). Balancing is per cell: ``train = train[balanced_index(sources of the
+training cells, ...)]`` before ``train_sae`` -- a RowSet accepts repeated ranges (an oversampled
+cell's tokens appear once per copy), the Feistel shuffle of :class:`~saeflow.sae.data.BatchStream`
+is unchanged, and the number of steps follows the balanced epoch. Sources contribute equal *cells*;
+with cells of very different lengths, weigh by tokens with :func:`source_weights` (``sizes``) instead.
+The test ranges stay unbalanced (evaluate per source instead).
 """
 
 from __future__ import annotations
