@@ -166,7 +166,8 @@ PROBE_COLUMNS = ["layer", "level", "target", "control", "auroc", "ci_low", "ci_h
                  "n_test", "delta_auroc", "delta_ci_low", "delta_ci_high", "note"]
 
 
-def _probe_rows(X, y, seqs, split, positions, *, layer, level, target, seed, n_boot) -> list[dict]:
+def _probe_rows(X, y, seqs, split, positions, *, layer, level, target, seed, n_boot, items=None,
+                preds=None) -> list[dict]:
     from .probes import delta_vs_control, probe_with_controls
 
     base = dict(layer=int(layer), level=level, target=target)
@@ -175,6 +176,11 @@ def _probe_rows(X, y, seqs, split, positions, *, layer, level, target, seed, n_b
         return [dict(base, control="features", auroc=np.nan, n_train=len(ytr), n_test=len(yte),
                      note=f"skipped: {int(ytr.sum())} train / {int(yte.sum())} test positives (need >= 5 each)")]
     df = probe_with_controls(X, y, seqs, split, positions=positions, seed=seed, n_boot=n_boot)
+    if preds is not None and items is not None:  # test-set scores, for paired comparisons across runs
+        for control, sc in df.attrs["scores"].items():
+            preds.append(pd.DataFrame({"layer": int(layer), "level": level, "target": target, "control": control,
+                                       "item": np.asarray(items)[sc["index"]], "label": sc["y"],
+                                       "score": sc["score"]}))
     d = delta_vs_control(df).set_index("control")
     rows = []
     for r in df.to_dict("records"):
@@ -187,8 +193,12 @@ def _probe_rows(X, y, seqs, split, positions, *, layer, level, target, seed, n_b
 
 
 def run_probes(store, sequences: pd.DataFrame, mtok: pd.DataFrame, layers, *, max_tokens: int = 50000,
-               n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Sequence-level (label) and token-level (per motif: overlaps a hit) probes with controls, per layer."""
+               n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Sequence-level (label) and token-level (per motif: overlaps a hit) probes with controls, per layer.
+
+    Returns (the AUROC table, one row per probe x control; the sequence-level test predictions: layer,
+    level, target, control, item (the sequence's name), label, score -- the same items in every run of
+    the dataset, so two models' probes can be compared pairwise)."""
     _check_sequences(sequences)
     n_seq = len(sequences)
     tokens = store.tokens
@@ -209,20 +219,23 @@ def run_probes(store, sequences: pd.DataFrame, mtok: pd.DataFrame, layers, *, ma
     tsplit = split_seq[tseq]
     tstrings = [seqs[s][a:b] for s, a, b in zip(tseq, tokens.start.to_numpy()[rows_tok], tokens.end.to_numpy()[rows_tok])]
     tpos = tokens.pos.to_numpy()[rows_tok].astype(float)[:, None]
-    out = []
+    out, preds = [], []
     use = np.isin(split_seq, ["train", "test"])
+    names = (sequences.name if "name" in sequences else pd.Series(np.arange(n_seq))).astype(str).to_numpy()[use]
     for layer in layers:
         X = pooled_means(store, layer, n_seq)
         out += _probe_rows(X[use], y_seq[use], [s for s, u in zip(seqs, use) if u], split_seq[use],
                            None if positions is None else positions[use], layer=layer, level="sequence",
-                           target="label", seed=seed, n_boot=n_boot)
+                           target="label", seed=seed, n_boot=n_boot, items=names, preds=preds)
         Xt = np.asarray(store.layer(layer)[rows_tok], dtype=np.float32)
         for mid in motif_ids(mtok):
             yt = mtok[f"{mid}_hit"].to_numpy()[rows_tok].astype(int)
             out += _probe_rows(Xt, yt, tstrings, tsplit, tpos, layer=layer, level="token", target=mid, seed=seed,
                                n_boot=n_boot)
         log.info("layer %d probed", layer)
-    return pd.DataFrame(out).reindex(columns=PROBE_COLUMNS)
+    pred_cols = ["layer", "level", "target", "control", "item", "label", "score"]
+    return (pd.DataFrame(out).reindex(columns=PROBE_COLUMNS),
+            pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=pred_cols))
 
 
 # --------------------------------------------------------------------------------- model passes

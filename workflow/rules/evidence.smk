@@ -31,6 +31,7 @@ rule probes:
         motif_tokens="results/{model}/{dataset}/evidence/motif_tokens.parquet",
     output:
         table="results/{model}/{dataset}/evidence/probes.tsv",
+        predictions="results/{model}/{dataset}/evidence/probe_predictions.parquet",
         plot=report(
             "results/{model}/{dataset}/evidence/probes.png",
             caption="../report/probes.rst",
