@@ -118,32 +118,31 @@ def test_patching_restores_the_clean_run_at_the_embeddings(adapter, ctcf):
 
 
 def test_ablation_specificity_ranks_a_strong_feature_above_its_null(adapter):
+    from saeflow.models.base import Capture
     from saeflow.sae import build_sae
 
     torch.manual_seed(0)
     sae = build_sae({"arch": "relu_l1", "expansion": 8, "l1_coefficient": 1.0}, adapter.d_model)
-    F = sae.W_dec.shape[0]
-    with torch.no_grad():
-        sae.W_dec.mul_(1e-3)  # every feature writes almost nothing ...
-        sae.W_dec[3] = sae.W_dec[3] / sae.W_dec[3].norm() * 50  # ... except feature 3
     seqs = ["".join(np.random.default_rng(i).choice(list("ACGT"), 60)) for i in range(12)]
-    from saeflow.models.base import Capture
-
     tb = adapter.tokenize(seqs)
     with torch.no_grad():
         x = adapter.run(tb, Capture(resid=[1])).resid[1]
-        z = sae.encode(x.reshape(-1, x.shape[-1]))
+        z = sae.encode(x[torch.from_numpy(~tb.special)])  # genuine tokens only, as the ablation counts them
     freq = (z > 0).float().mean(0).numpy()
-    assert freq[3] > 0
-    freq = np.where(freq > 0, freq, 0.0)
-    # null candidates: give every live feature the same frequency so all qualify as matched
-    live = freq > 0
-    freq[live] = freq[3]
-    targets = pd.DataFrame({"motif": ["M"], "feature": [3]})
+    live = (freq > 0) & (freq < 1)
+    assert live.sum() > 26
+    target = int(np.flatnonzero(live)[0])
+    with torch.no_grad():
+        sae.W_dec.mul_(1e-3)  # every feature writes almost nothing ...
+        sae.W_dec[target] = sae.W_dec[target] / sae.W_dec[target].norm() * 50  # ... except the target
+    # null candidates: every live feature gets the target's frequency, so all qualify as matched
+    freq = np.where(live, freq[target], 0.0)
+    targets = pd.DataFrame({"motif": ["M"], "feature": [target]})
     table, null = feature_ablation(adapter, sae, 1, seqs, targets, freq, n_null=10, batch_size=5, seed=0)
     r = table.iloc[0]
-    assert r.n_null == min(10, int(live.sum()) - 1) and r.n_null >= 5
+    assert r.n_null == 10
     assert r.specificity > r.null_q95
-    assert r.p == pytest.approx(1 / (1 + r.n_null)) and bool(r.specific) == (r.p < 0.05)
-    assert len(null) == r.n_null and (null.feature != 3).all()
-    assert F > 10
+    assert r.p == pytest.approx(1 / 11) and not r.specific  # 10 nulls cannot reach p < 0.05 ...
+    table, _ = feature_ablation(adapter, sae, 1, seqs, targets, freq, n_null=25, batch_size=5, seed=0)
+    assert table.p.iloc[0] == pytest.approx(1 / 26) and table.specific.iloc[0]  # ... 25 can
+    assert len(null) == 10 and (null.feature != target).all()
