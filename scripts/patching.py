@@ -9,6 +9,7 @@ from saeflow.counterfactual import counterfactual_pairs
 from saeflow.evidence import load_motifs, patching, summarise_patching, train_readout
 from saeflow.evidence_plots import patching_heatmap
 from saeflow.models.adapter import load_model
+from saeflow.motifscan import scan
 from saeflow.utils import setup_job, torch_device, write_table
 
 setup_job(snakemake)
@@ -22,12 +23,16 @@ log.info("readout (label probe on the last layer, mean-pooled): held-out AUROC %
 rng = np.random.default_rng(ev["seed"])
 pair_tables, per_pair = [], []
 for m in load_motifs(ev["motifs"], ev["jaspar_release"], ev["pseudocount"], ev["threshold"]):
-    pairs = counterfactual_pairs(sequences.sequence.tolist(), m.pssm, m.threshold, names=sequences.name.tolist(),
-                                 seed=ev["seed"])
-    if len(pairs) > ev["patching_pairs"]:
-        pairs = pairs.iloc[np.sort(rng.choice(len(pairs), ev["patching_pairs"], replace=False))]
+    # a seeded sample of the sequences with a hit (destroying a site rescans the sequence: sample first)
+    best = scan(sequences.sequence.tolist(), m.pssm).score
+    with_hit = np.flatnonzero((best >= np.float32(m.threshold)).any(axis=1))
+    if len(with_hit) > ev["patching_pairs"]:
+        with_hit = np.sort(rng.choice(with_hit, ev["patching_pairs"], replace=False))
+    sub = sequences.iloc[with_hit]
+    pairs = counterfactual_pairs(sub.sequence.tolist(), m.pssm, m.threshold, names=sub.name.tolist(), seed=ev["seed"])
     log.info("%s: %d counterfactual pairs (%d could not be made)", m.matrix_id, len(pairs), pairs.corrupted.isna().sum())
-    pp, pairs = patching(adapter, pairs, wt, b, batch_size=ev["batch_size"], min_gap=ev["patching_min_gap"])
+    pp, pairs = patching(adapter, pairs, wt, b, batch_size=ev["batch_size"], min_gap=ev["patching_min_gap"],
+                         seed=ev["seed"])
     pair_tables.append(pairs.assign(motif=m.matrix_id, readout_auroc=auc))
     per_pair.append(pp.assign(motif=m.matrix_id))
 per_pair = pd.concat(per_pair, ignore_index=True)

@@ -360,8 +360,14 @@ def train_readout(adapter, sequences: pd.DataFrame, *, max_sequences: int = 2000
 
 
 def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_size: int = 32,
-             min_gap: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+             min_gap: float = 0.05, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Activation patching of every (layer, head) and every layer's residual stream at the site's tokens.
+
+    Components: ``head`` (one head's clean output into the corrupted run), ``resid_at_site`` (the
+    clean residual stream at the tokens overlapping the destroyed site) and its control
+    ``resid_off_site`` (the clean residual stream at as many other tokens of the sequence, drawn with a
+    per-pair seed): where the motif's information sits at its own tokens, the first restores the
+    readout and the second does not.
 
     ``pairs``: rows of :func:`saeflow.counterfactual.counterfactual_pairs` (clean, corrupted, start, end).
     The readout is ``mean-pooled last layer @ w + b``. Pairs whose clean and corrupted sequences do not
@@ -400,7 +406,13 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
         v = torch.from_numpy(~tc.special).to(adapter.device)
         st, en = part.start.to_numpy()[ok], part.end.to_numpy()[ok]
         site = torch.from_numpy((tc.offsets[..., 0] < en[:, None]) & (tc.offsets[..., 1] > st[:, None]) & ~tc.special)
-        site = site.to(adapter.device)
+        # control: as many tokens elsewhere in the sequence (seeded per pair), clean there too
+        off = np.zeros_like(site.numpy())
+        for j, i in enumerate(np.arange(sl.start, sl.stop)[ok]):
+            cand = np.flatnonzero(~site[j].numpy() & ~tc.special[j])
+            k = min(int(site[j].sum()), len(cand))
+            off[j, np.random.default_rng(seed + int(i)).choice(cand, k, replace=False)] = True
+        site, off = site.to(adapter.device), torch.from_numpy(off).to(adapter.device)
         with torch.inference_mode():
             rc = adapter.run(tc, Capture(resid=list(range(0, L + 1)), head_out=list(range(1, L + 1))))
             clean = readout(rc, v)
@@ -413,12 +425,13 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
                     outs.append(("head", layer, h, readout(r, v)))
             for layer in range(0, L + 1):
                 cr = rc.resid[layer]
+                for comp, where in (("resid_at_site", site), ("resid_off_site", off)):
 
-                def at_site(t, cr=cr):
-                    return torch.where(site[..., None], cr.to(t.dtype), t)
+                    def put(t, cr=cr, where=where):
+                        return torch.where(where[..., None], cr.to(t.dtype), t)
 
-                r = adapter.run(tx, Capture(resid=[L]), Patch(resid={layer: at_site}))
-                outs.append(("resid_at_site", layer, -1, readout(r, v)))
+                    r = adapter.run(tx, Capture(resid=[L]), Patch(resid={layer: put}))
+                    outs.append((comp, layer, -1, readout(r, v)))
         gaps[np.arange(sl.start, sl.stop)[ok]] = clean - corrupted
         for comp, layer, h, patched in outs:
             pm, _ = patching_metric(patched, corrupted, clean, min_gap=min_gap)

@@ -63,7 +63,8 @@ def head_scan_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
     plt = _plt()
     motifs = list(table.motif.unique())
     nl = table.layer.nunique()
-    fig, axes = plt.subplots(len(motifs), 2, figsize=(9, (0.35 * nl + 1.6) * len(motifs)), squeeze=False)
+    fig, axes = plt.subplots(len(motifs), 2, figsize=(9, (0.35 * nl + 2.0) * len(motifs)), squeeze=False,
+                             constrained_layout=True)
     for row, mid in zip(axes, motifs):
         g = table[table.motif == mid]
         passes = g.pivot(index="layer", columns="head", values="passes")
@@ -84,13 +85,14 @@ def head_scan_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
 
 
 def patching_heatmap(summary: pd.DataFrame, path, title: str = "") -> None:
-    """Per motif: mean PM of each (layer, head), and the distribution of PM per layer of the residual
-    stream patched at the site's tokens (box plots: the pairs, not only a mean)."""
+    """Per motif: mean PM of each (layer, head), and per layer the distribution over pairs (median and
+    quartiles) of the PM of the residual stream patched at the site's tokens and at as many other tokens
+    (the control)."""
     if summary.empty:
         raise SaeflowError("no patching rows to plot")
     plt = _plt()
     motifs = list(summary.motif.unique())
-    fig, axes = plt.subplots(len(motifs), 2, figsize=(10, 3.2 * len(motifs)), squeeze=False)
+    fig, axes = plt.subplots(len(motifs), 2, figsize=(10, 3.4 * len(motifs)), squeeze=False, constrained_layout=True)
     for row, mid in zip(axes, motifs):
         g = summary[(summary.motif == mid) & (summary.component == "head")]
         if len(g):
@@ -99,18 +101,20 @@ def patching_heatmap(summary: pd.DataFrame, path, title: str = "") -> None:
             fig.colorbar(im, ax=row[0], shrink=0.8)
             row[0].set_xlabel("head")
             row[0].set_ylabel("layer")
-        r = summary[(summary.motif == mid) & (summary.component == "resid_at_site")].sort_values("layer")
-        if len(r):
-            row[1].plot(r.layer, r.median_pm, "o-", label="median")
-            row[1].fill_between(r.layer, r.q25, r.q75, alpha=0.3, label="quartiles")
-            row[1].plot(r.layer, r.mean_pm, "s--", ms=3, label="mean")
-            row[1].axhline(0, color="0.7", lw=0.8)
-            row[1].axhline(1, color="0.7", lw=0.8, ls=":")
-            row[1].set_xlabel("layer (residual stream at the site's tokens)")
-            row[1].set_ylabel("PM")
-            row[1].legend(fontsize=7)
-            n = int(r.n_pairs.max())
-            row[1].set_title(f"{mid}: residual stream at the site, {n} pairs", fontsize=9)
+        n = 0
+        for comp, label in (("resid_at_site", "at the site's tokens"), ("resid_off_site", "at other tokens (control)")):
+            r = summary[(summary.motif == mid) & (summary.component == comp)].sort_values("layer")
+            if not len(r):
+                continue
+            line = row[1].plot(r.layer, r.median_pm, "o-", label=f"{label}: median")[0]
+            row[1].fill_between(r.layer, r.q25, r.q75, alpha=0.25, color=line.get_color())
+            n = max(n, int(r.n_pairs.max()))
+        row[1].axhline(0, color="0.7", lw=0.8)
+        row[1].axhline(1, color="0.7", lw=0.8, ls=":")
+        row[1].set_xlabel("layer (clean residual stream patched in)")
+        row[1].set_ylabel("PM (median, quartiles)")
+        row[1].legend(fontsize=7)
+        row[1].set_title(f"{mid}: residual stream, {n} pairs", fontsize=9)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
