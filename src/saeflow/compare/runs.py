@@ -364,3 +364,42 @@ def audit_run(weights: Mapping[int, Mapping], heads: Sequence[tuple[int, int]], 
         raise SaeflowError("audit_run: no (head, direction) pair: no motif feature at the layers next to the heads "
                            f"{list(heads)} (SAE layers with features: {sorted(set(directions.sae_layer))})")
     return pd.concat(frames, ignore_index=True)[AUDIT_COLUMNS + ["side", "sae_layer", "motif", "feature"]]
+
+
+def matching_rows(rows: str, run_a: Mapping, run_b: Mapping) -> str | None:
+    """The shared rows two runs' features can be matched over, or None where matching is not meaningful:
+    ``sequence`` (per-sequence / per-cell mean codes) for runs on the same dataset, ``gene`` (per-gene
+    mean codes, genes matched by name) for two cell runs. ``rows``: auto, sequence or gene; runs are
+    mappings with ``dataset`` and ``kind`` (the same rule as the workflow's config check)."""
+    if rows not in ("auto", "sequence", "gene"):
+        raise SaeflowError(f"matching_rows: rows must be auto, sequence or gene (got {rows!r})")
+    same = run_a["dataset"] == run_b["dataset"]
+    if rows == "sequence" or (rows == "auto" and same):
+        return "sequence" if same else None
+    return "gene" if run_a["kind"] == "cells" and run_b["kind"] == "cells" else None
+
+
+def sample_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted positions of at most ``max_rows`` of ``n`` rows (all when n <= max_rows; else seeded)."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, int(max_rows), replace=False))
+
+
+MATCH_SUMMARY_COLUMNS = ["grid_depth", "run_a", "layer_a", "depth_a", "run_b", "layer_b", "depth_b", "rows", "n_rows",
+                         "n_a", "n_b", "alive_a", "alive_b", "threshold", "matched", "matched_fraction",
+                         "null_fraction_mean", "null_fraction_sd", "p_empirical", "mutual_best", "mutual_above",
+                         "null_mutual_above_mean", "n_null"]
+
+
+def match_pair(A, B, pair: Mapping, rows: str, *, threshold: float = 0.5, n_null: int = 19, seed: int = 0
+               ) -> tuple[dict, pd.DataFrame]:
+    """:func:`saeflow.compare.matching.match_features` of one depth-aligned layer pair: the summary row
+    (:data:`MATCH_SUMMARY_COLUMNS`) and run A's per-feature matches (with the pair's keys)."""
+    from .matching import match_features
+
+    fa, _fb, summ = match_features(A, B, threshold=threshold, n_null=n_null, seed=seed)
+    row = {**dict(pair), "rows": rows, **{k: v for k, v in summ.items() if k in MATCH_SUMMARY_COLUMNS}}
+    feats = fa.assign(grid_depth=pair["grid_depth"], run_a=pair["run_a"], layer_a=pair["layer_a"],
+                      run_b=pair["run_b"], layer_b=pair["layer_b"])
+    return {c: row.get(c) for c in MATCH_SUMMARY_COLUMNS}, feats
