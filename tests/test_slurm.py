@@ -75,7 +75,7 @@ def slurm_run(tmp_path_factory):
     def watch():
         while proc.poll() is None and not stop.is_set():
             if run.cancelled is None and ckpt.exists():
-                jobs = slurm_job_logs(wd).get("train_toy_model", [])
+                jobs = toy_esm_jobs(slurm_job_logs(wd))
                 if len(jobs) == 1 and job_state(jobs[0].stem) == "RUNNING":
                     run.cancelled = jobs[0].stem
                     subprocess.run(["scancel", run.cancelled], check=True)
@@ -110,6 +110,12 @@ def ci_profile(wd: Path) -> Path:
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
     return d
+
+
+def toy_esm_jobs(logs: dict[str, list[Path]]) -> list[Path]:
+    """The SLURM logs of toy_esm's training jobs (the plugin files them under the job's wildcards;
+    toy_esm_small, the comparison's second model, trains in its own job)."""
+    return [f for f in logs.get("train_toy_model", []) if f.parent.name == "toy_esm"]
 
 
 def slurm_job_logs(wd: Path) -> dict[str, list[Path]]:
@@ -164,13 +170,14 @@ def test_test_config_through_slurm_with_a_cancelled_gpu_job(local_run, slurm_run
     # every job went through sbatch: one SLURM log (named by job id) per submitted job
     logs = slurm_job_logs(wd)
     assert {"train_toy_model", "extract_activations", "train_sae", "evaluate_sae", "feature_catalog"} <= set(logs)
-    assert len(logs["extract_activations"]) == 3 + 1 + 1  # ctcf_peaks in 3 shards, promoter_tata and pbmc in 1
+    # ctcf_peaks in 3 shards for toy_esm and for toy_esm_small (the toy_sizes comparison), promoter_tata and pbmc in 1
+    assert len(logs["extract_activations"]) == 3 + 1 + 1 + 3
     ids = [f.stem for fs in logs.values() for f in fs]
     assert len(ids) == len(set(ids))
     for i in ids:
         assert re.search(rf"\b{i}\b", out), f"SLURM job {i} not in snakemake's output"
     # the cancelled GPU job was submitted again and resumed from its checkpoint
-    toy = sorted(logs["train_toy_model"], key=lambda f: int(f.stem))
+    toy = sorted(toy_esm_jobs(logs), key=lambda f: int(f.stem))
     assert len(toy) == 2 and toy[0].stem == cancelled, toy
     rule_log = (wd / "logs" / "train_toy_model" / "toy_esm.log").read_text()
     assert re.search(r"resumed from .*toy_esm\.ckpt at step \d+ of 1500", rule_log), rule_log[-3000:]

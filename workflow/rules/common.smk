@@ -235,8 +235,15 @@ def _run_saes():
 _run_saes()
 
 
-
-COMPARE_PARTS = ("quality", "annotation", "probes", "head_scan", "organisation", "matching", "audit")
+COMPARE_PARTS = (
+    "quality",
+    "annotation",
+    "probes",
+    "head_scan",
+    "organisation",
+    "matching",
+    "audit",
+)
 
 
 def _is_dna_evidence(run):
@@ -307,11 +314,14 @@ def _resolve_comparisons():
         }
         for j in comp["audit"]["runs"]:
             if j >= len(runs):
-                errors.append(f"{key}.audit.runs: {j} is not a position in runs (0..{len(runs) - 1})")
+                errors.append(
+                    f"{key}.audit.runs: {j} is not a position in runs (0..{len(runs) - 1})"
+                )
             elif not dna[j] and "audit" in comp["compare"]:
                 errors.append(f"{key}.audit.runs: runs[{j}] is not a DNA run with evidence")
         applies["audit"] = (
-            bool(comp["audit"]["runs"]) and all(dna[j] for j in comp["audit"]["runs"] if j < len(runs)),
+            bool(comp["audit"]["runs"])
+            and all(dna[j] for j in comp["audit"]["runs"] if j < len(runs)),
             "needs DNA runs with evidence in audit.runs",
         )
         for part in comp["compare"]:
@@ -319,7 +329,9 @@ def _resolve_comparisons():
             if not ok:
                 errors.append(f"{key}.compare: {part!r} {why}")
         comp["parts"] = [
-            p for p in COMPARE_PARTS if (p in comp["compare"] or not comp["compare"]) and applies[p][0]
+            p
+            for p in COMPARE_PARTS
+            if (p in comp["compare"] or not comp["compare"]) and applies[p][0]
         ]
         comp["labels"] = labels
     if errors:
@@ -327,6 +339,7 @@ def _resolve_comparisons():
 
 
 _resolve_comparisons()
+
 
 def _alternatives(keys):
     return "|".join(sorted(re.escape(str(k)) for k in keys)) or "__none__"
@@ -752,8 +765,17 @@ def _run_base(run):
     return f"results/{run['model']}/{run['dataset']}"
 
 
-def _run_layer_paths(run, pattern):
-    return [pattern.format(base=_run_base(run), sae=run["sae"], layer=l) for l in get_layers(run["model"])]
+def _run_layer_paths(run, stage, name=""):
+    """Per layer of a run: results/{model}/{dataset}/{stage}/{sae}/layer{L}[/name]."""
+    base, sae = _run_base(run), run["sae"]
+    return [
+        (
+            os.path.join(f"{base}/{stage}/{sae}/layer{l}", name)
+            if name
+            else f"{base}/{stage}/{sae}/layer{l}"
+        )
+        for l in get_layers(run["model"])
+    ]
 
 
 def _comparison_run_files(run, part):
@@ -765,11 +787,7 @@ def _comparison_run_files(run, part):
     if part == "annotation":
         return {"summary": f"{base}/{'cells' if cells else 'catalog'}/{sae}/summary.tsv"}
     if part == "organisation":
-        files = {
-            "features": _run_layer_paths(
-                run, "{base}/" + ("cells" if cells else "catalog") + "/{sae}/layer{layer}"
-            )
-        }
+        files = {"features": _run_layer_paths(run, "cells" if cells else "catalog")}
         if cells:
             files["tracking"] = f"{base}/cells/{sae}/tracking.tsv"
         return files
@@ -779,7 +797,7 @@ def _comparison_run_files(run, part):
         return {"head_scan": f"{base}/evidence/head_scan.tsv"}
     if part == "matching":
         return {
-            "saes": _run_layer_paths(run, "{base}/sae/{sae}/layer{layer}"),
+            "saes": _run_layer_paths(run, "sae"),
             "activations": f"{base}/activations",
             "sequences": f"results/datasets/{run['dataset']}/sequences.parquet",
         }
@@ -787,8 +805,8 @@ def _comparison_run_files(run, part):
         return {
             "head_scan": f"{base}/evidence/head_scan.tsv",
             "model": get_model_dir(SimpleNamespace(model=run["model"])),
-            "saes": _run_layer_paths(run, "{base}/sae/{sae}/layer{layer}"),
-            "ablation": _run_layer_paths(run, "{base}/evidence/{sae}/layer{layer}/ablation.tsv"),
+            "saes": _run_layer_paths(run, "sae"),
+            "ablation": _run_layer_paths(run, "evidence", "ablation.tsv"),
         }
     raise ValueError(f"unknown comparison part {part!r}")
 
