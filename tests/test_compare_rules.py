@@ -198,17 +198,19 @@ def test_test_config_plans_the_comparison_with_the_right_inputs(tmp_path):
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda c: c["comparisons"]["toy_sizes"]["runs"][1].update(model="nope"),
-         "comparisons.toy_sizes.runs[1].model: unknown model 'nope'"),
-        (lambda c: c["comparisons"]["toy_sizes"]["runs"][0].update(sae="topk_x9"),
-         "comparisons.toy_sizes.runs[0].sae: unknown SAE recipe 'topk_x9'"),
-        (lambda c: c["comparisons"]["toy_sizes"]["runs"][1].update(dataset="promoter_tata") or
-         c["comparisons"]["toy_sizes"].update(compare=["probes"]),
-         "comparisons.toy_sizes.compare: 'probes' needs DNA runs (evidence enabled) on one dataset"),
-        (lambda c: c["comparisons"]["toy_sizes"].update(audit={"runs": [2]}),
-         "comparisons.toy_sizes.audit.runs: 2 is not a position in runs"),
-        (lambda c: c["comparisons"]["toy_sizes"].update(runs=c["comparisons"]["toy_sizes"]["runs"][:1]),
-         "comparisons.toy_sizes.runs: "),
+        (lambda c: c["comparisons"][0]["runs"][1].update(model="nope"),
+         "comparisons[0].runs[1].model: unknown model 'nope'"),
+        (lambda c: c["comparisons"].append(dict(c["comparisons"][0])),
+         "comparisons[1].name: another comparison is named 'toy_sizes'"),
+        (lambda c: c["comparisons"][0]["runs"][0].update(sae="topk_x9"),
+         "comparisons[0].runs[0].sae: unknown SAE recipe 'topk_x9'"),
+        (lambda c: c["comparisons"][0]["runs"][1].update(dataset="promoter_tata") or
+         c["comparisons"][0].update(compare=["probes"]),
+         "comparisons[0].compare: 'probes' needs DNA runs (evidence enabled) on one dataset"),
+        (lambda c: c["comparisons"][0].update(audit={"runs": [2]}),
+         "comparisons[0].audit.runs: 2 is not a position in runs"),
+        (lambda c: c["comparisons"][0].update(runs=c["comparisons"][0]["runs"][:1]),
+         "comparisons.0.runs: "),
     ],
 )
 def test_bad_comparison_fails_naming_the_key(tmp_path, mutate, message):
@@ -221,7 +223,7 @@ def test_bad_comparison_fails_naming_the_key(tmp_path, mutate, message):
 def test_parts_follow_the_runs(tmp_path):
     """Runs on two datasets: no paired probes, no per-sequence matching; the rest is still planned."""
     cfg = load_test_config()
-    cfg["comparisons"]["toy_sizes"]["runs"][1]["dataset"] = "promoter_tata"
+    cfg["comparisons"][0]["runs"][1]["dataset"] = "promoter_tata"
     p = _dry(tmp_path, cfg, "--forceall", "all")
     jobs = planned_jobs(p)
     assert "compare_probes" not in jobs and "compare_matching" not in jobs
@@ -242,8 +244,8 @@ SYN = {
     "runs": [{"model": "big", "dataset": "peaks"}],
     "saes": {"s": {"arch": "topk", "expansion": 2, "k": 2}},
     "evidence": {"motifs": ["MA0139.1"]},
-    "comparisons": {"pair": {"runs": [{"model": "big", "dataset": "peaks"}, {"model": "small", "dataset": "peaks"}],
-                             "probes": {"n_boot": 100}, "matching": {"n_null": 5}}},
+    "comparisons": [{"name": "pair", "runs": [{"model": "big", "dataset": "peaks"}, {"model": "small", "dataset": "peaks"}],
+                     "probes": {"n_boot": 100}, "matching": {"n_null": 5}}],
 }
 COMPARE_RULES = ["compare_quality", "compare_annotation", "compare_organisation", "compare_probes", "compare_head_scan",
                  "compare_matching", "ov_audit"]

@@ -260,13 +260,23 @@ def _matching_rows(comp, a, b):
     return "gene" if cells else None
 
 
+#: comparison name -> its config entry (resolved by _resolve_comparisons)
+COMPARISONS = {}
+
+
 def _resolve_comparisons():
     """Fill in each comparison run's SAE and the parts that apply; errors name the key."""
     errors = []
-    for name, comp in config["comparisons"].items():
-        key = f"comparisons.{name}"
+    seen = set()
+    for c, comp in enumerate(config["comparisons"]):
+        name = comp["name"]
+        key = f"comparisons[{c}]"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            errors.append(f"{key}: names may hold only letters, digits, '_', '.', '-'")
+            errors.append(f"{key}.name: names may hold only letters, digits, '_', '.', '-'")
+        if name in seen:
+            errors.append(f"{key}.name: another comparison is named {name!r}")
+        seen.add(name)
+        COMPARISONS[name] = comp
         runs = comp["runs"]
         for i, run in enumerate(runs):
             if run["model"] not in config["models"]:
@@ -334,6 +344,10 @@ def _resolve_comparisons():
             if (p in comp["compare"] or not comp["compare"]) and applies[p][0]
         ]
         comp["labels"] = labels
+        # planned by `all` when one of its runs is run: a --configfile that replaces `runs` leaves
+        # the default's toy comparison defined but unplanned (its targets can still be asked for)
+        ran = {(r["model"], r["dataset"]) for r in config["runs"]}
+        comp["active"] = any((r["model"], r["dataset"]) in ran for r in runs)
     if errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -364,7 +378,7 @@ wildcard_constraints:
     dataset=_alternatives(config["datasets"]),
     ref=_alternatives(config["references"]),
     sae=_alternatives(config["saes"]),
-    comparison=_alternatives(config["comparisons"]),
+    comparison=_alternatives(COMPARISONS),
     geneset=_alternatives(config["genesets"]),
     nt_task=_alternatives(_nt_tasks()),
     accession=r"ENCFF[0-9A-Z]+",
@@ -812,7 +826,7 @@ def _comparison_run_files(run, part):
 
 
 def _comparison_runs_of(name, part):
-    comp = config["comparisons"][name]
+    comp = COMPARISONS[name]
     runs = comp["runs"]
     if part == "audit":
         return [runs[j] for j in comp["audit"]["runs"]]
@@ -824,7 +838,7 @@ def get_comparison_runs(part):
     and the files it reads (the same paths as the rule's input)."""
 
     def fn(wildcards):
-        comp = config["comparisons"][wildcards.comparison]
+        comp = COMPARISONS[wildcards.comparison]
         out = []
         for run in _comparison_runs_of(wildcards.comparison, part):
             m = config["models"][run["model"]]
@@ -861,13 +875,15 @@ def get_comparison_inputs(part):
 
 
 def get_comparison_settings(wildcards):
-    comp = config["comparisons"][wildcards.comparison]
+    comp = COMPARISONS[wildcards.comparison]
     return {k: v for k, v in comp.items() if k not in ("runs", "labels")}
 
 
 def get_comparison_targets():
     out = []
-    for name, comp in config["comparisons"].items():
+    for name, comp in COMPARISONS.items():
+        if not comp["active"]:
+            continue
         out += [
             f"results/comparisons/{name}/{'ov_audit' if p == 'audit' else p}.tsv"
             for p in comp["parts"]
