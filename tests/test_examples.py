@@ -20,6 +20,13 @@ EXAMPLES = {
     "nt_v2_ctcf": (12, 2 * 2, {"download_hub_model", "download_fasta", "download_encode", "download_nt_task"}),
     "geneformer_k562": (18, 1, {"download_hub_model", "download_cells", "prepare_cells"}),
     "scgpt_k562": (12, 1, {"download_url_model", "download_cells", "prepare_cells"}),
+    # comparisons: two models of different tokenisers on one dataset (train_sae: 12 + 12, 18 + 12 layers)
+    "dnabert2_vs_nt_ctcf": (12, 2, {"download_hub_model", "download_encode", "compare_quality", "compare_annotation",
+                                    "compare_organisation", "compare_probes", "compare_head_scan",
+                                    "compare_matching", "ov_audit"}),
+    "geneformer_vs_scgpt_k562": ((18 + 12) / 2, 2, {"download_hub_model", "download_url_model", "compare_quality",
+                                                    "compare_annotation", "compare_organisation",
+                                                    "compare_matching"}),
 }
 
 
@@ -41,7 +48,14 @@ def test_example_config_plans(wd, name):
     assert jobs["train_sae"] == layers * sae_runs, jobs
     assert jobs["evaluate_sae"] == layers * sae_runs
     assert rules <= set(jobs), rules - set(jobs)
-    assert "train_toy_model" not in jobs and "build_toy_genome" not in jobs  # the toy run was replaced
+    assert "train_toy_model" not in jobs and "build_toy_genome" not in jobs  # the toy run (and comparison) was replaced
+    cells = any(d.get("kind") == "cells" for d in cfg["datasets"].values())
+    names = [c["name"] for c in cfg.get("comparisons", [])]
+    assert ("compare_quality" in jobs) == bool(names) and jobs.get("compare_quality", 0) == len(names)
+    if not cells:
+        assert ("compare_probes" in jobs) == bool(names)
+    else:
+        assert "compare_probes" not in jobs and "ov_audit" not in jobs  # DNA-only parts
     cells = any(d.get("kind") == "cells" for d in cfg["datasets"].values())
     assert ("feature_catalog" in jobs) != cells  # cells: no base-level catalog
     shards = sum(cfg["datasets"][r["dataset"]].get("shards", 1) for r in cfg["runs"])

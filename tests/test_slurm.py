@@ -75,7 +75,7 @@ def slurm_run(tmp_path_factory):
     def watch():
         while proc.poll() is None and not stop.is_set():
             if run.cancelled is None and ckpt.exists():
-                jobs = slurm_job_logs(wd).get("train_toy_model", [])
+                jobs = toy_esm_jobs(slurm_job_logs(wd))
                 if len(jobs) == 1 and job_state(jobs[0].stem) == "RUNNING":
                     run.cancelled = jobs[0].stem
                     subprocess.run(["scancel", run.cancelled], check=True)
@@ -101,6 +101,7 @@ def slurm_config() -> dict:
     pays for a fresh Snakemake; the whole config took ~18 min here)."""
     cfg = load_test_config()
     cfg["runs"] = [{"model": "toy_esm", "dataset": "ctcf_peaks", "saes": ["topk_x4_k16"]}]
+    cfg["comparisons"] = []  # the comparison rules are cheap localrules; the local run covers them
     return cfg
 
 
@@ -120,6 +121,12 @@ def ci_profile(wd: Path) -> Path:
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
     return d
+
+
+def toy_esm_jobs(logs: dict[str, list[Path]]) -> list[Path]:
+    """The SLURM logs of toy_esm's training jobs (the plugin files them under the job's wildcards;
+    toy_esm_small, the comparison's second model, trains in its own job)."""
+    return [f for f in logs.get("train_toy_model", []) if f.parent.name == "toy_esm"]
 
 
 def slurm_job_logs(wd: Path) -> dict[str, list[Path]]:
@@ -181,7 +188,7 @@ def test_test_config_through_slurm_with_a_cancelled_gpu_job(local_run, slurm_run
     for i in ids:
         assert re.search(rf"\b{i}\b", out), f"SLURM job {i} not in snakemake's output"
     # the cancelled GPU job was submitted again and resumed from its checkpoint
-    toy = sorted(logs["train_toy_model"], key=lambda f: int(f.stem))
+    toy = sorted(toy_esm_jobs(logs), key=lambda f: int(f.stem))
     assert len(toy) == 2 and toy[0].stem == cancelled, toy
     rule_log = (wd / "logs" / "train_toy_model" / "toy_esm.log").read_text()
     assert re.search(r"resumed from .*toy_esm\.ckpt at step \d+ of 1500", rule_log), rule_log[-3000:]

@@ -183,6 +183,32 @@ def test_single_cell_atlas_of_pbmc(finished_run):
 
 
 @pytest.mark.workflow
+def test_toy_sizes_comparison(finished_run):
+    """The test config's comparison: toy_esm (4 blocks, layers 2 and 4) vs toy_esm_small (2 blocks) on ctcf_peaks."""
+    out = finished_run / "results" / "comparisons" / "toy_sizes"
+    big, small = "toy_esm/ctcf_peaks/topk_x4_k16", "toy_esm_small/ctcf_peaks/topk_x4_k16"
+    for name in ("quality", "annotation", "organisation", "probes", "head_scan", "matching", "ov_audit"):
+        assert (out / f"{name}.tsv").exists() and (out / f"{name}.png").stat().st_size > 5_000, name
+    q = pd.read_csv(out / "quality.tsv", sep="\t")
+    assert q.grid_depth.unique().tolist() == [0.5, 1.0] and q[q.run == big].layer.tolist() == [2, 4]
+    assert q[q.run == small].layer.tolist() == [1, 2] and (q.gap == 0).all() and q.fvu.notna().all()
+    pr = pd.read_csv(out / "probes.tsv", sep="\t")
+    assert pr[["layer_a", "layer_b"]].values.tolist() == [[2, 1], [4, 2]]
+    assert pr.n_items.nunique() == 1 and (pr.n_items > 100).all()  # the same held-out windows for both models
+    assert pr.delta.between(-1, 1).all() and pr.p_delong.between(0, 1).all() and (pr.ci_low <= pr.ci_high).all()
+    hs = pd.read_csv(out / "head_scan.tsv", sep="\t")
+    assert set(hs.motif) == {"MA0139.1", "MA0108.1"} and hs.best_r.notna().all()
+    m = pd.read_csv(out / "matching.tsv", sep="\t")
+    assert len(m) == 2 and (m.rows == "sequence").all() and m.matched_fraction.between(0, 1).all()
+    au = pd.read_csv(out / "ov_audit.tsv", sep="\t")
+    assert (au.run == big).all() and au.write_cos.between(0, 1 + 1e-9).all() and au.self_gain.notna().all()
+    assert set(au.sae_layer) <= {2, 4} and set(au.layer) <= {2, 3, 4}
+    # the small model got only what the comparison reads: no patching, no feature evidence
+    small_ev = finished_run / "results" / "toy_esm_small" / "ctcf_peaks" / "evidence"
+    assert (small_ev / "probe_predictions.parquet").exists() and not (small_ev / "patching.tsv").exists()
+
+
+@pytest.mark.workflow
 def test_ctcf_is_recovered(finished_run):
     rec = pd.read_csv(finished_run / "results/toy_esm/ctcf_peaks/recovery/topk_x4_k16/recovery.tsv", sep="\t")
     ctcf = rec[rec.motif_id == "MA0139.1"]

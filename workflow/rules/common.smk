@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -234,6 +235,126 @@ def _run_saes():
 _run_saes()
 
 
+COMPARE_PARTS = (
+    "quality",
+    "annotation",
+    "probes",
+    "head_scan",
+    "organisation",
+    "matching",
+    "audit",
+)
+
+
+def _is_dna_evidence(run):
+    return config["evidence"]["enabled"] and config["datasets"][run["dataset"]]["kind"] != "cells"
+
+
+def _matching_rows(comp, a, b):
+    """The shared rows of two runs' feature matching ('sequence', 'gene'), or None if not meaningful."""
+    rows = comp["matching"]["rows"]
+    same = a["dataset"] == b["dataset"]
+    cells = all(config["datasets"][r["dataset"]]["kind"] == "cells" for r in (a, b))
+    if rows == "sequence" or (rows == "auto" and same):
+        return "sequence" if same else None
+    return "gene" if cells else None
+
+
+#: comparison name -> its config entry (resolved by _resolve_comparisons)
+COMPARISONS = {}
+
+
+def _resolve_comparisons():
+    """Fill in each comparison run's SAE and the parts that apply; errors name the key."""
+    errors = []
+    seen = set()
+    for c, comp in enumerate(config["comparisons"]):
+        name = comp["name"]
+        key = f"comparisons[{c}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            errors.append(f"{key}.name: names may hold only letters, digits, '_', '.', '-'")
+        if name in seen:
+            errors.append(f"{key}.name: another comparison is named {name!r}")
+        seen.add(name)
+        COMPARISONS[name] = comp
+        runs = comp["runs"]
+        for i, run in enumerate(runs):
+            if run["model"] not in config["models"]:
+                errors.append(f"{key}.runs[{i}].model: unknown model {run['model']!r}")
+            if run["dataset"] not in config["datasets"]:
+                errors.append(f"{key}.runs[{i}].dataset: unknown dataset {run['dataset']!r}")
+            if not run["sae"]:
+                listed = [
+                    r["saes"]
+                    for r in config["runs"]
+                    if (r["model"], r["dataset"]) == (run["model"], run["dataset"])
+                ]
+                run["sae"] = (listed[0] if listed else list(config["saes"]))[0]
+            elif run["sae"] not in config["saes"]:
+                errors.append(f"{key}.runs[{i}].sae: unknown SAE recipe {run['sae']!r}")
+        if errors:
+            continue
+        labels = [f"{r['model']}/{r['dataset']}/{r['sae']}" for r in runs]
+        if len(set(labels)) < len(labels):
+            errors.append(f"{key}.runs: a run is listed twice")
+        for i, run in enumerate(runs):
+            m = config["models"][run["model"]]
+            if m["source"] in ("hub", "url") and not m["n_layers"]:
+                errors.append(
+                    f"models.{run['model']}.n_layers: required when the model is compared "
+                    f"({key}.runs[{i}]): layers are aligned by relative depth layer / n_layers"
+                )
+        dna = [_is_dna_evidence(r) for r in runs]
+        same_dataset = len({r["dataset"] for r in runs}) == 1
+        pairs = [(a, b) for a in range(len(runs)) for b in range(a + 1, len(runs))]
+        applies = {
+            "quality": (True, ""),
+            "annotation": (True, ""),
+            "organisation": (True, ""),
+            "probes": (
+                all(dna) and same_dataset,
+                "needs DNA runs (evidence enabled) on one dataset: the probes are paired on its test items",
+            ),
+            "head_scan": (all(dna), "needs DNA runs with evidence enabled"),
+            "matching": (
+                any(_matching_rows(comp, runs[a], runs[b]) for a, b in pairs),
+                "needs runs on the same dataset (rows: sequence) or cell runs (rows: gene)",
+            ),
+            "audit": (True, ""),
+        }
+        for j in comp["audit"]["runs"]:
+            if j >= len(runs):
+                errors.append(
+                    f"{key}.audit.runs: {j} is not a position in runs (0..{len(runs) - 1})"
+                )
+            elif not dna[j] and "audit" in comp["compare"]:
+                errors.append(f"{key}.audit.runs: runs[{j}] is not a DNA run with evidence")
+        applies["audit"] = (
+            bool(comp["audit"]["runs"])
+            and all(dna[j] for j in comp["audit"]["runs"] if j < len(runs)),
+            "needs DNA runs with evidence in audit.runs",
+        )
+        for part in comp["compare"]:
+            ok, why = applies[part]
+            if not ok:
+                errors.append(f"{key}.compare: {part!r} {why}")
+        comp["parts"] = [
+            p
+            for p in COMPARE_PARTS
+            if (p in comp["compare"] or not comp["compare"]) and applies[p][0]
+        ]
+        comp["labels"] = labels
+        # planned by `all` when one of its runs is run: a --configfile that replaces `runs` leaves
+        # the default's toy comparison defined but unplanned (its targets can still be asked for)
+        ran = {(r["model"], r["dataset"]) for r in config["runs"]}
+        comp["active"] = any((r["model"], r["dataset"]) in ran for r in runs)
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+
+
+_resolve_comparisons()
+
+
 def _alternatives(keys):
     return "|".join(sorted(re.escape(str(k)) for k in keys)) or "__none__"
 
@@ -257,6 +378,7 @@ wildcard_constraints:
     dataset=_alternatives(config["datasets"]),
     ref=_alternatives(config["references"]),
     sae=_alternatives(config["saes"]),
+    comparison=_alternatives(COMPARISONS),
     geneset=_alternatives(config["genesets"]),
     nt_task=_alternatives(_nt_tasks()),
     accession=r"ENCFF[0-9A-Z]+",
@@ -483,6 +605,18 @@ def get_layers(model):
     return list(range(1, n + 1))
 
 
+def get_n_layers(model):
+    """Blocks of a model (the denominator of relative depth)."""
+    m = config["models"][model]
+    if m["source"] == "toy":
+        return m["toy_cells" if m["family"] == "geneformer" else "toy"]["num_layers"]
+    if m["n_layers"]:
+        return m["n_layers"]
+    if m["source"] == "local":
+        return _local_depth(model, os.path.join(m["path"], m["subfolder"]))
+    return max(get_layers(model))
+
+
 def get_sae_recipe(wildcards):
     return config["saes"][wildcards.sae]
 
@@ -634,4 +768,124 @@ def get_final_outputs():
                 f"results/{m}/{d}/evidence/{name}.png"
                 for name in ("probes", "head_scan", "patching")
             ]
+    out += get_comparison_targets()
     return sorted(set(out), key=out.index)
+
+
+# --- comparisons (config `comparisons:`; rules in compare.smk) --------------------------
+
+
+def _run_base(run):
+    return f"results/{run['model']}/{run['dataset']}"
+
+
+def _run_layer_paths(run, stage, name=""):
+    """Per layer of a run: results/{model}/{dataset}/{stage}/{sae}/layer{L}[/name]."""
+    base, sae = _run_base(run), run["sae"]
+    return [
+        (
+            os.path.join(f"{base}/{stage}/{sae}/layer{l}", name)
+            if name
+            else f"{base}/{stage}/{sae}/layer{l}"
+        )
+        for l in get_layers(run["model"])
+    ]
+
+
+def _comparison_run_files(run, part):
+    """The files of one run a comparison part reads (name -> path or list of paths)."""
+    base, sae = _run_base(run), run["sae"]
+    cells = config["datasets"][run["dataset"]]["kind"] == "cells"
+    if part == "quality":
+        return {"summary": f"{base}/eval/{sae}/summary.tsv"}
+    if part == "annotation":
+        return {"summary": f"{base}/{'cells' if cells else 'catalog'}/{sae}/summary.tsv"}
+    if part == "organisation":
+        files = {"features": _run_layer_paths(run, "cells" if cells else "catalog")}
+        if cells:
+            files["tracking"] = f"{base}/cells/{sae}/tracking.tsv"
+        return files
+    if part == "probes":
+        return {"predictions": f"{base}/evidence/probe_predictions.parquet"}
+    if part == "head_scan":
+        return {"head_scan": f"{base}/evidence/head_scan.tsv"}
+    if part == "matching":
+        return {
+            "saes": _run_layer_paths(run, "sae"),
+            "activations": f"{base}/activations",
+            "sequences": f"results/datasets/{run['dataset']}/sequences.parquet",
+        }
+    if part == "audit":
+        return {
+            "head_scan": f"{base}/evidence/head_scan.tsv",
+            "model": get_model_dir(SimpleNamespace(model=run["model"])),
+            "saes": _run_layer_paths(run, "sae"),
+            "ablation": _run_layer_paths(run, "evidence", "ablation.tsv"),
+        }
+    raise ValueError(f"unknown comparison part {part!r}")
+
+
+def _comparison_runs_of(name, part):
+    comp = COMPARISONS[name]
+    runs = comp["runs"]
+    if part == "audit":
+        return [runs[j] for j in comp["audit"]["runs"]]
+    return runs
+
+
+def get_comparison_runs(part):
+    """Params of a comparison rule: per run its label, model, dataset, sae, kind, n_layers, layers
+    and the files it reads (the same paths as the rule's input)."""
+
+    def fn(wildcards):
+        comp = COMPARISONS[wildcards.comparison]
+        out = []
+        for run in _comparison_runs_of(wildcards.comparison, part):
+            m = config["models"][run["model"]]
+            out.append(
+                dict(
+                    label=comp["labels"][comp["runs"].index(run)],
+                    model=run["model"],
+                    dataset=run["dataset"],
+                    sae=run["sae"],
+                    kind=config["datasets"][run["dataset"]]["kind"],
+                    family=m["family"],
+                    subfolder=m["subfolder"],
+                    n_layers=get_n_layers(run["model"]),
+                    layers=get_layers(run["model"]),
+                    files=_comparison_run_files(run, part),
+                )
+            )
+        return out
+
+    return fn
+
+
+def get_comparison_inputs(part):
+    """Input function of a comparison rule: every file its runs contribute (flattened)."""
+
+    def fn(wildcards):
+        out = []
+        for run in _comparison_runs_of(wildcards.comparison, part):
+            for v in _comparison_run_files(run, part).values():
+                out += v if isinstance(v, list) else [v]
+        return sorted(set(out), key=out.index)
+
+    return fn
+
+
+def get_comparison_settings(wildcards):
+    comp = COMPARISONS[wildcards.comparison]
+    return {k: v for k, v in comp.items() if k not in ("runs", "labels")}
+
+
+def get_comparison_targets():
+    out = []
+    for name, comp in COMPARISONS.items():
+        if not comp["active"]:
+            continue
+        out += [
+            f"results/comparisons/{name}/{'ov_audit' if p == 'audit' else p}.tsv"
+            for p in comp["parts"]
+        ]
+    return out
