@@ -19,7 +19,8 @@ held = sequences[sequences.split == "test"]
 held = held.sample(n=min(len(held), ev["ablation_sequences"]), random_state=ev["seed"]).sort_index()
 table, null = feature_ablation(adapter, load_sae(i.sae), int(w.layer), held.sequence.tolist(), targets,
                                feats.frequency.to_numpy(), n_null=ev["ablation_null"], batch_size=ev["batch_size"],
-                               seed=ev["seed"], alpha=ev["alpha"])
+                               seed=ev["seed"], alpha=ev["alpha"],
+                               mask_prob=ev["ablation_mask_prob"])
 table = targets[["motif", "feature", "auroc_train", "auroc_test"]].merge(table, on=["motif", "feature"])
 write_table(table, snakemake.output.table)
 write_table(null, snakemake.output.null)

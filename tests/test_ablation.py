@@ -86,3 +86,13 @@ def test_null_and_specificity_edge_cases():
     with pytest.raises(SaeflowError, match="differ in shape"):
         specificity([1.0, 2.0], [True])
     assert null_p(1.0, [0.5, 2.0, np.nan]) == (2 / 3, 2)
+
+
+def test_matched_null_fills_with_the_nearest_frequencies_when_few_peers():
+    freq = np.array([0.5, 0.45, 0.2, 0.1, 0.05, 0.0, 0.01])
+    # within 1.5x of 0.5 only feature 1; fill takes the next closest in log frequency: 2, then 3
+    assert matched_null_features(freq, 0, 3, seed=0).tolist() == [1]
+    assert matched_null_features(freq, 0, 3, seed=0, fill=True).tolist() == [1, 2, 3]
+    # dead features never, excluded ones never
+    got = matched_null_features(freq, 0, 10, seed=0, fill=True, exclude=[2])
+    assert 5 not in got and 2 not in got and 0 not in got and len(got) == 4

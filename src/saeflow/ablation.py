@@ -42,9 +42,13 @@ def ablate(sae, x: torch.Tensor, features) -> torch.Tensor:
 
 
 def matched_null_features(freq, feature: int, n: int, *, tol: float = 1.5, seed: int = 0,
-                          exclude=()) -> np.ndarray:
+                          exclude=(), fill: bool = False) -> np.ndarray:
     """Up to ``n`` other features whose firing frequency is within a factor ``tol`` of ``feature``'s
-    (dead features never qualify), drawn without replacement (seeded)."""
+    (dead features never qualify), drawn without replacement (seeded).
+
+    ``fill``: when fewer than ``n`` lie within ``tol`` (dense or rare features have few peers), add the
+    live features next closest in log frequency until there are ``n`` (the nearest-frequency null);
+    the caller reports how far the matching had to reach."""
     freq = np.asarray(freq, dtype=np.float64)
     if not 0 <= feature < len(freq):
         raise SaeflowError(f"feature {feature} out of range 0..{len(freq) - 1}")
@@ -57,7 +61,15 @@ def matched_null_features(freq, feature: int, n: int, *, tol: float = 1.5, seed:
     ok[np.asarray(list(exclude), dtype=np.int64)] = False
     cand = np.flatnonzero(ok)
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(cand, min(n, len(cand)), replace=False)) if len(cand) else cand
+    pick = rng.choice(cand, min(n, len(cand)), replace=False) if len(cand) else cand
+    if fill and len(pick) < n:
+        rest = (freq > 0) & ~ok
+        rest[feature] = False
+        rest[np.asarray(list(exclude), dtype=np.int64)] = False
+        others = np.flatnonzero(rest)
+        others = others[np.argsort(ratio[others], kind="stable")][: n - len(pick)]
+        pick = np.concatenate([pick, others])
+    return np.sort(pick)
 
 
 def specificity(effect, active) -> float:

@@ -539,11 +539,15 @@ def best_motif_features(feats: pd.DataFrame, motifs) -> pd.DataFrame:
 
 
 def feature_ablation(adapter, sae, layer: int, sequences, targets: pd.DataFrame, freq: np.ndarray, *,
-                     n_null: int = 50, batch_size: int = 32, seed: int = 0, alpha: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     n_null: int = 50, batch_size: int = 32, seed: int = 0, alpha: float = 0.05,
+                     mask_prob: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ablate each target feature (and its frequency-matched null features) at ``layer``.
 
     The effect at a token is KL(clean || ablated) of the model's output distribution there (nats);
     specificity = mean effect where the feature fires - mean effect elsewhere (genuine tokens only).
+    With ``mask_prob``, that fraction of each sequence's tokens is replaced by the mask token (seeded per
+    sequence, as the LM-loss evaluation does) and only the masked tokens count: the output there is the
+    model's prediction from context, its actual task, rather than the near-copy of a visible token.
     Returns (one row per target: motif, feature, frequency, specificity, effect_active, effect_inactive,
     null_mean, null_sd, null_q95, n_null, p, specific = p < alpha), and the null features' specificities.
     """
@@ -559,7 +563,7 @@ def feature_ablation(adapter, sae, layer: int, sequences, targets: pd.DataFrame,
     nulls = {}
     for r in targets.itertuples():
         nulls[r.feature] = matched_null_features(freq, int(r.feature), n_null, seed=seed + int(r.feature),
-                                                 exclude=targets.feature.tolist())
+                                                 exclude=targets.feature.tolist(), fill=True)
     feats = sorted(set(targets.feature.astype(int)) | {int(f) for v in nulls.values() for f in v})
     fi = {f: i for i, f in enumerate(feats)}
     s_act, n_act = np.zeros(len(feats)), np.zeros(len(feats))
@@ -568,7 +572,17 @@ def feature_ablation(adapter, sae, layer: int, sequences, targets: pd.DataFrame,
     seqs = list(sequences)
     for sl in tqdm(list(_batches(len(seqs), batch_size)), desc=f"ablation layer {layer}", mininterval=5):
         tb = adapter.tokenize(seqs[sl])
-        g = torch.from_numpy(~tb.special).to(adapter.device)
+        g = ~tb.special
+        if mask_prob:
+            from dataclasses import replace
+
+            from .evaluation import mask_positions
+
+            masked = mask_positions(tb.special, mask_prob, seed, range(sl.start, sl.stop))
+            tb = replace(tb, input_ids=tb.input_ids.masked_fill(torch.from_numpy(masked),
+                                                                adapter.tokenizer.mask_token_id))
+            g = masked
+        g = torch.from_numpy(g).to(adapter.device)
         with torch.inference_mode():
             rc = adapter.run(tb, Capture(resid=[layer]))
             logp = Fn.log_softmax(rc.logits.float(), -1)
@@ -597,11 +611,13 @@ def feature_ablation(adapter, sae, layer: int, sequences, targets: pd.DataFrame,
         rows.append(dict(motif=r.motif, feature=f, frequency=float(freq[f]), specificity=spec[fi[f]],
                          effect_active=e_act[fi[f]], effect_inactive=e_in[fi[f]],
                          null_mean=fin.mean() if len(fin) else np.nan, null_sd=fin.std(ddof=1) if len(fin) > 1 else np.nan,
-                         null_q95=np.quantile(fin, 0.95) if len(fin) else np.nan, n_null=n, p=p,
+                         null_q95=np.quantile(fin, 0.95) if len(fin) else np.nan, n_null=n,
+                         null_freq_ratio=float(np.exp(np.abs(np.log(freq[nulls[f]] / freq[f]))).max())
+                         if len(nulls[f]) else np.nan, p=p,
                          specific=bool(np.isfinite(p) and p < alpha)))
         null_rows += [dict(motif=r.motif, feature=int(g), specificity=spec[fi[int(g)]]) for g in nulls[f]]
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS), pd.DataFrame(null_rows)
 
 
 ABLATION_COLUMNS = ["motif", "feature", "frequency", "specificity", "effect_active", "effect_inactive", "null_mean",
-                    "null_sd", "null_q95", "n_null", "p", "specific"]
+                    "null_sd", "null_q95", "n_null", "null_freq_ratio", "p", "specific"]
