@@ -604,4 +604,38 @@ def get_final_outputs():
                     f"{base}/recovery/{sae}/recovery.tsv",
                     f"{base}/recovery/{sae}/recovery.png",
                 ]
+        out.append(f"results/{m}/{d}/atlas")  # the feature atlas (rules/atlas.smk)
     return out
+
+
+# --- atlas ------------------------------------------------------------------------
+
+
+def get_atlas_saes(wildcards):
+    """SAE recipe -> layers, over every run of this model and dataset."""
+    saes = {}
+    for run in config["runs"]:
+        if run["model"] == wildcards.model and run["dataset"] == wildcards.dataset:
+            for sae in run["saes"]:
+                saes[sae] = get_layers(wildcards.model)
+    return saes
+
+
+def get_atlas_inputs(wildcards):
+    """What the atlas reads; evidence tables (results/{model}/{dataset}/evidence/...) are shown
+    when present: once rules write them, add their paths to ``per_layer`` / ``per_sae``."""
+    d = wildcards.dataset
+    per_layer = ["sae/{sae}/layer{layer}", "eval/{sae}/layer{layer}.json"]
+    if config["datasets"][d]["kind"] == "cells":
+        per_layer.append("cells/{sae}/layer{layer}")
+        if has_perturbations(d):
+            per_layer.append("perturbation/{sae}/layer{layer}")
+    else:
+        per_layer.append("catalog/{sae}/layer{layer}")
+    per_sae = ["recovery/{sae}/recovery.tsv"] if has_ground_truth(d) else []
+    base = f"results/{wildcards.model}/{d}/"
+    files = []
+    for sae, layers in get_atlas_saes(wildcards).items():
+        files += [base + p.format(sae=sae, layer=L) for p in per_layer for L in layers]
+        files += [base + p.format(sae=sae) for p in per_sae]
+    return {"files": files}

@@ -94,6 +94,20 @@ def _rows(df: pd.DataFrame, columns: list[str]) -> list[list]:
     return [[_val(v) for v in row] for row in df[cols].itertuples(index=False, name=None)]
 
 
+def _groups(df: pd.DataFrame, keys: list[str], columns: list[str], limit: int | None = None) -> dict:
+    """Rows (as :func:`_rows`) of a frame sorted by ``keys``, grouped by them (an int for one key,
+    else a tuple), at most ``limit`` per group; one pass over the frame, not one slice per group."""
+    from itertools import groupby
+
+    kv = list(zip(*(df[k].tolist() for k in keys)))
+    rows = _rows(df, columns)
+    out = {}
+    for key, grp in groupby(zip(kv, rows), key=lambda t: t[0]):
+        key = (int(key[0]) if len(keys) == 1 else tuple(int(x) if i == 0 else x for i, x in enumerate(key)))
+        out[key] = [r for _, r in grp][:limit]
+    return out
+
+
 def _dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -260,13 +274,16 @@ class _Layer:
                               ascending=[True, "rank" in ctx])
         kmer_label = {}
         search_ctx = {}
-        for f, g in ctx.groupby("feature", sort=True):
-            km = activating_kmers(g.context)
-            kmer_label[int(f)] = km[0][0] if km else ""
+        texts = _groups(ctx, ["feature"], ["context"])
+        rows = _groups(ctx, ["feature"], ["activation", "sequence", "start", "end", "token", "context"])
+        for f, g in texts.items():
+            contexts = [str(r[0]) for r in g]
+            km = activating_kmers(contexts)
+            kmer_label[f] = km[0][0] if km else ""
             dd = self._d(f)
             dd["kmers"] = km[: LIMITS["kmers"]]
-            dd["contexts"] = _rows(g, ["activation", "sequence", "start", "end", "token", "context"])
-            search_ctx[int(f)] = "|".join(g.context.astype(str))
+            dd["contexts"] = rows[f]
+            search_ctx[f] = "|".join(contexts)
         tokens_index: dict[str, list] = {}
         for f, s in zip(self.features.feature, self.features.get("top_tokens", [""] * len(self.features))):
             toks = _parse_top_tokens(s)
@@ -298,42 +315,46 @@ class _Layer:
         name = "symbol" if "symbol" in top else "gene"
         genes_index: dict[str, list] = {}
         labels = {}
-        for f, g in top.groupby("feature", sort=True):
-            g = g.head(LIMITS["genes"])
-            self._d(f)["genes"] = _rows(g, ["gene", "symbol", "mean_activation", "count", "fire_fraction"])
-            labels[int(f)] = ", ".join(g[name].astype(str).head(3))
-            for rank, row in enumerate(g.itertuples(index=False)):
-                keys = {str(row.gene).upper()} | ({str(row.symbol).upper()} if name == "symbol" else set())
+        gcols = [c for c in ("gene", "symbol", "mean_activation", "count", "fire_fraction") if c in top.columns]
+        for f, g in _groups(top, ["feature"], gcols, LIMITS["genes"]).items():
+            self._d(f)["genes"] = g
+            labels[f] = ", ".join(str(r[gcols.index(name)]) for r in g[:3])
+            for rank, r in enumerate(g):
+                keys = {str(r[0]).upper()} | ({str(r[1]).upper()} if name == "symbol" else set())
                 for key in sorted(keys):
-                    genes_index.setdefault(key, []).append([int(f), rank])
+                    genes_index.setdefault(key, []).append([f, rank])
         self.features["label"] = [labels.get(int(f), "") for f in self.features.feature]
         cells = _read_parquet(d / "top_cells.parquet", required=False)
         if cells is not None and len(cells):
-            for f, g in cells.sort_values(["feature", "rank"]).groupby("feature", sort=True):
-                self._d(f)["cells"] = _rows(g.head(LIMITS["cells"]), ["name", "label", "activation"])
+            for f, g in _groups(cells.sort_values(["feature", "rank"]), ["feature"], ["name", "label", "activation"],
+                                LIMITS["cells"]).items():
+                self._d(f)["cells"] = g
         ct = _read_parquet(d / "celltypes.parquet", required=False)
         if ct is not None and len(ct):
-            for f, g in ct.sort_values(["feature", "p", "label"]).groupby("feature", sort=True):
-                self._d(f)["celltypes"] = _rows(g.head(LIMITS["celltypes"]),
-                                                ["label", "overlap", "n_top", "n_label", "odds_ratio", "p", "q"])
+            for f, g in _groups(ct.sort_values(["feature", "p", "label"]), ["feature"],
+                                ["label", "overlap", "n_top", "n_label", "odds_ratio", "p", "q"],
+                                LIMITS["celltypes"]).items():
+                self._d(f)["celltypes"] = g
         terms: dict[str, list] = {}
         best = {}
         enr = _read_parquet(d / "enrichment.parquet", required=False)
         if enr is not None and len(enr):
             enr = enr.sort_values(["feature", "library", "p", "term"])
-            for (f, lib), g in enr.groupby(["feature", "library"], sort=True):
-                self._d(f).setdefault("enrichment", {})[str(lib)] = _rows(
-                    g.head(LIMITS["enrichment"]), ["term", "k", "K", "fold", "odds_ratio", "p", "q", "overlap_genes"])
+            for (f, lib), g in _groups(enr, ["feature", "library"],
+                                       ["term", "k", "K", "fold", "odds_ratio", "p", "q", "overlap_genes"],
+                                       LIMITS["enrichment"]).items():
+                self._d(f).setdefault("enrichment", {})[str(lib)] = g
             for row in enr[enr.p < TERM_P].sort_values(["library", "term", "q", "feature"]).itertuples(index=False):
                 terms.setdefault(f"{row.library}: {row.term}", []).append([int(row.feature), _num(row.q), _num(row.p)])
-            for f, g in enr.sort_values(["q", "p", "library", "term"]).groupby("feature", sort=False):
-                r = g.iloc[0]
-                best[int(f)] = (f"{r.library}: {r.term}", float(r.q))
+            first = enr.sort_values(["feature", "q", "p", "library", "term"]).drop_duplicates("feature")
+            for f, lib, term, q in zip(first.feature, first.library, first.term, first.q):
+                best[int(f)] = (f"{lib}: {term}", float(q))
         nets = _read_parquet(d / "networks.parquet", required=False)
         if nets is not None and len(nets):
-            for f, g in nets.sort_values(["feature", "p", "network"]).groupby("feature", sort=True):
-                self._d(f)["networks"] = _rows(g.head(LIMITS["networks"]),
-                                               ["network", "edges", "null_mean", "fold", "p", "q", "edge_list"])
+            for f, g in _groups(nets.sort_values(["feature", "p", "network"]), ["feature"],
+                                ["network", "edges", "null_mean", "fold", "p", "q", "edge_list"],
+                                LIMITS["networks"]).items():
+                self._d(f)["networks"] = g
         self.features["best_term"] = [best.get(int(f), ("", None))[0] for f in self.features.feature]
         self.features["best_q"] = [best.get(int(f), ("", np.nan))[1] for f in self.features.feature]
         mods = _read_parquet(d / "modules.parquet", required=False)
@@ -345,10 +366,10 @@ class _Layer:
         pr = self.run / "perturbation" / self.sae / f"layer{self.layer}" / "response.parquet"
         resp = _read_parquet(pr, required=False)
         if resp is not None and len(resp):
-            for f, g in resp.sort_values(["feature", "p", "target"]).groupby("feature", sort=True):
-                self._d(f)["perturbation"] = _rows(g.head(LIMITS["perturbation"]),
-                                                   ["target", "n_cells", "diff", "ci_low", "ci_high",
-                                                    "rank_biserial", "p", "q"])
+            for f, g in _groups(resp.sort_values(["feature", "p", "target"]), ["feature"],
+                                ["target", "n_cells", "diff", "ci_low", "ci_high", "rank_biserial", "p", "q"],
+                                LIMITS["perturbation"]).items():
+                self._d(f)["perturbation"] = g
         self.search = {"genes": genes_index, "terms": terms}
         self.columns = [("feature", "Feature", "int"), ("label", "Top genes", "str"),
                         ("best_term", "Best term", "str"), ("best_q", "q", "num"), ("frequency", "Freq", "num"),
@@ -376,9 +397,8 @@ def add_evidence(detail: dict, name: str, df: pd.DataFrame) -> None:
     cols = [c for c in df.columns if c not in ("feature", "layer", "sae")]
     feat = pd.to_numeric(df["feature"], errors="coerce")
     df = df[feat.notna()].assign(feature=feat[feat.notna()].astype(int))
-    for f, g in df.groupby("feature", sort=True):
-        detail.setdefault(int(f), {}).setdefault("evidence", {})[name] = {
-            "columns": cols, "rows": _rows(g.head(LIMITS["evidence"]), cols)}
+    for f, rows in _groups(df.sort_values("feature", kind="stable"), ["feature"], cols, LIMITS["evidence"]).items():
+        detail.setdefault(f, {}).setdefault("evidence", {})[name] = {"columns": cols, "rows": rows}
 
 
 # --- the site -----------------------------------------------------------------------------------
@@ -520,6 +540,7 @@ def _build_sae(run: Path, root: Path, kind: str, sae: str, layers: list[int], si
     rec = run / "recovery" / sae / "recovery.tsv"
     if rec.exists():
         df = _read_tsv(rec)
+        df = df.drop(columns=[c for c in df.columns if _timing(c)])
         recovery = {"columns": list(df.columns), "rows": _rows(df, list(df.columns))}
     return {"name": sae, "layers": layers, "summary": summary_rows, "flow": flows,
             "chains": _chains(chains_next, labels), "recovery": recovery}
