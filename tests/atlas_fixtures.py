@@ -53,12 +53,6 @@ def _eval(path: Path, layer: int, rng):
                                 "loss_recovered": 0.9, "seconds": float(rng.random())}))
 
 
-def _random_context(rng, n: int = 41) -> str:
-    s = "".join(rng.choice(list("acgt"), n))
-    i = int(rng.integers(0, n))
-    return s[:i] + s[i].upper() + s[i + 1:]
-
-
 def write_dna_run(run: Path, *, sae: str = "topk", layers=(1, 2, 3), n_features: int = 64, d: int = 16,
                   n_contexts: int = 5, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
@@ -80,13 +74,16 @@ def write_dna_run(run: Path, *, sae: str = "topk", layers=(1, 2, 3), n_features:
         feats["svd_aligned"] = feats.alive & (feats.svd_max_cos > 0.5)
         feats.to_parquet(c / "features.parquet", index=False)
         rows = []
+        pool = "".join(rng.choice(list("acgt"), 100_000))  # contexts are slices of one random sequence
+        starts, ups = rng.integers(0, len(pool) - 41, (2, n_features * n_contexts))
         for f in np.flatnonzero(freq > 0):
             for rank in range(n_contexts):
                 if L == MOTIF_LAYER and f == MOTIF_FEATURE:
                     flank = "".join(rng.choice(list("acgt"), 14))
                     ctx = flank + MOTIF + flank
                 else:
-                    ctx = _random_context(rng)
+                    a, u = int(starts[f * n_contexts + rank]), int(ups[f * n_contexts + rank]) % 41
+                    ctx = pool[a:a + u] + pool[a + u].upper() + pool[a + u + 1:a + 41]
                 rows.append(dict(feature=int(f), rank=rank, activation=float(5 - rank * 0.1), sequence=f"chr1:{f}-{rank}",
                                  token=ctx[len(ctx) // 2].upper(), start=100 + rank, end=101 + rank, context=ctx))
         pd.DataFrame(rows).to_csv(c / "contexts.tsv", sep="\t", index=False)

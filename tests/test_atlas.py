@@ -151,6 +151,7 @@ def test_evidence_tables_reach_the_feature_page_data(dna_atlas):
 # --- in the browser ------------------------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_overview_loads_without_console_errors(browser, dna_atlas, cells_atlas):
     for run, words in ((dna_atlas, ["layer 1", "layer 3", "CTCF", "Evidence: patching"]),
                        (cells_atlas, ["layer 1", "layer 2", "Annotated"])):
@@ -165,6 +166,7 @@ def test_overview_loads_without_console_errors(browser, dna_atlas, cells_atlas):
         site.close()
 
 
+@pytest.mark.browser
 def test_searching_the_planted_motif_finds_its_feature(browser, dna_atlas):
     site = Site(browser, dna_atlas / "atlas")
     site.page.fill("#q", fx.MOTIF[2:11])
@@ -184,6 +186,7 @@ def test_searching_the_planted_motif_finds_its_feature(browser, dna_atlas):
     site.close()
 
 
+@pytest.mark.browser
 def test_feature_page_shows_contexts_evidence_and_neighbours(browser, dna_atlas):
     site = Site(browser, dna_atlas / "atlas")
     text = site.go(f"#/topk/layer/{fx.MOTIF_LAYER}/feature/{fx.MOTIF_FEATURE}")
@@ -200,6 +203,7 @@ def test_feature_page_shows_contexts_evidence_and_neighbours(browser, dna_atlas)
     site.close()
 
 
+@pytest.mark.browser
 def test_layer_table_is_virtualised_sortable_and_filterable(browser, tmp_path):
     run = fx.write_dna_run(tmp_path / "big", layers=(1,), n_features=4608, d=8, n_contexts=1)
     build_atlas(run, run / "atlas", saes={"topk": [1]}, kind="dna")
@@ -223,6 +227,7 @@ def test_layer_table_is_virtualised_sortable_and_filterable(browser, tmp_path):
     site.close()
 
 
+@pytest.mark.browser
 def test_gene_and_term_search_and_the_gene_feature_page(browser, cells_atlas):
     site = Site(browser, cells_atlas / "atlas")
     site.go(f"#/topk/search?q={fx.GENE.lower()}")
@@ -244,6 +249,7 @@ def test_gene_and_term_search_and_the_gene_feature_page(browser, cells_atlas):
 
 
 @pytest.mark.workflow
+@pytest.mark.browser
 def test_atlas_of_the_test_config_run(browser, local_run):
     """Every run of the test config has its atlas; its pages show what the run's tables say."""
     base = local_run / "results"

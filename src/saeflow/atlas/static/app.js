@@ -164,7 +164,8 @@
       console.error(e);
     }
     const ms = performance.now() - t0;
-    S.lastRender = { route: location.hash || "#/", ms, page: r.page };
+    // ms: this route (data loads + render); at: since the document's navigation started
+    S.lastRender = { route: location.hash || "#/", ms, at: performance.now(), page: r.page };
     document.body.dataset.ready = r.page;
     if (S.onrender) S.onrender(S.lastRender);
   }
