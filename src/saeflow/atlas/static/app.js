@@ -313,6 +313,10 @@
     for (const m of String(s).matchAll(/([A-Z]+)|([^A-Z]+)/g)) e.append(m[1] ? el("mark", { text: m[1] }) : m[2]);
     return e;
   }
+  function nFeatures(sae, L) {
+    const row = sae.summary.find((x) => x.layer === L);
+    return row ? row.features : Infinity;
+  }
   async function featurePage(r, sae) {
     const chunk = INDEX.chunk;
     const data = await load(`${sae.name}/layer${r.layer}/f${Math.floor(r.feature / chunk)}`);
@@ -323,7 +327,7 @@
     out.append(el("h1", {}, `${sae.name} · `, el("a", { href: `#/${encodeURIComponent(sae.name)}/layer/${r.layer}` }, `layer ${r.layer}`), ` · feature ${r.feature}`,
       row.label ? el("span", { class: "muted", id: "flabel" }, ` — ${row.label}`) : null),
     el("p", {}, r.feature > 0 ? el("a", { href: fhref(sae.name, r.layer, r.feature - 1) }, "← previous") : null, " ",
-      el("a", { href: fhref(sae.name, r.layer, r.feature + 1) }, "next →")),
+      r.feature + 1 < nFeatures(sae, r.layer) ? el("a", { href: fhref(sae.name, r.layer, r.feature + 1) }, "next →") : null),
     el("div", { class: "kv card" }, Object.entries(row).filter(([k]) => k !== "feature" && k !== "label").map(([k, v]) => el("span", {}, el("b", { text: k + ": " }), fmt(v)))));
     if (d.hist) out.append(el("h2", { text: "Activation histogram" }), histogram(d.hist, INDEX.histogram_edges));
     if (sae.recovery) {
