@@ -315,10 +315,11 @@ class _Layer:
         name = "symbol" if "symbol" in top else "gene"
         genes_index: dict[str, list] = {}
         labels = {}
-        gcols = [c for c in ("gene", "symbol", "mean_activation", "count", "fire_fraction") if c in top.columns]
+        gcols = ["gene", "symbol", "mean_activation", "count", "fire_fraction"]  # fixed order; None if absent
+        top = top.assign(**{c: None for c in gcols if c not in top.columns})
         for f, g in _groups(top, ["feature"], gcols, LIMITS["genes"]).items():
             self._d(f)["genes"] = g
-            labels[f] = ", ".join(str(r[gcols.index(name)]) for r in g[:3])
+            labels[f] = ", ".join(str(r[1] if name == "symbol" else r[0]) for r in g[:3])
             for rank, r in enumerate(g):
                 keys = {str(r[0]).upper()} | ({str(r[1]).upper()} if name == "symbol" else set())
                 for key in sorted(keys):

@@ -339,8 +339,12 @@
     if (d.tokens) out.append(el("h2", { text: "Top tokens" }), el("div", { id: "toptokens" }, d.tokens.map(([t, n]) => el("span", { class: "chip", text: `${t} ×${n}` }))));
     if (d.contexts) out.append(el("h2", { text: "Top contexts (activating bases highlighted)" }),
       table(["activation", "sequence", "start", "end", "token", "context"], d.contexts, { cell: (c, v) => (c === "context" ? context(v) : undefined) }));
-    if (d.genes) out.append(el("h2", { text: "Top genes (mean activation at the gene's tokens)" }),
-      el("div", { id: "topgenes" }, table(["gene", "symbol", "mean act", "count", "fire fraction"].slice(0, d.genes[0].length), d.genes)));
+    if (d.genes) {  // rows: gene, symbol (null without one), mean activation, count, fire fraction
+      const sym = d.genes.some((g) => g[1] !== null && g[1] !== g[0]);
+      const rows = sym ? d.genes : d.genes.map((g) => [g[0]].concat(g.slice(2)));
+      out.append(el("h2", { text: "Top genes (mean activation at the gene's tokens)" }),
+        el("div", { id: "topgenes" }, table((sym ? ["gene", "symbol"] : ["gene"]).concat(["mean act", "tokens", "fire fraction"]), rows)));
+    }
     if (d.celltypes) out.append(el("h2", { text: "Cell types (top cells vs label, Fisher; BH)" }), table(["label", "overlap", "top cells", "label cells", "odds ratio", "p", "q"], d.celltypes));
     if (d.cells) out.append(el("h2", { text: "Top cells" }), table(["cell", "label", "activation"], d.cells));
     if (d.enrichment) {
