@@ -543,7 +543,12 @@ def _build_sae(run: Path, root: Path, kind: str, sae: str, layers: list[int], si
         df = _read_tsv(rec)
         df = df.drop(columns=[c for c in df.columns if _timing(c)])
         recovery = {"columns": list(df.columns), "rows": _rows(df, list(df.columns))}
-    return {"name": sae, "layers": layers, "summary": summary_rows, "flow": flows,
+    from ..columns import CATALOG_SUMMARY_COLUMNS
+
+    first = ["layer", "features", *EVAL_COLUMNS, *CATALOG_SUMMARY_COLUMNS]
+    seen = [k for row in summary_rows for k in row]
+    columns = [c for c in first if c in seen] + sorted({c for c in seen if c not in first})
+    return {"name": sae, "layers": layers, "summary": summary_rows, "columns": columns, "flow": flows,
             "chains": _chains(chains_next, labels), "recovery": recovery}
 
 

@@ -175,9 +175,7 @@
     const out = el("div", {});
     out.append(el("h1", { text: `${INDEX.title} — ${sae.name}` }),
       el("p", { class: "muted", text: `${INDEX.kind === "cells" ? "Single-cell" : "DNA"} run; ${INDEX.saes.length} SAE recipe(s); layers ${sae.layers.join(", ")}.` }));
-    const cols = [];
-    for (const row of sae.summary) for (const k of Object.keys(row)) if (!cols.includes(k)) cols.push(k);
-    const order = ["layer", "features"].concat(cols.filter((c) => c !== "layer" && c !== "features"));
+    const order = sae.columns;
     out.append(el("h2", { text: "Layers" }), table(order, sae.summary.map((row) => order.map((c) => row[c])), {
       cell: (c, v) => (c === "layer" ? el("a", { href: `#/${encodeURIComponent(sae.name)}/layer/${v}` }, `layer ${v}`) : undefined),
     }));
