@@ -66,6 +66,20 @@ IMPLICIT = {
     "to_parquet": "pyarrow",
 }
 
+#: Functions that import modules by name at run time (importlib), with the modules they may load:
+#: reaching the function reaches those modules whole. ``load_model`` picks a family's loader
+#: from ``saeflow.models.adapter.LOADERS``.
+DYNAMIC = {
+    ("saeflow.models.adapter", "load_model"): [
+        "saeflow.models.adapter",
+        "saeflow.models.dnabert",
+        "saeflow.models.nucleotide_transformer",
+        "saeflow.models.geneformer",
+        "saeflow.models.dnabert2",
+        "saeflow.models.scgpt",
+    ],
+}
+
 #: Installed by conda (``python``, ``pip``) or by venv: never a pin, never "superfluous".
 BOOTSTRAP = {"pip", "setuptools", "wheel"}
 
@@ -371,6 +385,7 @@ class ImportGraph:
                 out = []
             else:
                 out.append(("mod", mname))
+                out += [("all", d) for d in DYNAMIC.get((mname, name), []) if d in self.modules]
                 if name in m.defs:
                     for region in m.defs[name]:
                         out += self._region_edges(ast.walk(region), m, m.parents, m.guarded, m.defs)

@@ -78,6 +78,8 @@ def dna_atlas(tmp_path_factory):
     ev.mkdir(parents=True)
     pd.DataFrame({"feature": [fx.MOTIF_FEATURE, 3], "specificity": [4.5, 0.1], "p_empirical": [0.001, 0.7],
                   "seconds": [1.0, 2.0]}).to_csv(ev / "ablation.tsv", sep="\t", index=False)
+    pd.DataFrame({"motif": ["MA0139.1"], "feature": [fx.MOTIF_FEATURE + 1], "specificity": [0.3]}).to_csv(
+        ev / "ablation_null.tsv", sep="\t", index=False)  # a null distribution: not shown
     pd.DataFrame({"layer": [fx.MOTIF_LAYER], "feature": [fx.MOTIF_FEATURE], "head": ["L1.H2"],
                   "patching_effect": [0.25]}).to_csv(run / "evidence" / "patching.tsv", sep="\t", index=False)
     build_atlas(run, run / "atlas", saes={"topk": [1, 2, 3]}, kind="dna")
@@ -146,6 +148,7 @@ def test_evidence_tables_reach_the_feature_page_data(dna_atlas):
     text = (dna_atlas / "atlas" / "data" / "topk" / f"layer{fx.MOTIF_LAYER}" / "f0.js").read_text()
     assert '"ablation":{"columns":["specificity","p_empirical"]' in text
     assert '"patching":{"columns":["head","patching_effect"]' in text
+    assert "ablation_null" not in text
 
 
 # --- in the browser ------------------------------------------------------------------------------
@@ -153,7 +156,7 @@ def test_evidence_tables_reach_the_feature_page_data(dna_atlas):
 
 @pytest.mark.browser
 def test_overview_loads_without_console_errors(browser, dna_atlas, cells_atlas):
-    for run, words in ((dna_atlas, ["layer 1", "layer 3", "CTCF", "Evidence: patching"]),
+    for run, words in ((dna_atlas, ["layer 1", "layer 3", "CTCF", "Evidence (run-level tables)", "patching (1 rows)"]),
                        (cells_atlas, ["layer 1", "layer 2", "Annotated"])):
         site = Site(browser, run / "atlas")
         text = site.page.inner_text("main")

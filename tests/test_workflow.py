@@ -244,9 +244,10 @@ def _dry_run_resources(wd, *args):
 def test_local_gpu_profile_gives_model_rules_one_gpu_each_and_caps_them(tmp_path):
     wd = copy_workflow(tmp_path, load_test_config())
     res = _dry_run_resources(wd, "--profile", "profiles/local-gpu")
-    for rule in ("train_toy_model", "extract_activations", "train_sae", "evaluate_sae"):
+    for rule in ("train_toy_model", "extract_activations", "train_sae", "evaluate_sae", "head_scan", "patching",
+                 "feature_ablation"):
         assert "gpu=1" in res[rule], res[rule]
-    for rule in ("feature_catalog", "prepare_sequences", "merge_activations"):
+    for rule in ("feature_catalog", "prepare_sequences", "merge_activations", "probes", "feature_evidence"):
         assert "gpu=1" not in res[rule], res[rule]
     # the default (CPU) profile asks no GPU, and memory grows with the attempt
     res = _dry_run_resources(wd)

@@ -107,8 +107,30 @@ def scan_heads(attn, motif, valid, gc, *, layer: int = 0, threshold: float, r_mi
     attn_motif, attn_background, passes_r, passes_rho, passes.
     """
     attn, motif, valid, gc = _check(attn, motif, valid, gc)
-    B, H, T, _ = attn.shape
-    recv = received_attention(attn, valid)  # (B, H, T)
+    return scan_received(received_attention(attn, valid), motif, valid, gc, layer=layer, threshold=threshold,
+                         r_min=r_min, rho_min=rho_min, alpha=alpha, gc_bins=gc_bins, n_boot=n_boot, seed=seed)
+
+
+def scan_received(recv, motif, valid, gc, *, layer: int = 0, threshold: float, r_min: float = R_MIN,
+                  rho_min: float = RHO_MIN, alpha: float = ALPHA, gc_bins: int = 10, n_boot: int = 1000,
+                  seed: int = 0) -> pd.DataFrame:
+    """:func:`scan_heads` from the attention each token receives, (B, H, T) as
+    :func:`received_attention` gives it: a caller can reduce each batch's (B, H, T, T) attention to
+    that as it goes, so long sequences and many of them never hold the full attention in memory."""
+    recv = np.asarray(recv, dtype=np.float64)
+    if recv.ndim != 3:
+        raise SaeflowError(f"received attention must be (batch, heads, tokens), got {recv.shape}")
+    B, H, T = recv.shape
+    motif = np.asarray(motif, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool)
+    gc = np.asarray(gc, dtype=np.float64)
+    for name, a in (("motif scores", motif), ("valid mask", valid), ("GC per token", gc)):
+        if a.shape != (B, T):
+            raise SaeflowError(f"{name} must be (batch, tokens) = {(B, T)}, got {a.shape}")
+    if np.isnan(recv).any():
+        raise SaeflowError("NaN in the attention probabilities")
+    if not valid.any():
+        raise SaeflowError("no valid token")
     flat_valid = valid.reshape(-1)
     score = motif.reshape(-1).copy()
     finite = np.isfinite(score) & flat_valid

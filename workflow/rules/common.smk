@@ -575,6 +575,26 @@ def get_recovery_tables(wildcards):
     )
 
 
+def has_evidence(dataset):
+    """The DNA evidence rules run on every DNA run (peaks or task datasets) unless disabled."""
+    return config["evidence"]["enabled"] and config["datasets"][dataset]["kind"] != "cells"
+
+
+def get_evidence_tables(wildcards):
+    layer_files = lambda name: expand(
+        "results/{model}/{dataset}/evidence/{sae}/layer{layer}/{name}",
+        model=wildcards.model,
+        dataset=wildcards.dataset,
+        sae=wildcards.sae,
+        layer=get_layers(wildcards.model),
+        name=name,
+    )
+    return {
+        "ablation": layer_files("ablation.tsv"),
+        "differential": layer_files("differential.tsv"),
+    }
+
+
 def get_final_outputs():
     out = []
     for run in config["runs"]:
@@ -599,13 +619,23 @@ def get_final_outputs():
                     ]
             else:  # the DNA catalog: bases and contexts
                 out += [f"{base}/catalog/{sae}/summary.tsv", f"{base}/catalog/{sae}/summary.png"]
+            if has_evidence(d):
+                out += [
+                    f"{base}/evidence/{sae}/summary.tsv",
+                    f"{base}/evidence/{sae}/summary.png",
+                ]
             if has_ground_truth(d):
                 out += [
                     f"{base}/recovery/{sae}/recovery.tsv",
                     f"{base}/recovery/{sae}/recovery.png",
                 ]
+        if has_evidence(d):  # per run, whatever the SAE
+            out += [
+                f"results/{m}/{d}/evidence/{name}.png"
+                for name in ("probes", "head_scan", "patching")
+            ]
         out.append(f"results/{m}/{d}/atlas")  # the feature atlas (rules/atlas.smk)
-    return out
+    return sorted(set(out), key=out.index)
 
 
 # --- atlas ------------------------------------------------------------------------
@@ -622,8 +652,8 @@ def get_atlas_saes(wildcards):
 
 
 def get_atlas_inputs(wildcards):
-    """What the atlas reads; evidence tables (results/{model}/{dataset}/evidence/...) are shown
-    when present: once rules write them, add their paths to ``per_layer`` / ``per_sae``."""
+    """What the atlas reads. It shows any evidence table present under
+    results/{model}/{dataset}/evidence/; those listed here it also waits for."""
     d = wildcards.dataset
     per_layer = ["sae/{sae}/layer{layer}", "eval/{sae}/layer{layer}.json"]
     if config["datasets"][d]["kind"] == "cells":
@@ -633,9 +663,13 @@ def get_atlas_inputs(wildcards):
     else:
         per_layer.append("catalog/{sae}/layer{layer}")
     per_sae = ["recovery/{sae}/recovery.tsv"] if has_ground_truth(d) else []
+    per_run = []
+    if has_evidence(d):
+        per_layer += [f"evidence/{{sae}}/layer{{layer}}/{n}.tsv" for n in ("ablation", "differential")]
+        per_run += [f"evidence/{n}.tsv" for n in ("probes", "head_scan", "patching")]
     base = f"results/{wildcards.model}/{d}/"
     files = []
     for sae, layers in get_atlas_saes(wildcards).items():
         files += [base + p.format(sae=sae, layer=L) for p in per_layer for L in layers]
         files += [base + p.format(sae=sae) for p in per_sae]
-    return {"files": files}
+    return {"files": files + [base + p for p in per_run]}

@@ -385,6 +385,8 @@ class _Layer:
         if not d.is_dir():
             return
         for path in sorted(d.glob("*.tsv")):
+            if path.stem.endswith("_null"):  # a null distribution (e.g. ablation_null): not about its features
+                continue
             df = _read_tsv(path)
             if "feature" not in df.columns:
                 log.warning("%s: no `feature` column; not shown in the atlas", path)

@@ -198,10 +198,11 @@
         cell: (col, v, row) => (col === "feature" || col === "best_auroc_feature") && isNum(v) ? flink(sae.name, row[li], v, String(v)) : undefined,
       }));
     }
+    if ((INDEX.evidence || []).length) out.append(el("h2", { text: "Evidence (run-level tables)" }));
     for (const ev of INDEX.evidence || []) {
-      out.append(el("h2", { text: `Evidence: ${ev.name}` }),
-        ev.n_rows > ev.rows.length ? el("p", { class: "muted", text: `first ${ev.rows.length} of ${ev.n_rows} rows` }) : null,
-        evidenceTable(sae, ev.columns, ev.rows));
+      out.append(el("details", { open: ev.n_rows <= 30 ? "open" : null, class: "evidence" },
+        el("summary", { text: `${ev.name} (${ev.n_rows} rows${ev.n_rows > ev.rows.length ? `, first ${ev.rows.length} shown` : ""})` }),
+        evidenceTable(sae, ev.columns, ev.rows)));
     }
     return out;
   }

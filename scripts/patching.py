@@ -1,0 +1,38 @@
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+
+from saeflow.counterfactual import counterfactual_pairs
+from saeflow.evidence import load_motifs, patching, summarise_patching, train_readout
+from saeflow.evidence_plots import patching_heatmap
+from saeflow.models.adapter import load_model
+from saeflow.utils import setup_job, torch_device, write_table
+
+setup_job(snakemake)
+log = logging.getLogger("patching")
+torch.set_num_threads(snakemake.threads)
+i, ev, p, w = snakemake.input, snakemake.params.evidence, snakemake.params, snakemake.wildcards
+adapter = load_model(os.path.join(i.model, p.subfolder), device=torch_device(), family=p.family)
+sequences = pd.read_parquet(i.sequences)
+wt, b, auc = train_readout(adapter, sequences, batch_size=ev["batch_size"], seed=ev["seed"])
+log.info("readout (label probe on the last layer, mean-pooled): held-out AUROC %.3f", auc)
+rng = np.random.default_rng(ev["seed"])
+pair_tables, per_pair = [], []
+for m in load_motifs(ev["motifs"], ev["jaspar_release"], ev["pseudocount"], ev["threshold"]):
+    pairs = counterfactual_pairs(sequences.sequence.tolist(), m.pssm, m.threshold, names=sequences.name.tolist(),
+                                 seed=ev["seed"])
+    if len(pairs) > ev["patching_pairs"]:
+        pairs = pairs.iloc[np.sort(rng.choice(len(pairs), ev["patching_pairs"], replace=False))]
+    log.info("%s: %d counterfactual pairs (%d could not be made)", m.matrix_id, len(pairs), pairs.corrupted.isna().sum())
+    pp, pairs = patching(adapter, pairs, wt, b, batch_size=ev["batch_size"], min_gap=ev["patching_min_gap"])
+    pair_tables.append(pairs.assign(motif=m.matrix_id, readout_auroc=auc))
+    per_pair.append(pp.assign(motif=m.matrix_id))
+per_pair = pd.concat(per_pair, ignore_index=True)
+summary = summarise_patching(per_pair)
+write_table(pd.concat(pair_tables, ignore_index=True), snakemake.output.pairs)
+write_table(per_pair, snakemake.output.per_pair)
+write_table(summary, snakemake.output.table)
+patching_heatmap(summary, snakemake.output.plot, title=f"{w.model} / {w.dataset}: activation patching (mean PM)")

@@ -1,0 +1,148 @@
+"""saeflow.evidence: the glue of the DNA evidence rules, on tiny models and planted sequences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from saeflow.evidence import (
+    ScoredMotif,
+    best_motif_features,
+    feature_ablation,
+    head_scan,
+    load_motifs,
+    motif_tokens,
+    patching,
+    summarise_patching,
+    token_gc,
+)
+from saeflow.utils import SaeflowError
+
+
+@pytest.fixture(scope="module")
+def ctcf():
+    return load_motifs(["MA0139.1"])[0]
+
+
+def _planted(ctcf: ScoredMotif, n=40, length=100, seed=0):
+    """Random sequences; the even ones carry the CTCF consensus at base 40."""
+    from saeflow.motifs import load_jaspar
+
+    rng = np.random.default_rng(seed)
+    cons = "".join("ACGT"[i] for i in load_jaspar("MA0139.1").counts.argmax(1))
+    seqs = []
+    for i in range(n):
+        s = "".join(rng.choice(list("ACGT"), length))
+        if i % 2 == 0:
+            s = s[:40] + cons + s[40 + len(cons):]
+        seqs.append(s)
+    return pd.DataFrame({"name": [f"s{i}" for i in range(n)], "sequence": seqs, "label": [1 - i % 2 for i in range(n)],
+                         "split": ["train" if i % 4 < 2 else "test" for i in range(n)]}), cons
+
+
+def test_token_gc_matches_direct_count():
+    seqs = ["ACGTGGCCAA", "ttgc", "NNGC"]
+    si = np.array([0, 0, 1, 2, 2, 0])
+    st = np.array([0, 4, 0, 0, 2, 9])
+    en = np.array([4, 8, 4, 2, 4, 9])
+    got = token_gc(seqs, si, st, en)
+    want = [0.5, 1.0, 0.5, 0.0, 1.0, np.nan]
+    np.testing.assert_allclose(got, want)
+
+
+def test_motif_tokens_flags_exactly_the_tokens_over_the_site(ctcf):
+    seqs, cons = _planted(ctcf, n=6)
+    # non-overlapping 10-base tokens, rows grouped by sequence as in an activation store
+    tokens = pd.DataFrame([(i, t, 10 * t, 10 * t + 10) for i in range(6) for t in range(10)],
+                          columns=["seq", "pos", "start", "end"])
+    table, sites = motif_tokens(seqs, tokens, [ctcf])
+    site = sites[(sites.seq == 0) & (sites.start == 40)]
+    assert len(site) == 1 and site.end.iloc[0] == 40 + len(cons)
+    hit0 = table[table.seq == 0].set_index("pos")["MA0139.1_hit"]
+    # the consensus covers bases 40..58: tokens 4 and 5 (and no others, unless chance made a site)
+    assert hit0.loc[4] and hit0.loc[5]
+    chance = sites[(sites.seq == 0) & (sites.start != 40)]
+    if chance.empty:
+        assert not hit0.drop([4, 5]).any()
+    assert np.isclose(table.loc[0, "gc"], sum(c in "GC" for c in seqs.sequence[0][:10]) / 10)
+    with pytest.raises(SaeflowError, match="lacks column"):
+        motif_tokens(seqs.drop(columns="split"), tokens, [ctcf])
+
+
+def test_best_motif_features_selects_on_train_and_ignores_dead():
+    feats = pd.DataFrame({"feature": [0, 1, 2], "frequency": [0.0, 0.1, 0.2],
+                          "M_auroc_train": [0.99, 0.9, 0.7], "M_auroc_test": [0.99, 0.6, 0.8]})
+    best = best_motif_features(feats, ["M", "absent"])
+    assert best.feature.tolist() == [1] and best.auroc_test.iloc[0] == 0.6
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model_dir):
+    from saeflow.models.adapter import load_model
+
+    torch.manual_seed(0)
+    return load_model(tiny_model_dir, family="toy")
+
+
+def test_head_scan_covers_every_layer_and_head(adapter, ctcf):
+    seqs, _ = _planted(ctcf, n=24)
+    table = head_scan(adapter, seqs, [ctcf], n_sequences=20, batch_size=7, n_boot=50)
+    assert len(table) == adapter.n_layers * adapter.n_heads
+    assert set(table.layer) == set(range(1, adapter.n_layers + 1))
+    assert (table.n_sequences == 20).all() and (table.n_motif > 0).all()
+    assert table.r.between(-1, 1).all() and (table.rho > 0).all()
+
+
+def test_patching_restores_the_clean_run_at_the_embeddings(adapter, ctcf):
+    """Patching the clean embeddings at the site's tokens into the corrupted run recreates the
+    clean input exactly: PM = 1 for every pair (the site's tokens are the only ones that differ)."""
+    from saeflow.counterfactual import counterfactual_pairs
+
+    seqs, _ = _planted(ctcf, n=16)
+    pairs = counterfactual_pairs(seqs.sequence, ctcf.pssm, ctcf.threshold, names=seqs.name)
+    assert len(pairs) >= 8
+    w = np.random.default_rng(0).normal(size=adapter.d_model).astype(np.float32)
+    per_pair, kept = patching(adapter, pairs, w, 0.0, batch_size=5, min_gap=1e-4)
+    L, H = adapter.n_layers, adapter.n_heads
+    n = int(kept.kept.sum())
+    assert n == len(pairs)
+    assert len(per_pair) == n * (L * H + L + 1)
+    emb = per_pair[(per_pair.component == "resid_at_site") & (per_pair.layer == 0)]
+    np.testing.assert_allclose(emb.patched, emb.clean, rtol=1e-4, atol=1e-4)
+    assert np.allclose(emb.pm.dropna(), 1.0, atol=1e-3)
+    summary = summarise_patching(per_pair.assign(motif="MA0139.1"))
+    assert set(summary.component) == {"head", "resid_at_site"}
+    assert (summary.n_pairs <= n).all()
+
+
+def test_ablation_specificity_ranks_a_strong_feature_above_its_null(adapter):
+    from saeflow.models.base import Capture
+    from saeflow.sae import build_sae
+
+    torch.manual_seed(0)
+    sae = build_sae({"arch": "relu_l1", "expansion": 8, "l1_coefficient": 1.0}, adapter.d_model)
+    seqs = ["".join(np.random.default_rng(i).choice(list("ACGT"), 60)) for i in range(12)]
+    tb = adapter.tokenize(seqs)
+    with torch.no_grad():
+        x = adapter.run(tb, Capture(resid=[1])).resid[1]
+        z = sae.encode(x[torch.from_numpy(~tb.special)])  # genuine tokens only, as the ablation counts them
+    freq = (z > 0).float().mean(0).numpy()
+    live = (freq > 0) & (freq < 1)
+    assert live.sum() > 26
+    target = int(np.flatnonzero(live)[0])
+    with torch.no_grad():
+        sae.W_dec.mul_(1e-3)  # every feature writes almost nothing ...
+        sae.W_dec[target] = sae.W_dec[target] / sae.W_dec[target].norm() * 50  # ... except the target
+    # null candidates: every live feature gets the target's frequency, so all qualify as matched
+    freq = np.where(live, freq[target], 0.0)
+    targets = pd.DataFrame({"motif": ["M"], "feature": [target]})
+    table, null = feature_ablation(adapter, sae, 1, seqs, targets, freq, n_null=10, batch_size=5, seed=0)
+    r = table.iloc[0]
+    assert r.n_null == 10
+    assert r.specificity > r.null_q95
+    assert r.p == pytest.approx(1 / 11) and not r.specific  # 10 nulls cannot reach p < 0.05 ...
+    table, _ = feature_ablation(adapter, sae, 1, seqs, targets, freq, n_null=25, batch_size=5, seed=0)
+    assert table.p.iloc[0] == pytest.approx(1 / 26) and table.specific.iloc[0]  # ... 25 can
+    assert len(null) == 10 and (null.feature != target).all()
