@@ -162,6 +162,15 @@ def _timing(col: str) -> bool:
     return "seconds" in col or col.endswith("_s") or "time" in col.lower()
 
 
+def _drop_timing(df: pd.DataFrame) -> pd.DataFrame:
+    """Wall times are not results (and differ between runs): timing columns, and the timing rows of
+    a metric/value table, are left out of the atlas."""
+    df = df.drop(columns=[c for c in df.columns if _timing(str(c))])
+    if "metric" in df.columns:
+        df = df[~df.metric.astype(str).map(_timing)].reset_index(drop=True)
+    return df
+
+
 # --- decoders: nearest features in the neighbouring layers --------------------------------------
 
 
@@ -391,7 +400,7 @@ class _Layer:
             if "feature" not in df.columns:
                 log.warning("%s: no `feature` column; not shown in the atlas", path)
                 continue
-            add_evidence(self.detail, path.stem, df.drop(columns=[c for c in df.columns if _timing(c)]))
+            add_evidence(self.detail, path.stem, _drop_timing(df))
             self.evidence_tables.append(path.stem)
 
 
@@ -542,8 +551,7 @@ def _build_sae(run: Path, root: Path, kind: str, sae: str, layers: list[int], si
     recovery = None
     rec = run / "recovery" / sae / "recovery.tsv"
     if rec.exists():
-        df = _read_tsv(rec)
-        df = df.drop(columns=[c for c in df.columns if _timing(c)])
+        df = _drop_timing(_read_tsv(rec))
         recovery = {"columns": list(df.columns), "rows": _rows(df, list(df.columns))}
     from ..columns import CATALOG_SUMMARY_COLUMNS
 
@@ -585,8 +593,7 @@ def _run_evidence(run: Path) -> list[dict]:
     out = []
     if d.is_dir():
         for path in sorted(d.glob("*.tsv")):
-            df = _read_tsv(path)
-            df = df.drop(columns=[c for c in df.columns if _timing(c)])
+            df = _drop_timing(_read_tsv(path))
             out.append({"name": path.stem, "columns": list(map(str, df.columns)),
                         "rows": _rows(df.head(500), list(df.columns)), "n_rows": len(df), "frame": df})
     return out
