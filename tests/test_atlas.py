@@ -7,6 +7,7 @@ and installs chromium itself), where they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -132,6 +133,9 @@ def test_build_is_deterministic_and_relocatable(tmp_path):
         assert str(tmp_path).encode() not in a, f
     # the timing column of the recovery table and of eval json never reaches the site
     assert b"seconds" not in (runs[0] / "atlas" / "data" / "index.js").read_bytes()
+    index = json.loads((runs[0] / "atlas" / "data" / "index.js").read_text().split(",", 1)[1].rsplit(");", 1)[0])
+    cols = index["saes"][0]["columns"]
+    assert cols[:3] == ["layer", "features", "l0"] and len(cols) == len(set(cols)) and "Alive" in cols
 
 
 def test_missing_catalog_file_is_named(tmp_path):

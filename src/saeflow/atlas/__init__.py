@@ -555,7 +555,7 @@ def _build_sae(run: Path, root: Path, kind: str, sae: str, layers: list[int], si
         recovery = {"columns": list(df.columns), "rows": _rows(df, list(df.columns))}
     from ..columns import CATALOG_SUMMARY_COLUMNS
 
-    first = ["layer", "features", *EVAL_COLUMNS, *CATALOG_SUMMARY_COLUMNS]
+    first = list(dict.fromkeys(["layer", "features", *EVAL_COLUMNS, *CATALOG_SUMMARY_COLUMNS]))
     seen = [k for row in summary_rows for k in row]
     columns = [c for c in first if c in seen] + sorted({c for c in seen if c not in first})
     return {"name": sae, "layers": layers, "summary": summary_rows, "columns": columns, "flow": flows,
