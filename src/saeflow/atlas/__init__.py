@@ -259,6 +259,9 @@ class _Layer:
             self._cells()
         else:
             self._dna()
+        fp = self.dir / "features.parquet"
+        if not (self.features.feature.to_numpy() == np.arange(len(self.features))).all():
+            raise SaeflowError(f"{fp}: features must be numbered 0..{len(self.features) - 1}, one row each")
         hist = self.dir / "histogram.npy"
         self.hist = np.load(hist) if hist.exists() else None
         if self.hist is not None and len(self.hist) != len(self.features):
