@@ -1,8 +1,10 @@
 import os
 
+import numpy as np
 import pandas as pd
 import torch
 
+from saeflow import histogram
 from saeflow.activations import ActivationStore
 from saeflow.catalog import build_catalog
 from saeflow.models.adapter import load_vocab
@@ -16,9 +18,10 @@ sae = load_sae(i.sae)
 # the vocabulary of the family the model was extracted with (toy: detected from the files, as the loader does)
 family = snakemake.params.family if snakemake.params.family != "toy" else None
 vocab = load_vocab(os.path.join(i.model, snakemake.params.subfolder), family=family)
+hist = histogram.empty(sae.d_sae)  # per-feature activation histograms (the atlas's feature pages)
 feats, contexts, summary, sv = build_catalog(
     sae, ActivationStore(i.acts), int(snakemake.wildcards.layer), pd.read_parquet(i.sequences),
-    vocab, snakemake.params.catalog, read_json(f"{i.sae}/metrics.json"),
+    vocab, snakemake.params.catalog, read_json(f"{i.sae}/metrics.json"), hist=hist,
 )
 with atomic_path(snakemake.output[0]) as tmp:
     tmp.mkdir()
@@ -26,3 +29,4 @@ with atomic_path(snakemake.output[0]) as tmp:
     contexts.to_csv(tmp / "contexts.tsv", sep="\t", index=False)
     write_json(tmp / "summary.json", summary)
     write_json(tmp / "singular_values.json", sv[:100].tolist())
+    np.save(tmp / histogram.FILE, hist)

@@ -78,7 +78,14 @@ def test_recovery_perfect_feature(tmp_path):
 def test_catalog_contexts_and_summary(tmp_path):
     store, seqs, planted, sae = planted_setup(tmp_path)
     params = dict(top_n=5, n_contexts=2, context=3, svd_components=2, svd_threshold=0.5, svd_sample=1000)
-    feats, ctx, summary, _ = build_catalog(sae, store, 1, seqs, {5: "A"}, params, {"explained_variance": 0.5})
+    from saeflow import histogram
+
+    hist = histogram.empty(sae.d_sae)
+    feats, ctx, summary, _ = build_catalog(sae, store, 1, seqs, {5: "A"}, params, {"explained_variance": 0.5},
+                                           hist=hist)
+    # the activation histogram counts every token where the feature fires, in the bin of its value
+    n = store.layer(1).shape[0]
+    assert (hist.sum(1) == np.round(feats.frequency.to_numpy() * n)).all() and hist[0].sum() > 0
     assert summary["Alive"] == 1 and summary["Dead"] == 3 and summary["VarExpl"] == 0.5
     f0 = feats.set_index("feature").loc[0]
     assert abs(f0.frequency - 9 / 60) < 1e-9 and f0.top_tokens == "A:5"

@@ -93,6 +93,8 @@ def test_planted_gene_is_top_and_min_count_filters_rare_genes(planted):
     tg1 = top_genes(stats, top_n=5, min_count=1)
     assert list(tg1[tg1.feature == 0].gene[:2]) == ["RARE", "G07"]
     assert tg.groupby("feature").size().max() <= 5
+    # the per-feature activation histogram counts exactly the tokens where each feature fires
+    assert stats.act_hist is not None and (stats.act_hist.sum(1) == stats.fire_count).all()
     # means are over all tokens of the gene, zeros included, and descend within a feature
     assert (tg.groupby("feature").mean_activation.diff().dropna() <= 0).all()
 

@@ -145,7 +145,7 @@ def job_state(job_id: str) -> str:
 
 
 def comparable_files(root: Path) -> list[Path]:
-    keep = {".safetensors", ".npy", ".parquet", ".tsv"}
+    keep = {".safetensors", ".npy", ".parquet", ".tsv", ".js", ".html", ".css"}  # + the atlas, byte for byte
     files = []
     for top in ("results", "resources/models"):
         files += [f.relative_to(root) for f in (root / top).rglob("*") if f.is_file() and f.suffix in keep]

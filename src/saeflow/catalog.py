@@ -30,8 +30,14 @@ def encode_chunks(sae, store: ActivationStore, layer: int, chunk: int = 8192):
 
 
 @torch.no_grad()
-def feature_statistics(sae, store: ActivationStore, layer: int, top_n: int = 20) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """One streaming pass: frequency, mean/max activation, and the top-N activating token rows per feature."""
+def feature_statistics(sae, store: ActivationStore, layer: int, top_n: int = 20,
+                       hist: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One streaming pass: frequency, mean/max activation, and the top-N activating token rows per feature.
+
+    ``hist``: optional (d_sae x :data:`saeflow.histogram.N_BINS`) counts, filled in place with each
+    feature's activation histogram."""
+    from . import histogram
+
     F = sae.d_sae
     fires = torch.zeros(F, dtype=torch.float64)
     total = torch.zeros(F, dtype=torch.float64)
@@ -41,6 +47,9 @@ def feature_statistics(sae, store: ActivationStore, layer: int, top_n: int = 20)
     for rows, z in encode_chunks(sae, store, layer):
         n += len(rows)
         fires += (z > 0).double().sum(0)
+        if hist is not None:
+            r, f = (z > 0).nonzero(as_tuple=True)
+            histogram.accumulate(hist, f.numpy(), z[r, f].double().numpy())
         total += z.double().sum(0)
         vals = torch.cat([best_v, z])
         idx = torch.cat([best_r, torch.from_numpy(rows).long()[:, None].expand(-1, F)])
@@ -71,10 +80,11 @@ def mark_context(seq: str, start: int, end: int, fire_mask: np.ndarray, context:
 
 @torch.no_grad()
 def build_catalog(sae, store: ActivationStore, layer: int, sequences: pd.DataFrame, tokenizer_vocab: dict[int, str],
-                  params: dict, sae_metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray]:
-    """Returns (features, contexts, summary, singular values)."""
+                  params: dict, sae_metrics: dict, hist: np.ndarray | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray]:
+    """Returns (features, contexts, summary, singular values); ``hist`` as in :func:`feature_statistics`."""
     top_n, n_ctx = int(params["top_n"]), int(params["n_contexts"])
-    feats, best_v, best_r = feature_statistics(sae, store, layer, top_n)
+    feats, best_v, best_r = feature_statistics(sae, store, layer, top_n, hist=hist)
     tokens = store.tokens
     tok_ids = tokens.token_id.to_numpy()
     bounds = sequence_bounds(tokens)

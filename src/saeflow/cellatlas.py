@@ -15,6 +15,8 @@ feeds everything:
 * ``enrichment.parquet``: each feature's top genes against every gene set of every configured
   library, background = the genes the model saw in these cells, BH over the whole family (every
   (feature, set) test of every library of the layer, zero overlaps included);
+* ``histogram.npy``: per feature, counts of its activations on the fixed log bins of
+  :mod:`saeflow.histogram`;
 * ``modules.parquet``: co-activation modules (positive PMI of features co-firing on the same token,
   over a seeded sample of whole cells; Leiden) with each module's most common annotation;
 * ``layer.json``: the layer's summary row, the SVD comparison and the annotation rate of novel vs
@@ -221,6 +223,8 @@ def analyse_layer(sae_dir, acts_dir, table_path, layer: int, gmts: dict[str, str
         celltypes.to_parquet(tmp / "celltypes.parquet", index=False)
         enr.to_parquet(tmp / "enrichment.parquet", index=False)
         mods.to_parquet(tmp / "modules.parquet", index=False)
+        if stats.act_hist is not None:  # per-feature activation histograms (the atlas's feature pages)
+            np.save(tmp / "histogram.npy", stats.act_hist)
         if nets:
             pd.concat(list(nets.values()), ignore_index=True).to_parquet(tmp / "networks.parquet", index=False)
         write_json(tmp / "layer.json", {"summary": row, "svd": svd_summary, "annotation_by_alignment": align,

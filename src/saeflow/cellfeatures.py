@@ -220,6 +220,7 @@ class CellFeatureStats:
     cooc: np.ndarray | None = None  # (F, F) int64 token-level co-occurrence counts (diagonal = fire counts)
     cooc_units: int = 0  # tokens the co-occurrence counts were taken over
     meta: dict = field(default_factory=dict)
+    act_hist: np.ndarray | None = None  # (F, saeflow.histogram.N_BINS) activation histogram counts
 
     @property
     def n_cells(self) -> int:
@@ -398,6 +399,8 @@ def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = N
     Memory: the (cell, feature) accumulator costs 20 bytes per distinct pair that fires (twice that
     while merging), the (gene, feature) one 24; the chunk's dense codes 4 x chunk x d_sae bytes.
     """
+    from . import histogram
+
     arr = store.layer(layer)
     path = f"{store.dir}/layer{layer}.npy"
     w_dec = decoder_matrix(sae)
@@ -439,6 +442,7 @@ def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = N
         cooc_units, cooc_rows, cooc_buf = 0, 0, []
     device = _sae_device(sae)
     fire_count = np.zeros(F, np.int64)
+    act_hist = histogram.empty(F)
     act_sum = np.zeros(F, np.float64)
     act_max = np.zeros(F, np.float64)
     gene_acc = _SparseAccumulator((G, F), ("sum", "sum"), np.float64)
@@ -456,6 +460,7 @@ def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = N
             continue
         fire_count += np.bincount(f, minlength=F)
         act_sum += np.bincount(f, weights=v, minlength=F)
+        histogram.accumulate(act_hist, f, v)
         one = np.ones(len(v), np.float32)
         gene_acc.add(g[r], f, [v, one])
         cell_acc.add(cell_of[r], f, [v, v, one])
@@ -474,7 +479,7 @@ def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = N
         genes=genes, gene_tokens=gene_tokens, gene_sum=gene_acc.csr(0), gene_fires=gene_acc.csr(1, np.int64),
         cell_tokens=cell_tokens, cell_sum=cell_acc.csr(0), cell_max=cell_acc.csr(1), cell_fires=cell_acc.csr(2, np.int32),
         cooc=cooc if cooc_cell is not None else None, cooc_units=cooc_units if cooc_cell is not None else 0,
-        meta={"store": str(store.dir), "chunk": chunk})
+        meta={"store": str(store.dir), "chunk": chunk}, act_hist=act_hist)
 
 
 # --- tables from the accumulators ------------------------------------------------------------
