@@ -891,6 +891,7 @@ def get_comparison_targets():
         ]
     return out
 
+
 # --- atlas ------------------------------------------------------------------------
 
 
@@ -918,7 +919,9 @@ def get_atlas_inputs(wildcards):
     per_sae = ["recovery/{sae}/recovery.tsv"] if has_ground_truth(d) else []
     per_run = []
     if has_evidence(d):
-        per_layer += [f"evidence/{{sae}}/layer{{layer}}/{n}.tsv" for n in ("ablation", "differential")]
+        per_layer += [
+            f"evidence/{{sae}}/layer{{layer}}/{n}.tsv" for n in ("ablation", "differential")
+        ]
         per_run += [f"evidence/{n}.tsv" for n in ("probes", "head_scan", "patching")]
     base = f"results/{wildcards.model}/{d}/"
     files = []
