@@ -472,7 +472,7 @@ def build_atlas(run_dir, out_dir, *, saes: dict[str, list[int]], kind: str | Non
         index = {"format": FORMAT, "title": title, "kind": kind, "chunk": CHUNK,
                  "histogram_edges": [_num(e) for e in _hist_edges()], "thresholds": list(THRESHOLDS), "saes": []}
         run_evidence = _run_evidence(run) if evidence else []
-        for sae in sorted(saes):
+        for sae in saes:  # in the order given (the config's): the first is the one the site opens on
             index["saes"].append(_build_sae(run, tmp, kind, sae, sorted(int(x) for x in saes[sae]), sizes,
                                             run_evidence))
         index["evidence"] = [{k: v for k, v in ev.items() if k != "frame"} for ev in run_evidence]
