@@ -33,6 +33,10 @@ for m in load_motifs(ev["motifs"], ev["jaspar_release"], ev["pseudocount"], ev["
     log.info("%s: %d counterfactual pairs (%d could not be made)", m.matrix_id, len(pairs), pairs.corrupted.isna().sum())
     pp, pairs = patching(adapter, pairs, wt, b, batch_size=ev["batch_size"], min_gap=ev["patching_min_gap"],
                          seed=ev["seed"])
+    log.info("%s: %d of %d pairs tokenise to the same spans and were patched", m.matrix_id, pairs.kept.sum(),
+             len(pairs))
+    if len(pairs) and not pairs.kept.any():
+        log.warning("%s: no pair could be patched (every corrupted copy tokenised to different spans)", m.matrix_id)
     pair_tables.append(pairs.assign(motif=m.matrix_id, readout_auroc=auc))
     per_pair.append(pp.assign(motif=m.matrix_id))
 per_pair = pd.concat(per_pair, ignore_index=True)

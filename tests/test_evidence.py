@@ -149,3 +149,25 @@ def test_ablation_specificity_ranks_a_strong_feature_above_its_null(adapter):
     table, _ = feature_ablation(adapter, sae, 1, seqs, targets, freq, n_null=25, batch_size=5, seed=0)
     assert table.p.iloc[0] == pytest.approx(1 / 26) and table.specific.iloc[0]  # ... 25 can
     assert len(null) == 10 and (null.feature != target).all()
+
+
+def test_pairs_that_tokenise_to_different_lengths_are_dropped_not_fatal():
+    """A BPE tokeniser can split the corrupted copy into more tokens; only that pair is dropped."""
+    from types import SimpleNamespace
+
+    from saeflow.evidence import _same_spans
+
+    def tok(spans, width):
+        off = np.zeros((len(spans), width, 2), np.int64)
+        mask = np.zeros((len(spans), width), np.int64)
+        for i, s in enumerate(spans):
+            off[i, : len(s)] = s
+            mask[i, : len(s)] = 1
+        return SimpleNamespace(offsets=off, special=mask == 0, attention_mask=torch.from_numpy(mask))
+
+    a = [[(0, 3), (3, 6)], [(0, 2), (2, 6)], [(0, 6)]]
+    b = [[(0, 3), (3, 6)], [(0, 2), (2, 4), (4, 6)], [(0, 6)]]
+    same = _same_spans(tok(a, 2), tok(b, 3))
+    assert same.tolist() == [True, False, True]
+    # padding beyond a row's own length never counts as a difference
+    assert _same_spans(tok(a, 2), tok(a, 5)).all()

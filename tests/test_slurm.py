@@ -149,7 +149,9 @@ def comparable_files(root: Path) -> list[Path]:
     files = []
     for top in ("results", "resources/models"):
         files += [f.relative_to(root) for f in (root / top).rglob("*") if f.is_file() and f.suffix in keep]
-    return sorted(files)
+    # the atlas index lists every SAE recipe of the run: the local run has four on ctcf_peaks, this one
+    # has one (its per-recipe shards are compared byte for byte)
+    return sorted(f for f in files if not (f.parts[-3:-1] == ("atlas", "data") and f.name == "index.js"))
 
 
 def assert_same(a: Path, b: Path) -> None:

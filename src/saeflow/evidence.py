@@ -394,15 +394,16 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
         part = pairs.iloc[sl]
         tc = adapter.tokenize(part.clean.tolist())
         tx = adapter.tokenize(part.corrupted.tolist())
-        same = (tc.offsets == tx.offsets).all(axis=(1, 2)) & (tc.special == tx.special).all(axis=1)
-        if tc.offsets.shape != tx.offsets.shape:
-            same[:] = False
+        same = _same_spans(tc, tx)
         if not same.any():
             continue
         ok = np.flatnonzero(same)
         kept[np.arange(sl.start, sl.stop)[ok]] = True
-        sub = lambda t: _subset(t, ok)  # noqa: E731
-        tc, tx = sub(tc), sub(tx)
+        if tc.offsets.shape == tx.offsets.shape:
+            tc, tx = _subset(tc, ok), _subset(tx, ok)
+        else:  # a pair elsewhere in the batch tokenised longer: re-pad the kept pairs to one width
+            tc = adapter.tokenize(part.clean.iloc[ok].tolist())
+            tx = adapter.tokenize(part.corrupted.iloc[ok].tolist())
         v = torch.from_numpy(~tc.special).to(adapter.device)
         st, en = part.start.to_numpy()[ok], part.end.to_numpy()[ok]
         site = torch.from_numpy((tc.offsets[..., 0] < en[:, None]) & (tc.offsets[..., 1] > st[:, None]) & ~tc.special)
@@ -440,6 +441,25 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
     per_pair = pd.DataFrame(recs, columns=["pair", "component", "layer", "head", "clean", "corrupted", "patched", "pm"])
     pairs = pairs.assign(kept=kept, gap=gaps)
     return per_pair, pairs
+
+
+def _same_spans(tc, tx) -> np.ndarray:
+    """Per row: do two tokenisations (possibly padded to different widths) have identical token spans?
+
+    BPE tokenisers (DNABERT-2) can split a motif-destroyed sequence into a different number of tokens;
+    such a pair cannot be patched position by position, and must not break the rest of its batch.
+    """
+    w = max(tc.offsets.shape[1], tx.offsets.shape[1])
+
+    def pad(t):
+        k = w - t.offsets.shape[1]
+        off = np.pad(t.offsets, ((0, 0), (0, k), (0, 0)), constant_values=-1)
+        sp = np.pad(t.special, ((0, 0), (0, k)), constant_values=True)
+        m = np.pad(np.asarray(t.attention_mask, bool), ((0, 0), (0, k)), constant_values=False)
+        return np.where(m[..., None], off, -1), sp | ~m, m
+
+    (oc, sc, mc), (ox, sx, mx) = pad(tc), pad(tx)
+    return (oc == ox).all(axis=(1, 2)) & (sc == sx).all(axis=1) & (mc == mx).all(axis=1)
 
 
 def _subset(tb, idx):

@@ -88,9 +88,16 @@ def patching_heatmap(summary: pd.DataFrame, path, title: str = "") -> None:
     """Per motif: mean PM of each (layer, head), and per layer the distribution over pairs (median and
     quartiles) of the PM of the residual stream patched at the site's tokens and at as many other tokens
     (the control)."""
-    if summary.empty:
-        raise SaeflowError("no patching rows to plot")
     plt = _plt()
+    if summary.empty:  # no pair could be patched: say so in the figure rather than fail the run
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no counterfactual pair could be patched\n(no motif site, or every corrupted copy "
+                "tokenised to different spans)\nsee the pairs table's `kept` column", ha="center", va="center",
+                fontsize=9)
+        fig.suptitle(title, fontsize=10)
+        _save(fig, path)
+        return
     motifs = list(summary.motif.unique())
     fig, axes = plt.subplots(len(motifs), 2, figsize=(10, 3.4 * len(motifs)), squeeze=False, constrained_layout=True)
     for row, mid in zip(axes, motifs):
