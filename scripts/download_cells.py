@@ -3,4 +3,4 @@ from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-cells_h5ad(p.url, snakemake.output[0], sha256=p.sha256, **p.dl)
+cells_h5ad(p.url, snakemake.output[0], sha256=p.sha256, member=p.member, **p.dl)

@@ -201,7 +201,7 @@ def test_test_config_plans_the_comparison_with_the_right_inputs(tmp_path):
         (lambda c: c["comparisons"][0]["runs"][1].update(model="nope"),
          "comparisons[0].runs[1].model: unknown model 'nope'"),
         (lambda c: c["comparisons"].append(dict(c["comparisons"][0])),
-         "comparisons[1].name: another comparison is named 'toy_sizes'"),
+         "comparisons[2].name: another comparison is named 'toy_sizes'"),  # the test config has two
         (lambda c: c["comparisons"][0]["runs"][0].update(sae="topk_x9"),
          "comparisons[0].runs[0].sae: unknown SAE recipe 'topk_x9'"),
         (lambda c: c["comparisons"][0]["runs"][1].update(dataset="promoter_tata") or

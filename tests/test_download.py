@@ -8,6 +8,7 @@ ENCODE, the NT benchmark, Enrichr, TRRUST, STRING, figshare and a minimal Huggin
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import socket
 
@@ -234,6 +235,42 @@ def test_cells_h5ad_must_be_hdf5(server, src, tmp_path):
     with pytest.raises(SaeflowError, match="not an HDF5 file"):
         cells_h5ad(url, tmp_path / "bad.h5ad", **FAST)
     assert not (tmp_path / "bad.h5ad").exists() and not leftovers(tmp_path)
+
+
+def test_tabula_sapiens_zip_is_unpacked_to_its_h5ad(server, tmp_path):
+    """figshare serves Tabula Sapiens as TS_<tissue>.h5ad.zip: the .h5ad inside lands under the dataset's name."""
+    import io
+    import zipfile
+
+    from saeflow.download import checksum_record_path
+    from saeflow.sources import cells_h5ad
+    from saeflow.utils import sha256 as sha
+
+    def zipped(files):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in files.items():
+                zf.writestr(name, data)
+        return buf.getvalue()
+
+    one = zipped({"TS_Blood.h5ad": H5AD, "README.txt": b"Tabula Sapiens"})
+    url = server.add("/ndownloader/files/34701964", one)
+    dest = tmp_path / "ts_blood.h5ad"
+    rec = cells_h5ad(url, dest, sha256=hashlib.sha256(one).hexdigest(), **FAST)
+    assert dest.read_bytes() == H5AD and rec["member"] == "TS_Blood.h5ad"
+    assert json.loads(checksum_record_path(dest).read_text())["url"] == url
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ts_blood.h5ad", checksum_record_path(dest).name]
+    # two .h5ad members: the dataset must name one; a member that is not HDF5 is refused
+    two = server.add("/two.zip", zipped({"a/TS_Blood.h5ad": H5AD, "a/TS_Lung.h5ad": H5AD}))
+    with pytest.raises(SaeflowError, match="2 .h5ad members.*name one"):
+        cells_h5ad(two, tmp_path / "two.h5ad", **FAST)
+    cells_h5ad(two, tmp_path / "lung.h5ad", member="TS_Lung.h5ad", **FAST)
+    bad = server.add("/bad.zip", zipped({"x.h5ad": b"not hdf5 at all"}))
+    with pytest.raises(SaeflowError, match="not an HDF5 file"):
+        cells_h5ad(bad, tmp_path / "bad.h5ad", **FAST)
+    assert not (tmp_path / "bad.h5ad").exists() and not (tmp_path / "two.h5ad").exists()
+    assert not leftovers(tmp_path)
+    assert sha(tmp_path / "lung.h5ad") == hashlib.sha256(H5AD).hexdigest()
 
 
 def test_enrichr_library_becomes_a_clean_gmt(server, src, tmp_path):

@@ -24,6 +24,9 @@ EXAMPLES = {
     "dnabert2_vs_nt_ctcf": (12, 2, {"download_hub_model", "download_encode", "compare_quality", "compare_annotation",
                                     "compare_organisation", "compare_probes", "compare_head_scan",
                                     "compare_matching", "ov_audit"}),
+    # pooled vs single source: K562 alone and K562 + Tabula Sapiens blood (downloaded, unzipped, pooled)
+    "geneformer_k562_pooled_ts": (18, 2, {"download_hub_model", "download_cells", "prepare_cells", "pool_cells",
+                                          "perturbation_response", "compare_perturbation"}),
     "geneformer_vs_scgpt_k562": ((18 + 12) / 2, 2, {"download_hub_model", "download_url_model", "compare_quality",
                                                     "compare_annotation", "compare_organisation",
                                                     "compare_matching"}),

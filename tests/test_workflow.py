@@ -183,6 +183,47 @@ def test_single_cell_atlas_of_pbmc(finished_run):
 
 
 @pytest.mark.workflow
+def test_pooled_vs_single_comparison(finished_run):
+    """The test config's pool: pbmc (real PBMCs + simulated CRISPRi) with a simulated second tissue, the
+    SAE trained source-balanced, the perturbation tests rerun with it and compared with pbmc's own SAE."""
+    wd = finished_run
+    src = pd.read_csv(wd / "results/datasets/pbmc_pooled/sources.tsv", sep="\t")
+    assert src.source.tolist() == ["pbmc", "pbmc_tissue"] and src.perturbed_cells.tolist() == [300, 0]
+    assert (src.genes_pooled == 765).all()
+    table = pd.read_parquet(wd / "results/datasets/pbmc_pooled/sequences.parquet")
+    assert len(table) == src.cells.sum() and set(table.source) == {"pbmc", "pbmc_tissue"}
+    log = (wd / "logs/train_sae/toy_geneformer/pbmc_pooled/topk_x4_k16/layer1.log").read_text()
+    n = src.set_index("source").train_cells
+    for s in ("pbmc", "pbmc_tissue"):  # the larger source is cut to the smaller one's training cells
+        assert f"balance: source {s}: {n[s]} training cells, {n.min()} per epoch (50%)" in log, log[-2000:]
+    assert n["pbmc_tissue"] > n["pbmc"]
+    out = wd / "results/comparisons/pooled_vs_single"
+    single, pooled = "toy_geneformer/pbmc/topk_x4_k16", "toy_geneformer/pbmc_pooled/topk_x4_k16"
+    for name in ("quality", "annotation", "perturbation"):
+        assert (out / f"{name}.png").stat().st_size > 5_000, name
+    t = pd.read_csv(out / "perturbation.tsv", sep="\t")
+    assert set(t.run) == {single, pooled} and set(t.layer) == {1, 2}
+    assert t.tf_specificity.between(0, 1).all() and (t.ci_low <= t.tf_specificity).all()
+    assert (t.tf_specificity <= t.ci_high).all() and t.responding_fraction.between(0, 1).all()
+    pairs = pd.read_csv(out / "perturbation_pairs.tsv", sep="\t")
+    assert len(pairs) == 2 and pairs.p_mcnemar.between(0, 1).all()
+    # TFs tested = those with a finite regulatory-logic q in that run's layer; pairs are over the shared ones
+    tested = {}
+    for run, ds in ((single, "pbmc"), (pooled, "pbmc_pooled")):
+        reg = pd.read_csv(wd / f"results/toy_geneformer/{ds}/perturbation/topk_x4_k16/regulatory.tsv", sep="\t")
+        for layer in (1, 2):
+            tested[run, layer] = set(reg[(reg.layer == layer) & reg.q.notna()].tf)
+            row = t[(t.run == run) & (t.layer == layer)].iloc[0]
+            assert row.tfs_tested == len(tested[run, layer]) and {"SPI1", "IRF8", "JUNB"} & tested[run, layer]
+    for p in pairs.itertuples():
+        assert p.shared_tfs == len(tested[single, p.layer_a] & tested[pooled, p.layer_b])
+    # the pooled SAE's perturbation response is against the 700 control cells only, not the tissue's
+    pert = wd / "results/toy_geneformer/pbmc_pooled/perturbation/topk_x4_k16"
+    assert pd.read_parquet(pert / "layer1/response.parquet").n_control.max() == 700
+    assert set(pd.read_csv(pert / "summary.tsv", sep="\t").target) == {"SPI1", "IRF8", "JUNB", "EGR1", "SHAM"}
+
+
+@pytest.mark.workflow
 def test_toy_sizes_comparison(finished_run):
     """The test config's comparison: toy_esm (4 blocks, layers 2 and 4) vs toy_esm_small (2 blocks) on ctcf_peaks."""
     out = finished_run / "results" / "comparisons" / "toy_sizes"

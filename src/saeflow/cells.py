@@ -58,6 +58,18 @@ def _column(df: pd.DataFrame, col: str, what: str, path) -> pd.Series:
     return df[col]
 
 
+def strip_ensembl_versions(ids, what="") -> np.ndarray:
+    """``ENSG00000243485.5`` -> ``ENSG00000243485`` (Tabula Sapiens' ``ensemblid``; the models'
+    dictionaries are unversioned); other ids unchanged. Logged when anything changed."""
+    ids = np.asarray(ids).astype(str)
+    out = pd.Series(ids).str.replace(r"^(ENS[A-Z]*G\d{11})\.\d+$", r"\1", regex=True).to_numpy().astype(str)
+    n = int((out != ids).sum())
+    if n:
+        log.info("%s: %d versioned Ensembl ids stripped of their version (e.g. %s -> %s)", what, n,
+                 ids[out != ids][0], out[out != ids][0])
+    return out
+
+
 def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_column: str = "",
                   control_label: str = "", label_column: str = "", gene_id_column: str = "",
                   gene_symbol_column: str = "", n_cells: int = 0, test_fraction: float = 0.3,
@@ -131,6 +143,8 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
         return _column(var, col, "var", h5ad).astype(str).to_numpy()
 
     gene_ids, symbols = gene_col(gene_id_column, "gene ids"), gene_col(gene_symbol_column, "gene symbols")
+    if gene_ids is not None:
+        gene_ids = strip_ensembl_versions(gene_ids, h5ad)
     if gene_ids is None and symbols is None:
         raise SaeflowError(f"{h5ad}: neither gene ids nor gene symbols configured (gene_id_column / gene_symbol_column)")
     n_atlas = len(idx)
@@ -179,3 +193,91 @@ def load_cells(path):
 
     X = a.X.tocsr() if sp.issparse(a.X) else sp.csr_matrix(a.X)
     return CellMatrix(X, ids, syms, np.asarray(a.obs_names).astype(str))
+
+
+def pool_cells(sources: dict, out_h5ad, out_table, out_sources=None) -> pd.DataFrame:
+    """Pool several prepared cell datasets into one (a dataset's ``pool:``).
+
+    ``sources``: name -> (cells.h5ad, cells table) as :func:`prepare_cells` wrote them, in pool order.
+    The pool holds every source's atlas cells (``train``/``test``, split kept), then every source's
+    ``perturbed`` cells (the order :func:`prepare_cells` guarantees), on the genes common to all
+    sources: keyed by gene id when every source has ids, else by symbol (a gene a source did not
+    measure is not "not expressed" there, so the union would bias rank-based models; the
+    intersection is honest, and its size per source is logged and written to ``out_sources``).
+    Cell names become ``source:name``; the table gains ``source``. Errors name the file.
+    """
+    import anndata
+    import scipy.sparse as sp
+
+    if len(sources) < 2:
+        raise SaeflowError(f"a pool needs at least two sources (got {list(sources)})")
+    parts = {}
+    for src, (h5ad, table_path) in sources.items():
+        a = _read(h5ad)
+        t = pd.read_parquet(table_path)
+        for c in ("name", "split", "label", "perturbation"):
+            if c not in t.columns:
+                raise SaeflowError(f"{table_path}: no column {c!r}; prepare the cells of {src!r} again")
+        if len(t) != a.n_obs:
+            raise SaeflowError(f"{table_path}: {len(t)} rows but {h5ad} holds {a.n_obs} cells")
+        meta = a.uns.get("saeflow", {})
+        parts[src] = (a, t, bool(meta.get("has_gene_ids", False)), bool(meta.get("has_gene_symbols", False)))
+    by_id = all(p[2] for p in parts.values())
+    if not by_id and not all(p[3] for p in parts.values()):
+        raise SaeflowError("pool: the sources share neither gene ids nor gene symbols: "
+                           + ", ".join(f"{s} ({'ids' if p[2] else ''}{'+' if p[2] and p[3] else ''}"
+                                       f"{'symbols' if p[3] else ''})" for s, p in parts.items()))
+    key = "gene_id" if by_id else "gene_symbol"
+    keys = {}
+    for src, (a, *_rest) in parts.items():
+        k = a.var[key].astype(str).to_numpy()
+        dup = pd.Index(k).duplicated()
+        if dup.any():
+            log.warning("%s: %d duplicated %s values; the first of each is pooled", sources[src][0], int(dup.sum()), key)
+        keys[src] = pd.Index(k[~dup]), np.flatnonzero(~dup)
+    first = next(iter(parts))
+    common = keys[first][0]
+    for src in parts:
+        common = common[common.isin(keys[src][0])]
+    if len(common) == 0:
+        raise SaeflowError(f"pool: the sources have no {key} in common ({', '.join(parts)})")
+    rows = []
+    for src, (a, t, *_rest) in parts.items():
+        idx, cols = keys[src]
+        rows.append({"source": src, "cells": int(a.n_obs), "atlas_cells": int((t.split != "perturbed").sum()),
+                     "train_cells": int((t.split == "train").sum()), "perturbed_cells": int((t.split == "perturbed").sum()),
+                     "genes": int(a.n_vars), "genes_pooled": int(len(common)),
+                     "genes_dropped": int(a.n_vars - len(common))})
+        log.info("%s: %d cells, %d of its %d genes pooled (%s shared by all sources)", src, a.n_obs, len(common),
+                 a.n_vars, key)
+    blocks = {"atlas": [], "perturbed": []}
+    for src, (a, t, *_rest) in parts.items():
+        idx, cols = keys[src]
+        sel = cols[idx.get_indexer(common)]
+        X = a.X.tocsr() if sp.issparse(a.X) else sp.csr_matrix(a.X)
+        X = X[:, sel].astype(np.float32)
+        t = t.assign(source=src, name=src + ":" + t.name.astype(str))
+        pert = (t.split == "perturbed").to_numpy()
+        blocks["atlas"].append((X[~pert], t[~pert]))
+        blocks["perturbed"].append((X[pert], t[pert]))
+    allb = blocks["atlas"] + blocks["perturbed"]
+    X = sp.vstack([b[0] for b in allb]).tocsr()
+    table = pd.concat([b[1] for b in allb], ignore_index=True)
+    a0 = parts[first][0]
+    sel0 = keys[first][1][keys[first][0].get_indexer(common)]
+    var = a0.var.iloc[sel0][["gene_id", "gene_symbol"]].copy()
+    var.index = pd.Index(np.asarray(var.index).astype(str), name=None)
+    out = anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(table.name.to_numpy(), name=None)), var=var)
+    out.uns["saeflow"] = {"has_gene_ids": all(p[2] for p in parts.values()),
+                          "has_gene_symbols": all(p[3] for p in parts.values()),
+                          "source": ",".join(os.fspath(v[0]) for v in sources.values()), "pool": list(parts)}
+    with atomic_path(out_h5ad) as tmp:
+        out.write_h5ad(tmp)
+    with atomic_path(out_table) as tmp:
+        table.to_parquet(tmp, index=False)
+    summary = pd.DataFrame(rows)
+    if out_sources is not None:
+        with atomic_path(out_sources) as tmp:
+            summary.to_csv(tmp, sep="\t", index=False)
+    log.info("pool: %d cells from %d sources, %d genes", X.shape[0], len(parts), X.shape[1])
+    return summary

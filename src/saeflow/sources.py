@@ -204,9 +204,48 @@ def check_hdf5(path: str | os.PathLike) -> None:
     raise SaeflowError(f"{path}: not an HDF5 file (an .h5ad is HDF5): wrong URL, or an error page?")
 
 
-def cells_h5ad(url: str, dest: str | os.PathLike, sha256: str | None = None, **fetch_kw) -> dict[str, Any]:
-    """Download a single-cell ``.h5ad`` (checked to be HDF5 before it is moved into place)."""
-    return fetch(url, dest, sha256=sha256, validate=check_hdf5, **fetch_kw)
+def _hdf5_or_zip(path) -> None:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        check_hdf5(path)
+
+
+def cells_h5ad(url: str, dest: str | os.PathLike, sha256: str | None = None, member: str = "",
+               **fetch_kw) -> dict[str, Any]:
+    """Download a single-cell ``.h5ad`` (checked to be HDF5 before it is moved into place).
+
+    A zip archive (Tabula Sapiens ships ``TS_<tissue>.h5ad.zip`` on figshare) is unpacked: its only
+    ``.h5ad`` member, or ``member``; ``sha256`` is of what the URL serves (the archive). The archive
+    is removed once its member is in place; the record ``<dest>.sha256.json`` names both.
+    """
+    import zipfile
+
+    dest = Path(dest)
+    archive = dest.with_name(dest.name + ".download")
+    rec = fetch(url, archive, sha256=sha256, validate=_hdf5_or_zip, record=False, **fetch_kw)
+    try:
+        if not zipfile.is_zipfile(archive):
+            os.replace(archive, dest)
+        else:
+            with zipfile.ZipFile(archive) as zf:
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+                cands = [n for n in names if (Path(n).name == member if member else n.endswith(".h5ad"))]
+                if len(cands) != 1:
+                    what = f"members named {member!r}" if member else ".h5ad members"
+                    raise SaeflowError(f"{url}: the zip archive holds {len(cands)} {what} (it holds: "
+                                       f"{', '.join(names[:10]) or 'nothing'})"
+                                       + ("" if member else "; name one with the dataset's `member`"))
+                with atomic_path(dest) as tmp, zf.open(cands[0]) as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                    out.flush()
+                    check_hdf5(tmp)
+                rec = dict(rec, member=cands[0])
+    finally:
+        archive.unlink(missing_ok=True)
+    rec = dict(rec, path=os.fspath(dest))
+    write_record(dest, rec)
+    return rec
 
 
 # --------------------------------------------------------------------------------------

@@ -172,6 +172,52 @@ def write_pbmc_crispri(pbmc_h5ad, out_h5ad, out_trrust, *, cells_per_target: int
     return {"controls": int(X.shape[0]), "perturbed": int(out.n_obs - X.shape[0]), "regulons": regulons}
 
 
+def write_pbmc_tissue(pbmc_h5ad, out_h5ad, *, n_cells: int = 1000, n_programme: int = 30, programme_gain: float = 4.0,
+                      label_column: str = "bulk_labels", seed: int = 1) -> dict:
+    """A SIMULATED second "tissue" from the cells of ``pbmc_h5ad`` (from :func:`write_pbmc`): the
+    offline stand-in for Tabula Sapiens in a pooled dataset (the default's ``pbmc_pooled``).
+
+    Its cells differ from the source's in the two ways another tissue's would: composition (every
+    cell type of ``label_column`` in equal shares, where PBMCs are dominated by a few) and a tissue
+    programme (``n_programme`` seeded genes x ``programme_gain`` in every cell). Each simulated cell
+    of type t takes, gene by gene, the value of a randomly drawn real cell of type t (a per-type
+    bootstrap that keeps each gene's distribution within a type). Labelled as simulated in ``uns``;
+    no perturbation column (its cells are atlas cells only).
+    """
+    import anndata
+    import scipy.sparse as sp
+
+    a = anndata.read_h5ad(pbmc_h5ad)
+    if label_column not in a.obs:
+        raise SaeflowError(f"{pbmc_h5ad}: obs has no column {label_column!r}")
+    X = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+    labels = a.obs[label_column].astype(str).to_numpy()
+    types = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    per = np.full(len(types), n_cells // len(types))
+    per[: n_cells - per.sum()] += 1
+    out, lab = [], []
+    for t, k in zip(types, per):
+        rows = np.flatnonzero(labels == t)
+        pick = rng.choice(rows, size=(k, X.shape[1]))  # a donor cell per (simulated cell, gene)
+        out.append(X[pick, np.arange(X.shape[1])[None, :]])
+        lab += [t] * int(k)
+    Y = np.vstack(out).astype(np.float32)
+    programme = np.sort(rng.choice(X.shape[1], n_programme, replace=False))
+    Y[:, programme] *= programme_gain
+    obs = pd.DataFrame({label_column: lab}, index=pd.Index([f"tissue_{i}" for i in range(len(lab))]))
+    res = anndata.AnnData(X=sp.csr_matrix(Y), obs=obs, var=a.var.copy())
+    genes = np.asarray(a.var_names).astype(str)
+    res.uns["saeflow_note"] = (f"SIMULATED second tissue from {a.uns.get('saeflow_note', 'pbmc68k_reduced')}: "
+                               f"cell types in equal shares, per-type gene-wise bootstrap, tissue programme "
+                               f"x{programme_gain}: {', '.join(genes[programme])}")
+    with atomic_path(out_h5ad) as tmp:
+        res.write_h5ad(tmp)
+    log.info("pbmc68k_tissue: %d simulated cells (%d types), programme of %d genes x%g", len(lab), len(types),
+             n_programme, programme_gain)
+    return {"cells": len(lab), "types": int(len(types)), "programme": list(genes[programme])}
+
+
 def build_dictionaries(cells) -> tuple[dict[str, int], dict[str, float]]:
     """Token dictionary (specials, then genes in column order) and non-zero medians of normalised expression."""
     import scipy.sparse as sp

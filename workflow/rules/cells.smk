@@ -37,6 +37,24 @@ rule build_pbmc_crispri:
         "../../scripts/build_pbmc_crispri.py"
 
 
+# A SIMULATED second "tissue" from the same PBMCs (saeflow.toy_cells.write_pbmc_tissue): the
+# offline stand-in for Tabula Sapiens in the default's pooled dataset.
+rule build_pbmc_tissue:
+    input:
+        "resources/cells/builtin/pbmc68k_reduced.h5ad",
+    output:
+        "resources/cells/builtin/pbmc68k_tissue.h5ad",
+    log:
+        "logs/build_pbmc/build_pbmc_tissue.log",
+    conda:
+        "../../envs/cells.yaml"
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=10,
+    script:
+        "../../scripts/build_pbmc_tissue.py"
+
+
 rule cell_features:
     input:
         unpack(get_geneset_gmts),

@@ -53,6 +53,20 @@ def _url_basename(url, default="download"):
     return name or default
 
 
+def _builtins_of(dataset):
+    """The builtin datasets a cells dataset is (or pools)."""
+    d = config["datasets"][dataset]
+    srcs = [config["datasets"].get(s, {}) for s in d.get("pool") or []] or [d]
+    return {s.get("builtin") for s in srcs} - {"", None}
+
+
+def has_perturbations(dataset):
+    d = config["datasets"][dataset]
+    if d["kind"] == "cells" and d["pool"]:
+        return any(has_perturbations(s) for s in d["pool"])
+    return d["kind"] == "cells" and d["perturbed_cells_per_target"] > 0
+
+
 def _check_config():
     """Cross-references the JSON schema cannot express; errors name the key."""
     errors = []
@@ -98,14 +112,36 @@ def _check_config():
                 "or the toy Geneformer (family geneformer)"
             )
     for name, d in dsets.items():
+        if d["pool"]:
+            if d["kind"] != "cells":
+                errors.append(
+                    f"datasets.{name}.pool: only cells datasets pool (kind is {d['kind']!r})"
+                )
+            for src in d["pool"]:
+                s = dsets.get(src)
+                if s is None:
+                    errors.append(f"datasets.{name}.pool: unknown dataset {src!r}")
+                elif s["kind"] != "cells" or s["pool"]:
+                    errors.append(
+                        f"datasets.{name}.pool: {src!r} is not a cells dataset (or is a pool itself)"
+                    )
+                elif s["perturbed_cells_per_target"] and s["control_label"] != d["control_label"]:
+                    errors.append(
+                        f"datasets.{name}.control_label: {d['control_label']!r}, but its source {src!r} "
+                        f"labels controls {s['control_label']!r}"
+                    )
+            if len(set(d["pool"])) < 2:
+                errors.append(f"datasets.{name}.pool: name at least two distinct datasets")
+    for name, d in dsets.items():
         if d["kind"] == "cells":
-            if not (d["h5ad"] or d["builtin"] or d["url"]):
+            if not (d["h5ad"] or d["builtin"] or d["url"] or d["pool"]):
                 errors.append(f"datasets.{name}: kind 'cells' needs h5ad (a path), builtin or url")
             for gs in d["genesets"]:
-                if gs == "pbmc68k_markers" and d["builtin"] in (
+                if gs == "pbmc68k_markers" and _builtins_of(name) & {
                     "pbmc68k_reduced",
                     "pbmc68k_crispri",
-                ):
+                    "pbmc68k_tissue",
+                }:
                     continue
                 if gs not in config["genesets"] or config["genesets"][gs]["source"] not in (
                     "enrichr",
@@ -116,7 +152,7 @@ def _check_config():
                         "(a `genesets` entry with source enrichr or gmt)"
                     )
             for net in d["networks"]:
-                if net == "pbmc68k_crispri_trrust" and d["builtin"] == "pbmc68k_crispri":
+                if net == "pbmc68k_crispri_trrust" and "pbmc68k_crispri" in _builtins_of(name):
                     continue
                 if net not in config["genesets"] or config["genesets"][net]["source"] not in (
                     "trrust",
@@ -126,8 +162,10 @@ def _check_config():
                         f"datasets.{name}.networks: {net!r} is not a gene network "
                         "(a `genesets` entry with source trrust or string)"
                     )
-            if d["perturbed_cells_per_target"] and not (
-                d["perturbation_column"] and d["control_label"]
+            if (
+                d["perturbed_cells_per_target"]
+                and not d["pool"]
+                and not (d["perturbation_column"] and d["control_label"])
             ):
                 errors.append(
                     f"datasets.{name}.perturbed_cells_per_target: needs perturbation_column "
@@ -243,6 +281,7 @@ COMPARE_PARTS = (
     "organisation",
     "matching",
     "audit",
+    "perturbation",
 )
 
 
@@ -321,6 +360,10 @@ def _resolve_comparisons():
                 "needs runs on the same dataset (rows: sequence) or cell runs (rows: gene)",
             ),
             "audit": (True, ""),
+            "perturbation": (
+                all(has_perturbations(r["dataset"]) for r in runs),
+                "needs cell runs with perturbed cells (perturbed_cells_per_target, or a pool of such a dataset)",
+            ),
         }
         for j in comp["audit"]["runs"]:
             if j >= len(runs):
@@ -507,9 +550,25 @@ def get_network_tables(wildcards):
     }
 
 
-def has_perturbations(dataset):
-    d = config["datasets"][dataset]
-    return d["kind"] == "cells" and d["perturbed_cells_per_target"] > 0
+def is_pool(dataset):
+    return bool(config["datasets"][dataset]["pool"])
+
+
+def get_pool_inputs(wildcards):
+    """The prepared cells and cell tables of a pool's sources, in pool order."""
+    srcs = get_dataset(wildcards)["pool"]
+    return {
+        "cells": [f"results/datasets/{s}/cells.h5ad" for s in srcs],
+        "tables": [f"results/datasets/{s}/sequences.parquet" for s in srcs],
+    }
+
+
+def get_balance(wildcards):
+    """SAE training balance over a pool's sources (None: not a pool, or balance off)."""
+    d = get_dataset(wildcards)
+    if not (d["kind"] == "cells" and d["pool"] and d["balance"]):
+        return None
+    return {"per_source": d["cells_per_source"] or None, "seed": d["seed"]}
 
 
 def get_perturbation_layer_dirs(wildcards):
@@ -656,7 +715,7 @@ def get_download_targets():
     for name, d in config["datasets"].items():
         if d["kind"] == "task" and d["nt_task"] and not d["table"]:
             out.append(f"resources/nt_benchmark/{d['nt_task']}/task.parquet")
-        if d["kind"] == "cells" and not d["h5ad"]:
+        if d["kind"] == "cells" and not (d["h5ad"] or d["builtin"] or d["pool"]):
             out.append(f"resources/cells/{name}.h5ad")
     for name, g in config["genesets"].items():
         out.append(
@@ -822,6 +881,11 @@ def _comparison_run_files(run, part):
             "model": get_model_dir(SimpleNamespace(model=run["model"])),
             "saes": _run_layer_paths(run, "sae"),
             "ablation": _run_layer_paths(run, "evidence", "ablation.tsv"),
+        }
+    if part == "perturbation":
+        return {
+            "regulatory": f"{base}/perturbation/{sae}/regulatory.tsv",
+            "targets": f"{base}/perturbation/{sae}/summary.tsv",
         }
     raise ValueError(f"unknown comparison part {part!r}")
 

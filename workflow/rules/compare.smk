@@ -218,3 +218,35 @@ rule ov_audit:
         settings=get_comparison_settings,
     script:
         "../../scripts/ov_audit.py"
+
+
+rule compare_perturbation:
+    input:
+        get_comparison_inputs("perturbation"),
+    output:
+        table=report(
+            "results/comparisons/{comparison}/perturbation.tsv",
+            caption="../report/compare_perturbation.rst",
+            category="Comparisons",
+            subcategory="{comparison}",
+        ),
+        pairs="results/comparisons/{comparison}/perturbation_pairs.tsv",
+        plot=report(
+            "results/comparisons/{comparison}/perturbation.png",
+            caption="../report/compare_perturbation.rst",
+            category="Comparisons",
+            subcategory="{comparison}",
+        ),
+    log:
+        "logs/compare_perturbation/{comparison}.log",
+    conda:
+        "../../envs/compare.yaml"
+    resources:
+        mem_mb=mem_mb(1000),
+        runtime=10,
+    params:
+        runs=get_comparison_runs("perturbation"),
+        settings=get_comparison_settings,
+        alpha=config["cells"]["alpha"],
+    script:
+        "../../scripts/compare_perturbation.py"

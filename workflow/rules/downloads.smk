@@ -65,7 +65,9 @@ rule download_cells:
         "logs/download_cells/{dataset}.log",
     wildcard_constraints:
         dataset=_alternatives(
-            n for n, d in config["datasets"].items() if d["kind"] == "cells" and not d["h5ad"]
+            n
+            for n, d in config["datasets"].items()
+            if d["kind"] == "cells" and not (d["h5ad"] or d["builtin"] or d["pool"])
         ),
     retries: 2
     conda:
@@ -73,6 +75,7 @@ rule download_cells:
     params:
         url=lambda wc: config["datasets"][wc.dataset]["url"],
         sha256=lambda wc: config["datasets"][wc.dataset]["sha256"],
+        member=lambda wc: config["datasets"][wc.dataset]["member"],
         dl=config["downloads"],
     script:
         "../../scripts/download_cells.py"

@@ -30,7 +30,9 @@ rule prepare_cells:
     log:
         "logs/prepare_cells/{dataset}.log",
     wildcard_constraints:
-        dataset=_datasets_of_kind("cells"),
+        dataset=_alternatives(
+            n for n, d in config["datasets"].items() if d["kind"] == "cells" and not d["pool"]
+        ),
     conda:
         "../../envs/torch.yaml"
     resources:
@@ -40,3 +42,27 @@ rule prepare_cells:
         dataset=get_dataset,
     script:
         "../../scripts/prepare_cells.py"
+
+
+# A pool (`pool:` in a cells dataset): its sources' prepared cells side by side, on the genes they
+# share, with a `source` column; SAE training balances the sources (train_sae, `balance`).
+rule pool_cells:
+    input:
+        unpack(get_pool_inputs),
+    output:
+        table="results/datasets/{dataset}/sequences.parquet",
+        cells="results/datasets/{dataset}/cells.h5ad",
+        sources="results/datasets/{dataset}/sources.tsv",
+    log:
+        "logs/pool_cells/{dataset}.log",
+    wildcard_constraints:
+        dataset=_alternatives(n for n, d in config["datasets"].items() if d["pool"]),
+    conda:
+        "../../envs/cells.yaml"
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    params:
+        sources=lambda wc: get_dataset(wc)["pool"],
+    script:
+        "../../scripts/pool_cells.py"

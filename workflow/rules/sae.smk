@@ -17,6 +17,7 @@ rule train_sae:
         gpu=0,
     params:
         recipe=get_sae_recipe,
+        balance=get_balance,
     script:
         "../../scripts/train_sae.py"
 
