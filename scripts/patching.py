@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from saeflow.counterfactual import counterfactual_pairs
-from saeflow.evidence import load_motifs, patching, summarise_patching, train_readout
+from saeflow.evidence import load_motifs, patching, same_spans, summarise_patching, train_readout
 from saeflow.evidence_plots import patching_heatmap
 from saeflow.models.adapter import load_model
 from saeflow.motifscan import scan
@@ -21,6 +21,14 @@ sequences = pd.read_parquet(i.sequences)
 wt, b, auc = train_readout(adapter, sequences, batch_size=ev["batch_size"], seed=ev["seed"])
 log.info("readout (label probe on the last layer, mean-pooled): held-out AUROC %.3f", auc)
 rng = np.random.default_rng(ev["seed"])
+
+
+def same_tokens(clean: str, corrupted: str, start: int, end: int) -> bool:
+    """A BPE tokeniser (DNABERT-2) may re-segment the corrupted copy beyond the site or change its token
+    count: redraw the site until it does not (evidence.same_spans)."""
+    return bool(same_spans(adapter.tokenize([clean]), adapter.tokenize([corrupted]), [start], [end])[0])
+
+
 pair_tables, per_pair = [], []
 for m in load_motifs(ev["motifs"], ev["jaspar_release"], ev["pseudocount"], ev["threshold"]):
     # a seeded sample of the sequences with a hit (destroying a site rescans the sequence: sample first)
@@ -29,7 +37,8 @@ for m in load_motifs(ev["motifs"], ev["jaspar_release"], ev["pseudocount"], ev["
     if len(with_hit) > ev["patching_pairs"]:
         with_hit = np.sort(rng.choice(with_hit, ev["patching_pairs"], replace=False))
     sub = sequences.iloc[with_hit]
-    pairs = counterfactual_pairs(sub.sequence.tolist(), m.pssm, m.threshold, names=sub.name.tolist(), seed=ev["seed"])
+    pairs = counterfactual_pairs(sub.sequence.tolist(), m.pssm, m.threshold, names=sub.name.tolist(), seed=ev["seed"],
+                                 accept=same_tokens)
     log.info("%s: %d counterfactual pairs (%d could not be made)", m.matrix_id, len(pairs), pairs.corrupted.isna().sum())
     pp, pairs = patching(adapter, pairs, wt, b, batch_size=ev["batch_size"], min_gap=ev["patching_min_gap"],
                          seed=ev["seed"])

@@ -80,3 +80,27 @@ def test_patching_metric_and_its_small_denominator_guard():
         patching_metric(patched, corrupted[:3], clean)
     with pytest.raises(SaeflowError, match="NaN or inf"):
         patching_metric(np.array([np.nan]), np.array([0.0]), np.array([1.0]))
+
+
+def test_an_extra_condition_on_the_corrupted_copy_is_honoured(ctcf):
+    """The patching rule asks that the corrupted copy tokenise to the same spans (BPE); any condition works."""
+    m, thr = ctcf
+    seqs = with_sites(n=10)
+    plain = counterfactual_pairs(seqs, m, thr, seed=1)
+    # refuse the plain answer (the complemented site where that suffices): another GC-keeping variant is drawn
+    seen = []
+
+    def accept(clean, corrupted, start, end):
+        seen.append(clean)
+        assert clean[:start] == corrupted[:start] and end - start == 19  # MA0139.1 is 19 bp
+        return corrupted not in set(plain.corrupted)
+
+    picky = counterfactual_pairs(seqs, m, thr, seed=1, accept=accept)
+    assert set(seen) <= set(seqs) and len(picky) == len(plain)
+    made = picky.dropna(subset=["corrupted"])
+    assert len(made) >= len(plain) - 1 and not set(made.corrupted) & set(plain.corrupted)
+    for r in made.itertuples():
+        assert r.gc_corrupted == r.gc_clean and r.corrupted_max_score < thr
+    # a condition nothing meets: no pair, not a wrong one
+    none = counterfactual_pairs(seqs[:3], m, thr, seed=1, accept=lambda *a: False)
+    assert none.corrupted.isna().all()

@@ -155,7 +155,7 @@ def test_pairs_that_tokenise_to_different_lengths_are_dropped_not_fatal():
     """A BPE tokeniser can split the corrupted copy into more tokens; only that pair is dropped."""
     from types import SimpleNamespace
 
-    from saeflow.evidence import _same_spans
+    from saeflow.evidence import same_spans
 
     def tok(spans, width):
         off = np.zeros((len(spans), width, 2), np.int64)
@@ -167,7 +167,12 @@ def test_pairs_that_tokenise_to_different_lengths_are_dropped_not_fatal():
 
     a = [[(0, 3), (3, 6)], [(0, 2), (2, 6)], [(0, 6)]]
     b = [[(0, 3), (3, 6)], [(0, 2), (2, 4), (4, 6)], [(0, 6)]]
-    same = _same_spans(tok(a, 2), tok(b, 3))
+    same = same_spans(tok(a, 2), tok(b, 3))
     assert same.tolist() == [True, False, True]
     # padding beyond a row's own length never counts as a difference
-    assert _same_spans(tok(a, 2), tok(a, 5)).all()
+    assert same_spans(tok(a, 2), tok(a, 5)).all()
+    # the site's tokens may be split differently if the count and every other span agree
+    c = [[(0, 2), (2, 4), (4, 8)], [(0, 2), (2, 4), (4, 8)]]
+    d = [[(0, 3), (3, 4), (4, 8)], [(0, 1), (1, 4), (4, 8)]]
+    assert same_spans(tok(c, 3), tok(d, 3), [1, 4], [3, 6]).tolist() == [True, False]  # row 2's site is 4..6
+    assert not same_spans(tok(c, 3), tok(d, 3)).any()  # no site given: every span must agree

@@ -255,6 +255,12 @@ def test_family_runs_end_to_end(run, family):
         assert top and all(set(t) <= set("ACGT") for t in top), top[:10]
     rec = pd.read_csv(base / f"recovery/{SAE}/recovery.tsv", sep="\t")
     assert set(rec.layer) == set(LAYERS) and rec.f1.between(0, 1).all()
+    # patching works through every tokeniser: DNABERT-2's BPE may split the destroyed site differently,
+    # and the pair is redrawn until the tokens outside the site and the token count agree
+    pairs = pd.read_csv(base / "evidence/patching_pairs.tsv", sep="\t")
+    assert pairs.kept.all() and len(pairs) >= 1, pairs
+    per = pd.read_parquet(base / "evidence/patching_per_pair.parquet")
+    assert set(per.pair) == set(range(len(pairs))) and per.patched.notna().all()
 
 
 def test_the_run_as_a_whole_succeeds(run):

@@ -39,14 +39,17 @@ def _max_site(seq: str, matrix) -> float:
 
 
 def destroy_motif(seq: str, start: int, end: int, matrix, threshold: float, *, seed: int = 0,
-                  max_tries: int = 200) -> str | None:
+                  max_tries: int = 200, accept=None) -> str | None:
     """The corrupted partner of ``seq`` with the site ``[start, end)`` destroyed (see the module
-    docstring), or None when no variant within ``max_tries`` clears every site below ``threshold``."""
+    docstring), or None when no variant within ``max_tries`` clears every site below ``threshold``
+    (and, given ``accept(candidate) -> bool``, is accepted by it: e.g. tokenises to the same spans as
+    ``seq`` under a BPE tokeniser, so that patching position by position stays meaningful)."""
+    ok = (lambda c: True) if accept is None else accept
     if not (0 <= start < end <= len(seq)):
         raise SaeflowError(f"site [{start}, {end}) outside a sequence of length {len(seq)}")
     site = seq[start:end]
     cand = seq[:start] + site.translate(_COMPLEMENT) + seq[end:]
-    if _max_site(cand, matrix) < threshold:
+    if _max_site(cand, matrix) < threshold and ok(cand):
         return cand
     rng = np.random.default_rng(seed)
     chars = np.array(list(site.translate(_COMPLEMENT)))
@@ -59,13 +62,16 @@ def destroy_motif(seq: str, start: int, end: int, matrix, threshold: float, *, s
         new[strong] = rng.choice(np.array(["G", "C"]), len(strong))
         new[weak] = rng.choice(np.array(["A", "T"]), len(weak))
         cand = seq[:start] + "".join(new) + seq[end:]
-        if _max_site(cand, matrix) < threshold:
+        if _max_site(cand, matrix) < threshold and ok(cand):
             return cand
     return None
 
 
-def counterfactual_pairs(seqs, matrix, threshold: float, *, names=None, seed: int = 0) -> pd.DataFrame:
-    """For each sequence with at least one site >= ``threshold``: its best site destroyed.
+def counterfactual_pairs(seqs, matrix, threshold: float, *, names=None, seed: int = 0,
+                         accept=None) -> pd.DataFrame:
+    """For each sequence with at least one site >= ``threshold``: its best site destroyed
+    (``accept(clean, corrupted, start, end) -> bool``: an extra condition on the corrupted copy, see
+    :func:`destroy_motif`).
 
     Returns name, clean, corrupted (None when it could not be made), start, end, clean_score,
     corrupted_max_score, gc_clean, gc_corrupted.
@@ -82,7 +88,8 @@ def counterfactual_pairs(seqs, matrix, threshold: float, *, names=None, seed: in
         if not len(sc) or sc.max() < threshold:
             continue
         st = int(np.argmax(sc))
-        c = destroy_motif(s, st, st + L, matrix, threshold, seed=seed + i)
+        c = destroy_motif(s, st, st + L, matrix, threshold, seed=seed + i,
+                          accept=None if accept is None else (lambda x, s=s, st=st: accept(s, x, st, st + L)))
         rows.append(dict(name=names[i], clean=s, corrupted=c, start=st, end=st + L, clean_score=float(sc.max()),
                          corrupted_max_score=_max_site(c, matrix) if c is not None else np.nan,
                          gc_clean=gc_fraction(s), gc_corrupted=gc_fraction(c) if c is not None else np.nan))

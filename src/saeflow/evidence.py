@@ -394,7 +394,7 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
         part = pairs.iloc[sl]
         tc = adapter.tokenize(part.clean.tolist())
         tx = adapter.tokenize(part.corrupted.tolist())
-        same = _same_spans(tc, tx)
+        same = same_spans(tc, tx, part.start.to_numpy(), part.end.to_numpy())
         if not same.any():
             continue
         ok = np.flatnonzero(same)
@@ -406,7 +406,9 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
             tx = adapter.tokenize(part.corrupted.iloc[ok].tolist())
         v = torch.from_numpy(~tc.special).to(adapter.device)
         st, en = part.start.to_numpy()[ok], part.end.to_numpy()[ok]
-        site = torch.from_numpy((tc.offsets[..., 0] < en[:, None]) & (tc.offsets[..., 1] > st[:, None]) & ~tc.special)
+        # the site's tokens: those over the site in either sequence (a BPE tokeniser may split it differently)
+        site = torch.from_numpy(((tc.offsets[..., 0] < en[:, None]) & (tc.offsets[..., 1] > st[:, None])
+                                 | (tx.offsets[..., 0] < en[:, None]) & (tx.offsets[..., 1] > st[:, None])) & ~tc.special)
         # control: as many tokens elsewhere in the sequence (seeded per pair), clean there too
         off = np.zeros_like(site.numpy())
         for j, i in enumerate(np.arange(sl.start, sl.stop)[ok]):
@@ -443,11 +445,14 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
     return per_pair, pairs
 
 
-def _same_spans(tc, tx) -> np.ndarray:
-    """Per row: do two tokenisations (possibly padded to different widths) have identical token spans?
+def same_spans(tc, tx, starts=None, ends=None) -> np.ndarray:
+    """Per row: can two tokenisations (possibly padded to different widths) be patched position by
+    position? The same number of tokens, the same special tokens, and identical spans at every token
+    that does not overlap the row's site ``[starts, ends)`` (given; without a site, at every token).
 
-    BPE tokenisers (DNABERT-2) can split a motif-destroyed sequence into a different number of tokens;
-    such a pair cannot be patched position by position, and must not break the rest of its batch.
+    BPE tokenisers (DNABERT-2) may split the motif-destroyed site differently (its tokens then differ,
+    which is the point of the pair) or re-segment beyond it, or change the token count: such a pair
+    cannot be patched position by position, and must not break the rest of its batch.
     """
     w = max(tc.offsets.shape[1], tx.offsets.shape[1])
 
@@ -459,7 +464,12 @@ def _same_spans(tc, tx) -> np.ndarray:
         return np.where(m[..., None], off, -1), sp | ~m, m
 
     (oc, sc, mc), (ox, sx, mx) = pad(tc), pad(tx)
-    return (oc == ox).all(axis=(1, 2)) & (sc == sx).all(axis=1) & (mc == mx).all(axis=1)
+    same_tok = (oc == ox).all(axis=2)
+    if starts is not None:
+        st, en = np.asarray(starts)[:, None], np.asarray(ends)[:, None]
+        at_site = ((oc[..., 0] < en) & (oc[..., 1] > st) | (ox[..., 0] < en) & (ox[..., 1] > st)) & ~sc & ~sx
+        same_tok |= at_site
+    return same_tok.all(axis=1) & (sc == sx).all(axis=1) & (mc == mx).all(axis=1)
 
 
 def _subset(tb, idx):
