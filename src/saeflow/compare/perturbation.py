@@ -117,8 +117,10 @@ def plot_specificity(table: pd.DataFrame, path, *, title: str | None = None) -> 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), squeeze=False)
-    for run, t in table.groupby("run", sort=False):
+    runs = list(dict.fromkeys(table.run))
+    for i, (run, t) in enumerate(table.groupby("run", sort=False)):
         t = t.dropna(subset=["layer"]).sort_values("depth")
+        t = t.assign(depth=t.depth + 0.012 * (i - (len(runs) - 1) / 2))  # dodge: overlapping intervals stay visible
         y = t.tf_specificity.to_numpy(float)
         err = np.vstack([y - t.ci_low.to_numpy(float), t.ci_high.to_numpy(float) - y])
         err = np.clip(np.nan_to_num(err), 0, None)  # rounding can put a bound a hair past the estimate
