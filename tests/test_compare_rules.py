@@ -189,8 +189,11 @@ def test_test_config_plans_the_comparison_with_the_right_inputs(tmp_path):
     assert "toy_esm_small" not in audit  # only runs[0] is audited
     # toy_esm_small is not in `runs`: the whole plan builds only what the comparison reads of it
     p = _dry(tmp_path / "all", load_test_config())
-    small = [b for b in (p.stdout + p.stderr).split("\n\n") if "toy_esm_small" in b and "rule " in b]
-    rules = {b.split("rule ", 1)[1].split(":")[0] for b in small}
+    rules = set()
+    for b in (p.stdout + p.stderr).split("\n\n"):  # a job's block: its rule and what it writes
+        out = [line for line in b.splitlines() if line.strip().startswith("output:")]
+        if "rule " in b and out and "toy_esm_small" in out[0]:
+            rules.add(b.split("rule ", 1)[1].split(":")[0])
     assert {"patching", "feature_ablation", "feature_evidence", "ground_truth_recovery"}.isdisjoint(rules), rules
     assert {"probes", "head_scan", "train_sae", "feature_catalog"} <= rules
 
