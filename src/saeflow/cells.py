@@ -243,7 +243,6 @@ def pool_cells(sources: dict, out_h5ad, out_table, out_sources=None) -> pd.DataF
         raise SaeflowError(f"pool: the sources have no {key} in common ({', '.join(parts)})")
     rows = []
     for src, (a, t, *_rest) in parts.items():
-        idx, cols = keys[src]
         rows.append({"source": src, "cells": int(a.n_obs), "atlas_cells": int((t.split != "perturbed").sum()),
                      "train_cells": int((t.split == "train").sum()), "perturbed_cells": int((t.split == "perturbed").sum()),
                      "genes": int(a.n_vars), "genes_pooled": int(len(common)),
