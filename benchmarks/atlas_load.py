@@ -32,15 +32,21 @@ sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--layers", type=int, default=18)
     ap.add_argument("--features-per-layer", type=int, default=4608)
     ap.add_argument("--d-in", type=int, default=768)
     ap.add_argument("--contexts", type=int, default=10, help="top contexts per feature")
     ap.add_argument("--repeat", type=int, default=5, help="overview loads")
-    ap.add_argument("--features", type=int, default=36, help="feature pages visited (cold, then warm)")
+    ap.add_argument(
+        "--features", type=int, default=36, help="feature pages visited (cold, then warm)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    ap.add_argument("--keep", type=Path, default=None, help="write the synthetic run here and keep it")
+    ap.add_argument(
+        "--keep", type=Path, default=None, help="write the synthetic run here and keep it"
+    )
     args = ap.parse_args(argv)
 
     import atlas_fixtures as fx
@@ -52,8 +58,13 @@ def main(argv=None) -> int:
     layers = list(range(1, args.layers + 1))
     try:
         t = time.perf_counter()
-        run = fx.write_dna_run(tmp / "results" / "m" / "d", layers=layers, n_features=args.features_per_layer,
-                               d=args.d_in, n_contexts=args.contexts)
+        run = fx.write_dna_run(
+            tmp / "results" / "m" / "d",
+            layers=layers,
+            n_features=args.features_per_layer,
+            d=args.d_in,
+            n_contexts=args.contexts,
+        )
         write_s = time.perf_counter() - t
         t = time.perf_counter()
         sizes = build_atlas(run, run / "atlas", saes={"topk": layers}, kind="dna")
@@ -61,13 +72,22 @@ def main(argv=None) -> int:
         files = relative_files(run / "atlas")
         root = run / "atlas"
         total = sum((root / f).stat().st_size for f in files)
-        print(f"synthetic run written in {write_s:.1f} s; atlas built in {build_s:.1f} s: {len(files)} files, "
-              f"{total / 2**20:.1f} MiB ({ {k: round(v / 2**20, 2) for k, v in sizes.items()} } MiB)")
+        print(
+            f"synthetic run written in {write_s:.1f} s; atlas built in {build_s:.1f} s: {len(files)} files, "
+            f"{total / 2**20:.1f} MiB ({ {k: round(v / 2**20, 2) for k, v in sizes.items()} } MiB)"
+        )
         exe = shutil.which("chromium") or shutil.which("chromium-browser")
         if exe is None:
             raise SystemExit("no chromium on PATH (apt-get install chromium)")
-        res = {"layers": args.layers, "features_per_layer": args.features_per_layer, "d_in": args.d_in,
-               "build_s": build_s, "files": len(files), "bytes": total, "sizes": sizes}
+        res = {
+            "layers": args.layers,
+            "features_per_layer": args.features_per_layer,
+            "d_in": args.d_in,
+            "build_s": build_s,
+            "files": len(files),
+            "bytes": total,
+            "sizes": sizes,
+        }
         url = (root / "index.html").as_uri()
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=exe)
@@ -93,7 +113,10 @@ def main(argv=None) -> int:
                 return page.evaluate("SAEFLOW.lastRender.ms")
 
             chunks = (args.features_per_layer + 127) // 128
-            targets = [(layers[i % len(layers)], (i * 7919) % chunks * 128 + i % 128) for i in range(args.features)]
+            targets = [
+                (layers[i % len(layers)], (i * 7919) % chunks * 128 + i % 128)
+                for i in range(args.features)
+            ]
             targets = [(L, min(f, args.features_per_layer - 1)) for L, f in dict.fromkeys(targets)]
             cold = [visit(f"#/topk/layer/{L}/feature/{f}", "feature") for L, f in targets]
             warm = [visit(f"#/topk/layer/{L}/feature/{f}", "feature") for L, f in targets]
@@ -103,20 +126,34 @@ def main(argv=None) -> int:
             browser.close()
         if errors:
             raise SystemExit(f"console errors: {errors[:5]}")
-        res.update(chromium=version, overview_ms=overview, feature_cold_ms=cold, feature_warm_ms=warm,
-                   layer_ms=layer_ms, search_first_ms=search_ms, search_again_ms=search_warm_ms)
+        res.update(
+            chromium=version,
+            overview_ms=overview,
+            feature_cold_ms=cold,
+            feature_warm_ms=warm,
+            layer_ms=layer_ms,
+            search_first_ms=search_ms,
+            search_again_ms=search_warm_ms,
+        )
         med = statistics.median
         summary = {
-            "overview_ms_median": med(overview), "overview_ms_max": max(overview),
-            "feature_cold_ms_median": med(cold), "feature_cold_ms_max": max(cold),
-            "feature_warm_ms_median": med(warm), "layer_ms_median": med(layer_ms),
-            "search_first_ms": search_ms, "search_again_ms": search_warm_ms,
+            "overview_ms_median": med(overview),
+            "overview_ms_max": max(overview),
+            "feature_cold_ms_median": med(cold),
+            "feature_cold_ms_max": max(cold),
+            "feature_warm_ms_median": med(warm),
+            "layer_ms_median": med(layer_ms),
+            "search_first_ms": search_ms,
+            "search_again_ms": search_warm_ms,
         }
         res["summary"] = summary
         for k, v in summary.items():
             print(f"{k:>24}: {v:8.1f}")
         ok = summary["overview_ms_max"] < 1000 and summary["feature_cold_ms_max"] < 200
-        print("targets (overview < 1000 ms, feature page < 200 ms, worst case):", "met" if ok else "NOT met")
+        print(
+            "targets (overview < 1000 ms, feature page < 200 ms, worst case):",
+            "met" if ok else "NOT met",
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "atlas_load.json").write_text(json.dumps(res, indent=2))
         return 0 if ok else 1

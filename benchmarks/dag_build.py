@@ -33,16 +33,24 @@ def study_config(tmp: Path, n_layers: int) -> dict:
     for name in ("model_a", "model_b"):
         d = tmp / "models" / name
         d.mkdir(parents=True)
-        (d / "config.json").write_text(json.dumps({"num_hidden_layers": n_layers, "model_type": "esm"}))
+        (d / "config.json").write_text(
+            json.dumps({"num_hidden_layers": n_layers, "model_type": "esm"})
+        )
         models[name] = {"source": "local", "path": str(d)}
     return {
-        "references": {"toy": yaml.safe_load((REPO / "config" / "config.yaml").read_text())["references"]["toy"]},
+        "references": {
+            "toy": yaml.safe_load((REPO / "config" / "config.yaml").read_text())["references"][
+                "toy"
+            ]
+        },
         "models": models,
         "datasets": {
             "ctcf_peaks": {"reference": "toy", "kind": "peaks", "shards": 4},
             "promoter_tata": {"reference": "toy", "kind": "task", "shards": 4},
         },
-        "runs": [{"model": m, "dataset": d} for m in models for d in ("ctcf_peaks", "promoter_tata")],
+        "runs": [
+            {"model": m, "dataset": d} for m in models for d in ("ctcf_peaks", "promoter_tata")
+        ],
         "saes": {
             "topk_x8_k32": {"arch": "topk", "expansion": 8, "k": 32},
             "batchtopk_x8_k32": {"arch": "batchtopk", "expansion": 8, "k": 32},
@@ -74,9 +82,11 @@ def main() -> None:
             subprocess.run(cmd + ["--quiet", "all"], cwd=wd, capture_output=True, check=True)
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(f"DAG of {jobs} jobs (2 models x {args.layers} layers x 3 SAEs x 2 datasets, every analysis): "
-          f"snakemake -n median {med:.2f} s over {args.repeat} runs (min {min(times):.2f}, max {max(times):.2f}); "
-          f"target < 10 s: {'PASS' if med < 10 else 'FAIL'}")
+    print(
+        f"DAG of {jobs} jobs (2 models x {args.layers} layers x 3 SAEs x 2 datasets, every analysis): "
+        f"snakemake -n median {med:.2f} s over {args.repeat} runs (min {min(times):.2f}, max {max(times):.2f}); "
+        f"target < 10 s: {'PASS' if med < 10 else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

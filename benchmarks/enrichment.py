@@ -62,7 +62,7 @@ def go_like_sizes(rng, n, lo=15, hi=500, alpha=1.8):
     """Sizes from P(s) ~ s^-alpha on [lo, hi] (inverse CDF of the continuous power law)."""
     a = 1.0 - alpha
     u = rng.random(n)
-    return np.floor((lo ** a + (hi ** a - lo ** a) * u) ** (1 / a)).astype(int)
+    return np.floor((lo**a + (hi**a - lo**a) * u) ** (1 / a)).astype(int)
 
 
 def make_inputs(n_genes, n_sets, n_features, mean_hits, seed):
@@ -92,8 +92,10 @@ def make_inputs(n_genes, n_sets, n_features, mean_hits, seed):
             planted[f] = t
         rows.append(np.full(len(hit), f))
         cols.append(hit)
-    H = sp.csr_matrix((np.ones(sum(map(len, rows)), bool), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(n_features, n_genes))
+    H = sp.csr_matrix(
+        (np.ones(sum(map(len, rows)), bool), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_features, n_genes),
+    )
     return genes, background, sets, H, planted, sizes
 
 
@@ -106,7 +108,12 @@ def network_cost(H, genes, n_perm: int, seed: int) -> dict:
     """
     import pandas as pd
 
-    from saeflow.enrichment import _edge_counts, _hits_on_background, network_on_background, null_networks
+    from saeflow.cells.enrichment import (
+        _edge_counts,
+        _hits_on_background,
+        network_on_background,
+        null_networks,
+    )
 
     rng = np.random.default_rng(seed + 1)
     n_nodes, m = 18000, 230_000
@@ -128,20 +135,33 @@ def network_cost(H, genes, n_perm: int, seed: int) -> dict:
         t = time.perf_counter()
         _edge_counts(Hb, nu, nv, len(bg))
         t_eval.append(time.perf_counter() - t)
-    rec = dict(edges=int(u.size), nodes=len(bg), max_degree=int(np.bincount(np.r_[u, v]).max()), n_perm=n_perm,
-               swap_s_per_null=float(np.mean(t_swap)), eval_s_per_null=float(np.mean(t_eval)))
+    rec = dict(
+        edges=int(u.size),
+        nodes=len(bg),
+        max_degree=int(np.bincount(np.r_[u, v]).max()),
+        n_perm=n_perm,
+        swap_s_per_null=float(np.mean(t_swap)),
+        eval_s_per_null=float(np.mean(t_eval)),
+    )
     per = rec["swap_s_per_null"] + rec["eval_s_per_null"]
-    print(f"\nnetwork null at STRING scale ({u.size:,} edges, {len(bg):,} genes, max degree {rec['max_degree']}): "
-          f"{rec['swap_s_per_null']:.2f} s per rewiring (10 swaps/edge) + {rec['eval_s_per_null'] * 1e3:.0f} ms to "
-          f"count edges among the hits of all {H.shape[0]} features; 1,000 permutations ~ {per * 1000 / 60:.0f} min "
-          f"(mean of {n_perm})")
+    print(
+        f"\nnetwork null at STRING scale ({u.size:,} edges, {len(bg):,} genes, max degree {rec['max_degree']}): "
+        f"{rec['swap_s_per_null']:.2f} s per rewiring (10 swaps/edge) + {rec['eval_s_per_null'] * 1e3:.0f} ms to "
+        f"count edges among the hits of all {H.shape[0]} features; 1,000 permutations ~ {per * 1000 / 60:.0f} min "
+        f"(mean of {n_perm})"
+    )
     return rec
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
 
@@ -154,8 +174,12 @@ def main() -> int:
     ap.add_argument("--hits", type=int, default=50, help="mean hit genes per feature (Poisson)")
     ap.add_argument("--gseapy-features", type=int, default=64, help="features run through gseapy")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--network-perms", type=int, default=5,
-                    help="rewirings timed for the STRING-scale network null (0: skip)")
+    ap.add_argument(
+        "--network-perms",
+        type=int,
+        default=5,
+        help="rewirings timed for the STRING-scale network null (0: skip)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
 
@@ -163,28 +187,39 @@ def main() -> int:
     import pandas as pd
 
     import saeflow
-    from saeflow.enrichment import overrepresentation
+    from saeflow.cells.enrichment import overrepresentation
 
     t0 = time.time()
-    genes, background, sets, H, planted, sizes = make_inputs(args.genes, args.sets, args.features, args.hits,
-                                                             args.seed)
-    print(f"inputs: {args.features} features (mean {H.sum() / H.shape[0]:.1f} hits), {len(sets)} sets "
-          f"(sizes {sizes.min()}..{sizes.max()}, median {int(np.median(sizes))}), universe {len(genes)}, "
-          f"background {len(background)} ({time.time() - t0:.1f} s to build)", flush=True)
+    genes, background, sets, H, planted, sizes = make_inputs(
+        args.genes, args.sets, args.features, args.hits, args.seed
+    )
+    print(
+        f"inputs: {args.features} features (mean {H.sum() / H.shape[0]:.1f} hits), {len(sets)} sets "
+        f"(sizes {sizes.min()}..{sizes.max()}, median {int(np.median(sizes))}), universe {len(genes)}, "
+        f"background {len(background)} ({time.time() - t0:.1f} s to build)",
+        flush=True,
+    )
 
     # ---- saeflow: one call
     rss_before = vm("VmRSS")
     peak_reset = reset_peak()
     t = time.perf_counter()
-    df = overrepresentation(H, {"GO_BP_synthetic": sets}, background, universe=genes, min_size=15, max_size=500)
+    df = overrepresentation(
+        H, {"GO_BP_synthetic": sets}, background, universe=genes, min_size=15, max_size=500
+    )
     saeflow_s = time.perf_counter() - t
     peak = vm("VmHWM")
     fam = df.attrs["family_size"]
     n_sets_tested = df.attrs["n_sets"]
     n_sig = int((df.q <= 0.05).sum())
-    found = sum(((df.feature == f) & (df.term == t) & (df.q <= 0.05)).any() for f, t in planted.items())
-    print(f"saeflow: {saeflow_s:.2f} s for {args.features} x {n_sets_tested} = {fam:,} tests; {len(df):,} rows "
-          f"with k > 0; {n_sig:,} at q <= 0.05; planted found {found}/{len(planted)}", flush=True)
+    found = sum(
+        ((df.feature == f) & (df.term == t) & (df.q <= 0.05)).any() for f, t in planted.items()
+    )
+    print(
+        f"saeflow: {saeflow_s:.2f} s for {args.features} x {n_sets_tested} = {fam:,} tests; {len(df):,} rows "
+        f"with k > 0; {n_sig:,} at q <= 0.05; planted found {found}/{len(planted)}",
+        flush=True,
+    )
 
     # ---- gseapy: per feature, on a subsample
     # the sets saeflow tested (all with K in 15..500 after intersection): gseapy gets the raw sets
@@ -196,23 +231,39 @@ def main() -> int:
     plant = np.array(sorted(planted))
     other = np.setdiff1d(np.arange(args.features), plant)
     half = args.gseapy_features // 2
-    sub = np.unique(np.r_[plant[np.linspace(0, len(plant) - 1, half).astype(int)],
-                          other[np.linspace(0, len(other) - 1, args.gseapy_features - half).astype(int)]])
+    sub = np.unique(
+        np.r_[
+            plant[np.linspace(0, len(plant) - 1, half).astype(int)],
+            other[np.linspace(0, len(other) - 1, args.gseapy_features - half).astype(int)],
+        ]
+    )
     # overlap genes of every compared pair: the same features again with genes for every row (a
     # smaller family, so other q-values, but the same p-values and overlaps)
-    genes_all = overrepresentation(H[sub], {"GO_BP_synthetic": sets}, background, universe=genes,
-                                   features=sub, min_size=15, max_size=500, genes_q_max=None)
-    genes_all = {(int(f), str(t)): g for f, t, g in zip(genes_all.feature, genes_all.term, genes_all.overlap_genes)}
+    genes_all = overrepresentation(
+        H[sub],
+        {"GO_BP_synthetic": sets},
+        background,
+        universe=genes,
+        features=sub,
+        min_size=15,
+        max_size=500,
+        genes_q_max=None,
+    )
+    genes_all = {
+        (int(f), str(t)): g
+        for f, t, g in zip(genes_all.feature, genes_all.term, genes_all.overlap_genes)
+    }
     bg_list = list(background)
     bg_set = set(background)
     t_enrich, t_core = [], []
     max_rel, n_cmp, gene_rows, gene_ok, sig_rows, sig_ok = 0.0, 0, 0, 0, 0, 0
     ours_by_f = {f: g for f, g in df[df.feature.isin(sub)].groupby("feature", observed=True)}
     for f in sub:
-        hits = genes[H.indices[H.indptr[f]:H.indptr[f + 1]]].tolist()
+        hits = genes[H.indices[H.indptr[f] : H.indptr[f + 1]]].tolist()
         t = time.perf_counter()
-        res = gseapy.enrich(gene_list=hits, gene_sets=lib, background=bg_list, outdir=None, cutoff=1,
-                            no_plot=True).res2d
+        res = gseapy.enrich(
+            gene_list=hits, gene_sets=lib, background=bg_list, outdir=None, cutoff=1, no_plot=True
+        ).res2d
         t_enrich.append(time.perf_counter() - t)
         t = time.perf_counter()
         terms, pvals, *_ = gseapy.stats.calc_pvalues(set(hits), lib, background=bg_set)
@@ -228,56 +279,114 @@ def main() -> int:
         rel = np.abs(o.p.to_numpy() - res["P-value"].to_numpy()) / res["P-value"].to_numpy()
         max_rel = max(max_rel, float(rel.max()))
         core = np.asarray(pvals)
-        max_rel = max(max_rel, float(np.max(np.abs(ours.loc[list(terms)].p.to_numpy() - core) / core)))
+        max_rel = max(
+            max_rel, float(np.max(np.abs(ours.loc[list(terms)].p.to_numpy() - core) / core))
+        )
         n_cmp += len(res)
         sig = o.overlap_genes.notna()
         sig_rows += int(sig.sum())
-        sig_ok += sum(set(a.split(";")) == set(b.split(";")) for a, b in zip(o.overlap_genes[sig], res.Genes[sig]))
+        sig_ok += sum(
+            set(a.split(";")) == set(b.split(";"))
+            for a, b in zip(o.overlap_genes[sig], res.Genes[sig])
+        )
         gene_rows += len(res)
-        gene_ok += sum(set(genes_all[(int(f), t)].split(";")) == set(g.split(";")) for t, g in res.Genes.items())
-        print(f"  gseapy feature {f}: enrich {t_enrich[-1]:.2f} s, calc_pvalues {t_core[-1]:.2f} s, "
-              f"{len(res)} terms with k > 0", flush=True)
+        gene_ok += sum(
+            set(genes_all[(int(f), t)].split(";")) == set(g.split(";"))
+            for t, g in res.Genes.items()
+        )
+        print(
+            f"  gseapy feature {f}: enrich {t_enrich[-1]:.2f} s, calc_pvalues {t_core[-1]:.2f} s, "
+            f"{len(res)} terms with k > 0",
+            flush=True,
+        )
 
     per_saeflow = saeflow_s / args.features
     per_enrich = float(np.mean(t_enrich))
     per_core = float(np.mean(t_core))
     rows = [
-        ("saeflow overrepresentation (one call, all features)", args.features, saeflow_s, per_saeflow, 1.0),
-        ("gseapy.enrich (per feature, extrapolated)", len(sub), per_enrich * args.features, per_enrich,
-         per_enrich / per_saeflow),
-        ("gseapy.stats.calc_pvalues (per feature, extrapolated)", len(sub), per_core * args.features, per_core,
-         per_core / per_saeflow),
+        (
+            "saeflow overrepresentation (one call, all features)",
+            args.features,
+            saeflow_s,
+            per_saeflow,
+            1.0,
+        ),
+        (
+            "gseapy.enrich (per feature, extrapolated)",
+            len(sub),
+            per_enrich * args.features,
+            per_enrich,
+            per_enrich / per_saeflow,
+        ),
+        (
+            "gseapy.stats.calc_pvalues (per feature, extrapolated)",
+            len(sub),
+            per_core * args.features,
+            per_core,
+            per_core / per_saeflow,
+        ),
     ]
     print()
-    print(f"| method | features timed | total s for {args.features} features | ms per feature | x saeflow |")
+    print(
+        f"| method | features timed | total s for {args.features} features | ms per feature | x saeflow |"
+    )
     print("|---|---|---|---|---|")
     for name, n, tot, per, ratio in rows:
         print(f"| {name} | {n} | {tot:,.1f} | {per * 1e3:,.2f} | {ratio:,.0f} |")
     print()
-    print(f"gseapy timed on {len(sub)} of {args.features} features; its totals are per-feature means x "
-          f"{args.features} (extrapolated, not run).")
-    print(f"p-values compared: {n_cmp:,} (feature, term) pairs; max relative difference {max_rel:.2e} "
-          f"({'PASS' if max_rel <= 1e-8 else 'FAIL'} at 1e-8); overlap genes equal on {gene_ok:,}/{gene_rows:,} "
-          f"pairs (of them significant, from the main call: {sig_ok}/{sig_rows})")
+    print(
+        f"gseapy timed on {len(sub)} of {args.features} features; its totals are per-feature means x "
+        f"{args.features} (extrapolated, not run)."
+    )
+    print(
+        f"p-values compared: {n_cmp:,} (feature, term) pairs; max relative difference {max_rel:.2e} "
+        f"({'PASS' if max_rel <= 1e-8 else 'FAIL'} at 1e-8); overlap genes equal on {gene_ok:,}/{gene_rows:,} "
+        f"pairs (of them significant, from the main call: {sig_ok}/{sig_rows})"
+    )
     ratio = per_enrich / per_saeflow
-    print(f"speed-up per feature over gseapy.enrich: {ratio:,.0f}x ({'PASS' if ratio >= 100 else 'FAIL'}: "
-          f"target >= 100x)")
-    print(f"saeflow peak memory: VmHWM {peak:,.0f} MiB during the call, {peak - rss_before:,.0f} MiB over the "
-          f"RSS before it ({rss_before:,.0f} MiB: interpreter, libraries, inputs)"
-          f"{'' if peak_reset else '; peak not reset, so the process peak'}")
+    print(
+        f"speed-up per feature over gseapy.enrich: {ratio:,.0f}x ({'PASS' if ratio >= 100 else 'FAIL'}: "
+        f"target >= 100x)"
+    )
+    print(
+        f"saeflow peak memory: VmHWM {peak:,.0f} MiB during the call, {peak - rss_before:,.0f} MiB over the "
+        f"RSS before it ({rss_before:,.0f} MiB: interpreter, libraries, inputs)"
+        f"{'' if peak_reset else '; peak not reset, so the process peak'}"
+    )
     net = network_cost(H, genes, args.network_perms, args.seed) if args.network_perms else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rec = dict(date=time.strftime("%Y-%m-%d"), commit=git_commit(), saeflow=saeflow.__version__ if hasattr(
-        saeflow, "__version__") else "?", gseapy=gseapy.__version__, features=args.features, sets=len(sets),
-        sets_tested=n_sets_tested, family_size=fam, rows=len(df), significant=n_sig, planted=len(planted),
-        planted_found=int(found), saeflow_s=saeflow_s, saeflow_ms_per_feature=per_saeflow * 1e3,
-        gseapy_features=len(sub), gseapy_enrich_ms_per_feature=per_enrich * 1e3,
-        gseapy_calc_pvalues_ms_per_feature=per_core * 1e3, speedup_vs_enrich=ratio,
-        speedup_vs_calc_pvalues=per_core / per_saeflow, p_compared=n_cmp, p_max_rel_diff=max_rel,
-        genes_rows=gene_rows, genes_equal=int(gene_ok),
-        significant_rows_compared=sig_rows, significant_genes_equal=int(sig_ok), peak_mib=peak, rss_before_mib=rss_before,
-        cpus=os.cpu_count(), network=net)
+    rec = dict(
+        date=time.strftime("%Y-%m-%d"),
+        commit=git_commit(),
+        saeflow=saeflow.__version__ if hasattr(saeflow, "__version__") else "?",
+        gseapy=gseapy.__version__,
+        features=args.features,
+        sets=len(sets),
+        sets_tested=n_sets_tested,
+        family_size=fam,
+        rows=len(df),
+        significant=n_sig,
+        planted=len(planted),
+        planted_found=int(found),
+        saeflow_s=saeflow_s,
+        saeflow_ms_per_feature=per_saeflow * 1e3,
+        gseapy_features=len(sub),
+        gseapy_enrich_ms_per_feature=per_enrich * 1e3,
+        gseapy_calc_pvalues_ms_per_feature=per_core * 1e3,
+        speedup_vs_enrich=ratio,
+        speedup_vs_calc_pvalues=per_core / per_saeflow,
+        p_compared=n_cmp,
+        p_max_rel_diff=max_rel,
+        genes_rows=gene_rows,
+        genes_equal=int(gene_ok),
+        significant_rows_compared=sig_rows,
+        significant_genes_equal=int(sig_ok),
+        peak_mib=peak,
+        rss_before_mib=rss_before,
+        cpus=os.cpu_count(),
+        network=net,
+    )
     (out / "enrichment.json").write_text(json.dumps(rec, indent=2) + "\n")
     return 0 if max_rel <= 1e-8 and gene_ok == gene_rows and sig_ok == sig_rows else 1
 

@@ -60,7 +60,9 @@ def write_store(directory: Path, gib: float, seed: int = 0) -> tuple[Path, Path]
     rng = np.random.default_rng(seed)
     atoms = rng.normal(size=(4096, D)).astype(np.float32)
     atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-    arr = np.lib.format.open_memmap(directory / "layer1.npy", mode="w+", dtype=np.float16, shape=(n, D))
+    arr = np.lib.format.open_memmap(
+        directory / "layer1.npy", mode="w+", dtype=np.float16, shape=(n, D)
+    )
     block = 65536
     base = np.zeros((block, D), dtype=np.float32)
     for i in range(block):  # one reusable block of sparse combinations
@@ -74,9 +76,20 @@ def write_store(directory: Path, gib: float, seed: int = 0) -> tuple[Path, Path]
     del arr
     n_seq = n // SEQ_LEN
     np.save(directory / "seq_offsets.npy", np.arange(0, n + 1, SEQ_LEN, dtype=np.int64))
-    (directory / "manifest.json").write_text(json.dumps(
-        {"model": "synthetic", "dataset": f"{gib}GiB", "dtype": "float16", "n_tokens": n, "d_model": D,
-         "n_sequences": n_seq, "layers": [1], "files": {}}))
+    (directory / "manifest.json").write_text(
+        json.dumps(
+            {
+                "model": "synthetic",
+                "dataset": f"{gib}GiB",
+                "dtype": "float16",
+                "n_tokens": n,
+                "d_model": D,
+                "n_sequences": n_seq,
+                "layers": [1],
+                "files": {},
+            }
+        )
+    )
     split = np.where(np.arange(n_seq) % 20 == 0, "test", "train")  # 5% of sequences held out
     seqs = directory.parent / f"{directory.name}_sequences.parquet"
     pd.DataFrame({"name": np.arange(n_seq).astype(str), "split": split}).to_parquet(seqs)
@@ -84,16 +97,35 @@ def write_store(directory: Path, gib: float, seed: int = 0) -> tuple[Path, Path]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=float, nargs="+", default=[1, 8], help="activation file sizes in GiB")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--sizes", type=float, nargs="+", default=[1, 8], help="activation file sizes in GiB"
+    )
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--dir", default=None, help="where to write the stores (default: a temp dir under /tmp)")
+    ap.add_argument(
+        "--dir", default=None, help="where to write the stores (default: a temp dir under /tmp)"
+    )
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="sae_memory_"))
-    recipe = dict(arch="topk", expansion=4, k=32, lr=3e-3, batch_size=4096, epochs=1, steps=args.steps,
-                  max_vectors=0, warmup_fraction=0.05, dead_window=200000, aux_k=0, aux_coef=1 / 32, seed=0,
-                  checkpoint_every=0)
+    recipe = dict(
+        arch="topk",
+        expansion=4,
+        k=32,
+        lr=3e-3,
+        batch_size=4096,
+        epochs=1,
+        steps=args.steps,
+        max_vectors=0,
+        warmup_fraction=0.05,
+        dead_window=200000,
+        aux_k=0,
+        aux_coef=1 / 32,
+        seed=0,
+        checkpoint_every=0,
+    )
     rows = []
     try:
         for gib in args.sizes:
@@ -102,8 +134,11 @@ def main() -> None:
             size = (acts / "layer1.npy").stat().st_size / 2**30
             print(f"wrote {size:.2f} GiB in {time.time() - t0:.0f} s", flush=True)
             out = root / f"sae_{gib:g}GiB"
-            p = subprocess.run([sys.executable, "-c", WORKER, str(acts), str(seqs), json.dumps(recipe), str(out)],
-                               capture_output=True, text=True)
+            p = subprocess.run(
+                [sys.executable, "-c", WORKER, str(acts), str(seqs), json.dumps(recipe), str(out)],
+                capture_output=True,
+                text=True,
+            )
             if p.returncode != 0:
                 sys.exit(f"training on {acts} failed:\n{p.stderr[-3000:]}")
             r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -114,15 +149,21 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"\n{'file GiB':>9} {'peak RSS MB':>12} {'steps':>6} {'step ms':>8} {'test tokens':>12} {'FVU':>7}")
+    print(
+        f"\n{'file GiB':>9} {'peak RSS MB':>12} {'steps':>6} {'step ms':>8} {'test tokens':>12} {'FVU':>7}"
+    )
     for r in rows:
-        print(f"{r['file_gib']:>9} {r['maxrss_mb']:>12.0f} {r['steps']:>6} {r['step_ms']:>8.1f} "
-              f"{r['test_tokens']:>12} {r['fvu']:>7.3f}")
+        print(
+            f"{r['file_gib']:>9} {r['maxrss_mb']:>12.0f} {r['steps']:>6} {r['step_ms']:>8.1f} "
+            f"{r['test_tokens']:>12} {r['fvu']:>7.3f}"
+        )
     if len(rows) >= 2:
         lo, hi = min(r["maxrss_mb"] for r in rows), max(r["maxrss_mb"] for r in rows)
         ratio = hi / lo
-        print(f"\npeak RSS ratio largest/smallest file: {ratio:.3f} -> "
-              f"{'PASS' if ratio <= 1.10 else 'FAIL'} (within 10%)")
+        print(
+            f"\npeak RSS ratio largest/smallest file: {ratio:.3f} -> "
+            f"{'PASS' if ratio <= 1.10 else 'FAIL'} (within 10%)"
+        )
 
 
 if __name__ == "__main__":

@@ -101,9 +101,18 @@ ROOT = HERE.parent
 
 
 # --------------------------------------------------------------------------- data
-def make_activations(path: Path, n: int, seed: int, *, n_atoms: int = 4096, slots: int = 40,
-                     p_active: float = 0.6, zipf: float = 1.0, noise: float = 0.03,
-                     chunk: int = 65536) -> None:
+def make_activations(
+    path: Path,
+    n: int,
+    seed: int,
+    *,
+    n_atoms: int = 4096,
+    slots: int = 40,
+    p_active: float = 0.6,
+    zipf: float = 1.0,
+    noise: float = 0.03,
+    chunk: int = 65536,
+) -> None:
     """Write ``n`` synthetic activation rows (float32, d=512) to ``path`` as .npy.
 
     Each row: sum over ``slots`` draws of a Zipf-distributed atom, each kept with
@@ -152,7 +161,9 @@ def _median_ms(fn, reps: int = 20, warmup: int = 3) -> float:
 def _batch(arr: np.ndarray, i: int):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(arr[i * BATCH : (i + 1) * BATCH], dtype=np.float32))
+    return torch.from_numpy(
+        np.ascontiguousarray(arr[i * BATCH : (i + 1) * BATCH], dtype=np.float32)
+    )
 
 
 class MatmulProbe:
@@ -179,7 +190,9 @@ class MatmulProbe:
         self.times.append(time.perf_counter() - t0)
 
 
-def _timed_loop(step_fn, arr: np.ndarray, steps: int, probe: MatmulProbe | None = None) -> list[float]:
+def _timed_loop(
+    step_fn, arr: np.ndarray, steps: int, probe: MatmulProbe | None = None
+) -> list[float]:
     """Call ``step_fn(i, x)`` for each batch, the batch loaded before the clock starts."""
     times = []
     for i in range(steps):
@@ -255,7 +268,9 @@ def worker_saeflow(args, train, held, probe) -> dict:
     except (ImportError, AttributeError) as e:
         return {"error": f"not available: {type(e).__name__}: {e}"}
     recipe = _saeflow_recipe()
-    recipe.update(arch="topk", expansion=EXPANSION, k=K, batch_size=BATCH, seed=args.seed, shuffle=False)
+    recipe.update(
+        arch="topk", expansion=EXPANSION, k=K, batch_size=BATCH, seed=args.seed, shuffle=False
+    )
     # Dead-latent window as the peers count it (dictionary_learning and sparsify: 10M tokens; SAELens: 1000
     # steps = 4M tokens), so AuxK is inactive in this short run for every library alike. The workflow's
     # default (20k tokens) suits its small toy runs; with it AuxK switches on here after ~5 steps and
@@ -263,8 +278,16 @@ def worker_saeflow(args, train, held, probe) -> dict:
     recipe["dead_window"] = 10_000_000
     if args.saeflow_lr is not None:
         recipe["lr"] = args.saeflow_lr
-    res = fit_array(train, recipe, steps=args.steps, batch_size=BATCH, seed=args.seed,
-                    threads=args.threads, device="cpu", on_step=probe)  # on_step runs outside its step clock
+    res = fit_array(
+        train,
+        recipe,
+        steps=args.steps,
+        batch_size=BATCH,
+        seed=args.seed,
+        threads=args.threads,
+        device="cpu",
+        on_step=probe,
+    )  # on_step runs outside its step clock
     sae = res.sae.eval()
 
     def ed(x):
@@ -304,7 +327,9 @@ def worker_saelens(args, train, held, probe) -> dict:
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(args.seed)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32", device="cpu"))
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32", device="cpu")
+    )
     lr = SAETrainerConfig.lr if args.peer_lr is None else args.peer_lr  # library default 3e-4
     tcfg = SAETrainerConfig(
         total_training_samples=args.steps * BATCH,
@@ -329,9 +354,14 @@ def worker_saelens(args, train, held, probe) -> dict:
         z = sae.encode(x)
         return sae.decode(z), (z != 0).sum(-1)
 
-    hp = {"lr": lr, "lr_scheduler": tcfg.lr_scheduler_name, "warmup_steps": tcfg.lr_warm_up_steps,
-          "aux_loss_coefficient": sae.cfg.aux_loss_coefficient, "dead_feature_window": tcfg.dead_feature_window,
-          "rescale_acts_by_decoder_norm": sae.cfg.rescale_acts_by_decoder_norm}
+    hp = {
+        "lr": lr,
+        "lr_scheduler": tcfg.lr_scheduler_name,
+        "warmup_steps": tcfg.lr_warm_up_steps,
+        "aux_loss_coefficient": sae.cfg.aux_loss_coefficient,
+        "dead_feature_window": tcfg.dead_feature_window,
+        "rescale_acts_by_decoder_norm": sae.cfg.rescale_acts_by_decoder_norm,
+    }
     return {"step_times": times, "hparams": hp, **evaluate(ed, held)}
 
 
@@ -340,8 +370,18 @@ def worker_dictionary_learning(args, train, held, probe) -> dict:
 
     warm = max(1, round(args.warmup_fraction * args.steps))
     kw = {} if args.peer_lr is None else {"lr": args.peer_lr}
-    trainer = TopKTrainer(steps=args.steps, activation_dim=D_IN, dict_size=D_SAE, k=K, layer=0,
-                          lm_name="synthetic", warmup_steps=warm, seed=args.seed, device="cpu", **kw)
+    trainer = TopKTrainer(
+        steps=args.steps,
+        activation_dim=D_IN,
+        dict_size=D_SAE,
+        k=K,
+        layer=0,
+        lm_name="synthetic",
+        warmup_steps=warm,
+        seed=args.seed,
+        device="cpu",
+        **kw,
+    )
     times = _timed_loop(lambda i, x: trainer.update(i, x), train, args.steps, probe)
     ae = trainer.ae.eval()
 
@@ -349,8 +389,12 @@ def worker_dictionary_learning(args, train, held, probe) -> dict:
         z = ae.encode(x)
         return ae.decode(z), (z != 0).sum(-1)
 
-    hp = {"lr": trainer.lr, "warmup_steps": warm, "auxk_alpha": trainer.auxk_alpha,
-          "dead_feature_threshold": trainer.dead_feature_threshold}
+    hp = {
+        "lr": trainer.lr,
+        "warmup_steps": warm,
+        "auxk_alpha": trainer.auxk_alpha,
+        "dead_feature_threshold": trainer.dead_feature_threshold,
+    }
     return {"step_times": times, "hparams": hp, **evaluate(ed, held)}
 
 
@@ -363,8 +407,13 @@ def worker_sparsify(args, train, held, probe) -> dict:
 
     scfg = SparseCoderConfig(activation="topk", expansion_factor=EXPANSION, k=K)
     warm = max(1, round(args.warmup_fraction * args.steps))
-    cfg = TrainConfig(sae=scfg, optimizer=args.sparsify_optimizer, lr=args.peer_lr, lr_warmup_steps=warm,
-                      log_to_wandb=False)
+    cfg = TrainConfig(
+        sae=scfg,
+        optimizer=args.sparsify_optimizer,
+        lr=args.peer_lr,
+        lr_warmup_steps=warm,
+        log_to_wandb=False,
+    )
     torch.manual_seed(args.seed)
     sae = SparseCoder(D_IN, scfg, "cpu", dtype=torch.float32)
     # Trainer.__init__'s optimizer set-up, for one SAE.
@@ -463,10 +512,17 @@ def _version(lib: str) -> str:
     v = md.version(DIST[lib])
     if lib == "saeflow":
         try:
-            sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, check=True).stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
-                                   capture_output=True, text=True).stdout.strip()
+            sha = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
             v += f"+g{sha}" + (".dirty" if dirty else "")
         except (OSError, subprocess.CalledProcessError):
             pass
@@ -511,19 +567,33 @@ def fmt(v, nd=3):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=150, help="training steps (batches of 4096) per library")
-    ap.add_argument("--only", action="append", choices=LIBS, help="run only this library (repeatable)")
-    ap.add_argument("--out", default=str(HERE / "results"), help="directory for sae_speed.tsv / .json")
+    ap.add_argument(
+        "--steps", type=int, default=150, help="training steps (batches of 4096) per library"
+    )
+    ap.add_argument(
+        "--only", action="append", choices=LIBS, help="run only this library (repeatable)"
+    )
+    ap.add_argument(
+        "--out", default=str(HERE / "results"), help="directory for sae_speed.tsv / .json"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=5, help="steps left out of the median step time")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--warmup-fraction", type=float, default=0.05,
-                    help="lr warmup for peers whose default warmup (1000 steps) exceeds the run")
+    ap.add_argument(
+        "--warmup-fraction",
+        type=float,
+        default=0.05,
+        help="lr warmup for peers whose default warmup (1000 steps) exceeds the run",
+    )
     ap.add_argument("--peer-lr", type=float, default=None, help="override the peers' default lr")
     ap.add_argument("--saeflow-lr", type=float, default=None, help="override saeflow's default lr")
     ap.add_argument("--sparsify-optimizer", choices=("adam", "signum"), default="adam")
-    ap.add_argument("--fvu-tol", type=float, default=0.0,
-                    help="saeflow's held-out FVU may exceed the best peer's by this much and still count")
+    ap.add_argument(
+        "--fvu-tol",
+        type=float,
+        default=0.0,
+        help="saeflow's held-out FVU may exceed the best peer's by this much and still count",
+    )
     # internal: run one library in this process
     ap.add_argument("--worker", choices=ALL_WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--train", help=argparse.SUPPRESS)
@@ -548,21 +618,43 @@ def main() -> int:
         t0 = time.perf_counter()
         make_activations(train, n_train, seed=args.seed * 2 + 1)
         make_activations(held, N_HELDOUT, seed=args.seed * 2 + 2)
-        print(f"data: {n_train} train + {N_HELDOUT} held-out rows x {D_IN} float32 "
-              f"({(n_train + N_HELDOUT) * D_IN * 4 / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f}s",
-              flush=True)
+        print(
+            f"data: {n_train} train + {N_HELDOUT} held-out rows x {D_IN} float32 "
+            f"({(n_train + N_HELDOUT) * D_IN * 4 / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
 
         results = {}
         for lib in ["matmul"] + libs:
             rpath = tmp / f"{lib}.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib, "--train", str(train),
-                   "--heldout", str(held), "--result", str(rpath), "--steps", str(args.steps),
-                   "--threads", str(args.threads), "--seed", str(args.seed),
-                   "--warmup-fraction", str(args.warmup_fraction), "--sparsify-optimizer", args.sparsify_optimizer]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                lib,
+                "--train",
+                str(train),
+                "--heldout",
+                str(held),
+                "--result",
+                str(rpath),
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+                "--seed",
+                str(args.seed),
+                "--warmup-fraction",
+                str(args.warmup_fraction),
+                "--sparsify-optimizer",
+                args.sparsify_optimizer,
+            ]
             for flag, val in (("--peer-lr", args.peer_lr), ("--saeflow-lr", args.saeflow_lr)):
                 if val is not None:
                     cmd += [flag, str(val)]
-            env = dict(os.environ, TQDM_DISABLE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+            env = dict(
+                os.environ, TQDM_DISABLE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false"
+            )
             print(f"-- {lib} ...", flush=True)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -570,7 +662,10 @@ def main() -> int:
                 results[lib] = json.loads(rpath.read_text())
             else:
                 tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
-                results[lib] = {"lib": lib, "error": f"worker exited {proc.returncode}: " + " | ".join(tail)}
+                results[lib] = {
+                    "lib": lib,
+                    "error": f"worker exited {proc.returncode}: " + " | ".join(tail),
+                }
             if "error" in results[lib]:
                 print(f"   {lib}: {results[lib]['error']}", flush=True)
                 if proc.returncode or "not available" not in results[lib]["error"]:
@@ -581,33 +676,60 @@ def main() -> int:
     matmul_ms = ref.get("matmul_ms")
     rows = [summarise(results[lib], args.warmup, matmul_ms) for lib in libs]
 
-    cols = ["library", "version", "step_ms", "samples_per_s", "step_over_matmul", "heldout_fvu", "l0",
-            "paired_matmul_ms", "step_over_paired_matmul"]
+    cols = [
+        "library",
+        "version",
+        "step_ms",
+        "samples_per_s",
+        "step_over_matmul",
+        "heldout_fvu",
+        "l0",
+        "paired_matmul_ms",
+        "step_over_paired_matmul",
+    ]
     print()
-    print(f"TopK SAE, d={D_IN}, d_sae={D_SAE}, k={K}, batch={BATCH}, steps={args.steps}, "
-          f"threads={args.threads}, torch {ref.get('version')}")
-    print(f"reference (median ms): matmul x(4096x512)@W(512x2048) {fmt(ref.get('matmul_ms'), 2)}, "
-          f"topk(4096x2048, k=32) {fmt(ref.get('topk_ms'), 2)}, Adam step 2x(512x2048) "
-          f"{fmt(ref.get('adam_ms'), 2)} (fused {fmt(ref.get('adam_fused_ms'), 2)})")
+    print(
+        f"TopK SAE, d={D_IN}, d_sae={D_SAE}, k={K}, batch={BATCH}, steps={args.steps}, "
+        f"threads={args.threads}, torch {ref.get('version')}"
+    )
+    print(
+        f"reference (median ms): matmul x(4096x512)@W(512x2048) {fmt(ref.get('matmul_ms'), 2)}, "
+        f"topk(4096x2048, k=32) {fmt(ref.get('topk_ms'), 2)}, Adam step 2x(512x2048) "
+        f"{fmt(ref.get('adam_ms'), 2)} (fused {fmt(ref.get('adam_fused_ms'), 2)})"
+    )
     widths = [20, 22, 9, 14, 17, 12, 6, 17, 23]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     tsv = ["\t".join(cols + ["matmul_ms_in_worker", "error"])]
     for r in rows:
-        vals = [r["library"], r.get("version", ""), fmt(r.get("step_ms"), 1), fmt(r.get("samples_per_s"), 0),
-                fmt(r.get("step_over_matmul"), 2), fmt(r.get("heldout_fvu"), 4), fmt(r.get("l0"), 1),
-                fmt(r.get("paired_matmul_ms"), 1), fmt(r.get("step_over_paired_matmul"), 2)]
+        vals = [
+            r["library"],
+            r.get("version", ""),
+            fmt(r.get("step_ms"), 1),
+            fmt(r.get("samples_per_s"), 0),
+            fmt(r.get("step_over_matmul"), 2),
+            fmt(r.get("heldout_fvu"), 4),
+            fmt(r.get("l0"), 1),
+            fmt(r.get("paired_matmul_ms"), 1),
+            fmt(r.get("step_over_paired_matmul"), 2),
+        ]
         line = "  ".join(v.ljust(w) for v, w in zip(vals, widths))
         if "error" in r:
             line += "  " + r["error"][:200]
         print(line.rstrip())
         mm = ",".join(f"{v:.2f}" for v in r.get("matmul_ms_in_worker") or [])
         tsv.append("\t".join(vals + [mm, r.get("error", "").replace("\t", " ").replace("\n", " ")]))
-    noisy = [(r["library"], v) for r in rows for v in (r.get("matmul_ms_in_worker") or [])
-             if matmul_ms and abs(v / matmul_ms - 1) > 0.25]
+    noisy = [
+        (r["library"], v)
+        for r in rows
+        for v in (r.get("matmul_ms_in_worker") or [])
+        if matmul_ms and abs(v / matmul_ms - 1) > 0.25
+    ]
     if noisy:
-        print(f"WARNING: the matmul re-timed inside the workers moved by >25% from the {matmul_ms:.2f} ms baseline "
-              f"({', '.join(f'{lib} {v:.1f} ms' for lib, v in noisy)}): the machine was busy; step times and "
-              f"step_over_matmul are noisy, step_over_paired_matmul less so.")
+        print(
+            f"WARNING: the matmul re-timed inside the workers moved by >25% from the {matmul_ms:.2f} ms baseline "
+            f"({', '.join(f'{lib} {v:.1f} ms' for lib, v in noisy)}): the machine was busy; step times and "
+            f"step_over_matmul are noisy, step_over_paired_matmul less so."
+        )
 
     # The two checks of the issue.
     checks = {}
@@ -620,41 +742,74 @@ def main() -> int:
         speedup = fastest["step_ms"] / sf["step_ms"]
         fvu_ok = sf["heldout_fvu"] <= best["heldout_fvu"] + args.fvu_tol
         ok = speedup >= 2.0 and fvu_ok
-        checks["speedup"] = dict(value=speedup, fastest_peer=fastest["library"], saeflow_fvu=sf["heldout_fvu"],
-                                 fastest_peer_fvu=fastest["heldout_fvu"], best_peer=best["library"],
-                                 best_peer_fvu=best["heldout_fvu"], fvu_ok=fvu_ok, passed=ok)
-        print(f"{'PASS' if ok else 'FAIL'}: saeflow is {speedup:.2f}x the fastest peer ({fastest['library']}, "
-              f"{fastest['step_ms']:.1f} ms/step) [need >= 2]; held-out FVU {sf['heldout_fvu']:.4f} vs "
-              f"{fastest['library']} {fastest['heldout_fvu']:.4f}, best peer {best['library']} "
-              f"{best['heldout_fvu']:.4f} [need <= best + {args.fvu_tol}]")
-        if sf.get("step_over_paired_matmul") and all(r.get("step_over_paired_matmul") for r in peers):
+        checks["speedup"] = dict(
+            value=speedup,
+            fastest_peer=fastest["library"],
+            saeflow_fvu=sf["heldout_fvu"],
+            fastest_peer_fvu=fastest["heldout_fvu"],
+            best_peer=best["library"],
+            best_peer_fvu=best["heldout_fvu"],
+            fvu_ok=fvu_ok,
+            passed=ok,
+        )
+        print(
+            f"{'PASS' if ok else 'FAIL'}: saeflow is {speedup:.2f}x the fastest peer ({fastest['library']}, "
+            f"{fastest['step_ms']:.1f} ms/step) [need >= 2]; held-out FVU {sf['heldout_fvu']:.4f} vs "
+            f"{fastest['library']} {fastest['heldout_fvu']:.4f}, best peer {best['library']} "
+            f"{best['heldout_fvu']:.4f} [need <= best + {args.fvu_tol}]"
+        )
+        if sf.get("step_over_paired_matmul") and all(
+            r.get("step_over_paired_matmul") for r in peers
+        ):
             pf = min(peers, key=lambda r: r["step_over_paired_matmul"])
             pspeed = pf["step_over_paired_matmul"] / sf["step_over_paired_matmul"]
             checks["speedup"]["paired_value"] = pspeed
-            print(f"      (in units of the paired matmul: {pspeed:.2f}x the fastest peer, {pf['library']})")
+            print(
+                f"      (in units of the paired matmul: {pspeed:.2f}x the fastest peer, {pf['library']})"
+            )
     else:
         print("SKIP: speedup check needs saeflow and at least one peer")
     if sf and matmul_ms:
         ratio = sf["step_ms"] / matmul_ms
         checks["step_over_matmul"] = dict(value=ratio, passed=ratio <= 2.5)
-        print(f"{'PASS' if ratio <= 2.5 else 'FAIL'}: saeflow step / dense encoder matmul = {ratio:.2f} "
-              f"[need <= 2.5] ({sf['step_ms']:.1f} ms / {matmul_ms:.2f} ms)")
+        print(
+            f"{'PASS' if ratio <= 2.5 else 'FAIL'}: saeflow step / dense encoder matmul = {ratio:.2f} "
+            f"[need <= 2.5] ({sf['step_ms']:.1f} ms / {matmul_ms:.2f} ms)"
+        )
         if sf.get("step_over_paired_matmul"):
             checks["step_over_matmul"]["paired_value"] = sf["step_over_paired_matmul"]
-            print(f"      (over the matmul timed between its own steps: {sf['step_over_paired_matmul']:.2f})")
+            print(
+                f"      (over the matmul timed between its own steps: {sf['step_over_paired_matmul']:.2f})"
+            )
     else:
         print("SKIP: step/matmul check needs saeflow and the matmul baseline")
 
     (out_dir / "sae_speed.tsv").write_text("\n".join(tsv) + "\n")
-    report = dict(config=dict(d_in=D_IN, d_sae=D_SAE, k=K, batch=BATCH, steps=args.steps, threads=args.threads,
-                              heldout_rows=N_HELDOUT, seed=args.seed, warmup_steps_excluded=args.warmup,
-                              warmup_fraction=args.warmup_fraction, sparsify_optimizer=args.sparsify_optimizer),
-                  reference=ref, rows=rows, checks=checks,
-                  raw={k: {kk: vv for kk, vv in v.items()} for k, v in results.items()},
-                  wall_seconds=round(time.perf_counter() - t_start, 1))
+    report = dict(
+        config=dict(
+            d_in=D_IN,
+            d_sae=D_SAE,
+            k=K,
+            batch=BATCH,
+            steps=args.steps,
+            threads=args.threads,
+            heldout_rows=N_HELDOUT,
+            seed=args.seed,
+            warmup_steps_excluded=args.warmup,
+            warmup_fraction=args.warmup_fraction,
+            sparsify_optimizer=args.sparsify_optimizer,
+        ),
+        reference=ref,
+        rows=rows,
+        checks=checks,
+        raw={k: {kk: vv for kk, vv in v.items()} for k, v in results.items()},
+        wall_seconds=round(time.perf_counter() - t_start, 1),
+    )
     (out_dir / "sae_speed.json").write_text(json.dumps(report, indent=1))
-    print(f"\nwrote {out_dir / 'sae_speed.tsv'} and {out_dir / 'sae_speed.json'} "
-          f"({time.perf_counter() - t_start:.0f}s in all)")
+    print(
+        f"\nwrote {out_dir / 'sae_speed.tsv'} and {out_dir / 'sae_speed.json'} "
+        f"({time.perf_counter() - t_start:.0f}s in all)"
+    )
     return 0
 
 

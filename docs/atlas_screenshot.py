@@ -36,7 +36,9 @@ def main() -> None:
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=shutil.which("chromium"))
         page = b.new_page(viewport={"width": 1100, "height": 1000})
-        page.goto((base / "atlas" / "index.html").as_uri() + f"#/{a.sae}/layer/{layer}/feature/{feature}")
+        page.goto(
+            (base / "atlas" / "index.html").as_uri() + f"#/{a.sae}/layer/{layer}/feature/{feature}"
+        )
         page.wait_for_selector("body[data-ready=feature]")
         page.screenshot(path=str(a.out), full_page=False)
         b.close()

@@ -1,4 +1,4 @@
-from saeflow.toy_cells import write_pbmc_tissue
+from saeflow.cells.toy import write_pbmc_tissue
 from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,4 +1,4 @@
-from saeflow.toy import build_toy_genome
+from saeflow.dna.toy import build_toy_genome
 from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,4 +1,4 @@
-from saeflow.cellatlas import summarise
+from saeflow.cells.analysis import summarise
 from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])

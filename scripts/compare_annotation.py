@@ -4,14 +4,31 @@ from saeflow.utils import setup_logging, write_table
 
 setup_logging(snakemake.log[0])
 runs, s, w = snakemake.params.runs, snakemake.params.settings, snakemake.wildcards
-tables = {r["label"]: annotation_rates(read_layer_table(r["files"]["summary"], what="annotation summary"), r["kind"])
-          for r in runs}
+tables = {
+    r["label"]: annotation_rates(
+        read_layer_table(r["files"]["summary"], what="annotation summary"), r["kind"]
+    )
+    for r in runs
+}
 n_layers = {r["label"]: r["n_layers"] for r in runs}
-rates = [c for c in ("alive_fraction", "annotated_fraction", "novel_fraction")
-         if any(c in t.columns for t in tables.values())]
-shared = [c for c in next(iter(tables.values())).columns
-          if c != "layer" and all(c in t.columns for t in tables.values()) and c not in rates]
-write_table(compare_layer_tables(tables, n_layers, columns=rates + shared, max_gap=s["max_gap"]),
-            snakemake.output.table)
-plot_by_depth({k: t.reindex(columns=["layer", *rates]) for k, t in tables.items()}, n_layers, rates,
-              snakemake.output.plot, title=f"{w.comparison}: annotation rates by relative depth")
+rates = [
+    c
+    for c in ("alive_fraction", "annotated_fraction", "novel_fraction")
+    if any(c in t.columns for t in tables.values())
+]
+shared = [
+    c
+    for c in next(iter(tables.values())).columns
+    if c != "layer" and all(c in t.columns for t in tables.values()) and c not in rates
+]
+write_table(
+    compare_layer_tables(tables, n_layers, columns=rates + shared, max_gap=s["max_gap"]),
+    snakemake.output.table,
+)
+plot_by_depth(
+    {k: t.reindex(columns=["layer", *rates]) for k, t in tables.items()},
+    n_layers,
+    rates,
+    snakemake.output.plot,
+    title=f"{w.comparison}: annotation rates by relative depth",
+)

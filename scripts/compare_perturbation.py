@@ -5,17 +5,51 @@ from saeflow.compare.runs import read_layer_table
 from saeflow.utils import setup_logging, write_table
 
 setup_logging(snakemake.log[0])
-runs, s, w, alpha = snakemake.params.runs, snakemake.params.settings, snakemake.wildcards, snakemake.params.alpha
-regs = {r["label"]: read_layer_table(r["files"]["regulatory"], what="regulatory-logic table",
-                                     required=["layer", "tf", "q"]) for r in runs}
-targets = {r["label"]: read_layer_table(r["files"]["targets"], what="perturbation summary",
-                                        required=["layer", "target", "responding"]) for r in runs}
-table, pairs = compare_specificity(regs, targets, {r["label"]: r["n_layers"] for r in runs},
-                                   {r["label"]: r["layers"] for r in runs}, alpha=alpha, max_gap=s["max_gap"])
+runs, s, w, alpha = (
+    snakemake.params.runs,
+    snakemake.params.settings,
+    snakemake.wildcards,
+    snakemake.params.alpha,
+)
+regs = {
+    r["label"]: read_layer_table(
+        r["files"]["regulatory"], what="regulatory-logic table", required=["layer", "tf", "q"]
+    )
+    for r in runs
+}
+targets = {
+    r["label"]: read_layer_table(
+        r["files"]["targets"],
+        what="perturbation summary",
+        required=["layer", "target", "responding"],
+    )
+    for r in runs
+}
+table, pairs = compare_specificity(
+    regs,
+    targets,
+    {r["label"]: r["n_layers"] for r in runs},
+    {r["label"]: r["layers"] for r in runs},
+    alpha=alpha,
+    max_gap=s["max_gap"],
+)
 for p in pairs.itertuples():
     logging.getLogger("compare_perturbation").info(
-        "%s L%d vs %s L%d: %d shared TFs, specificity %.3f vs %.3f, McNemar p %.3g (q %.3g)", p.run_a, p.layer_a,
-        p.run_b, p.layer_b, p.shared_tfs, p.specificity_a, p.specificity_b, p.p_mcnemar, p.q_mcnemar)
+        "%s L%d vs %s L%d: %d shared TFs, specificity %.3f vs %.3f, McNemar p %.3g (q %.3g)",
+        p.run_a,
+        p.layer_a,
+        p.run_b,
+        p.layer_b,
+        p.shared_tfs,
+        p.specificity_a,
+        p.specificity_b,
+        p.p_mcnemar,
+        p.q_mcnemar,
+    )
 write_table(table, snakemake.output.table)
 write_table(pairs, snakemake.output.pairs)
-plot_specificity(table, snakemake.output.plot, title=f"{w.comparison}: perturbation specificity by relative depth")
+plot_specificity(
+    table,
+    snakemake.output.plot,
+    title=f"{w.comparison}: perturbation specificity by relative depth",
+)

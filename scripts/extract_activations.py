@@ -17,7 +17,7 @@ family = {"family": p.family} if p.family and p.family != "toy" else {}
 model_path = os.path.join(i.model, p.subfolder)  # models.<name>.subfolder ("" = the directory)
 adapter = load_model(model_path, device=torch_device(), **family)
 if "cells" in i.keys():  # cell datasets: the table's rows are the cells of cells.h5ad, in order
-    from saeflow.cells import load_cells
+    from saeflow.cells.prepare import load_cells
 
     items = load_cells(i.cells)[start:end]
 else:

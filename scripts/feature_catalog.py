@@ -6,7 +6,7 @@ import torch
 
 from saeflow import histogram
 from saeflow.activations import ActivationStore
-from saeflow.catalog import build_catalog
+from saeflow.dna.catalog import build_catalog
 from saeflow.models.adapter import load_vocab
 from saeflow.sae.base import load_sae
 from saeflow.utils import atomic_path, read_json, setup_logging, write_json
@@ -20,8 +20,14 @@ family = snakemake.params.family if snakemake.params.family != "toy" else None
 vocab = load_vocab(os.path.join(i.model, snakemake.params.subfolder), family=family)
 hist = histogram.empty(sae.d_sae)  # per-feature activation histograms (the atlas's feature pages)
 feats, contexts, summary, sv = build_catalog(
-    sae, ActivationStore(i.acts), int(snakemake.wildcards.layer), pd.read_parquet(i.sequences),
-    vocab, snakemake.params.catalog, read_json(f"{i.sae}/metrics.json"), hist=hist,
+    sae,
+    ActivationStore(i.acts),
+    int(snakemake.wildcards.layer),
+    pd.read_parquet(i.sequences),
+    vocab,
+    snakemake.params.catalog,
+    read_json(f"{i.sae}/metrics.json"),
+    hist=hist,
 )
 with atomic_path(snakemake.output[0]) as tmp:
     tmp.mkdir()

@@ -3,8 +3,8 @@ import os
 import pandas as pd
 import torch
 
-from saeflow.evidence import head_scan, load_motifs
-from saeflow.evidence_plots import head_scan_heatmap
+from saeflow.dna.evidence import head_scan, load_motifs
+from saeflow.dna.evidence_plots import head_scan_heatmap
 from saeflow.models.adapter import load_model
 from saeflow.utils import setup_job, torch_device, write_table
 
@@ -13,7 +13,16 @@ torch.set_num_threads(snakemake.threads)
 i, ev, p, w = snakemake.input, snakemake.params.evidence, snakemake.params, snakemake.wildcards
 adapter = load_model(os.path.join(i.model, p.subfolder), device=torch_device(), family=p.family)
 motifs = load_motifs(ev["motifs"], ev["jaspar_release"], ev["pseudocount"], ev["threshold"])
-table = head_scan(adapter, pd.read_parquet(i.sequences), motifs, n_sequences=ev["head_scan_sequences"],
-                  batch_size=ev["batch_size"], seed=ev["seed"], n_boot=ev["probe_bootstrap"])
+table = head_scan(
+    adapter,
+    pd.read_parquet(i.sequences),
+    motifs,
+    n_sequences=ev["head_scan_sequences"],
+    batch_size=ev["batch_size"],
+    seed=ev["seed"],
+    n_boot=ev["probe_bootstrap"],
+)
 write_table(table, snakemake.output.table)
-head_scan_heatmap(table, snakemake.output.plot, title=f"{w.model} / {w.dataset}: attention-head scan")
+head_scan_heatmap(
+    table, snakemake.output.plot, title=f"{w.model} / {w.dataset}: attention-head scan"
+)

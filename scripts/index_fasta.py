@@ -1,4 +1,4 @@
-from saeflow.genome import bgzip_and_index
+from saeflow.dna.genome import bgzip_and_index
 from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])

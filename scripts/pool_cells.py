@@ -1,4 +1,4 @@
-from saeflow.cells import pool_cells
+from saeflow.cells.prepare import pool_cells
 from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,4 +1,4 @@
-from saeflow.genome import prepare_sequences
+from saeflow.dna.genome import prepare_sequences
 from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,9 +1,9 @@
 import pandas as pd
 import torch
 
-from saeflow.cells import load_cells
+from saeflow.cells.prepare import load_cells
+from saeflow.cells.toy import train_toy_geneformer
 from saeflow.models.base import CellMatrix
-from saeflow.toy_cells import train_toy_geneformer
 from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])

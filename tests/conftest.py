@@ -2,7 +2,6 @@ import os
 
 import numpy as np
 import pandas as pd
-
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,11 +25,13 @@ TOY = dict(
 
 @pytest.fixture(scope="session")
 def toy_genome(tmp_path_factory):
-    from saeflow.genome import bgzip_and_index
-    from saeflow.toy import build_toy_genome
+    from saeflow.dna.genome import bgzip_and_index
+    from saeflow.dna.toy import build_toy_genome
 
     d = tmp_path_factory.mktemp("toy")
-    planted = build_toy_genome(TOY, d / "genome.fa", d / "peaks.bed", d / "signal.bw", d / "planted.tsv")
+    planted = build_toy_genome(
+        TOY, d / "genome.fa", d / "peaks.bed", d / "signal.bw", d / "planted.tsv"
+    )
     bgzip_and_index(d / "genome.fa", d / "genome.fa.gz")
     return d, planted
 
@@ -43,7 +44,9 @@ def tiny_model_dir(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("model")
     tok = build_nucleotide_tokenizer(130)
-    model = build_model(dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, seq_len=128), tok)
+    model = build_model(
+        dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, seq_len=128), tok
+    )
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
@@ -65,10 +68,20 @@ def make_store(tmp_path, n=6000, d=16, n_atoms=24, k=3, seed=0):
     d_ = tmp_path / "acts"
     d_.mkdir(parents=True)
     np.save(d_ / "layer1.npy", x.astype(np.float16))
-    pd.DataFrame({"seq": np.arange(n) // 10, "pos": np.arange(n) % 10, "token_id": 0, "start": 0, "end": 1}).to_parquet(
-        d_ / "tokens.parquet")
-    write_json(d_ / "manifest.json", {"n_tokens": n, "d_model": d, "layers": [1], "model": "syn", "dataset": "syn",
-                                      "n_sequences": n // 10})
+    pd.DataFrame(
+        {"seq": np.arange(n) // 10, "pos": np.arange(n) % 10, "token_id": 0, "start": 0, "end": 1}
+    ).to_parquet(d_ / "tokens.parquet")
+    write_json(
+        d_ / "manifest.json",
+        {
+            "n_tokens": n,
+            "d_model": d,
+            "layers": [1],
+            "model": "syn",
+            "dataset": "syn",
+            "n_sequences": n // 10,
+        },
+    )
     return ActivationStore(d_), atoms
 
 
@@ -86,5 +99,7 @@ def local_run(tmp_path_factory):
     from wfutil import copy_workflow, load_test_config, smk
 
     wd = copy_workflow(tmp_path_factory.mktemp("run"), load_test_config())
-    smk(wd, timeout=3600)  # ~120 jobs: two toy LMs, a toy Geneformer, SAEs, evidence, comparisons, atlases
+    smk(
+        wd, timeout=3600
+    )  # ~120 jobs: two toy LMs, a toy Geneformer, SAEs, evidence, comparisons, atlases
     return wd

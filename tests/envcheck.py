@@ -153,7 +153,9 @@ def parse_rules(repo: Path = REPO) -> list[Rule]:
                             j += 1
                         rest = lines[j].strip() if j < len(lines) else ""
                     s = _STRING.match(rest)
-                    rule.directives[key] = (s.group(2) if s.group(2) is not None else s.group(3)) if s else None
+                    rule.directives[key] = (
+                        (s.group(2) if s.group(2) is not None else s.group(3)) if s else None
+                    )
                 i += 1
     return rules
 
@@ -197,7 +199,9 @@ def _guarded(tree: ast.AST) -> set[ast.AST]:
                 names |= {t.id for t in types if isinstance(t, ast.Name)}
             if names & {"ImportError", "ModuleNotFoundError"}:
                 for stmt in node.body:
-                    out |= {n for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+                    out |= {
+                        n for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))
+                    }
     return out
 
 
@@ -292,7 +296,9 @@ class ImportGraph:
                     continue
                 if full.split(".")[0] == PKG:
                     sub = f"{full}.{a.name}"
-                    out[a.asname or a.name] = ("module", sub) if sub in self.modules else ("symbol", full, a.name)
+                    out[a.asname or a.name] = (
+                        ("module", sub) if sub in self.modules else ("symbol", full, a.name)
+                    )
                 else:
                     out[a.asname or a.name] = ("ext",)
         return out
@@ -308,17 +314,28 @@ class ImportGraph:
             full = self._resolve_from(node, mod)
             names = [full]
             if full.split(".")[0] == PKG:
-                names += [f"{full}.{a.name}" for a in node.names if f"{full}.{a.name}" in self.modules]
+                names += [
+                    f"{full}.{a.name}" for a in node.names if f"{full}.{a.name}" in self.modules
+                ]
         for name in names:
             parts = name.split(".")
             if parts[0] == PKG:
-                out += [("mod", ".".join(parts[: i + 1])) for i in range(len(parts))
-                        if ".".join(parts[: i + 1]) in self.modules]
-            elif not stdlib(name) and node not in guarded and not (isinstance(node, ast.ImportFrom) and node.level):
+                out += [
+                    ("mod", ".".join(parts[: i + 1]))
+                    for i in range(len(parts))
+                    if ".".join(parts[: i + 1]) in self.modules
+                ]
+            elif (
+                not stdlib(name)
+                and node not in guarded
+                and not (isinstance(node, ast.ImportFrom) and node.level)
+            ):
                 out.append(("ext", parts[0]))
         return out
 
-    def _region_edges(self, nodes, mod: _Module | None, parents, guarded, local_defs) -> list[tuple]:
+    def _region_edges(
+        self, nodes, mod: _Module | None, parents, guarded, local_defs
+    ) -> list[tuple]:
         """Edges out of a code region (an iterable of AST nodes)."""
         nodes = list(nodes)
         bindings = dict(mod.top_bindings) if mod else {}
@@ -373,7 +390,11 @@ class ImportGraph:
                 out += self._region_edges(ast.walk(m.tree), m, m.parents, set(), {})
             else:
                 out += self._region_edges(
-                    (n for s in m.tree.body for n in _init_nodes(s)), m, m.parents, m.guarded, m.defs
+                    (n for s in m.tree.body for n in _init_nodes(s)),
+                    m,
+                    m.parents,
+                    m.guarded,
+                    m.defs,
                 )
         elif kind == "all":
             m = self.modules[node[1]]
@@ -485,7 +506,10 @@ def closure(names, path: list[str] | None = None) -> dict[str, dict]:
         if name not in found:
             raise KeyError(f"{name} (required by {by}) is not installed")
         dist = found[name]
-        entry = out.setdefault(name, {"name": dist.metadata["Name"], "version": dist.version.split("+")[0], "by": set()})
+        entry = out.setdefault(
+            name,
+            {"name": dist.metadata["Name"], "version": dist.version.split("+")[0], "by": set()},
+        )
         entry["by"].add(by)
         if (name, extras) in seen:
             continue
@@ -591,25 +615,36 @@ def needs_by_env(graph: ImportGraph | None = None, repo: Path = REPO) -> dict[Pa
 def render_env(path: Path, needs: EnvNeeds) -> str:
     """The env file for ``needs``: header kept, pins = closure of the needed dists in this venv."""
     old = path.read_text().splitlines() if path.exists() else []
-    header = [l for l in old[: next((i for i, l in enumerate(old) if not l.startswith("#")), len(old))]
-              if not l.startswith(("# Rules:", "#   ", "# Pins:", "# with `"))]
+    header = [
+        l
+        for l in old[: next((i for i, l in enumerate(old) if not l.startswith("#")), len(old))]
+        if not l.startswith(("# Rules:", "#   ", "# Pins:", "# with `"))
+    ]
     direct = needs.dists()
     pins = closure(direct)
     names = sorted(pins, key=lambda n: (n not in direct, n))
     rules = ", ".join(sorted({r.name for r in needs.rules})) + "."
     rules_lines = textwrap.wrap(rules, 92, initial_indent="# Rules: ", subsequent_indent="#   ")
-    lines = header + rules_lines + [
-        "# Pins: the versions of the project venv, with their whole requirement closure (regenerate",
-        "# with `.venv/bin/python tests/envcheck.py --write`; tests/test_envs.py checks them).",
-        "channels: [conda-forge, nodefaults]",
-        "dependencies:",
-        "  - python=3.11",
-        "  - pip",
-        "  - pip:",
-    ]
+    lines = (
+        header
+        + rules_lines
+        + [
+            "# Pins: the versions of the project venv, with their whole requirement closure (regenerate",
+            "# with `.venv/bin/python tests/envcheck.py --write`; tests/test_envs.py checks them).",
+            "channels: [conda-forge, nodefaults]",
+            "dependencies:",
+            "  - python=3.11",
+            "  - pip",
+            "  - pip:",
+        ]
+    )
     for n in names:
         e = pins[n]
-        note = f"  # import {direct[n]}" if n in direct else "  # for " + ", ".join(sorted(e["by"] - {"the scripts"}))
+        note = (
+            f"  # import {direct[n]}"
+            if n in direct
+            else "  # for " + ", ".join(sorted(e["by"] - {"the scripts"}))
+        )
         lines.append(f"      - {e['name']}=={e['version']}{note}")
     return "\n".join(lines) + "\n"
 
@@ -624,9 +659,11 @@ def render_constraints() -> str:
     for path in env_files():
         for name, versions in load_env(path).pins().items():
             pins[name] = versions[0]
-    return ("# Generated by `.venv/bin/python tests/envcheck.py --write` from envs/*.yaml: the pins of every\n"
-            "# rule env in one file; `bash run.sh` installs the project venv under it (pip -c).\n"
-            + "".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
+    return (
+        "# Generated by `.venv/bin/python tests/envcheck.py --write` from envs/*.yaml: the pins of every\n"
+        "# rule env in one file; `bash run.sh` installs the project venv under it (pip -c).\n"
+        + "".join(f"{n}=={v}\n" for n, v in sorted(pins.items()))
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -640,7 +677,7 @@ def main(argv: list[str]) -> int:
             print(f"    {imp:14s} {format_chain(chain)}")
         if "--write" in argv:
             env_path.write_text(render_env(env_path, n))
-            print(f"    written")
+            print("    written")
     if "--write" in argv:
         CONSTRAINTS.write_text(render_constraints())
         print(f"{CONSTRAINTS.relative_to(REPO)}: written")

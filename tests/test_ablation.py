@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from saeflow.ablation import ablate, matched_null_features, null_p, specificity
 from saeflow.sae import ReluL1SAE
+from saeflow.sae.ablation import ablate, matched_null_features, null_p, specificity
 from saeflow.utils import SaeflowError
 
 
@@ -26,7 +26,7 @@ def test_ablation_removes_exactly_the_feature_write_and_keeps_the_error():
     z = sae.encode(x)
     f = int(torch.argmax((z > 0).float().mean(0)))
     xa = ablate(sae, x, f)
-    torch.testing.assert_close(x - xa, z[:, f:f + 1] * sae.W_dec[f], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x - xa, z[:, f : f + 1] * sae.W_dec[f], rtol=1e-5, atol=1e-6)
     idle = z[:, f] == 0
     assert idle.any() and torch.equal(xa[idle], x[idle])  # where f is silent nothing changes
     # the error term (x - x_hat) survives: it is not replaced by the reconstruction
@@ -34,7 +34,9 @@ def test_ablation_removes_exactly_the_feature_write_and_keeps_the_error():
     assert err.abs().max() > 0.1 and not torch.allclose(xa, sae(x))
     # several at once = the sum of their writes; shape kept for (batch, tokens, d)
     both = ablate(sae, x.reshape(40, 100, -1), [f, (f + 1) % 64]).reshape(x.shape)
-    torch.testing.assert_close(x - both, z[:, [f, (f + 1) % 64]] @ sae.W_dec[[f, (f + 1) % 64]], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        x - both, z[:, [f, (f + 1) % 64]] @ sae.W_dec[[f, (f + 1) % 64]], rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(SaeflowError, match="width"):
         ablate(sae, x[:, :5], f)
     with pytest.raises(SaeflowError, match="out of range"):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from tinymodels import gene, make_dnabert_dir, make_geneformer_dir, make_nt_dir, nt_config
 
 from saeflow.models import load_model
 from saeflow.models.adapter import FAMILIES, LOADERS, detect_family, load_vocab
 from saeflow.models.base import Capture, CellMatrix, Patch
 from saeflow.utils import SaeflowError
 
-from tinymodels import gene, make_dnabert_dir, make_geneformer_dir, make_nt_dir, nt_config
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
@@ -34,8 +34,13 @@ def dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adapters(dirs):
-    fam = {"dnabert3": "dnabert", "dnabert6": "dnabert", "nt": "nucleotide_transformer",
-           "geneformer_V1": "geneformer", "geneformer_V2": "geneformer"}
+    fam = {
+        "dnabert3": "dnabert",
+        "dnabert6": "dnabert",
+        "nt": "nucleotide_transformer",
+        "geneformer_V1": "geneformer",
+        "geneformer_V2": "geneformer",
+    }
     return {name: load_model(dirs[name], family=fam[name]) for name in dirs}
 
 
@@ -47,8 +52,12 @@ def cells(n_genes=30, seed=0, n_cells=3):
     X = rng.poisson(2.0, size=(n_cells, n_genes)) * (rng.random((n_cells, n_genes)) < 0.6)
     X[2, :] = 0
     X[2, :4] = [3, 1, 0, 2]  # a cell with few genes: padding in the batch
-    return CellMatrix(sp.csr_matrix(X.astype(np.float32)), np.array([gene(i) for i in range(n_genes)], dtype=object),
-                      None, np.array([f"c{i}" for i in range(n_cells)]))
+    return CellMatrix(
+        sp.csr_matrix(X.astype(np.float32)),
+        np.array([gene(i) for i in range(n_genes)], dtype=object),
+        None,
+        np.array([f"c{i}" for i in range(n_cells)]),
+    )
 
 
 def batch_for(name, ad):
@@ -69,19 +78,28 @@ def test_hooks_captures_and_patches(adapters, name):
     # residual stream of every layer = output_hidden_states, exactly
     res = ad.run(tb, Capture(resid=list(range(N + 1))))
     with torch.no_grad():
-        ref = ad.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, output_hidden_states=True)
+        ref = ad.model(
+            input_ids=tb.input_ids, attention_mask=tb.attention_mask, output_hidden_states=True
+        )
     assert len(ref.hidden_states) == N + 1
     for L in range(N + 1):
         assert torch.equal(res.resid[L], ref.hidden_states[L]), f"layer {L}"
     assert torch.equal(res.logits, ref.logits)
     # identity patches change nothing; zeroing a head does
-    ident = ad.run(tb, patch=Patch(resid={L: (lambda h: h) for L in range(N + 1)},
-                                   heads={(1, 0): lambda x: x, (N, H - 1): lambda x: x}))
+    ident = ad.run(
+        tb,
+        patch=Patch(
+            resid={L: (lambda h: h) for L in range(N + 1)},
+            heads={(1, 0): lambda x: x, (N, H - 1): lambda x: x},
+        ),
+    )
     assert torch.equal(ident.logits, ref.logits)
     zero = ad.run(tb, patch=Patch(heads={(1, 1): torch.zeros_like}))
     assert not torch.allclose(zero.logits, ref.logits)
     replaced = ad.run(tb, Capture(resid=[1]), Patch(resid={1: torch.zeros_like}))
-    assert torch.count_nonzero(replaced.resid[1]) == 0 and not torch.allclose(replaced.logits, ref.logits)
+    assert torch.count_nonzero(replaced.resid[1]) == 0 and not torch.allclose(
+        replaced.logits, ref.logits
+    )
     # internals
     r = ad.run(tb, Capture(attn=[1, N], qkv=[1, N], head_out=[1], mlp=[1, N]))
     for L in (1, N):
@@ -93,7 +111,9 @@ def test_hooks_captures_and_patches(adapters, name):
             assert x.shape == (B, H, T, dh)
         assert r.mlp[L].shape == (B, T, ad.model.config.intermediate_size)
     assert r.head_out[1].shape == (B, T, H, dh)
-    torch.testing.assert_close(r.logits, ref.logits, atol=1e-4, rtol=1e-4)  # eager vs sdpa attention
+    torch.testing.assert_close(
+        r.logits, ref.logits, atol=1e-4, rtol=1e-4
+    )  # eager vs sdpa attention
     w = ad.head_weights(1)
     assert w["W_Q"].shape == (H, 16, dh) and w["W_O"].shape == (H, dh, 16)
 
@@ -103,7 +123,9 @@ def test_hooks_captures_and_patches(adapters, name):
 def test_dnabert_kmers_map_back_to_bases(tmp_path, k):
     from saeflow.models.dnabert import KmerTokenizer
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + ["".join(p) for p in itertools.product("ATCG", repeat=k)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+        "".join(p) for p in itertools.product("ATCG", repeat=k)
+    ]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = KmerTokenizer.from_file(tmp_path / "vocab.txt")
     assert tok.k == k
@@ -145,8 +167,12 @@ def test_dnabert_loads_and_tokenizes(dirs, adapters):
 def test_dnabert_vocab_errors(tmp_path):
     from saeflow.models.dnabert import KmerTokenizer
 
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "AAA", "AAT"]))
-    with pytest.raises(SaeflowError, match=r"vocab\.txt: 2 distinct 3-mers, a 3-mer vocabulary has 64"):
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "AAA", "AAT"])
+    )
+    with pytest.raises(
+        SaeflowError, match=r"vocab\.txt: 2 distinct 3-mers, a 3-mer vocabulary has 64"
+    ):
         KmerTokenizer.from_file(tmp_path / "vocab.txt")
     with pytest.raises(SaeflowError, match="no such file"):
         KmerTokenizer.from_file(tmp_path / "missing.txt")
@@ -160,9 +186,36 @@ def test_nt_tokens_six_mers_n_and_ragged_tail(adapters):
     s = "ACGTACGGTTAACG" + "N" + "ACGTACGT" + "NN" + "TTTTTTA"
     tb = ad.tokenize([s, s.lower(), "ACG"])
     toks = ad.tokenizer.convert_ids_to_tokens(tb.input_ids[0])
-    assert toks == ["<cls>", "ACGTAC", "GGTTAA", "C", "G", "N", "ACGTAC", "G", "T", "N", "N", "TTTTTT", "A"]
-    assert tb.offsets[0].tolist() == [[0, 0], [0, 6], [6, 12], [12, 13], [13, 14], [14, 15], [15, 21], [21, 22],
-                                      [22, 23], [23, 24], [24, 25], [25, 31], [31, 32]]
+    assert toks == [
+        "<cls>",
+        "ACGTAC",
+        "GGTTAA",
+        "C",
+        "G",
+        "N",
+        "ACGTAC",
+        "G",
+        "T",
+        "N",
+        "N",
+        "TTTTTT",
+        "A",
+    ]
+    assert tb.offsets[0].tolist() == [
+        [0, 0],
+        [0, 6],
+        [6, 12],
+        [12, 13],
+        [13, 14],
+        [14, 15],
+        [15, 21],
+        [21, 22],
+        [22, 23],
+        [23, 24],
+        [24, 25],
+        [25, 31],
+        [31, 32],
+    ]
     assert torch.equal(tb.input_ids[1], tb.input_ids[0])  # case-insensitive
     assert tb.special[0].tolist() == [True] + [False] * 12  # <cls> first, no <eos>
     for b, seq in enumerate([s, s, "ACG"]):
@@ -173,11 +226,21 @@ def test_nt_tokens_six_mers_n_and_ragged_tail(adapters):
         covered = sorted((int(a), int(e)) for a, e in tb.offsets[b][~tb.special[b]])
         assert covered[0][0] == 0 and covered[-1][1] == len(seq)  # the tokens tile the sequence
         assert all(x[1] == y[0] for x, y in zip(covered, covered[1:]))
-    assert ad.tokenizer.convert_ids_to_tokens(tb.input_ids[2][tb.attention_mask[2] == 1]) == ["<cls>", "A", "C", "G"]
+    assert ad.tokenizer.convert_ids_to_tokens(tb.input_ids[2][tb.attention_mask[2] == 1]) == [
+        "<cls>",
+        "A",
+        "C",
+        "G",
+    ]
     assert (tb.input_ids[2, 4:] == 1).all() and tb.special[2, 4:].all()  # <pad> = 1
     assert ad.tokenizer.mask_token_id == 2
     tb = ad.tokenize(["ACGTAC" * 10], max_length=4)
-    assert ad.tokenizer.convert_ids_to_tokens(tb.input_ids[0]) == ["<cls>", "ACGTAC", "ACGTAC", "ACGTAC"]
+    assert ad.tokenizer.convert_ids_to_tokens(tb.input_ids[0]) == [
+        "<cls>",
+        "ACGTAC",
+        "ACGTAC",
+        "ACGTAC",
+    ]
 
 
 def test_nt_tokens_equal_transformers_esm_tokenizer(dirs, adapters):
@@ -201,7 +264,10 @@ def test_nt_swiglu_is_the_published_feed_forward(adapters):
     """intermediate = silu(x1) * x2 of the two halves of one bias-free projection; output has no bias."""
     ad = adapters["nt"]
     layer = ad.model.esm.encoder.layer[0]
-    assert layer.intermediate.dense.weight.shape == (2 * 24, 16) and layer.intermediate.dense.bias is None
+    assert (
+        layer.intermediate.dense.weight.shape == (2 * 24, 16)
+        and layer.intermediate.dense.bias is None
+    )
     assert layer.output.dense.weight.shape == (16, 24) and layer.output.dense.bias is None
     x = torch.randn(2, 5, 16)
     x1, x2 = (x @ layer.intermediate.dense.weight.T).split(24, dim=-1)
@@ -213,22 +279,35 @@ def test_nt_swiglu_is_the_published_feed_forward(adapters):
 # plus SwiGLU `intermediate.dense` / `output.dense` without biases, an (unused) absolute
 # `position_embeddings` table and one rotary `inv_freq` buffer per layer.
 PUBLISHED_LAYER_KEYS = [
-    "attention.self.query.weight", "attention.self.query.bias",
-    "attention.self.key.weight", "attention.self.key.bias",
-    "attention.self.value.weight", "attention.self.value.bias",
+    "attention.self.query.weight",
+    "attention.self.query.bias",
+    "attention.self.key.weight",
+    "attention.self.key.bias",
+    "attention.self.value.weight",
+    "attention.self.value.bias",
     "attention.self.rotary_embeddings.inv_freq",
-    "attention.output.dense.weight", "attention.output.dense.bias",
-    "attention.LayerNorm.weight", "attention.LayerNorm.bias",
+    "attention.output.dense.weight",
+    "attention.output.dense.bias",
+    "attention.LayerNorm.weight",
+    "attention.LayerNorm.bias",
     "intermediate.dense.weight",
     "output.dense.weight",
-    "LayerNorm.weight", "LayerNorm.bias",
+    "LayerNorm.weight",
+    "LayerNorm.bias",
 ]
 PUBLISHED_TOP_KEYS = [
-    "esm.embeddings.word_embeddings.weight", "esm.embeddings.position_embeddings.weight",
-    "esm.encoder.emb_layer_norm_after.weight", "esm.encoder.emb_layer_norm_after.bias",
-    "esm.contact_head.regression.weight", "esm.contact_head.regression.bias",
-    "lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
-    "lm_head.decoder.weight", "lm_head.bias",
+    "esm.embeddings.word_embeddings.weight",
+    "esm.embeddings.position_embeddings.weight",
+    "esm.encoder.emb_layer_norm_after.weight",
+    "esm.encoder.emb_layer_norm_after.bias",
+    "esm.contact_head.regression.weight",
+    "esm.contact_head.regression.bias",
+    "lm_head.dense.weight",
+    "lm_head.dense.bias",
+    "lm_head.layer_norm.weight",
+    "lm_head.layer_norm.bias",
+    "lm_head.decoder.weight",
+    "lm_head.bias",
 ]
 
 
@@ -240,13 +319,18 @@ def test_nt_v2_state_dict_matches_the_published_checkpoint():
 
     from saeflow.models.ntv2_modeling import NTv2ForMaskedLM
 
-    cfg = EsmConfig(**nt_config(hidden_size=512, intermediate_size=2048, num_attention_heads=16,
-                                num_hidden_layers=12))
+    cfg = EsmConfig(
+        **nt_config(
+            hidden_size=512, intermediate_size=2048, num_attention_heads=16, num_hidden_layers=12
+        )
+    )
     with torch.device("meta"):
         model = NTv2ForMaskedLM(cfg)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     published = {k: None for k in PUBLISHED_TOP_KEYS}
-    published.update({f"esm.encoder.layer.{i}.{k}": None for i in range(12) for k in PUBLISHED_LAYER_KEYS})
+    published.update(
+        {f"esm.encoder.layer.{i}.{k}": None for i in range(12) for k in PUBLISHED_LAYER_KEYS}
+    )
     per_layer_inv = {k for k in published if k.endswith("rotary_embeddings.inv_freq")}
     assert set(ours) == (set(published) - per_layer_inv) | {"esm.rotary_embeddings.inv_freq"}
     assert ours["esm.encoder.layer.3.intermediate.dense.weight"] == (4096, 512)
@@ -255,7 +339,9 @@ def test_nt_v2_state_dict_matches_the_published_checkpoint():
     assert ours["esm.embeddings.position_embeddings.weight"] == (2050, 512)
     assert ours["esm.contact_head.regression.weight"] == (1, 12 * 16)
     assert ours["lm_head.decoder.weight"] == (4107, 512) and ours["lm_head.bias"] == (4107,)
-    assert ours["esm.rotary_embeddings.inv_freq"] == (16,)  # d_head / 2, as each published per-layer buffer
+    assert ours["esm.rotary_embeddings.inv_freq"] == (
+        16,
+    )  # d_head / 2, as each published per-layer buffer
     assert sum(p.numel() for p in model.parameters()) == 55_904_972
     assert sum(p.numel() for n, p in model.named_parameters() if n.startswith("esm.")) == 53_534_401
 
@@ -275,14 +361,18 @@ def test_nt_published_layout_loads_every_tensor(tmp_path):
     sd = load_file(str(d / "model.safetensors"))
     del sd["esm.encoder.layer.1.output.dense.weight"]
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(SaeflowError, match=r"missing \['esm\.encoder\.layer\.1\.output\.dense\.weight'\]"):
+    with pytest.raises(
+        SaeflowError, match=r"missing \['esm\.encoder\.layer\.1\.output\.dense\.weight'\]"
+    ):
         load_model(d, family="nucleotide_transformer")
 
 
 # --- Geneformer ---------------------------------------------------------------------------------
 def gf_cells(X, ids):
     X = np.asarray(X, dtype=np.float32)
-    return CellMatrix(sp.csr_matrix(X), np.asarray(ids, dtype=object), None, np.arange(len(X)).astype(str))
+    return CellMatrix(
+        sp.csr_matrix(X), np.asarray(ids, dtype=object), None, np.arange(len(X)).astype(str)
+    )
 
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
@@ -301,25 +391,32 @@ def test_geneformer_rank_value_encoding(tmp_path, version):
     # counts / median 1 = 12 (alone, 6 would rank below gene1); gene5 with a version suffix.
     ids = [gene(0), gene(1), gene(2), gene(3), "ENSG99999999999", gene(4), gene(4), gene(5) + ".7"]
     medians_5 = medians[gene(5)]
-    X = [[100, 10, 30, 0, 1000, 6, 6, 4 * medians_5],
-         [0, 0, 5, 0, 0, 0, 0, 0]]
+    X = [[100, 10, 30, 0, 1000, 6, 6, 4 * medians_5], [0, 0, 5, 0, 0, 0, 0, 0]]
     tb = ad.tokenize(gf_cells(X, ids))
     order = [gene(4), gene(1), gene(5), gene(2), gene(0)]  # 12 > 10 > 4 > 3 > 2
     content = [g for g in tb.genes[0] if g]
     assert content == order
-    assert [tokens[g] for g in order] == [int(i) for i, s in zip(tb.input_ids[0], tb.special[0]) if not s]
+    assert [tokens[g] for g in order] == [
+        int(i) for i, s in zip(tb.input_ids[0], tb.special[0]) if not s
+    ]
     assert "ENSG99999999999" not in tb.genes and gene(3) not in tb.genes
     assert (tb.offsets == 0).all()
     toks = ad.tokenizer.convert_ids_to_tokens(tb.input_ids[1][tb.attention_mask[1] == 1])
     if version == "V2":
         assert ad.tokenizer.convert_ids_to_tokens(tb.input_ids[0]) == ["<cls>"] + order + ["<eos>"]
         assert toks == ["<cls>", gene(2), "<eos>"]
-        assert tb.genes[0, 0] == "" and tb.genes[0, -1] == "" and tb.special[0].tolist() == [True] + [False] * 5 + [True]
+        assert (
+            tb.genes[0, 0] == ""
+            and tb.genes[0, -1] == ""
+            and tb.special[0].tolist() == [True] + [False] * 5 + [True]
+        )
     else:
         assert ad.tokenizer.convert_ids_to_tokens(tb.input_ids[0]) == order
         assert toks == [gene(2)] and not tb.special[0].any()
-    assert tb.special[1, len(toks):].all() and (tb.input_ids[1, len(toks):] == 0).all()  # <pad>
-    assert tb.attention_mask[1].tolist() == [1] * len(toks) + [0] * (tb.input_ids.shape[1] - len(toks))
+    assert tb.special[1, len(toks) :].all() and (tb.input_ids[1, len(toks) :] == 0).all()  # <pad>
+    assert tb.attention_mask[1].tolist() == [1] * len(toks) + [0] * (
+        tb.input_ids.shape[1] - len(toks)
+    )
 
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
@@ -331,9 +428,13 @@ def test_geneformer_truncation(adapters, version):
     tb = ad.tokenize(c)
     n_special = 2 if version == "V2" else 0
     assert tb.input_ids.shape == (1, 12)
-    assert [g for g in tb.genes[0] if g] == [gene(i) for i in range(12 - n_special)]  # the top of the ranking
+    assert [g for g in tb.genes[0] if g] == [
+        gene(i) for i in range(12 - n_special)
+    ]  # the top of the ranking
     tb = ad.tokenize(c, max_length=5)
-    assert [g for g in tb.genes[0] if g] == [gene(i) for i in range(5 - n_special)] and tb.input_ids.shape == (1, 5)
+    assert [g for g in tb.genes[0] if g] == [
+        gene(i) for i in range(5 - n_special)
+    ] and tb.input_ids.shape == (1, 5)
 
 
 @pytest.mark.parametrize("version,size", [("V1", 2048), ("V2", 4096)])
@@ -393,7 +494,9 @@ def test_geneformer_dictionaries_in_a_repository_snapshot(tmp_path):
     (repo / "geneformer" / "gene_dictionaries_30m").mkdir(parents=True)
     (repo / "geneformer" / "__init__.py").write_text("")
     for f in ("token_dictionary.pkl", "gene_median_dictionary.pkl"):
-        (model / f).rename(repo / "geneformer" / "gene_dictionaries_30m" / f.replace(".pkl", "_gc30M.pkl"))
+        (model / f).rename(
+            repo / "geneformer" / "gene_dictionaries_30m" / f.replace(".pkl", "_gc30M.pkl")
+        )
     v2 = tmp_path / "v2"
     v2.mkdir()
     make_geneformer_dir(v2, "V2")
@@ -401,7 +504,9 @@ def test_geneformer_dictionaries_in_a_repository_snapshot(tmp_path):
         shutil.copy(f, repo / "geneformer" / f.name)
     assert detect_family(model) == "geneformer"
     ad = load_model(model)
-    assert ad.tokenizer.version == "V1" and ad.tokenizer.source.endswith("gene_dictionaries_30m/token_dictionary_gc30M.pkl")
+    assert ad.tokenizer.version == "V1" and ad.tokenizer.source.endswith(
+        "gene_dictionaries_30m/token_dictionary_gc30M.pkl"
+    )
     # resources/models/<name>/: a DNABERT beside a Geneformer model called "geneformer"
     models = tmp_path / "models"
     (models / "geneformer").mkdir(parents=True)
@@ -425,10 +530,14 @@ def test_extract_activations_records_spans_and_genes(adapters, tmp_path):
         t = ActivationStore(tmp_path / name).tokens
         text = [SEQS[s].upper()[a:e] for s, a, e in zip(t.seq, t.start, t.end)]
         vocab = ad.tokenizer.tokens
-        assert all(x == vocab[i] or vocab[i] in ("[UNK]", "<unk>") for x, i in zip(text, t.token_id))
+        assert all(
+            x == vocab[i] or vocab[i] in ("[UNK]", "<unk>") for x, i in zip(text, t.token_id)
+        )
         direct = ad.hidden_states(ad.tokenize(SEQS[1:2]), [2])[2][0].numpy()
         rows = ActivationStore(tmp_path / name).layer(2)[(t.seq == 1).to_numpy()].astype(np.float32)
-        np.testing.assert_allclose(rows, direct[~ad.tokenize(SEQS[1:2]).special[0]], atol=2e-2, rtol=1e-2)
+        np.testing.assert_allclose(
+            rows, direct[~ad.tokenize(SEQS[1:2]).special[0]], atol=2e-2, rtol=1e-2
+        )
     ad = adapters["geneformer_V2"]
     c = cells()
     extract_activations(ad, c, [1], tmp_path / "gf", batch_size=2)
@@ -440,7 +549,14 @@ def test_extract_activations_records_spans_and_genes(adapters, tmp_path):
 
 # --- the registry ---------------------------------------------------------------------------------
 def test_registry_detects_and_refuses(dirs, tiny_model_dir, tmp_path):
-    assert FAMILIES == ("toy", "dnabert", "nucleotide_transformer", "geneformer", "dnabert2", "scgpt")
+    assert FAMILIES == (
+        "toy",
+        "dnabert",
+        "nucleotide_transformer",
+        "geneformer",
+        "dnabert2",
+        "scgpt",
+    )
     assert LOADERS["dnabert2"] == ("saeflow.models.dnabert2", "load_dnabert2")
     assert LOADERS["scgpt"] == ("saeflow.models.scgpt", "load_scgpt")
     assert detect_family(tiny_model_dir) == "toy"
@@ -450,7 +566,9 @@ def test_registry_detects_and_refuses(dirs, tiny_model_dir, tmp_path):
     ad = load_model(dirs["nt"])  # auto-detected
     assert ad.family == "nucleotide_transformer"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(SaeflowError, match="pass family= one of toy, dnabert, nucleotide_transformer"):
+    with pytest.raises(
+        SaeflowError, match="pass family= one of toy, dnabert, nucleotide_transformer"
+    ):
         load_model(tmp_path)
     with pytest.raises(SaeflowError, match="unknown model family 'bogus'"):
         load_model(tmp_path, family="bogus")

@@ -12,11 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
+import atlas_fixtures as fx
 import numpy as np
 import pandas as pd
 import pytest
 
-import atlas_fixtures as fx
 from saeflow import histogram
 from saeflow.atlas import build_atlas, nearest_features, relative_files
 from saeflow.utils import SaeflowError
@@ -77,12 +77,25 @@ def dna_atlas(tmp_path_factory):
     run = fx.write_dna_run(d / "results" / "toy" / "peaks")
     ev = run / "evidence" / "topk" / f"layer{fx.MOTIF_LAYER}"
     ev.mkdir(parents=True)
-    pd.DataFrame({"feature": [fx.MOTIF_FEATURE, 3], "specificity": [4.5, 0.1], "p_empirical": [0.001, 0.7],
-                  "seconds": [1.0, 2.0]}).to_csv(ev / "ablation.tsv", sep="\t", index=False)
-    pd.DataFrame({"motif": ["MA0139.1"], "feature": [fx.MOTIF_FEATURE + 1], "specificity": [0.3]}).to_csv(
-        ev / "ablation_null.tsv", sep="\t", index=False)  # a null distribution: not shown
-    pd.DataFrame({"layer": [fx.MOTIF_LAYER], "feature": [fx.MOTIF_FEATURE], "head": ["L1.H2"],
-                  "patching_effect": [0.25]}).to_csv(run / "evidence" / "patching.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "feature": [fx.MOTIF_FEATURE, 3],
+            "specificity": [4.5, 0.1],
+            "p_empirical": [0.001, 0.7],
+            "seconds": [1.0, 2.0],
+        }
+    ).to_csv(ev / "ablation.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {"motif": ["MA0139.1"], "feature": [fx.MOTIF_FEATURE + 1], "specificity": [0.3]}
+    ).to_csv(ev / "ablation_null.tsv", sep="\t", index=False)  # a null distribution: not shown
+    pd.DataFrame(
+        {
+            "layer": [fx.MOTIF_LAYER],
+            "feature": [fx.MOTIF_FEATURE],
+            "head": ["L1.H2"],
+            "patching_effect": [0.25],
+        }
+    ).to_csv(run / "evidence" / "patching.tsv", sep="\t", index=False)
     build_atlas(run, run / "atlas", saes={"topk": [1, 2, 3]}, kind="dna")
     return run
 
@@ -121,7 +134,10 @@ def test_nearest_features_by_decoder_cosine():
 
 def test_build_is_deterministic_and_relocatable(tmp_path):
     """Same inputs at another absolute path: the same files, byte for byte, and no path inside."""
-    runs = [fx.write_dna_run(tmp_path / name / "results" / "m" / "d") for name in ("one", "two-elsewhere")]
+    runs = [
+        fx.write_dna_run(tmp_path / name / "results" / "m" / "d")
+        for name in ("one", "two-elsewhere")
+    ]
     for run in runs:
         build_atlas(run, run / "atlas", saes={"topk": [1, 2, 3]}, kind="dna")
     files = relative_files(runs[0] / "atlas")
@@ -133,9 +149,13 @@ def test_build_is_deterministic_and_relocatable(tmp_path):
         assert str(tmp_path).encode() not in a, f
     # the timing column of the recovery table and of eval json never reaches the site
     assert b"seconds" not in (runs[0] / "atlas" / "data" / "index.js").read_bytes()
-    index = json.loads((runs[0] / "atlas" / "data" / "index.js").read_text().split(",", 1)[1].rsplit(");", 1)[0])
+    index = json.loads(
+        (runs[0] / "atlas" / "data" / "index.js").read_text().split(",", 1)[1].rsplit(");", 1)[0]
+    )
     cols = index["saes"][0]["columns"]
-    assert cols[:3] == ["layer", "features", "l0"] and len(cols) == len(set(cols)) and "Alive" in cols
+    assert (
+        cols[:3] == ["layer", "features", "l0"] and len(cols) == len(set(cols)) and "Alive" in cols
+    )
 
 
 def test_missing_catalog_file_is_named(tmp_path):
@@ -160,8 +180,13 @@ def test_evidence_tables_reach_the_feature_page_data(dna_atlas):
 
 @pytest.mark.browser
 def test_overview_loads_without_console_errors(browser, dna_atlas, cells_atlas):
-    for run, words in ((dna_atlas, ["layer 1", "layer 3", "CTCF", "Evidence (run-level tables)", "patching (1 rows)"]),
-                       (cells_atlas, ["layer 1", "layer 2", "Annotated"])):
+    for run, words in (
+        (
+            dna_atlas,
+            ["layer 1", "layer 3", "CTCF", "Evidence (run-level tables)", "patching (1 rows)"],
+        ),
+        (cells_atlas, ["layer 1", "layer 2", "Annotated"]),
+    ):
         site = Site(browser, run / "atlas")
         text = site.page.inner_text("main")
         for w in words:
@@ -185,7 +210,10 @@ def test_searching_the_planted_motif_finds_its_feature(browser, dna_atlas):
     comp = {"A": "T", "C": "G", "G": "C", "T": "A"}
     rc = "".join(comp[c] for c in reversed(fx.MOTIF[2:11]))
     site.go(f"#/topk/search?q={rc}")
-    assert site.page.locator("#motifresults tbody tr").first.inner_text().split("\t")[:2] == ["2", "7"]
+    assert site.page.locator("#motifresults tbody tr").first.inner_text().split("\t")[:2] == [
+        "2",
+        "7",
+    ]
     # a token: every feature whose top tokens hold it
     site.go("#/topk/search?q=G")
     assert site.page.locator("#generesults tbody tr").count() > 0
@@ -220,7 +248,9 @@ def test_layer_table_is_virtualised_sortable_and_filterable(browser, tmp_path):
     assert 10 < rows.count() < 200  # a window of rows, not 4,608
     site.page.click("#ftable .head div[data-key=max_activation]")  # sort: largest first
     feats = pd.read_parquet(run / "catalog" / "topk" / "layer1" / "features.parquet")
-    top = int(feats.sort_values(["max_activation", "feature"], ascending=[False, True]).feature.iloc[0])
+    top = int(
+        feats.sort_values(["max_activation", "feature"], ascending=[False, True]).feature.iloc[0]
+    )
     assert rows.first.inner_text().split()[0] == str(top)
     site.page.fill("#filter", "4321")
     site.page.wait_for_function("document.querySelectorAll('#ftable .row').length === 1")

@@ -3,8 +3,8 @@ import pandas as pd
 import torch
 
 from saeflow.activations import ActivationStore
-from saeflow.catalog import build_catalog, mark_context, svd_alignment
-from saeflow.recovery import auroc_matrix, recovery_table
+from saeflow.dna.catalog import build_catalog, mark_context, svd_alignment
+from saeflow.dna.recovery import auroc_matrix, recovery_table
 from saeflow.sae.topk import TopKSAE
 from saeflow.utils import write_json
 
@@ -16,7 +16,9 @@ def test_auroc_matrix_matches_pairwise_definition():
     got = auroc_matrix(s, y)
     for f in range(3):
         pos, neg = s[y, f], s[~y, f]
-        ref = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+        ref = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (
+            len(pos) * len(neg)
+        )
         assert abs(got[f] - ref) < 1e-12
 
 
@@ -41,13 +43,32 @@ def planted_setup(tmp_path):
     seqs, planted, rows, acts = [], [], [], []
     for s in range(n_seq):
         has = s % 2 == 0
-        seqs.append(dict(name=f"s{s}", sequence="A" * L, label=int(has), split="test" if s % 4 < 2 else "train",
-                         chrom="c", start=s * 100, end=s * 100 + L))
+        seqs.append(
+            dict(
+                name=f"s{s}",
+                sequence="A" * L,
+                label=int(has),
+                split="test" if s % 4 < 2 else "train",
+                chrom="c",
+                start=s * 100,
+                end=s * 100 + L,
+            )
+        )
         x = rng.normal(0, 0.1, size=(L, 4))
         x[:, 0] = 0
         if has:
-            planted.append(dict(chrom="c", start=s * 100 + 10, end=s * 100 + 19, strand="+", motif_id="MA0139.1",
-                                motif_name="CTCF", site="peak", sequence="A" * 9))
+            planted.append(
+                dict(
+                    chrom="c",
+                    start=s * 100 + 10,
+                    end=s * 100 + 19,
+                    strand="+",
+                    motif_id="MA0139.1",
+                    motif_name="CTCF",
+                    site="peak",
+                    sequence="A" * 9,
+                )
+            )
             x[10:19, 0] = 1.0
         acts.append(x)
         rows += [dict(seq=s, pos=i + 1, token_id=5, start=i, end=i + 1) for i in range(L)]
@@ -58,7 +79,10 @@ def planted_setup(tmp_path):
     write_json(d / "manifest.json", {"n_tokens": n_seq * L, "d_model": 4, "layers": [1]})
     sae = TopKSAE(4, 4, k=1)
     with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(4) * torch.tensor([1.0, 0, 0, 0]) - 0.5 * torch.tensor([[0, 1.0, 1, 1]] * 4).T * 0)
+        sae.W_enc.copy_(
+            torch.eye(4) * torch.tensor([1.0, 0, 0, 0])
+            - 0.5 * torch.tensor([[0, 1.0, 1, 1]] * 4).T * 0
+        )
         sae.b_enc.copy_(torch.tensor([-0.5, -10, -10, -10]))
         sae.W_dec.copy_(torch.eye(4))
         sae.b_dec.zero_()
@@ -71,18 +95,23 @@ def test_recovery_perfect_feature(tmp_path):
     row = t.iloc[0]
     assert row.feature == 0
     assert row.precision == 1.0 and row.recall == 1.0 and row.f1 == 1.0 and row.auroc == 1.0
-    assert row.f1_null < 0.75  # intervals moved at random within the same 30-bp windows overlap by chance
+    assert (
+        row.f1_null < 0.75
+    )  # intervals moved at random within the same 30-bp windows overlap by chance
     assert row.n_windows_with_motif_test == 10
 
 
 def test_catalog_contexts_and_summary(tmp_path):
     store, seqs, planted, sae = planted_setup(tmp_path)
-    params = dict(top_n=5, n_contexts=2, context=3, svd_components=2, svd_threshold=0.5, svd_sample=1000)
+    params = dict(
+        top_n=5, n_contexts=2, context=3, svd_components=2, svd_threshold=0.5, svd_sample=1000
+    )
     from saeflow import histogram
 
     hist = histogram.empty(sae.d_sae)
-    feats, ctx, summary, _ = build_catalog(sae, store, 1, seqs, {5: "A"}, params, {"explained_variance": 0.5},
-                                           hist=hist)
+    feats, ctx, summary, _ = build_catalog(
+        sae, store, 1, seqs, {5: "A"}, params, {"explained_variance": 0.5}, hist=hist
+    )
     # the activation histogram counts every token where the feature fires, in the bin of its value
     n = store.layer(1).shape[0]
     assert (hist.sum(1) == np.round(feats.frequency.to_numpy() * n)).all() and hist[0].sum() > 0

@@ -17,7 +17,6 @@ from saeflow.compare import (
     audit_heads,
     audit_heatmap,
     auroc_comparison,
-    balanced_index,
     bootstrap_p,
     delong_test,
     layer_organisation,
@@ -29,11 +28,10 @@ from saeflow.compare import (
     run_organisation,
     shared_rows,
     side_by_side,
-    source_counts,
-    source_weights,
     unpaired_bootstrap_delta,
 )
-from saeflow.probes import paired_bootstrap_delta
+from saeflow.dna.probes import paired_bootstrap_delta
+from saeflow.sae.balance import balanced_index, source_counts, source_weights
 from saeflow.utils import SaeflowError
 
 N_BOOT = 400
@@ -55,7 +53,14 @@ def test_relative_depth_and_errors():
 def _per_layer(n_layers, layers=None):
     layers = np.arange(n_layers + 1) if layers is None else np.asarray(layers)
     d = layers / n_layers
-    return pd.DataFrame({"layer": layers, "fvu": 0.1 + 0.5 * d, "ann": 100 * d ** 2, "name": [f"L{l}" for l in layers]})
+    return pd.DataFrame(
+        {
+            "layer": layers,
+            "fvu": 0.1 + 0.5 * d,
+            "ann": 100 * d**2,
+            "name": [f"L{l}" for l in layers],
+        }
+    )
 
 
 def test_align_depth_nearest_lines_up_models_of_different_depth():
@@ -84,12 +89,16 @@ def test_align_depth_nearest_ties_gaps_and_linear():
     al = align_depth(tabs, {"a": 4, "b": 4}, grid=[0.0, 0.5, 1.0], columns=["fvu"], max_gap=0.2)
     assert al[al.run == "b"].fvu.isna().all() and al[al.run == "a"].fvu.notna().all()
     # linear: exact for a linear column, NaN outside the run's depth range (no extrapolation)
-    lin = align_depth(tabs, {"a": 4, "b": 4}, grid=[0.0, 0.5, 0.75], columns=["fvu", "ann"], method="linear")
+    lin = align_depth(
+        tabs, {"a": 4, "b": 4}, grid=[0.0, 0.5, 0.75], columns=["fvu", "ann"], method="linear"
+    )
     b = lin[lin.run == "b"].set_index("grid_depth")
     assert np.isnan(b.loc[0.0, "fvu"])
     assert b.loc[0.5, "fvu"] == pytest.approx(0.1 + 0.5 * 0.5)
-    assert b.loc[0.5, "ann"] == pytest.approx((100 * 0.25 ** 2 + 100 * 0.75 ** 2) / 2)  # chord, not the curve
-    assert b.loc[0.75, "ann"] == pytest.approx(100 * 0.75 ** 2)
+    assert b.loc[0.5, "ann"] == pytest.approx(
+        (100 * 0.25**2 + 100 * 0.75**2) / 2
+    )  # chord, not the curve
+    assert b.loc[0.75, "ann"] == pytest.approx(100 * 0.75**2)
 
 
 def test_align_depth_errors(tmp_path):
@@ -103,7 +112,12 @@ def test_align_depth_errors(tmp_path):
     with pytest.raises(SaeflowError, match="method"):
         align_depth({"a": _per_layer(4)}, {"a": 4}, method="cubic")
     out = tmp_path / "depth.png"
-    plot_by_depth({"small": _per_layer(4), "big": _per_layer(12)}, {"small": 4, "big": 12}, ["fvu", "ann"], out)
+    plot_by_depth(
+        {"small": _per_layer(4), "big": _per_layer(12)},
+        {"small": 4, "big": 12},
+        ["fvu", "ann"],
+        out,
+    )
     assert out.stat().st_size > 1000
 
 
@@ -137,7 +151,9 @@ def test_clearly_better_scorer_excludes_zero():
     assert r["delta"] > 0.2
     assert r["ci_low"] > 0 and r["ci_low_delong"] > 0
     assert r["p_delong"] < 1e-4
-    assert r["p_boot"] == pytest.approx(2 / (N_BOOT + 1))  # no resample reached 0: the smallest p possible
+    assert r["p_boot"] == pytest.approx(
+        2 / (N_BOOT + 1)
+    )  # no resample reached 0: the smallest p possible
     # reversing the roles flips the sign and keeps the p-values
     rr = paired_auroc_delta(y, weak, good, n_boot=N_BOOT, seed=0)
     assert rr["delta"] == pytest.approx(-r["delta"]) and rr["ci_high"] < 0
@@ -151,7 +167,9 @@ def test_paired_ci_matches_probes_and_is_narrower_than_unpaired_on_correlated_sc
     a = 0.9 * y + shared + rng.normal(0, 0.3, y.size)
     b = 0.7 * y + shared + rng.normal(0, 0.3, y.size)
     r = paired_auroc_delta(y, a, b, n_boot=N_BOOT, seed=5)
-    assert (r["delta"], r["ci_low"], r["ci_high"]) == pytest.approx(paired_bootstrap_delta(y, a, b, N_BOOT, 5))
+    assert (r["delta"], r["ci_low"], r["ci_high"]) == pytest.approx(
+        paired_bootstrap_delta(y, a, b, N_BOOT, 5)
+    )
     d, lo, hi = unpaired_bootstrap_delta(y, a, y, b, n_boot=N_BOOT, seed=5)
     assert d == pytest.approx(r["delta"])
     assert (r["ci_high"] - r["ci_low"]) < 0.6 * (hi - lo)
@@ -172,8 +190,12 @@ def _delong_bruteforce(y, a, b):
     def cov(p, q):
         return ((p - p.mean()) * (q - q.mean())).sum()
 
-    s10 = np.array([[cov(v10a, v10a), cov(v10a, v10b)], [cov(v10b, v10a), cov(v10b, v10b)]]) / (m - 1)
-    s01 = np.array([[cov(v01a, v01a), cov(v01a, v01b)], [cov(v01b, v01a), cov(v01b, v01b)]]) / (n - 1)
+    s10 = np.array([[cov(v10a, v10a), cov(v10a, v10b)], [cov(v10b, v10a), cov(v10b, v10b)]]) / (
+        m - 1
+    )
+    s01 = np.array([[cov(v01a, v01a), cov(v01a, v01b)], [cov(v01b, v01a), cov(v01b, v01b)]]) / (
+        n - 1
+    )
     S = s10 / m + s01 / n
     return A1 - A2, np.sqrt(S[0, 0] + S[1, 1] - 2 * S[0, 1]), np.sqrt(S[0, 0])
 
@@ -193,7 +215,9 @@ def test_delong_matches_definition_with_ties():
     assert r["p"] == pytest.approx(2 * norm.sf(abs(delta / se)), rel=1e-9)
     from sklearn.metrics import roc_auc_score
 
-    assert r["auroc_a"] == pytest.approx(roc_auc_score(y, a)) and r["auroc_b"] == pytest.approx(roc_auc_score(y, b))
+    assert r["auroc_a"] == pytest.approx(roc_auc_score(y, a)) and r["auroc_b"] == pytest.approx(
+        roc_auc_score(y, b)
+    )
 
 
 def test_delong_se_agrees_with_bootstrap_and_is_calibrated_under_the_null():
@@ -202,7 +226,7 @@ def test_delong_se_agrees_with_bootstrap_and_is_calibrated_under_the_null():
     shared = rng.normal(0, 1, y.size)
     a = 0.8 * y + shared + rng.normal(0, 0.7, y.size)
     b = 0.6 * y + shared + rng.normal(0, 0.7, y.size)
-    from saeflow.probes import _boot_aurocs
+    from saeflow.dna.probes import _boot_aurocs
 
     boots = _boot_aurocs(y, [a, b], 2000, 0)
     sd_boot = np.std(boots[:, 0] - boots[:, 1])
@@ -226,14 +250,22 @@ def test_bootstrap_p():
 
 def _preds(rng, n=80, task="t1"):
     y = _labels(n, rng)
-    return pd.DataFrame({"item": [f"{task}_seq{i}" for i in range(n)], "label": y,
-                         "score": y + rng.normal(0, 1, n), "task": task})
+    return pd.DataFrame(
+        {
+            "item": [f"{task}_seq{i}" for i in range(n)],
+            "label": y,
+            "score": y + rng.normal(0, 1, n),
+            "task": task,
+        }
+    )
 
 
 def test_align_predictions_by_item_name_and_errors():
     rng = np.random.default_rng(6)
     a = _preds(rng)
-    b = a.sample(frac=1.0, random_state=0).assign(score=lambda d: d.score * 2 + 1)  # shuffled rows, same ranks
+    b = a.sample(frac=1.0, random_state=0).assign(
+        score=lambda d: d.score * 2 + 1
+    )  # shuffled rows, same ranks
     al = align_predictions(a, b)
     assert al.item.tolist() == a.item.tolist()
     assert np.allclose(al.score_b, a.score * 2 + 1)
@@ -276,9 +308,17 @@ def test_match_features_equals_bruteforce_any_chunk_dense_or_sparse():
     assert fa.match.tolist() == C.argmax(axis=1).tolist()
     assert np.allclose(fa["corr"], C.max(axis=1))
     assert fb.match.tolist() == C.argmax(axis=0).tolist()
-    for Aa, Bb, ch in ((sp.csr_matrix(A), B, 2), (A, sp.csc_matrix(B), 7), (sp.csr_matrix(A), sp.csr_matrix(B), 100)):
+    for Aa, Bb, ch in (
+        (sp.csr_matrix(A), B, 2),
+        (A, sp.csc_matrix(B), 7),
+        (sp.csr_matrix(A), sp.csr_matrix(B), 100),
+    ):
         fa2, fb2, _ = match_features(Aa, Bb, n_null=0, chunk=ch)
-        assert np.allclose(fa2["corr"], fa["corr"]) and (fa2.match == fa.match).all() and (fb2.match == fb.match).all()
+        assert (
+            np.allclose(fa2["corr"], fa["corr"])
+            and (fa2.match == fa.match).all()
+            and (fb2.match == fb.match).all()
+        )
 
 
 def test_planted_shared_features_are_matched_above_the_null():
@@ -288,8 +328,13 @@ def test_planted_shared_features_are_matched_above_the_null():
     A[:, [5, 17]] = 0.0  # dead features of A
     perm = rng.permutation(fa)
     shared = perm[perm != 5][perm[perm != 5] != 17][:30]
-    B = np.hstack([A[:, shared] * 1.7 + 0.3 * np.abs(rng.normal(0, 1, (n, 30))), _sae_like(rng, n, 10),
-                   np.zeros((n, 2))])  # 30 planted, 10 independent, 2 dead
+    B = np.hstack(
+        [
+            A[:, shared] * 1.7 + 0.3 * np.abs(rng.normal(0, 1, (n, 30))),
+            _sae_like(rng, n, 10),
+            np.zeros((n, 2)),
+        ]
+    )  # 30 planted, 10 independent, 2 dead
     B = B[:, rng.permutation(B.shape[1])]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # dead columns must not raise divide/invalid warnings
@@ -322,9 +367,13 @@ def test_dead_features_never_win_even_against_negative_correlations():
     rng = np.random.default_rng(17)
     x = rng.random(50)
     A = np.column_stack([x, np.zeros(50)])
-    B = np.column_stack([np.zeros(50), -x + 0.01 * rng.random(50)])  # the only alive B feature: r ~ -1
+    B = np.column_stack(
+        [np.zeros(50), -x + 0.01 * rng.random(50)]
+    )  # the only alive B feature: r ~ -1
     fa, fb, s = match_features(A, B, threshold=0.5, n_null=2)
-    assert fa.match.tolist() == [1, -1] and fa["corr"].iloc[0] < -0.99 and np.isnan(fa["corr"].iloc[1])
+    assert (
+        fa.match.tolist() == [1, -1] and fa["corr"].iloc[0] < -0.99 and np.isnan(fa["corr"].iloc[1])
+    )
     assert fb.match.tolist() == [-1, 0] and fb["corr"].iloc[1] < -0.99
     assert s["matched"] == 0 and s["alive_a"] == 1 and s["alive_b"] == 1
 
@@ -336,7 +385,11 @@ def test_match_features_errors_and_shared_rows():
     with pytest.raises(SaeflowError, match="2-D"):
         match_features(rng.random(10), rng.random((10, 3)))
     ia, ib, names = shared_rows(["TP53", "GATA1", "MYC", "CD4"], ["CD4", "XIST", "GATA1", "TP53"])
-    assert names.tolist() == ["TP53", "GATA1", "CD4"] and ia.tolist() == [0, 1, 3] and ib.tolist() == [3, 2, 0]
+    assert (
+        names.tolist() == ["TP53", "GATA1", "CD4"]
+        and ia.tolist() == [0, 1, 3]
+        and ib.tolist() == [3, 2, 0]
+    )
     with pytest.raises(SaeflowError, match="share no rows"):
         shared_rows(["ENSG1"], ["TP53"])
     with pytest.raises(SaeflowError, match="repeat"):
@@ -390,7 +443,9 @@ def test_random_head_has_cosines_of_order_one_over_sqrt_d():
     vals = np.vstack(vals)
     assert vals.max() < 5 / np.sqrt(d)
     assert vals.mean() == pytest.approx(np.sqrt(2 / (np.pi * d)), rel=0.2)  # E|N(0, 1/d)|
-    assert np.mean(np.square(np.concatenate(wk))) == pytest.approx(k / d, rel=0.2)  # |P_k u|^2 ~ k/d
+    assert np.mean(np.square(np.concatenate(wk))) == pytest.approx(
+        k / d, rel=0.2
+    )  # |P_k u|^2 ~ k/d
 
 
 def test_audit_agrees_with_explicit_ov_and_its_svd():
@@ -402,12 +457,16 @@ def test_audit_agrees_with_explicit_ov_and_its_svd():
     OV, QK = W_V @ W_O, W_Q @ W_K.T
     U, s, Vt = np.linalg.svd(OV)
     uh = u / np.linalg.norm(u)
-    assert r.ov_in_cos == pytest.approx(abs(uh @ U[:, 0])) and r.ov_out_cos == pytest.approx(abs(uh @ Vt[0]))
+    assert r.ov_in_cos == pytest.approx(abs(uh @ U[:, 0])) and r.ov_out_cos == pytest.approx(
+        abs(uh @ Vt[0])
+    )
     assert r.write_cos == pytest.approx(np.linalg.norm(Vt[:2] @ uh))
     assert r.self_gain == pytest.approx(u @ OV @ u / (u @ u))
     assert r.qk_self == pytest.approx(u @ QK @ u / (u @ u))
     Uq, _, Vqt = np.linalg.svd(QK)
-    assert r.qk_query_cos == pytest.approx(abs(uh @ Uq[:, 0])) and r.qk_key_cos == pytest.approx(abs(uh @ Vqt[0]))
+    assert r.qk_query_cos == pytest.approx(abs(uh @ Uq[:, 0])) and r.qk_key_cos == pytest.approx(
+        abs(uh @ Vqt[0])
+    )
     # write_cos_full = max over x of cos(u, x OV): the best x solves min |x OV - u|
     x = np.linalg.lstsq(OV.T, uh, rcond=None)[0]
     y = x @ OV
@@ -427,8 +486,13 @@ def test_audit_shape_errors_and_many_heads(tmp_path):
         audit_head(W_Q, W_K, W_V, W_O, {"probe": u[:15]})
     with pytest.raises(SaeflowError, match="zero vectors"):
         audit_head(W_Q, W_K, W_V, W_O, np.zeros(d))
-    weights = {L: {n: rng.normal(0, 1, (H,) + s) for n, s in
-                   (("W_Q", (d, dh)), ("W_K", (d, dh)), ("W_V", (d, dh)), ("W_O", (dh, d)))} for L in (1, 2)}
+    weights = {
+        L: {
+            n: rng.normal(0, 1, (H,) + s)
+            for n, s in (("W_Q", (d, dh)), ("W_K", (d, dh)), ("W_V", (d, dh)), ("W_O", (dh, d)))
+        }
+        for L in (1, 2)
+    }
     dirs = {"probe": u, "sae_f12": rng.normal(0, 1, d)}
     aud = audit_heads(weights, dirs, k=2)
     assert len(aud) == 2 * H * 2 and set(aud.direction) == {"probe", "sae_f12"}
@@ -443,19 +507,45 @@ def test_audit_shape_errors_and_many_heads(tmp_path):
 
 
 def test_layer_organisation_fractions():
-    feats = pd.DataFrame({"feature": range(8), "alive": [1, 1, 1, 1, 1, 1, 0, 0],
-                          "module": [0, 0, 1, -1, -1, -1, 2, -1], "svd_aligned": [1, 0, 0, 0, 1, 0, 0, 0]}).astype(
-        {"alive": bool, "svd_aligned": bool})
-    tracking = pd.DataFrame({"layer": 3, "feature": range(8), "persistence_0.7": [2, 1, 0, 0, 1, 0, 0, 0],
-                             "class": ["persistent", "moderate", "transient", "transient", "persistent", "transient",
-                                       "dead", "dead"]})
-    row = layer_organisation(feats, pd.concat([tracking, tracking.assign(layer=4, **{"class": "persistent"})]), layer=3)
+    feats = pd.DataFrame(
+        {
+            "feature": range(8),
+            "alive": [1, 1, 1, 1, 1, 1, 0, 0],
+            "module": [0, 0, 1, -1, -1, -1, 2, -1],
+            "svd_aligned": [1, 0, 0, 0, 1, 0, 0, 0],
+        }
+    ).astype({"alive": bool, "svd_aligned": bool})
+    tracking = pd.DataFrame(
+        {
+            "layer": 3,
+            "feature": range(8),
+            "persistence_0.7": [2, 1, 0, 0, 1, 0, 0, 0],
+            "class": [
+                "persistent",
+                "moderate",
+                "transient",
+                "transient",
+                "persistent",
+                "transient",
+                "dead",
+                "dead",
+            ],
+        }
+    )
+    row = layer_organisation(
+        feats, pd.concat([tracking, tracking.assign(layer=4, **{"class": "persistent"})]), layer=3
+    )
     assert row["alive"] == 6 and row["modules"] == 2
     assert row["module_fraction"] == pytest.approx(3 / 6)  # feature 6's module does not count: dead
     assert row["superposition_share"] == pytest.approx(4 / 6)
-    assert row["persistent_fraction"] == pytest.approx(2 / 6) and row["transient_fraction"] == pytest.approx(3 / 6)
+    assert row["persistent_fraction"] == pytest.approx(2 / 6) and row[
+        "transient_fraction"
+    ] == pytest.approx(3 / 6)
     assert row["mean_persistence_0.7"] == pytest.approx(4 / 6)
-    tab = organisation_table({3: feats, 5: feats.assign(alive=[1, 1, 0, 0, 0, 0, 0, 0]).astype({"alive": bool})}, tracking)
+    tab = organisation_table(
+        {3: feats, 5: feats.assign(alive=[1, 1, 0, 0, 0, 0, 0, 0]).astype({"alive": bool})},
+        tracking,
+    )
     assert tab.layer.tolist() == [3, 5] and np.isnan(tab.persistent_fraction.iloc[1])
     run = run_organisation(tab)
     assert run["module_fraction"] == pytest.approx((0.5 * 6 + 1.0 * 2) / 8)
@@ -463,7 +553,7 @@ def test_layer_organisation_fractions():
 
 
 def test_organisation_with_real_tracking():
-    from saeflow.modules import track_features
+    from saeflow.sae.modules import track_features
 
     rng = np.random.default_rng(16)
     w0 = rng.normal(0, 1, (20, 32))
@@ -486,7 +576,9 @@ def test_source_weights_give_each_source_equal_mass():
         assert w[src == s].sum() == pytest.approx(1 / 3)
     sizes = np.r_[np.full(900, 2.0), np.full(90, 5.0), np.arange(1, 11, dtype=float)]
     ws = source_weights(src, sizes)
-    assert ws[src == "blood"].sum() == pytest.approx(1 / 3) and ws[990] / ws[999] == pytest.approx(1 / 10)
+    assert ws[src == "blood"].sum() == pytest.approx(1 / 3) and ws[990] / ws[999] == pytest.approx(
+        1 / 10
+    )
     draw = np.random.default_rng(0).choice(src.size, 30000, p=w)
     share = pd.Series(src[draw]).value_counts(normalize=True)
     assert np.allclose(share.sort_index().to_numpy(), 1 / 3, atol=0.02)
@@ -501,7 +593,9 @@ def test_balanced_index_equal_cap_and_oversampling():
     assert c.epoch_rows.tolist() == [10, 10, 10] and np.unique(idx).size == idx.size
     capped = source_counts(src, balanced_index(src, cap=50)).set_index("source").epoch_rows
     assert capped.to_dict() == {"blood": 10, "k562": 50, "lung": 50}
-    with pytest.raises(SaeflowError, match=r"sources \['blood', 'lung'\] have fewer than 100 rows \(\[10, 90\]\)"):
+    with pytest.raises(
+        SaeflowError, match=r"sources \['blood', 'lung'\] have fewer than 100 rows \(\[10, 90\]\)"
+    ):
         balanced_index(src, per_source=100)
     over = balanced_index(src, per_source=100, replace=True, seed=2)
     c = source_counts(src, over).set_index("source")

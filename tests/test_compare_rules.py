@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from wfutil import copy_workflow, load_test_config, planned_jobs, smk
 
 from saeflow.compare.runs import (
     annotation_rates,
@@ -23,8 +23,6 @@ from saeflow.compare.runs import (
     select_audit_heads,
 )
 from saeflow.utils import SaeflowError
-
-from wfutil import copy_workflow, load_test_config, planned_jobs, smk
 
 # --------------------------------------------------------------------------- library glue (fast)
 
@@ -44,12 +42,24 @@ def test_layer_pairs_line_up_models_of_different_depth():
 
 
 def test_annotation_rates_are_fractions_of_alive_features():
-    dna = pd.DataFrame({"layer": [1, 2], "Alive": [30, 40], "Dead": [10, 0], "SVD-aligned": [10, 10], "Novel": [20, 30]})
+    dna = pd.DataFrame(
+        {
+            "layer": [1, 2],
+            "Alive": [30, 40],
+            "Dead": [10, 0],
+            "SVD-aligned": [10, 10],
+            "Novel": [20, 30],
+        }
+    )
     r = annotation_rates(dna, "peaks")
-    assert r.alive_fraction.tolist() == [0.75, 1.0] and r.novel_fraction.tolist() == pytest.approx([2 / 3, 0.75])
+    assert r.alive_fraction.tolist() == [0.75, 1.0] and r.novel_fraction.tolist() == pytest.approx(
+        [2 / 3, 0.75]
+    )
     cells = pd.DataFrame({"layer": [1], "Features": [100], "Alive": [0], "Annotated": [0]})
     r = annotation_rates(cells, "cells")
-    assert r.alive_fraction.tolist() == [0.0] and np.isnan(r.annotated_fraction.iloc[0])  # no alive: no rate
+    assert r.alive_fraction.tolist() == [0.0] and np.isnan(
+        r.annotated_fraction.iloc[0]
+    )  # no alive: no rate
     with pytest.raises(SaeflowError, match="Novel"):
         annotation_rates(dna.drop(columns="Novel"), "peaks")
 
@@ -61,19 +71,28 @@ def _scan(n_layers, heads=2, best=None):
             r = 0.1 * h + 0.01 * layer
             if best == (layer, h):
                 r = 0.9
-            rows.append(dict(motif="MA0139.1", layer=layer, head=h, r=r, p=0.01, rho=1 + r, passes=r >= 0.5))
+            rows.append(
+                dict(motif="MA0139.1", layer=layer, head=h, r=r, p=0.01, rho=1 + r, passes=r >= 0.5)
+            )
     return pd.DataFrame(rows)
 
 
 def test_head_scan_summary_and_depth_alignment():
     t = head_scan_layers(_scan(2, best=(2, 1)))
     row = t[t.layer == 2].iloc[0]
-    assert row.best_r == 0.9 and row.best_r_head == 1 and row.passing == 1 and row.passing_fraction == 0.5
+    assert (
+        row.best_r == 0.9
+        and row.best_r_head == 1
+        and row.passing == 1
+        and row.passing_fraction == 0.5
+    )
     al = compare_head_scans({"a": _scan(4), "b": _scan(2, best=(1, 0))}, {"a": 4, "b": 2})
     assert set(al.motif) == {"MA0139.1"} and al.grid_depth.unique().tolist() == [0.5, 1.0]
     assert al[(al.run == "b") & (al.layer == 1)].best_r.item() == 0.9
     with pytest.raises(SaeflowError, match="no motif in common"):
-        compare_head_scans({"a": _scan(2), "b": _scan(2).assign(motif="MA0108.1")}, {"a": 2, "b": 2})
+        compare_head_scans(
+            {"a": _scan(2), "b": _scan(2).assign(motif="MA0108.1")}, {"a": 2, "b": 2}
+        )
 
 
 def _preds(layers, score_fn, n=200, seed=0):
@@ -81,8 +100,19 @@ def _preds(layers, score_fn, n=200, seed=0):
     y = np.arange(n) % 2
     frames = []
     for layer in layers:
-        frames.append(pd.DataFrame({"layer": layer, "level": "sequence", "target": "label", "control": "features",
-                                    "item": [f"s{i}" for i in range(n)], "label": y, "score": score_fn(y, rng)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "level": "sequence",
+                    "target": "label",
+                    "control": "features",
+                    "item": [f"s{i}" for i in range(n)],
+                    "label": y,
+                    "score": score_fn(y, rng),
+                }
+            )
+        )
         frames.append(frames[-1].assign(control="gc_only", score=rng.normal(size=n)))
     return pd.concat(frames, ignore_index=True)
 
@@ -90,7 +120,9 @@ def _preds(layers, score_fn, n=200, seed=0):
 def test_paired_probe_comparison_on_known_cases():
     good = _preds([2, 4], lambda y, r: y + 0.5 * r.normal(size=len(y)), seed=1)
     noise = _preds([1, 2], lambda y, r: r.normal(size=len(y)), seed=2)
-    t = compare_probe_predictions({"good": good, "noise": noise}, {"good": 4, "noise": 2}, n_boot=200)
+    t = compare_probe_predictions(
+        {"good": good, "noise": noise}, {"good": 4, "noise": 2}, n_boot=200
+    )
     assert t[["layer_a", "layer_b"]].values.tolist() == [[2, 1], [4, 2]]
     assert (t.delta > 0.3).all() and (t.ci_low > 0).all() and (t.p_delong < 1e-4).all()
     assert (t.n_items == 200).all() and (t.n_pos == 100).all()
@@ -100,9 +132,13 @@ def test_paired_probe_comparison_on_known_cases():
     # different test items cannot be paired
     other = noise.assign(item=noise.item + "x")
     with pytest.raises(SaeflowError, match="test items differ"):
-        compare_probe_predictions({"good": good, "other": other}, {"good": 4, "other": 2}, n_boot=10)
+        compare_probe_predictions(
+            {"good": good, "other": other}, {"good": 4, "other": 2}, n_boot=10
+        )
     with pytest.raises(SaeflowError, match="control='nope'"):
-        compare_probe_predictions({"good": good, "noise": noise}, {"good": 4, "noise": 2}, control="nope")
+        compare_probe_predictions(
+            {"good": good, "noise": noise}, {"good": 4, "noise": 2}, control="nope"
+        )
 
 
 def test_audit_heads_and_directions():
@@ -155,9 +191,11 @@ def test_group_mean_codes_equal_the_dense_computation(tmp_path):
         z = sae.encode(x).numpy()
     pick = np.array([0, 7, 59])
     got = sequence_codes(store, sae, 1, pick)
-    want = np.stack([z[s * 10:(s + 1) * 10].mean(0) for s in pick])
+    want = np.stack([z[s * 10 : (s + 1) * 10].mean(0) for s in pick])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    tok = store.tokens.assign(gene=np.where(np.arange(600) % 3 == 0, "G1", np.where(np.arange(600) % 3 == 1, "G2", None)))
+    tok = store.tokens.assign(
+        gene=np.where(np.arange(600) % 3 == 0, "G1", np.where(np.arange(600) % 3 == 1, "G2", None))
+    )
     tok.to_parquet(store.dir / "tokens.parquet")
     store._tokens = None
     codes, names = gene_codes(store, sae, 1)
@@ -174,8 +212,14 @@ def _dry(tmp_path, cfg, *targets, check=True):
 
 
 def test_test_config_plans_the_comparison_with_the_right_inputs(tmp_path):
-    p = _dry(tmp_path, load_test_config(), "--forceall", "results/comparisons/toy_sizes/probes.tsv",
-             "results/comparisons/toy_sizes/ov_audit.tsv", "results/comparisons/toy_sizes/matching.tsv")
+    p = _dry(
+        tmp_path,
+        load_test_config(),
+        "--forceall",
+        "results/comparisons/toy_sizes/probes.tsv",
+        "results/comparisons/toy_sizes/ov_audit.tsv",
+        "results/comparisons/toy_sizes/matching.tsv",
+    )
     out = p.stdout + p.stderr
     jobs = planned_jobs(p)
     assert jobs["compare_probes"] == 1 and jobs["ov_audit"] == 1 and jobs["compare_matching"] == 1
@@ -194,26 +238,42 @@ def test_test_config_plans_the_comparison_with_the_right_inputs(tmp_path):
         out = [line for line in b.splitlines() if line.strip().startswith("output:")]
         if "rule " in b and out and "toy_esm_small" in out[0]:
             rules.add(b.split("rule ", 1)[1].split(":")[0])
-    assert {"patching", "feature_ablation", "feature_evidence", "ground_truth_recovery"}.isdisjoint(rules), rules
+    assert {"patching", "feature_ablation", "feature_evidence", "ground_truth_recovery"}.isdisjoint(
+        rules
+    ), rules
     assert {"probes", "head_scan", "train_sae", "feature_catalog"} <= rules
 
 
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda c: c["comparisons"][0]["runs"][1].update(model="nope"),
-         "comparisons[0].runs[1].model: unknown model 'nope'"),
-        (lambda c: c["comparisons"].append(dict(c["comparisons"][0])),
-         "comparisons[2].name: another comparison is named 'toy_sizes'"),  # the test config has two
-        (lambda c: c["comparisons"][0]["runs"][0].update(sae="topk_x9"),
-         "comparisons[0].runs[0].sae: unknown SAE recipe 'topk_x9'"),
-        (lambda c: c["comparisons"][0]["runs"][1].update(dataset="promoter_tata") or
-         c["comparisons"][0].update(compare=["probes"]),
-         "comparisons[0].compare: 'probes' needs DNA runs (evidence enabled) on one dataset"),
-        (lambda c: c["comparisons"][0].update(audit={"runs": [2]}),
-         "comparisons[0].audit.runs: 2 is not a position in runs"),
-        (lambda c: c["comparisons"][0].update(runs=c["comparisons"][0]["runs"][:1]),
-         "comparisons.0.runs: "),
+        (
+            lambda c: c["comparisons"][0]["runs"][1].update(model="nope"),
+            "comparisons[0].runs[1].model: unknown model 'nope'",
+        ),
+        (
+            lambda c: c["comparisons"].append(dict(c["comparisons"][0])),
+            "comparisons[2].name: another comparison is named 'toy_sizes'",
+        ),  # the test config has two
+        (
+            lambda c: c["comparisons"][0]["runs"][0].update(sae="topk_x9"),
+            "comparisons[0].runs[0].sae: unknown SAE recipe 'topk_x9'",
+        ),
+        (
+            lambda c: (
+                c["comparisons"][0]["runs"][1].update(dataset="promoter_tata")
+                or c["comparisons"][0].update(compare=["probes"])
+            ),
+            "comparisons[0].compare: 'probes' needs DNA runs (evidence enabled) on one dataset",
+        ),
+        (
+            lambda c: c["comparisons"][0].update(audit={"runs": [2]}),
+            "comparisons[0].audit.runs: 2 is not a position in runs",
+        ),
+        (
+            lambda c: c["comparisons"][0].update(runs=c["comparisons"][0]["runs"][:1]),
+            "comparisons.0.runs: ",
+        ),
     ],
 )
 def test_bad_comparison_fails_naming_the_key(tmp_path, mutate, message):
@@ -230,7 +290,13 @@ def test_parts_follow_the_runs(tmp_path):
     p = _dry(tmp_path, cfg, "--forceall", "all")
     jobs = planned_jobs(p)
     assert "compare_probes" not in jobs and "compare_matching" not in jobs
-    assert {"compare_quality", "compare_annotation", "compare_head_scan", "compare_organisation", "ov_audit"} <= set(jobs)
+    assert {
+        "compare_quality",
+        "compare_annotation",
+        "compare_head_scan",
+        "compare_organisation",
+        "ov_audit",
+    } <= set(jobs)
 
 
 # --------------------------------------------------------------------------- end to end on synthetic results
@@ -239,19 +305,38 @@ def test_parts_follow_the_runs(tmp_path):
 SYN = {
     "references": {"toy": {"source": "toy"}},
     "models": {
-        "big": {"source": "toy", "toy": {"hidden_size": 16, "num_layers": 4, "num_heads": 2, "intermediate_size": 32},
-                "layers": [2, 4]},
-        "small": {"source": "toy", "toy": {"hidden_size": 8, "num_layers": 2, "num_heads": 2, "intermediate_size": 16}},
+        "big": {
+            "source": "toy",
+            "toy": {"hidden_size": 16, "num_layers": 4, "num_heads": 2, "intermediate_size": 32},
+            "layers": [2, 4],
+        },
+        "small": {
+            "source": "toy",
+            "toy": {"hidden_size": 8, "num_layers": 2, "num_heads": 2, "intermediate_size": 16},
+        },
     },
     "datasets": {"peaks": {"reference": "toy", "kind": "peaks"}},
     "runs": [{"model": "big", "dataset": "peaks"}],
     "saes": {"s": {"arch": "topk", "expansion": 2, "k": 2}},
     "evidence": {"motifs": ["MA0139.1"]},
-    "comparisons": [{"name": "pair", "runs": [{"model": "big", "dataset": "peaks"}, {"model": "small", "dataset": "peaks"}],
-                     "probes": {"n_boot": 100}, "matching": {"n_null": 5}}],
+    "comparisons": [
+        {
+            "name": "pair",
+            "runs": [{"model": "big", "dataset": "peaks"}, {"model": "small", "dataset": "peaks"}],
+            "probes": {"n_boot": 100},
+            "matching": {"n_null": 5},
+        }
+    ],
 }
-COMPARE_RULES = ["compare_quality", "compare_annotation", "compare_organisation", "compare_probes", "compare_head_scan",
-                 "compare_matching", "ov_audit"]
+COMPARE_RULES = [
+    "compare_quality",
+    "compare_annotation",
+    "compare_organisation",
+    "compare_probes",
+    "compare_head_scan",
+    "compare_matching",
+    "ov_audit",
+]
 
 
 def _write_fake_results(wd, n_seq=60, seq_len=8):
@@ -264,8 +349,14 @@ def _write_fake_results(wd, n_seq=60, seq_len=8):
 
     rng = np.random.default_rng(0)
     y = np.arange(n_seq) % 2
-    seqs = pd.DataFrame({"name": [f"seq{i}" for i in range(n_seq)], "sequence": ["ACGTACGT"] * n_seq, "label": y,
-                         "split": np.where(np.arange(n_seq) % 3 == 0, "test", "train")})
+    seqs = pd.DataFrame(
+        {
+            "name": [f"seq{i}" for i in range(n_seq)],
+            "sequence": ["ACGTACGT"] * n_seq,
+            "label": y,
+            "split": np.where(np.arange(n_seq) % 3 == 0, "test", "train"),
+        }
+    )
     (wd / "results/datasets/peaks").mkdir(parents=True)
     seqs.to_parquet(wd / "results/datasets/peaks/sequences.parquet")
     factors = rng.normal(size=(n_seq, 3))  # per-sequence factors both models see
@@ -281,34 +372,72 @@ def _write_fake_results(wd, n_seq=60, seq_len=8):
         acts = base / "activations"
         acts.mkdir(parents=True)
         mix = {l: rng.normal(size=(3, d)) for l in layers}
-        tok = pd.DataFrame({"seq": np.repeat(np.arange(n_seq), seq_len), "pos": np.tile(np.arange(seq_len), n_seq),
-                            "token_id": 5, "start": np.tile(np.arange(seq_len), n_seq),
-                            "end": np.tile(np.arange(seq_len), n_seq) + 1})
+        tok = pd.DataFrame(
+            {
+                "seq": np.repeat(np.arange(n_seq), seq_len),
+                "pos": np.tile(np.arange(seq_len), n_seq),
+                "token_id": 5,
+                "start": np.tile(np.arange(seq_len), n_seq),
+                "end": np.tile(np.arange(seq_len), n_seq) + 1,
+            }
+        )
         tok.to_parquet(acts / "tokens.parquet")
         np.save(acts / "seq_offsets.npy", np.arange(n_seq + 1) * seq_len)
         for l in layers:
-            x = np.repeat(factors @ mix[l], seq_len, axis=0) + 0.3 * rng.normal(size=(n_seq * seq_len, d))
+            x = np.repeat(factors @ mix[l], seq_len, axis=0) + 0.3 * rng.normal(
+                size=(n_seq * seq_len, d)
+            )
             np.save(acts / f"layer{l}.npy", x.astype(np.float16))
             sae = TopKSAE(d, 2 * d, k=2, seed=l)
             sae.save(base / f"sae/s/layer{l}")
-            feats = pd.DataFrame({"feature": np.arange(2 * d), "alive": np.arange(2 * d) % 4 != 0,
-                                  "svd_aligned": np.arange(2 * d) % 3 == 0})
+            feats = pd.DataFrame(
+                {
+                    "feature": np.arange(2 * d),
+                    "alive": np.arange(2 * d) % 4 != 0,
+                    "svd_aligned": np.arange(2 * d) % 3 == 0,
+                }
+            )
             (base / f"catalog/s/layer{l}").mkdir(parents=True)
             feats.to_parquet(base / f"catalog/s/layer{l}/features.parquet")
             (base / f"evidence/s/layer{l}").mkdir(parents=True)
-            pd.DataFrame({"motif": ["MA0139.1"], "feature": [l]}).to_csv(base / f"evidence/s/layer{l}/ablation.tsv",
-                                                                          sep="\t", index=False)
-        write_json(acts / "manifest.json", {"n_tokens": n_seq * seq_len, "d_model": d, "layers": layers,
-                                            "n_sequences": n_seq, "model": model, "dataset": "peaks"})
-        preds = pd.concat([pd.DataFrame({"layer": l, "level": "sequence", "target": "label", "control": "features",
-                                         "item": test.name, "label": test.label,
-                                         "score": test.label * (2 if model == "big" else 0.2)
-                                         + rng.normal(size=len(test))}) for l in layers])
+            pd.DataFrame({"motif": ["MA0139.1"], "feature": [l]}).to_csv(
+                base / f"evidence/s/layer{l}/ablation.tsv", sep="\t", index=False
+            )
+        write_json(
+            acts / "manifest.json",
+            {
+                "n_tokens": n_seq * seq_len,
+                "d_model": d,
+                "layers": layers,
+                "n_sequences": n_seq,
+                "model": model,
+                "dataset": "peaks",
+            },
+        )
+        preds = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "layer": l,
+                        "level": "sequence",
+                        "target": "label",
+                        "control": "features",
+                        "item": test.name,
+                        "label": test.label,
+                        "score": test.label * (2 if model == "big" else 0.2)
+                        + rng.normal(size=len(test)),
+                    }
+                )
+                for l in layers
+            ]
+        )
         preds.to_parquet(base / "evidence/probe_predictions.parquet")
         scan = _scan(n_layers, best=(3, 1) if model == "big" else (1, 0))
         scan.to_csv(base / "evidence/head_scan.tsv", sep="\t", index=False)
     tk = build_nucleotide_tokenizer(64)
-    lm = build_model(dict(hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32, seq_len=64), tk)
+    lm = build_model(
+        dict(hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32, seq_len=64), tk
+    )
     lm.save_pretrained(wd / "resources/models/big")
     tk.save_pretrained(wd / "resources/models/big")
 
@@ -318,14 +447,37 @@ def test_comparison_rules_run_end_to_end_on_synthetic_results(tmp_path):
     wd = copy_workflow(tmp_path, SYN)
     _write_fake_results(wd)
     out = wd / "results/comparisons/pair"
-    targets = [str((out / f"{n}.tsv").relative_to(wd)) for n in
-               ("quality", "annotation", "organisation", "probes", "head_scan", "matching", "ov_audit")]
+    targets = [
+        str((out / f"{n}.tsv").relative_to(wd))
+        for n in (
+            "quality",
+            "annotation",
+            "organisation",
+            "probes",
+            "head_scan",
+            "matching",
+            "ov_audit",
+        )
+    ]
     smk(wd, "--allowed-rules", *COMPARE_RULES, "--", *targets, timeout=600)
-    for n in ("quality", "annotation", "organisation", "probes", "head_scan", "matching", "ov_audit"):
+    for n in (
+        "quality",
+        "annotation",
+        "organisation",
+        "probes",
+        "head_scan",
+        "matching",
+        "ov_audit",
+    ):
         assert (out / f"{n}.png").stat().st_size > 5_000, n
     q = pd.read_csv(out / "quality.tsv", sep="\t")
-    assert q.grid_depth.unique().tolist() == [0.5, 1.0] and set(q.run) == {"big/peaks/s", "small/peaks/s"}
-    assert q[q.run == "big/peaks/s"].layer.tolist() == [2, 4] and q[q.run == "small/peaks/s"].layer.tolist() == [1, 2]
+    assert q.grid_depth.unique().tolist() == [0.5, 1.0] and set(q.run) == {
+        "big/peaks/s",
+        "small/peaks/s",
+    }
+    assert q[q.run == "big/peaks/s"].layer.tolist() == [2, 4] and q[
+        q.run == "small/peaks/s"
+    ].layer.tolist() == [1, 2]
     a = pd.read_csv(out / "annotation.tsv", sep="\t")
     assert (a.alive_fraction == 0.5).all() and (a.novel_fraction == 1.0).all()
     o = pd.read_csv(out / "organisation.tsv", sep="\t")
@@ -334,11 +486,15 @@ def test_comparison_rules_run_end_to_end_on_synthetic_results(tmp_path):
     assert pr[["layer_a", "layer_b"]].values.tolist() == [[2, 1], [4, 2]]
     assert (pr.n_items == 20).all() and (pr.delta > 0).all() and pr.p_delong.between(0, 1).all()
     hs = pd.read_csv(out / "head_scan.tsv", sep="\t")
-    assert hs[(hs.run == "big/peaks/s") & (hs.grid_depth == 0.5)].best_r.item() == pytest.approx(0.12)  # layer 2, head 1
+    assert hs[(hs.run == "big/peaks/s") & (hs.grid_depth == 0.5)].best_r.item() == pytest.approx(
+        0.12
+    )  # layer 2, head 1
     m = pd.read_csv(out / "matching.tsv", sep="\t")
     assert len(m) == 2 and (m.rows == "sequence").all() and (m.n_rows == 60).all()
     assert m.matched_fraction.between(0, 1).all() and m.p_empirical.between(0, 1).all()
-    assert len(pd.read_parquet(out / "matching_features.parquet")) == 2 * 32  # run A's 32 features per layer pair
+    assert (
+        len(pd.read_parquet(out / "matching_features.parquet")) == 2 * 32
+    )  # run A's 32 features per layer pair
     au = pd.read_csv(out / "ov_audit.tsv", sep="\t")
     assert (au.run == "big/peaks/s").all() and set(au.side) <= {"read", "write"}
     assert au.write_cos.between(0, 1 + 1e-9).all() and au.self_gain.notna().all()
@@ -348,8 +504,16 @@ def test_comparison_rules_run_end_to_end_on_synthetic_results(tmp_path):
     (out / "ov_audit.tsv").unlink()
     (out / "ov_audit.png").unlink()
     pd.read_csv(wd / "results/big/peaks/evidence/head_scan.tsv", sep="\t").drop(columns="r").to_csv(
-        wd / "results/big/peaks/evidence/head_scan.tsv", sep="\t", index=False)
-    p = smk(wd, "--allowed-rules", "ov_audit", "--", "results/comparisons/pair/ov_audit.tsv", check=False)
+        wd / "results/big/peaks/evidence/head_scan.tsv", sep="\t", index=False
+    )
+    p = smk(
+        wd,
+        "--allowed-rules",
+        "ov_audit",
+        "--",
+        "results/comparisons/pair/ov_audit.tsv",
+        check=False,
+    )
     log = (wd / "logs/ov_audit/pair.log").read_text()
     assert p.returncode != 0 and "head_scan.tsv" in log and "'r'" in log
     assert not (out / "ov_audit.tsv").exists() and not (out / "ov_audit.png").exists()

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saeflow.counterfactual import counterfactual_pairs, destroy_motif, gc_fraction, patching_metric
-from saeflow.motifs import load_jaspar
-from saeflow.motifscan import hits, pssm, relative_threshold, scan
+from saeflow.dna.counterfactual import (
+    counterfactual_pairs,
+    destroy_motif,
+    gc_fraction,
+    patching_metric,
+)
+from saeflow.dna.motifs import load_jaspar
+from saeflow.dna.motifscan import hits, pssm, relative_threshold, scan
 from saeflow.utils import SaeflowError
 
 
@@ -25,7 +30,7 @@ def with_sites(n=30, length=120, seed=0):
     for s in sites:
         bg = "".join(rng.choice(list("ACGT"), length))
         at = int(rng.integers(0, length - len(s)))
-        seqs.append(bg[:at] + s + bg[at + len(s):])
+        seqs.append(bg[:at] + s + bg[at + len(s) :])
     return seqs
 
 
@@ -40,7 +45,10 @@ def test_pairs_keep_length_and_gc_at_every_position_and_lose_every_site(ctcf):
         assert len(r.corrupted) == len(r.clean) and r.gc_corrupted == r.gc_clean
         strong = lambda s: np.isin(list(s), ["G", "C"])  # noqa: E731
         assert (strong(r.clean) == strong(r.corrupted)).all()  # GC class kept at every position
-        assert r.clean[: r.start] == r.corrupted[: r.start] and r.clean[r.end:] == r.corrupted[r.end:]
+        assert (
+            r.clean[: r.start] == r.corrupted[: r.start]
+            and r.clean[r.end :] == r.corrupted[r.end :]
+        )
         assert r.corrupted_max_score < thr <= r.clean_score
     assert hits(list(made.corrupted), m, threshold=thr).empty
     assert gc_fraction("GGCA") == 0.75
@@ -49,8 +57,17 @@ def test_pairs_keep_length_and_gc_at_every_position_and_lose_every_site(ctcf):
 def test_a_palindrome_needs_the_shuffle_and_is_still_destroyed():
     # a matrix that only looks at GC class (A = T, C = G in every column): complementing the site, or
     # any shuffle that keeps GC at every position, leaves its score unchanged
-    counts = np.array([[10, 0, 0, 10], [10, 0, 0, 10], [0, 10, 10, 0], [0, 10, 10, 0], [10, 0, 0, 10], [10, 0, 0, 10]],
-                      float)
+    counts = np.array(
+        [
+            [10, 0, 0, 10],
+            [10, 0, 0, 10],
+            [0, 10, 10, 0],
+            [0, 10, 10, 0],
+            [10, 0, 0, 10],
+            [10, 0, 0, 10],
+        ],
+        float,
+    )
     m = pssm(counts)
     thr = relative_threshold(m, 0.9)
     seq = "GGGG" + "ATCGAT" + "GGGG"
@@ -59,11 +76,16 @@ def test_a_palindrome_needs_the_shuffle_and_is_still_destroyed():
     # variant that keeps GC per position can escape, and the function says so instead of cheating
     assert destroy_motif(seq, 4, 10, m, thr, max_tries=50) is None
     # a matrix that cares about identity is escaped by the shuffle
-    counts2 = np.array([[10, 0, 0, 0], [0, 0, 0, 10], [0, 10, 0, 0], [0, 0, 10, 0], [10, 0, 0, 0], [0, 0, 0, 10]], float)
+    counts2 = np.array(
+        [[10, 0, 0, 0], [0, 0, 0, 10], [0, 10, 0, 0], [0, 0, 10, 0], [10, 0, 0, 0], [0, 0, 0, 10]],
+        float,
+    )
     m2 = pssm(counts2)
     thr2 = relative_threshold(m2, 0.9)
     c = destroy_motif(seq, 4, 10, m2, thr2, seed=3)
-    assert c is not None and scan([c], m2)[0].score.max() < thr2 and gc_fraction(c) == gc_fraction(seq)
+    assert (
+        c is not None and scan([c], m2)[0].score.max() < thr2 and gc_fraction(c) == gc_fraction(seq)
+    )
     with pytest.raises(SaeflowError, match="outside a sequence"):
         destroy_motif(seq, 10, 30, m2, thr2)
 

@@ -1,4 +1,4 @@
-"""saeflow.differential: differential SAE features between two groups of sequences."""
+"""saeflow.dna.differential: differential SAE features between two groups of sequences."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
-from saeflow.differential import COLUMNS, differential_features, volcano
+from saeflow.dna.differential import COLUMNS, differential_features, volcano
 from saeflow.utils import SaeflowError
 
 
@@ -32,7 +32,11 @@ def test_planted_features_found_and_nulls_not(test):
     assert {3, 7, 11} <= hits
     assert len(hits - {3, 7, 11}) <= 1
     planted = df.set_index("feature").loc[[3, 7, 11]]
-    assert (planted["diff"] > 0).all() and (planted.rank_biserial > 0).all() and (planted.hedges_g > 0).all()
+    assert (
+        (planted["diff"] > 0).all()
+        and (planted.rank_biserial > 0).all()
+        and (planted.hedges_g > 0).all()
+    )
     # swapping the groups flips the signs
     sw = differential_features(x, g, "ns", "sig", test=test)
     np.testing.assert_allclose(sw["diff"], -df["diff"])
@@ -107,15 +111,19 @@ def test_effect_sizes_and_ci_coverage():
 
 @pytest.mark.parametrize("test", ["mannwhitney", "welch"])
 def test_sparse_equals_dense(test, monkeypatch):
-    import saeflow.differential as d
+    import saeflow.dna.differential as d
 
     monkeypatch.setattr(d, "_CHUNK", 16)  # several chunks
     x, g = _data(seed=9, sparse_frac=0.7)
     x[:, 20] = 0.0
-    dense = differential_features(x, g, "sig", "ns", test=test, features=[f"f{i}" for i in range(x.shape[1])])
+    dense = differential_features(
+        x, g, "sig", "ns", test=test, features=[f"f{i}" for i in range(x.shape[1])]
+    )
     for s in (sp.csr_matrix(x), sp.csc_matrix(x), sp.coo_matrix(x)):
         pd.testing.assert_frame_equal(
-            differential_features(s, g, "sig", "ns", test=test, features=[f"f{i}" for i in range(x.shape[1])]),
+            differential_features(
+                s, g, "sig", "ns", test=test, features=[f"f{i}" for i in range(x.shape[1])]
+            ),
             dense,
         )
     assert dense.feature[0] == "f0" and np.isnan(dense.p[20])

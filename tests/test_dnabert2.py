@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tinymodels import DNABERT2_LAYERS as N_LAYERS
+from tinymodels import write_dnabert2_checkpoint as write_checkpoint
 
 from saeflow.models.base import Capture, Patch
 from saeflow.models.dnabert2 import alibi_bias, alibi_slopes, load_dnabert2
 from saeflow.utils import SaeflowError
-
-from tinymodels import DNABERT2_LAYERS as N_LAYERS
-from tinymodels import write_dnabert2_checkpoint as write_checkpoint
-
 
 # The published checkpoint's key names for a 2-layer model (BertForMaskedLM of bert_layers.py:
 # BertEmbeddings without position embeddings, BertUnpadSelfAttention.Wqkv, BertSelfOutput,
@@ -61,7 +59,11 @@ PUBLISHED_KEYS = [
     "cls.predictions.decoder.bias",
 ]
 
-SEQS = ["ACGTTGCAAGGCTTACGATCGATCGGATAC", "TTGACCA", "GATTACAGATTACAGGGCCCAAATTTACGTACGTAGCTAGCTAGGA"]
+SEQS = [
+    "ACGTTGCAAGGCTTACGATCGATCGGATAC",
+    "TTGACCA",
+    "GATTACAGATTACAGGGCCCAAATTTACGTACGTAGCTAGCTAGGA",
+]
 
 
 @pytest.fixture(scope="module", params=[(32, 4), (36, 3)], ids=["4heads", "3heads"])
@@ -104,18 +106,20 @@ def test_alibi_slopes_equal_the_published_values():
     # written out from the published recursion: 2^-(8/n)(i+1) for n = 2^a; otherwise the slopes
     # of the largest power of 2 below n, then every other slope of twice that power
     expected = {
-        4: [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8],
-        8: [2 ** -k for k in range(1, 9)],
-        3: [2 ** -4, 2 ** -8, 2 ** -2],
-        6: [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3],
-        12: [2 ** -k for k in range(1, 9)] + [2 ** -0.5, 2 ** -1.5, 2 ** -2.5, 2 ** -3.5],
+        4: [2**-2, 2**-4, 2**-6, 2**-8],
+        8: [2**-k for k in range(1, 9)],
+        3: [2**-4, 2**-8, 2**-2],
+        6: [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3],
+        12: [2**-k for k in range(1, 9)] + [2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5],
     }
     for n, slopes in expected.items():
         np.testing.assert_allclose(alibi_slopes(n), slopes, rtol=1e-12, err_msg=f"{n} heads")
     for n in (3, 4, 12):
         bias = alibi_bias(n, 6)
         assert bias.shape == (1, n, 6, 6)
-        ref = torch.tensor([[[-expected[n][h] * abs(i - j) for j in range(6)] for i in range(6)] for h in range(n)])
+        ref = torch.tensor(
+            [[[-expected[n][h] * abs(i - j) for j in range(6)] for i in range(6)] for h in range(n)]
+        )
         torch.testing.assert_close(bias[0], ref.float(), rtol=1e-6, atol=0)
 
 
@@ -155,7 +159,9 @@ def test_padded_batch_equals_each_sequence_alone(ad):
         assert torch.equal(tb.input_ids[b, :n], one.input_ids[0])
         torch.testing.assert_close(batch.logits[b, :n], alone.logits[0], rtol=1e-5, atol=1e-5)
         for L in layers:
-            torch.testing.assert_close(batch.resid[L][b, :n], alone.resid[L][0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                batch.resid[L][b, :n], alone.resid[L][0], rtol=1e-5, atol=1e-5
+            )
 
 
 @torch.no_grad()
@@ -166,8 +172,12 @@ def test_captures_match_hidden_states_and_the_published_block(ad):
     L_all = list(range(1, N_LAYERS + 1))
     res = ad.run(tb, Capture(resid=[0] + L_all, attn=L_all, qkv=L_all, head_out=L_all, mlp=L_all))
     with torch.inference_mode():
-        out = m(input_ids=tb.input_ids, attention_mask=tb.attention_mask, output_hidden_states=True,
-                output_attentions=True)
+        out = m(
+            input_ids=tb.input_ids,
+            attention_mask=tb.attention_mask,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
     assert len(out.hidden_states) == N_LAYERS + 1
     for L in range(N_LAYERS + 1):
         assert torch.equal(res.resid[L], out.hidden_states[L]), L
@@ -185,14 +195,17 @@ def test_captures_match_hidden_states_and_the_published_block(ad):
         assert torch.equal(res.attn[L], out.attentions[L - 1])
         qkv = x @ blk.attention.self.Wqkv.weight.T + blk.attention.self.Wqkv.bias
         for i, name in enumerate("qkv"):  # (t h d) layout: q block, k block, v block, head-major
-            ref = qkv[..., i * d:(i + 1) * d].reshape(B, T, H, dh).transpose(1, 2)
+            ref = qkv[..., i * d : (i + 1) * d].reshape(B, T, H, dh).transpose(1, 2)
             torch.testing.assert_close(getattr(res, name)[L], ref, rtol=1e-5, atol=1e-5)
         # head outputs = probabilities x values, (B, T, H, dh)
         ref_heads = (res.attn[L] @ res.v[L]).transpose(1, 2)
         torch.testing.assert_close(res.head_out[L], ref_heads, rtol=1e-5, atol=1e-5)
         # post-LN attention output, then the GLU: GELU(first half) * second half
         att = blk.attention.output
-        a = ln(res.head_out[L].reshape(B, T, d) @ att.dense.weight.T + att.dense.bias + x, att.LayerNorm)
+        a = ln(
+            res.head_out[L].reshape(B, T, d) @ att.dense.weight.T + att.dense.bias + x,
+            att.LayerNorm,
+        )
         g = a @ blk.mlp.gated_layers.weight.T
         glu = F.gelu(g[..., :d_ff]) * g[..., d_ff:]
         torch.testing.assert_close(res.mlp[L], glu, rtol=1e-5, atol=1e-5)
@@ -204,14 +217,21 @@ def test_captures_match_hidden_states_and_the_published_block(ad):
         bias = blk.attention.self.Wqkv.bias
         for i, (name, key) in enumerate((("q", "W_Q"), ("k", "W_K"), ("v", "W_V"))):
             for h in range(H):
-                ref = x @ w[key][h] + bias[i * d + h * dh: i * d + (h + 1) * dh]
+                ref = x @ w[key][h] + bias[i * d + h * dh : i * d + (h + 1) * dh]
                 torch.testing.assert_close(getattr(res, name)[L][:, h], ref, rtol=1e-5, atol=1e-5)
         proj = sum(res.head_out[L][:, :, h] @ w["W_O"][h] for h in range(H)) + att.dense.bias
-        torch.testing.assert_close(proj, att.dense(res.head_out[L].reshape(B, T, d)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            proj, att.dense(res.head_out[L].reshape(B, T, d)), rtol=1e-5, atol=1e-5
+        )
     # MLM head: dense, GELU, LayerNorm, decoder tied to the word embeddings plus its own bias
     p = m.cls.predictions
-    t = F.layer_norm(F.gelu(res.resid[N_LAYERS] @ p.transform.dense.weight.T + p.transform.dense.bias), (d,),
-                     p.transform.LayerNorm.weight, p.transform.LayerNorm.bias, 1e-12)
+    t = F.layer_norm(
+        F.gelu(res.resid[N_LAYERS] @ p.transform.dense.weight.T + p.transform.dense.bias),
+        (d,),
+        p.transform.LayerNorm.weight,
+        p.transform.LayerNorm.bias,
+        1e-12,
+    )
     ref_logits = t @ m.bert.embeddings.word_embeddings.weight.T + p.decoder.bias
     torch.testing.assert_close(res.logits, ref_logits, rtol=1e-5, atol=1e-5)
 
@@ -234,7 +254,9 @@ def test_patching_a_layer_or_head_with_itself_changes_nothing_and_zeroing_a_head
         assert torch.equal(same.logits, clean.logits), L
     for L in (1, 2):
         for h in range(ad.n_heads):
-            assert torch.equal(ad.run(tb, patch=Patch(heads={(L, h): lambda t: t.clone()})).logits, clean.logits)
+            assert torch.equal(
+                ad.run(tb, patch=Patch(heads={(L, h): lambda t: t.clone()})).logits, clean.logits
+            )
     zeroed = ad.run(tb, Capture(head_out=[1]), Patch(heads={(1, 0): torch.zeros_like}))
     assert not torch.allclose(zeroed.logits, clean.logits)
     assert (zeroed.head_out[1][:, :, 0] == 0).all()
@@ -300,10 +322,14 @@ def test_clear_errors(tmp_path, ckpt):
     sd = torch.load(src / "pytorch_model.bin", weights_only=True)
     del sd["bert.encoder.layer.1.mlp.wo.bias"]
     torch.save(sd, d / "pytorch_model.bin")
-    with pytest.raises(SaeflowError, match=r"missing key\(s\): \['bert\.encoder\.layer\.1\.mlp\.wo\.bias'\]"):
+    with pytest.raises(
+        SaeflowError, match=r"missing key\(s\): \['bert\.encoder\.layer\.1\.mlp\.wo\.bias'\]"
+    ):
         load_dnabert2(d)
     sd = torch.load(src / "pytorch_model.bin", weights_only=True)
-    sd["bert.encoder.layer.0.attention.self.query.weight"] = sd.pop("bert.encoder.layer.0.attention.self.Wqkv.weight")
+    sd["bert.encoder.layer.0.attention.self.query.weight"] = sd.pop(
+        "bert.encoder.layer.0.attention.self.Wqkv.weight"
+    )
     torch.save(sd, d / "pytorch_model.bin")
     with pytest.raises(SaeflowError, match="standard Hugging Face BERT"):
         load_dnabert2(d)

@@ -9,7 +9,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from dlserver import FixtureServer, md5, populate
 from wfutil import copy_workflow, planned_jobs, smk
 
@@ -24,16 +23,30 @@ def server():
 def download_config(src: dict, base: str) -> dict:
     return {
         "references": {
-            "grch38": {"source": "download", "url": src["fasta_url"], "md5": src["fasta_md5"],
-                       "sha256": src["fasta_sha256"], "encode_peaks": src["peaks_acc"],
-                       "encode_signal": src["signal_acc"]},
+            "grch38": {
+                "source": "download",
+                "url": src["fasta_url"],
+                "md5": src["fasta_md5"],
+                "sha256": src["fasta_sha256"],
+                "encode_peaks": src["peaks_acc"],
+                "encode_signal": src["signal_acc"],
+            },
         },
         "encode": src["encode"],
         "nt_benchmark": {"repo_id": src["nt_repo"], "revision": src["nt_commit"], "endpoint": base},
         "models": {
-            "tiny": {"source": "hub", "family": "toy", "n_layers": 2,
-                     "hub": {"repo_id": src["model_repo"], "revision": "main", "endpoint": base}},
-            "scgpt": {"source": "url", "family": "scgpt", "n_layers": 12, "files": src["scgpt_files"]},
+            "tiny": {
+                "source": "hub",
+                "family": "toy",
+                "n_layers": 2,
+                "hub": {"repo_id": src["model_repo"], "revision": "main", "endpoint": base},
+            },
+            "scgpt": {
+                "source": "url",
+                "family": "scgpt",
+                "n_layers": 12,
+                "files": src["scgpt_files"],
+            },
         },
         "datasets": {
             "ctcf": {"reference": "grch38", "kind": "peaks"},
@@ -44,8 +57,12 @@ def download_config(src: dict, base: str) -> dict:
             "GO_Biological_Process_2023": {"source": "enrichr", "enrichr_url": src["enrichr_url"]},
             "hallmark": {"source": "gmt", "url": src["gmt_url"]},
             "trrust_human": {"source": "trrust", "trrust_url": src["trrust_url"]},
-            "string_human": {"source": "string", "string_links_url": src["string_links_url"],
-                             "string_info_url": src["string_info_url"], "min_score": 700},
+            "string_human": {
+                "source": "string",
+                "string_links_url": src["string_links_url"],
+                "string_info_url": src["string_info_url"],
+                "min_score": 700,
+            },
         },
         "runs": [],
         "saes": {},
@@ -77,13 +94,17 @@ def test_download_rules_fetch_every_source(downloaded, server):
     gmt = (res / "genesets/GO_Biological_Process_2023.gmt").read_text().splitlines()
     assert gmt[1].split("\t")[2:] == ["CDK1", "CCNB1", "TP53"]
     assert (res / "genesets/hallmark.gmt").exists()
-    assert list(pd.read_csv(res / "genesets/trrust_human.tsv", sep="\t").columns)[:2] == ["source", "target"]
+    assert list(pd.read_csv(res / "genesets/trrust_human.tsv", sep="\t").columns)[:2] == [
+        "source",
+        "target",
+    ]
     assert len(pd.read_csv(res / "genesets/string_human.tsv", sep="\t")) == 2
     model = json.loads((res / "models/tiny/saeflow_download.json").read_text())
     assert model["commit"] == src["model_commit"] and (res / "models/tiny/config.json").exists()
     assert not (res / "models/tiny/README.md").exists()  # not in the default allow_patterns
-    assert sorted(json.loads((res / "models/scgpt/saeflow_download.json").read_text())["files"]) == \
-        ["args.json", "best_model.pt", "vocab.json"]
+    assert sorted(
+        json.loads((res / "models/scgpt/saeflow_download.json").read_text())["files"]
+    ) == ["args.json", "best_model.pt", "vocab.json"]
     assert (wd / "logs/download_encode" / f"{src['peaks_acc']}.bed.gz.log").exists()
 
 
@@ -97,35 +118,75 @@ def test_the_plan_includes_downloaded_inputs(downloaded):
     """A run on downloaded sources plans the downloads' consumers without touching the network."""
     wd, _ = downloaded
     cfg = json.loads(json.dumps(download_config({**_dummy()}, "http://127.0.0.1:9")))
-    cfg["runs"] = [{"model": "tiny", "dataset": "ctcf"}, {"model": "tiny", "dataset": "promoter_tata"}]
+    cfg["runs"] = [
+        {"model": "tiny", "dataset": "ctcf"},
+        {"model": "tiny", "dataset": "promoter_tata"},
+    ]
     cfg["saes"] = {"s": {"arch": "topk"}}
     cfg["models"]["tiny"]["layers"] = [1, 2]
     wd2 = copy_workflow(wd.parent / "plan", cfg)
     p = smk(wd2, "-n")
     jobs = planned_jobs(p)
-    assert jobs["download_fasta"] == 1 and jobs["download_encode"] == 1  # peaks only: no run needs the signal
+    assert (
+        jobs["download_fasta"] == 1 and jobs["download_encode"] == 1
+    )  # peaks only: no run needs the signal
     assert jobs["download_hub_model"] == 1 and jobs["download_nt_task"] == 1
     assert jobs["train_sae"] == 4 and "train_toy_model" not in jobs and "download_cells" not in jobs
 
 
 def _dummy() -> dict:
     url = "http://127.0.0.1:9/x"
-    return {"fasta_url": url + ".fa.gz", "fasta_md5": "", "fasta_sha256": "", "peaks_acc": "ENCFF000PKS",
-            "signal_acc": "ENCFF000SIG", "encode": {}, "nt_repo": "o/r", "nt_commit": "c" * 40,
-            "model_repo": "o/m", "scgpt_files": [{"url": url + "/best_model.pt"}], "h5ad_url": url,
-            "h5ad_sha256": "", "enrichr_url": url, "gmt_url": url, "trrust_url": url, "string_links_url": url,
-            "string_info_url": url}
+    return {
+        "fasta_url": url + ".fa.gz",
+        "fasta_md5": "",
+        "fasta_sha256": "",
+        "peaks_acc": "ENCFF000PKS",
+        "signal_acc": "ENCFF000SIG",
+        "encode": {},
+        "nt_repo": "o/r",
+        "nt_commit": "c" * 40,
+        "model_repo": "o/m",
+        "scgpt_files": [{"url": url + "/best_model.pt"}],
+        "h5ad_url": url,
+        "h5ad_sha256": "",
+        "enrichr_url": url,
+        "gmt_url": url,
+        "trrust_url": url,
+        "string_links_url": url,
+        "string_info_url": url,
+    }
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda c: c["models"]["tiny"].update(n_layers=0), "models.tiny.n_layers: required for a hub model"),
-    (lambda c: c["models"]["tiny"]["hub"].update(revision=""), "models.tiny.hub.revision: required"),
-    (lambda c: c["datasets"]["replogle"].update(url=""), "datasets.replogle: kind 'cells' needs h5ad"),
-    (lambda c: c["datasets"]["promoter_tata"].update(table="t.tsv"), "give table or nt_task, not both"),
-    (lambda c: c["references"]["grch38"].update(encode_peaks=""), "needs references.grch38.encode_peaks"),
-    (lambda c: c["genesets"]["hallmark"].update(url=""), "genesets.hallmark.url: required"),
-    (lambda c: c["references"]["grch38"].update(encode_peaks="ENC123"), "references.grch38.encode_peaks:"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (
+            lambda c: c["models"]["tiny"].update(n_layers=0),
+            "models.tiny.n_layers: required for a hub model",
+        ),
+        (
+            lambda c: c["models"]["tiny"]["hub"].update(revision=""),
+            "models.tiny.hub.revision: required",
+        ),
+        (
+            lambda c: c["datasets"]["replogle"].update(url=""),
+            "datasets.replogle: kind 'cells' needs h5ad",
+        ),
+        (
+            lambda c: c["datasets"]["promoter_tata"].update(table="t.tsv"),
+            "give table or nt_task, not both",
+        ),
+        (
+            lambda c: c["references"]["grch38"].update(encode_peaks=""),
+            "needs references.grch38.encode_peaks",
+        ),
+        (lambda c: c["genesets"]["hallmark"].update(url=""), "genesets.hallmark.url: required"),
+        (
+            lambda c: c["references"]["grch38"].update(encode_peaks="ENC123"),
+            "references.grch38.encode_peaks:",
+        ),
+    ],
+)
 def test_bad_download_config_fails_naming_the_key(tmp_path, mutate, message):
     cfg = download_config(_dummy(), "http://127.0.0.1:9")
     mutate(cfg)

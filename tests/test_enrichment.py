@@ -1,4 +1,4 @@
-"""saeflow.enrichment: gene-set over-representation and network edge enrichment of SAE features."""
+"""saeflow.cells.enrichment: gene-set over-representation and network edge enrichment of SAE features."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
-from saeflow import enrichment as en
+from saeflow.cells import enrichment as en
 from saeflow.utils import SaeflowError
 
 GENES = np.array([f"G{i:04d}" for i in range(1200)], dtype=object)
 
 
 def _random_sets(rng, n_sets, lo=15, hi=120, genes=GENES):
-    return {f"T{j:03d}": list(rng.choice(genes, rng.integers(lo, hi), replace=False)) for j in range(n_sets)}
+    return {
+        f"T{j:03d}": list(rng.choice(genes, rng.integers(lo, hi), replace=False))
+        for j in range(n_sets)
+    }
 
 
 def _random_hits(rng, n_features, size=40, genes=GENES):
@@ -76,14 +79,24 @@ def test_read_gmt_roundtrip_and_errors(tmp_path):
 def test_read_edge_tables(tmp_path):
     from saeflow.utils import write_table
 
-    write_table(pd.DataFrame({"source": ["TF1", "TF1", "TF2"], "target": ["A", "B", "A"],
-                              "mode": ["Activation", "Repression", "Unknown"], "pmids": ["1", "2", "3"]}),
-                tmp_path / "trrust.tsv")
+    write_table(
+        pd.DataFrame(
+            {
+                "source": ["TF1", "TF1", "TF2"],
+                "target": ["A", "B", "A"],
+                "mode": ["Activation", "Repression", "Unknown"],
+                "pmids": ["1", "2", "3"],
+            }
+        ),
+        tmp_path / "trrust.tsv",
+    )
     tr = en.read_trrust(tmp_path / "trrust.tsv")
     assert en.trrust_gene_sets(tr) == {"TF1": ["A", "B"], "TF2": ["A"]}
     assert en.trrust_gene_sets(tr, by_mode=True)["TF1 Repression"] == ["B"]
-    write_table(pd.DataFrame({"source": ["A", "A"], "target": ["B", "C"], "combined_score": [900, 400]}),
-                tmp_path / "string.tsv")
+    write_table(
+        pd.DataFrame({"source": ["A", "A"], "target": ["B", "C"], "combined_score": [900, 400]}),
+        tmp_path / "string.tsv",
+    )
     assert len(en.read_string(tmp_path / "string.tsv", min_score=700)) == 1
     with pytest.raises(SaeflowError, match="combined_score"):
         en.read_string(tmp_path / "trrust.tsv")
@@ -105,7 +118,9 @@ def test_hypergeom_sf_equals_scipy():
     lo, hi = np.maximum(0, n + K - N), np.minimum(n, K)
     k = rng.integers(lo - 1, hi + 2)
     near = rng.random(m) < 0.5  # half of them around the mean, where both tails matter
-    k[near] = np.clip((n * K // np.maximum(N, 1))[near] + rng.integers(-3, 8, near.sum()), lo[near], hi[near])
+    k[near] = np.clip(
+        (n * K // np.maximum(N, 1))[near] + rng.integers(-3, 8, near.sum()), lo[near], hi[near]
+    )
     ours = en.hypergeom_sf(k, N, K, n)
     ref = stats.hypergeom.sf(k - 1, N, K, n)
     normal = ref > 1e-300
@@ -133,21 +148,35 @@ def test_agrees_with_gseapy_enrich():
     sets = _random_sets(rng, 120, lo=5, hi=150)
     background = list(GENES[:1000])  # 200 genes outside: sets and hits are intersected with it
     hits = _random_hits(rng, 6, size=60)
-    hits["f0"] = sets["T007"][:25] + hits["f0"][:35]  # one planted, so small p-values are compared too
-    df = en.overrepresentation(hits, {"lib": sets}, background, min_size=1, max_size=10_000, genes_q_max=None)
+    hits["f0"] = (
+        sets["T007"][:25] + hits["f0"][:35]
+    )  # one planted, so small p-values are compared too
+    df = en.overrepresentation(
+        hits, {"lib": sets}, background, min_size=1, max_size=10_000, genes_q_max=None
+    )
     compared = 0
     for f, genes in hits.items():
-        res = gseapy.enrich(gene_list=genes, gene_sets=sets, background=background, outdir=None, cutoff=1,
-                            no_plot=True).res2d.set_index("Term")
+        res = gseapy.enrich(
+            gene_list=genes,
+            gene_sets=sets,
+            background=background,
+            outdir=None,
+            cutoff=1,
+            no_plot=True,
+        ).res2d.set_index("Term")
         ours = df[df.feature == f].assign(term=lambda d: d.term.astype(str)).set_index("term")
         assert sorted(res.index) == sorted(ours.index)  # the same terms have k > 0
         ours = ours.loc[res.index]
         np.testing.assert_allclose(ours.p, res["P-value"], rtol=1e-8, atol=0)
         np.testing.assert_allclose(ours.odds_ratio, res["Odds Ratio"], rtol=1e-10)
         assert [f"{k}/{K}" for k, K in zip(ours.k, ours.K)] == list(res.Overlap)
-        assert [set(g.split(";")) for g in ours.overlap_genes] == [set(g.split(";")) for g in res.Genes]
+        assert [set(g.split(";")) for g in ours.overlap_genes] == [
+            set(g.split(";")) for g in res.Genes
+        ]
         # and gseapy's own statistics function
-        terms, pvals, _, x, _, _ = gseapy.stats.calc_pvalues(set(genes), sets, background=set(background))
+        terms, pvals, _, x, _, _ = gseapy.stats.calc_pvalues(
+            set(genes), sets, background=set(background)
+        )
         np.testing.assert_allclose(ours.loc[list(terms)].p, pvals, rtol=1e-8, atol=0)
         compared += len(res)
     assert compared > 300
@@ -167,16 +196,20 @@ def test_planted_enrichment_found_with_its_genes():
     assert top.q < 0.05 and top.k == 12 and top.n == 40
     assert top.overlap_genes == ";".join(sorted(planted))
     assert top.K == len(sets["T042"]) and top.N == len(GENES)
-    assert np.isclose(top.expected, 40 * top.K / len(GENES)) and np.isclose(top.fold, 12 / top.expected)
+    assert np.isclose(top.expected, 40 * top.K / len(GENES)) and np.isclose(
+        top.fold, 12 / top.expected
+    )
     # odds ratio: Haldane–Anscombe (0.5 in every cell)
     a, b, c, d = 12, top.K - 12, 40 - 12, len(GENES) - top.K - 40 + 12
-    assert np.isclose(top.odds_ratio, (a + .5) * (d + .5) / ((b + .5) * (c + .5)))
+    assert np.isclose(top.odds_ratio, (a + 0.5) * (d + 0.5) / ((b + 0.5) * (c + 0.5)))
     # overlap genes are only filled for significant rows
     assert df[df.q > 0.05].overlap_genes.isna().all()
     # with q_max only significant rows come back, the family is the same
     sig = en.overrepresentation(hits, {"lib": sets}, GENES, q_max=0.05)
     assert sig.attrs["family_size"] == df.attrs["family_size"] and not sig.attrs["complete"]
-    assert set(zip(sig.feature, sig.term)) == set(zip(df[df.q <= 0.05].feature, df[df.q <= 0.05].term))
+    assert set(zip(sig.feature, sig.term)) == set(
+        zip(df[df.q <= 0.05].feature, df[df.q <= 0.05].term)
+    )
 
 
 def _overlaps_by_sets(hits, sets, background):
@@ -204,7 +237,9 @@ def test_family_counts_k0_tests_and_size_filter_after_background():
     sets["big"] = list(background[200:550]) + list(outside[:250])
     hits = _random_hits(rng, 25, size=30)
     hits["f0"] = list(background[100:110]) + list(background[600:620])
-    df = en.overrepresentation(hits, {"lib": sets}, background, min_size=10, max_size=400, genes_q_max=None)
+    df = en.overrepresentation(
+        hits, {"lib": sets}, background, min_size=10, max_size=400, genes_q_max=None
+    )
     terms = set(df.term.astype(str))
     assert "small_in_bg" not in terms and {"kept_12", "big"} <= terms
     assert df[df.term == "kept_12"].K.unique().tolist() == [12]
@@ -214,19 +249,28 @@ def test_family_counts_k0_tests_and_size_filter_after_background():
     assert (df.k > 0).all() and len(df) < 25 * n_tested_sets  # k = 0 rows are not returned ...
 
     # ... but they are in the family: q equals BH over every pair, k = 0 pairs at p = 1
-    full = _overlaps_by_sets(hits, {t: s for t, s in sets.items() if t != "small_in_bg"}, background)
+    full = _overlaps_by_sets(
+        hits, {t: s for t, s in sets.items() if t != "small_in_bg"}, background
+    )
     assert len(full) == 25 * n_tested_sets and (full.k == 0).sum() > 0
-    full["p"] = np.where(full.k > 0, stats.hypergeom.sf(full.k - 1, len(background), full.K, full.n), 1.0)
+    full["p"] = np.where(
+        full.k > 0, stats.hypergeom.sf(full.k - 1, len(background), full.K, full.n), 1.0
+    )
     full["q"] = _fdr_bh(full.p.to_numpy())
-    merged = full[full.k > 0].merge(df.assign(feature=df.feature.astype(str), term=df.term.astype(str)),
-                                    on=["feature", "term"], suffixes=("", "_ours"))
+    merged = full[full.k > 0].merge(
+        df.assign(feature=df.feature.astype(str), term=df.term.astype(str)),
+        on=["feature", "term"],
+        suffixes=("", "_ours"),
+    )
     assert len(merged) == len(df)
     assert (merged.k == merged.k_ours).all() and (merged.n == merged.n_ours).all()
     np.testing.assert_allclose(merged.p_ours, merged.p, rtol=1e-8)
     np.testing.assert_allclose(merged.q_ours, merged.q, rtol=1e-8)
     # hits outside the background do not count towards n
     hits2 = {"x": list(background[:20]) + list(outside[:20])}
-    assert en.overrepresentation(hits2, {"lib": sets}, background, min_size=10, max_size=400).n.unique().tolist() == [20]
+    assert en.overrepresentation(
+        hits2, {"lib": sets}, background, min_size=10, max_size=400
+    ).n.unique().tolist() == [20]
 
 
 def test_null_calibration_uniform_randomised_p_and_fdp():
@@ -247,13 +291,17 @@ def test_null_calibration_uniform_randomised_p_and_fdp():
         # 4 features with a true enrichment of one set each (the alternative)
         truth = set()
         for i, t in enumerate(["T000", "T001", "T002", "T003"]):
-            hits[f"f{i}"] = list(rng.choice(sets[t], 8, replace=False)) + [
-                g for g in hits[f"f{i}"] if g not in sets[t]][:32]
+            hits[f"f{i}"] = (
+                list(rng.choice(sets[t], 8, replace=False))
+                + [g for g in hits[f"f{i}"] if g not in sets[t]][:32]
+            )
             truth.add((f"f{i}", t))
         df = en.overrepresentation(hits, {"lib": sets}, background, min_size=15, max_size=500)
         assert df.attrs["family_size"] == 20 * 25
         disc = df[df.q <= 0.05]
-        false = sum((f, t) not in truth for f, t in zip(disc.feature.astype(str), disc.term.astype(str)))
+        false = sum(
+            (f, t) not in truth for f, t in zip(disc.feature.astype(str), disc.term.astype(str))
+        )
         fdps.append(false / max(len(disc), 1))
         # the null tests: every pair of the 16 random features, k = 0 included
         full = _overlaps_by_sets({f: hits[f] for f in list(hits)[4:]}, sets, background)
@@ -305,10 +353,12 @@ def test_hit_matrix_input_and_top_hits():
         for g in genes:
             M[i, col[g]] = True
     by_dict = en.overrepresentation(hits, {"l": sets}, GENES, genes_q_max=None)
-    by_mat = en.overrepresentation(M.tocsr(), {"l": sets}, GENES, universe=GENES, features=list(hits),
-                                   genes_q_max=None)
-    pd.testing.assert_frame_equal(by_dict.astype({"feature": str, "term": str}),
-                                  by_mat.astype({"feature": str, "term": str}))
+    by_mat = en.overrepresentation(
+        M.tocsr(), {"l": sets}, GENES, universe=GENES, features=list(hits), genes_q_max=None
+    )
+    pd.testing.assert_frame_equal(
+        by_dict.astype({"feature": str, "term": str}), by_mat.astype({"feature": str, "term": str})
+    )
     scores = rng.random((3, 10)) - 0.5
     scores[2] = -1.0
     top = en.top_hits(scores, 4).toarray()
@@ -335,8 +385,12 @@ def test_clear_errors():
     with pytest.raises(SaeflowError, match="universe names a gene more than once"):
         en.overrepresentation({"f": ["G0001"]}, {"l": sets}, GENES, universe=["G0001", "G0001"])
     with pytest.raises(SaeflowError, match="no network edge joins two background genes"):
-        en.edge_enrichment({"f": ["G0001"]}, pd.DataFrame({"source": ["X"], "target": ["Y"]}), GENES,
-                           directed=False)
+        en.edge_enrichment(
+            {"f": ["G0001"]},
+            pd.DataFrame({"source": ["X"], "target": ["Y"]}),
+            GENES,
+            directed=False,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -362,10 +416,16 @@ def test_degree_preserving_swaps_keep_every_degree():
     for directed in (False, True):
         edges = _random_graph(rng)
         bg, u, v = en.network_on_background(edges, GENES[:300], directed=directed)
-        nu, nv = en.degree_preserving_swaps(u, v, len(bg), directed=directed, rng=np.random.default_rng(0))
+        nu, nv = en.degree_preserving_swaps(
+            u, v, len(bg), directed=directed, rng=np.random.default_rng(0)
+        )
         if directed:
-            assert (np.bincount(nu, minlength=300) == np.bincount(u, minlength=300)).all()  # out-degree
-            assert (np.bincount(nv, minlength=300) == np.bincount(v, minlength=300)).all()  # in-degree
+            assert (
+                np.bincount(nu, minlength=300) == np.bincount(u, minlength=300)
+            ).all()  # out-degree
+            assert (
+                np.bincount(nv, minlength=300) == np.bincount(v, minlength=300)
+            ).all()  # in-degree
             keys = nu * 300 + nv
         else:
             deg = np.bincount(np.r_[u, v], minlength=300)
@@ -375,11 +435,15 @@ def test_degree_preserving_swaps_keep_every_degree():
         assert (nu != nv).all() and np.unique(keys).size == keys.size  # simple graph
         # well mixed: the rewired graph shares no more edges with the observed one than two
         # independent rewirings share with each other (hub-hub edges are in almost every rewiring)
-        other = en.degree_preserving_swaps(u, v, len(bg), directed=directed, rng=np.random.default_rng(1))
+        other = en.degree_preserving_swaps(
+            u, v, len(bg), directed=directed, rng=np.random.default_rng(1)
+        )
         shared_obs = np.isin(keys, u * 300 + v).mean()
         shared_null = np.isin(keys, other[0] * 300 + other[1]).mean()
         assert shared_obs < shared_null + 0.03 and shared_obs < 0.3
-        again = en.degree_preserving_swaps(u, v, len(bg), directed=directed, rng=np.random.default_rng(0))
+        again = en.degree_preserving_swaps(
+            u, v, len(bg), directed=directed, rng=np.random.default_rng(0)
+        )
         assert (again[0] == nu).all() and (again[1] == nv).all()  # seeded
 
 
@@ -388,7 +452,10 @@ def test_edge_enrichment_clique_vs_random_vs_single_hub_edge():
     edges = _random_graph(rng)
     background = GENES[:300]
     clique = list(GENES[100:110])
-    extra = pd.DataFrame([(a, b) for i, a in enumerate(clique) for b in clique[i + 1:]], columns=["source", "target"])
+    extra = pd.DataFrame(
+        [(a, b) for i, a in enumerate(clique) for b in clique[i + 1 :]],
+        columns=["source", "target"],
+    )
     edges = pd.concat([edges, extra], ignore_index=True)
     hits = {"clique": clique + list(GENES[200:210])}
     for i in range(6):
@@ -397,13 +464,17 @@ def test_edge_enrichment_clique_vs_random_vs_single_hub_edge():
     hub_edge = edges[(edges.source.isin(GENES[:5])) & (edges.target.isin(GENES[:5]))].iloc[0]
     others = [g for g in rng.choice(background[5:], 40, replace=False)]
     hits["one_hub_edge"] = [hub_edge.source, hub_edge.target] + others[:18]
-    df = en.edge_enrichment(hits, edges, background, directed=False, network="toy", n_perm=299, seed=1)
+    df = en.edge_enrichment(
+        hits, edges, background, directed=False, network="toy", n_perm=299, seed=1
+    )
     assert list(df.columns) == en.EDGE_COLUMNS
     by = df.set_index("feature")
     assert df.attrs["family_size"] == len(hits) == by.family_size.iloc[0]
     assert by.loc["clique", "edges"] >= 45 and by.loc["clique", "q"] < 0.05
     assert by.loc["clique", "p"] == pytest.approx(1 / 300)
-    assert set(by.loc["clique", "edge_list"].split(";")) >= {f"{a}-{b}" for i, a in enumerate(clique) for b in clique[i + 1:]}
+    assert set(by.loc["clique", "edge_list"].split(";")) >= {
+        f"{a}-{b}" for i, a in enumerate(clique) for b in clique[i + 1 :]
+    }
     assert by.loc["one_hub_edge", "edges"] >= 1 and by.loc["one_hub_edge", "q"] > 0.05
     assert by.loc["one_hub_edge", "null_mean"] > 0.5
     rand = by.loc[[f"random{i}" for i in range(6)]]
@@ -421,7 +492,11 @@ def test_trrust_tf_targets_and_directed_edges():
     rng = np.random.default_rng(10)
     background = GENES[:400]
     tfs = GENES[:20]
-    rows = [(tf, t) for tf in tfs for t in rng.choice(background[20:], rng.integers(15, 40), replace=False)]
+    rows = [
+        (tf, t)
+        for tf in tfs
+        for t in rng.choice(background[20:], rng.integers(15, 40), replace=False)
+    ]
     edges = pd.DataFrame(rows, columns=["source", "target"]).assign(mode="Activation", pmids="1")
     sets = en.trrust_gene_sets(edges)
     hits = {f"f{i}": list(rng.choice(background, 30, replace=False)) for i in range(10)}
@@ -431,7 +506,9 @@ def test_trrust_tf_targets_and_directed_edges():
     assert ora.iloc[0].q < 0.05
     # directed edges TF -> target among the hits: a TF with many of its targets
     hits["f5"] = [tfs[7]] + sets[tfs[7]][:15] + [tfs[8]] + sets[tfs[8]][:10]
-    net = en.edge_enrichment(hits, edges, background, directed=True, network="TRRUST", n_perm=499, seed=0)
+    net = en.edge_enrichment(
+        hits, edges, background, directed=True, network="TRRUST", n_perm=499, seed=0
+    )
     by = net.set_index("feature")
     assert by.loc["f5", "q"] < 0.05 and by.loc["f5", "edges"] >= 25
     assert f"{tfs[7]}->{sets[tfs[7]][0]}" in by.loc["f5", "edge_list"].split(";")

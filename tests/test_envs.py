@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import envcheck
+import pytest
 from envcheck import REPO, canonical, format_chain
 
 ENV_FILES = envcheck.env_files()
@@ -53,38 +52,55 @@ def test_rule_parser_sees_every_rule(rules):
     """Cross-check the line parser: as many blocks as `rule`/`checkpoint` lines in the files."""
     import re
 
-    n = sum(len(re.findall(r"^(?:rule|checkpoint)\s+\w+\s*:", p.read_text(), re.M)) for p in envcheck.rule_files())
+    n = sum(
+        len(re.findall(r"^(?:rule|checkpoint)\s+\w+\s*:", p.read_text(), re.M))
+        for p in envcheck.rule_files()
+    )
     assert len(rules) == n
     names = [r.name for r in rules]
-    assert len(names) == len(set(names)), f"duplicate rule names: {sorted(n for n in names if names.count(n) > 1)}"
+    assert len(names) == len(set(names)), (
+        f"duplicate rule names: {sorted(n for n in names if names.count(n) > 1)}"
+    )
 
 
 def test_every_rule_that_runs_code_has_a_conda_env(rules):
     problems = []
     for r in rules:
         if "run" in r.directives:
-            problems.append(f"{r.where}: `run:` code runs in Snakemake's own process and ignores `conda:`; "
-                            "move it to a script")
+            problems.append(
+                f"{r.where}: `run:` code runs in Snakemake's own process and ignores `conda:`; "
+                "move it to a script"
+            )
         if not r.runs_code:
             continue
         if "conda" not in r.directives:
             problems.append(f"{r.where}: runs code ({', '.join(r.runs_code)}) but has no `conda:`")
         elif r.directives["conda"] is None:
-            problems.append(f"{r.where}: `conda:` is not a string literal; this test cannot check it")
+            problems.append(
+                f"{r.where}: `conda:` is not a string literal; this test cannot check it"
+            )
         else:
             env = r.path("conda")
             if env.parent != (REPO / "envs").resolve() or env.suffix != ".yaml":
-                problems.append(f"{r.where}: `conda: {r.directives['conda']}` is not an envs/*.yaml file")
+                problems.append(
+                    f"{r.where}: `conda: {r.directives['conda']}` is not an envs/*.yaml file"
+                )
             elif not env.exists():
-                problems.append(f"{r.where}: `conda: {r.directives['conda']}` does not exist ({env})")
+                problems.append(
+                    f"{r.where}: `conda: {r.directives['conda']}` does not exist ({env})"
+                )
         if "script" in r.directives:
             script = r.path("script")
             if script is None:
-                problems.append(f"{r.where}: `script:` is not a string literal; this test cannot check it")
+                problems.append(
+                    f"{r.where}: `script:` is not a string literal; this test cannot check it"
+                )
             elif not script.exists():
                 problems.append(f"{r.where}: script {r.directives['script']} does not exist")
             elif script.suffix != ".py":
-                problems.append(f"{r.where}: script {_rel(script)} is not Python; extend tests/test_envs.py")
+                problems.append(
+                    f"{r.where}: script {_rel(script)} is not Python; extend tests/test_envs.py"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -107,8 +123,10 @@ def test_env_pins_exact_versions(path):
         problems.append(f"channels {env.channels}: want conda-forge first and nodefaults last")
     extra = [d for d in env.conda if d.split("=")[0].strip() not in ("python", "pip")]
     if extra:
-        problems.append(f"conda packages {extra}: put libraries under `pip:` with `==` pins (only python and pip "
-                        "come from conda)")
+        problems.append(
+            f"conda packages {extra}: put libraries under `pip:` with `==` pins (only python and pip "
+            "come from conda)"
+        )
     if "python=3.11" not in [d.replace(" ", "") for d in env.conda]:
         problems.append(f"conda dependencies {env.conda}: want `python=3.11`")
     if not env.pip:
@@ -124,7 +142,8 @@ def test_env_pins_exact_versions(path):
 def test_constraints_file_holds_every_env_pin():
     """run.sh installs the project venv under envs/constraints.txt: the same pins as the envs."""
     assert envcheck.CONSTRAINTS.read_text() == envcheck.render_constraints(), (
-        "envs/constraints.txt is stale: .venv/bin/python tests/envcheck.py --write")
+        "envs/constraints.txt is stale: .venv/bin/python tests/envcheck.py --write"
+    )
     assert "-c envs/constraints.txt" in (envcheck.REPO / "run.sh").read_text()
 
 
@@ -138,12 +157,16 @@ def test_env_pins_are_the_project_venv_versions(path):
         try:
             have = md.version(name).split("+")[0]
         except md.PackageNotFoundError:
-            problems.append(f"{name}=={versions[0]} is not installed in the project venv ({sys.prefix})")
+            problems.append(
+                f"{name}=={versions[0]} is not installed in the project venv ({sys.prefix})"
+            )
             continue
         if versions[0] != have:
             problems.append(f"{name}=={versions[0]} but the project venv has {have}")
-    assert not problems, (f"{_rel(path)} (regenerate: .venv/bin/python tests/envcheck.py --write):\n  "
-                          + "\n  ".join(problems))
+    assert not problems, (
+        f"{_rel(path)} (regenerate: .venv/bin/python tests/envcheck.py --write):\n  "
+        + "\n  ".join(problems)
+    )
 
 
 def test_scripts_third_party_imports_are_pinned_in_their_rules_env(rules, graph):
@@ -157,11 +180,15 @@ def test_scripts_third_party_imports_are_pinned_in_their_rules_env(rules, graph)
         for imp, chain in sorted(graph.third_party(script).items()):
             dist = envcheck.dist_for_import(imp)
             if dist is None:
-                problems.append(f"{_rel(script)} (rule {r.name}): import {imp!r} maps to no installed distribution "
-                                f"(add it to envcheck.IMPORT_TO_DIST)\n    via {format_chain(chain)}")
+                problems.append(
+                    f"{_rel(script)} (rule {r.name}): import {imp!r} maps to no installed distribution "
+                    f"(add it to envcheck.IMPORT_TO_DIST)\n    via {format_chain(chain)}"
+                )
             elif canonical(dist) not in pins:
-                problems.append(f"{_rel(script)} (rule {r.name}): imports {imp} (distribution {dist}), "
-                                f"not pinned in {_rel(env_path)}\n    via {format_chain(chain)}")
+                problems.append(
+                    f"{_rel(script)} (rule {r.name}): imports {imp} (distribution {dist}), "
+                    f"not pinned in {_rel(env_path)}\n    via {format_chain(chain)}"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -177,13 +204,19 @@ def test_env_pins_exactly_the_requirement_closure(path, graph):
     direct = needs.dists()
     want = envcheck.closure(direct)
     pins = envcheck.load_env(path).pins()
-    missing = [f"{want[n]['name']}=={want[n]['version']} (for {', '.join(sorted(want[n]['by']))})"
-               for n in sorted(set(want) - set(pins))]
+    missing = [
+        f"{want[n]['name']}=={want[n]['version']} (for {', '.join(sorted(want[n]['by']))})"
+        for n in sorted(set(want) - set(pins))
+    ]
     extra = sorted(set(pins) - set(want) - envcheck.BOOTSTRAP)
-    msg = f"{_rel(path)} (rules {', '.join(r.name for r in needs.rules)}; regenerate: " \
-          f".venv/bin/python tests/envcheck.py --write)"
+    msg = (
+        f"{_rel(path)} (rules {', '.join(r.name for r in needs.rules)}; regenerate: "
+        f".venv/bin/python tests/envcheck.py --write)"
+    )
     assert not missing, f"{msg}: requirements not pinned: {missing}"
-    assert not extra, f"{msg}: pins no script of its rules needs (directly or as a requirement): {extra}"
+    assert not extra, (
+        f"{msg}: pins no script of its rules needs (directly or as a requirement): {extra}"
+    )
 
 
 def test_report_chains_name_the_saeflow_path(graph):
@@ -191,7 +224,11 @@ def test_report_chains_name_the_saeflow_path(graph):
     chains = graph.third_party(REPO / "scripts" / "prepare_sequences.py")
     assert "pysam" in chains
     text = format_chain(chains["pysam"])
-    assert text.startswith("scripts/prepare_sequences.py -> ") and "saeflow.genome" in text and text.endswith("pysam")
+    assert (
+        text.startswith("scripts/prepare_sequences.py -> ")
+        and "saeflow.dna.genome" in text
+        and text.endswith("pysam")
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -246,8 +283,12 @@ def test_env_installs_and_imports_what_its_scripts_need(path, graph, tmp_path, r
     listed = json.loads(_run([*pip, "list", "--format=json"], "pip list").stdout)
     have = {canonical(d["name"]): d["version"].split("+")[0] for d in listed}
     pins = {n: v[0] for n, v in env.pins().items()}
-    unpinned = sorted(f"{n}=={v}" for n, v in have.items() if n not in pins and n not in envcheck.BOOTSTRAP)
-    wrong = sorted(f"{n}: pinned {pins[n]}, installed {have.get(n)}" for n in pins if have.get(n) != pins[n])
+    unpinned = sorted(
+        f"{n}=={v}" for n, v in have.items() if n not in pins and n not in envcheck.BOOTSTRAP
+    )
+    wrong = sorted(
+        f"{n}: pinned {pins[n]}, installed {have.get(n)}" for n in pins if have.get(n) != pins[n]
+    )
     if unpinned:
         problems.append(f"pip installed requirements the env does not pin: {unpinned}")
     if wrong:
@@ -274,9 +315,14 @@ def test_env_installs_and_imports_what_its_scripts_need(path, graph, tmp_path, r
     )
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     run_env.update(PYTHONPATH=str(REPO / "src"), PYTHONNOUSERSITE="1", MPLBACKEND="Agg")
-    p = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, env=run_env)
+    p = subprocess.run(
+        [str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, env=run_env
+    )
     if p.returncode != 0:
-        problems.append(f"importing what the scripts need ({len(modules)} modules) failed:\n"
-                        + "\n".join(p.stderr.strip().splitlines()[-60:]))
-    assert not problems, (f"{_rel(path)} (rules {', '.join(r.name for r in needs.rules)}):\n"
-                          + "\n".join(problems))
+        problems.append(
+            f"importing what the scripts need ({len(modules)} modules) failed:\n"
+            + "\n".join(p.stderr.strip().splitlines()[-60:])
+        )
+    assert not problems, (
+        f"{_rel(path)} (rules {', '.join(r.name for r in needs.rules)}):\n" + "\n".join(problems)
+    )

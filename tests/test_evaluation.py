@@ -7,7 +7,9 @@ import torch
 
 from saeflow import plots
 from saeflow.activations import ActivationStore, extract_activations, split_rows
-from saeflow.evaluation import (
+from saeflow.models import load_model
+from saeflow.sae import build_sae
+from saeflow.sae.evaluation import (
     DENSE_THRESHOLD,
     SUMMARY_COLUMNS,
     activation_metrics,
@@ -17,8 +19,6 @@ from saeflow.evaluation import (
     locate_layer,
     mask_positions,
 )
-from saeflow.models import load_model
-from saeflow.sae import build_sae
 from saeflow.utils import SaeflowError, write_json
 
 SEQS = ["ACGTACGTAACCGGTT", "GGGCCCATAT", "TTTTAAAACCCGGATC", "ACGT", "CATGCATGCATGAAAT"]
@@ -38,9 +38,12 @@ def syn_store(tmp_path, n=3000, d=8, seed=0):
     root = tmp_path / "acts"
     root.mkdir()
     np.save(root / "layer1.npy", x)
-    pd.DataFrame({"seq": np.arange(n) // 10, "pos": np.arange(n) % 10, "token_id": 0, "start": 0, "end": 1}).to_parquet(
-        root / "tokens.parquet")
-    write_json(root / "manifest.json", {"n_tokens": n, "d_model": d, "layers": [1], "n_sequences": n // 10})
+    pd.DataFrame(
+        {"seq": np.arange(n) // 10, "pos": np.arange(n) % 10, "token_id": 0, "start": 0, "end": 1}
+    ).to_parquet(root / "tokens.parquet")
+    write_json(
+        root / "manifest.json", {"n_tokens": n, "d_model": d, "layers": [1], "n_sequences": n // 10}
+    )
     return ActivationStore(root), x
 
 
@@ -62,7 +65,10 @@ def test_streamed_metrics_equal_direct_numpy(tmp_path):
     assert ev["l0"] == pytest.approx((z > 0).sum(1).mean())
     np.testing.assert_allclose(ev["frequency"], freq)
     assert ev["dead_fraction"] == pytest.approx((freq == 0).mean()) and ev["n_dead"] >= 1
-    assert ev["dense_fraction"] == pytest.approx((freq > DENSE_THRESHOLD).mean()) and ev["n_dense"] >= 1
+    assert (
+        ev["dense_fraction"] == pytest.approx((freq > DENSE_THRESHOLD).mean())
+        and ev["n_dense"] >= 1
+    )
     assert freq[0] == 0 and freq[1] == 1
     # the same rows given as [start, end) ranges (what split_ranges returns) give the same numbers
     ranges = np.array([[r, r + 2] for r in range(1, len(x), 3)])
@@ -81,7 +87,9 @@ def test_nan_in_activations_names_the_file(tmp_path):
     arr[1234, 3] = np.nan
     arr.flush()
     sae = tiny_sae(8)
-    with pytest.raises(SaeflowError, match=r"acts/layer1\.npy: NaN or inf in activation rows \[1234\]"):
+    with pytest.raises(
+        SaeflowError, match=r"acts/layer1\.npy: NaN or inf in activation rows \[1234\]"
+    ):
         activation_metrics(sae, store, 1, np.arange(len(x)), chunk=500)
     # a held-out split that does not touch the bad row is fine
     activation_metrics(sae, store, 1, np.arange(1000), chunk=500)
@@ -94,7 +102,9 @@ def test_masking_is_seeded_batch_independent_and_only_genuine(tiny_model_dir):
     assert not (m & tb.special).any()
     n_genuine = (~tb.special).sum(1)
     assert (m.sum(1) == np.maximum(1, np.round(0.15 * n_genuine))).all()
-    np.testing.assert_array_equal(m, mask_positions(tb.special, 0.15, seed=7, seq_ids=range(len(SEQS))))
+    np.testing.assert_array_equal(
+        m, mask_positions(tb.special, 0.15, seed=7, seq_ids=range(len(SEQS)))
+    )
     assert not np.array_equal(m, mask_positions(tb.special, 0.5, seed=8, seq_ids=range(len(SEQS))))
     # one sequence at a time (no padding) masks the same bases
     for i, s in enumerate(SEQS):
@@ -108,17 +118,24 @@ def test_masking_is_seeded_batch_independent_and_only_genuine(tiny_model_dir):
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_identity_recovers_all_and_zero_recovers_nothing(tiny_model_dir, layer):
     ad = load_model(tiny_model_dir)
-    ident = lm_loss_recovered(ad, torch.nn.Identity(), SEQS, layer, mask_prob=0.3, seed=1, batch_size=2)
+    ident = lm_loss_recovered(
+        ad, torch.nn.Identity(), SEQS, layer, mask_prob=0.3, seed=1, batch_size=2
+    )
     assert ident["loss_sae"] == ident["loss_clean"]  # exactly: the same tensor goes back in
     assert ident["loss_recovered"] == 1.0
     assert ident["loss_zero"] != ident["loss_clean"]
     zero = lm_loss_recovered(ad, torch.zeros_like, SEQS, layer, mask_prob=0.3, seed=1, batch_size=2)
     assert zero["loss_sae"] == zero["loss_zero"] and zero["loss_recovered"] == 0.0
-    assert zero["loss_clean"] == ident["loss_clean"] and zero["n_masked_tokens"] == ident["n_masked_tokens"]
+    assert (
+        zero["loss_clean"] == ident["loss_clean"]
+        and zero["n_masked_tokens"] == ident["n_masked_tokens"]
+    )
     n_genuine = sum(len(s) for s in SEQS)
     assert ident["n_masked_tokens"] == sum(max(1, round(0.3 * len(s))) for s in SEQS) < n_genuine
     # batching does not change which tokens are masked (losses agree up to padding numerics)
-    one = lm_loss_recovered(ad, torch.nn.Identity(), SEQS, layer, mask_prob=0.3, seed=1, batch_size=1)
+    one = lm_loss_recovered(
+        ad, torch.nn.Identity(), SEQS, layer, mask_prob=0.3, seed=1, batch_size=1
+    )
     assert one["n_masked_tokens"] == ident["n_masked_tokens"]
     assert one["loss_clean"] == pytest.approx(ident["loss_clean"], rel=1e-4)
 
@@ -136,9 +153,11 @@ def test_substitution_site_is_exactly_hidden_states(tiny_model_dir):
     site = locate_layer(ad.model, L, tb.input_ids, tb.attention_mask)
     genuine = torch.from_numpy(~tb.special)
     with torch.no_grad():
-        h = ad.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, output_hidden_states=True).hidden_states[L]
+        h = ad.model(
+            input_ids=tb.input_ids, attention_mask=tb.attention_mask, output_hidden_states=True
+        ).hidden_states[L]
         expected = ad.model.lm_head(torch.where(genuine[..., None], h * 0.5, h))
-        from saeflow.evaluation import _replace_at
+        from saeflow.sae.evaluation import _replace_at
 
         with site.hook(_replace_at(genuine, lambda x: x * 0.5)):
             got = ad.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits
@@ -153,23 +172,42 @@ def test_evaluate_sae_end_to_end(tiny_model_dir, tmp_path):
     seqs.to_parquet(tmp_path / "sequences.parquet")
     extract_activations(ad, seqs, [1, 2], tmp_path / "acts", batch_size=4)
     tiny_sae(ad.d_model).save(tmp_path / "sae")
-    metrics, freq = evaluate_sae(tmp_path / "sae", tmp_path / "acts", tmp_path / "sequences.parquet",
-                                 tiny_model_dir, 2, batch_size=3, max_sequences=4)
+    metrics, freq = evaluate_sae(
+        tmp_path / "sae",
+        tmp_path / "acts",
+        tmp_path / "sequences.parquet",
+        tiny_model_dir,
+        2,
+        batch_size=3,
+        max_sequences=4,
+    )
     _, test_rows = split_rows(ActivationStore(tmp_path / "acts").tokens, seqs)
     assert metrics["n_tokens"] == len(test_rows) and metrics["n_sequences"] == 4
-    assert set(SUMMARY_COLUMNS) <= set(metrics) and len(freq) == metrics["n_latents"] == 2 * ad.d_model
+    assert (
+        set(SUMMARY_COLUMNS) <= set(metrics) and len(freq) == metrics["n_latents"] == 2 * ad.d_model
+    )
     assert metrics["site"].startswith("EsmModel output")
     json.dumps(metrics)  # JSON-safe as returned
     plots.frequency_histogram(metrics["frequency_histogram"], tmp_path / "hist.png")
-    plots.eval_summary(pd.DataFrame([metrics, dict(metrics, layer=3, loss_recovered=None)])[SUMMARY_COLUMNS],
-                       tmp_path / "summary.png")
-    assert (tmp_path / "hist.png").stat().st_size > 0 and (tmp_path / "summary.png").stat().st_size > 0
+    plots.eval_summary(
+        pd.DataFrame([metrics, dict(metrics, layer=3, loss_recovered=None)])[SUMMARY_COLUMNS],
+        tmp_path / "summary.png",
+    )
+    assert (tmp_path / "hist.png").stat().st_size > 0 and (
+        tmp_path / "summary.png"
+    ).stat().st_size > 0
 
     arr = np.load(tmp_path / "acts" / "layer2.npy", mmap_mode="r+")
     arr[test_rows[2], 0] = np.inf
     arr.flush()
-    with pytest.raises(SaeflowError, match=rf"{tmp_path}/acts/layer2\.npy: NaN or inf in activation rows"):
-        evaluate_sae(tmp_path / "sae", tmp_path / "acts", tmp_path / "sequences.parquet", tiny_model_dir, 2)
+    with pytest.raises(
+        SaeflowError, match=rf"{tmp_path}/acts/layer2\.npy: NaN or inf in activation rows"
+    ):
+        evaluate_sae(
+            tmp_path / "sae", tmp_path / "acts", tmp_path / "sequences.parquet", tiny_model_dir, 2
+        )
     with pytest.raises(SaeflowError, match="no held-out sequences"):
         seqs.assign(split="train").to_parquet(tmp_path / "train_only.parquet")
-        evaluate_sae(tmp_path / "sae", tmp_path / "acts", tmp_path / "train_only.parquet", tiny_model_dir, 2)
+        evaluate_sae(
+            tmp_path / "sae", tmp_path / "acts", tmp_path / "train_only.parquet", tiny_model_dir, 2
+        )

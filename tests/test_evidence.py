@@ -1,4 +1,4 @@
-"""saeflow.evidence: the glue of the DNA evidence rules, on tiny models and planted sequences."""
+"""saeflow.dna.evidence: the glue of the DNA evidence rules, on tiny models and planted sequences."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from saeflow.evidence import (
+from saeflow.dna.evidence import (
     ScoredMotif,
     best_motif_features,
     feature_ablation,
@@ -28,7 +28,7 @@ def ctcf():
 
 def _planted(ctcf: ScoredMotif, n=40, length=100, seed=0):
     """Random sequences; the even ones carry the CTCF consensus at base 40."""
-    from saeflow.motifs import load_jaspar
+    from saeflow.dna.motifs import load_jaspar
 
     rng = np.random.default_rng(seed)
     cons = "".join("ACGT"[i] for i in load_jaspar("MA0139.1").counts.argmax(1))
@@ -36,10 +36,16 @@ def _planted(ctcf: ScoredMotif, n=40, length=100, seed=0):
     for i in range(n):
         s = "".join(rng.choice(list("ACGT"), length))
         if i % 2 == 0:
-            s = s[:40] + cons + s[40 + len(cons):]
+            s = s[:40] + cons + s[40 + len(cons) :]
         seqs.append(s)
-    return pd.DataFrame({"name": [f"s{i}" for i in range(n)], "sequence": seqs, "label": [1 - i % 2 for i in range(n)],
-                         "split": ["train" if i % 4 < 2 else "test" for i in range(n)]}), cons
+    return pd.DataFrame(
+        {
+            "name": [f"s{i}" for i in range(n)],
+            "sequence": seqs,
+            "label": [1 - i % 2 for i in range(n)],
+            "split": ["train" if i % 4 < 2 else "test" for i in range(n)],
+        }
+    ), cons
 
 
 def test_token_gc_matches_direct_count():
@@ -55,8 +61,10 @@ def test_token_gc_matches_direct_count():
 def test_motif_tokens_flags_exactly_the_tokens_over_the_site(ctcf):
     seqs, cons = _planted(ctcf, n=6)
     # non-overlapping 10-base tokens, rows grouped by sequence as in an activation store
-    tokens = pd.DataFrame([(i, t, 10 * t, 10 * t + 10) for i in range(6) for t in range(10)],
-                          columns=["seq", "pos", "start", "end"])
+    tokens = pd.DataFrame(
+        [(i, t, 10 * t, 10 * t + 10) for i in range(6) for t in range(10)],
+        columns=["seq", "pos", "start", "end"],
+    )
     table, sites = motif_tokens(seqs, tokens, [ctcf])
     site = sites[(sites.seq == 0) & (sites.start == 40)]
     assert len(site) == 1 and site.end.iloc[0] == 40 + len(cons)
@@ -72,8 +80,14 @@ def test_motif_tokens_flags_exactly_the_tokens_over_the_site(ctcf):
 
 
 def test_best_motif_features_selects_on_train_and_ignores_dead():
-    feats = pd.DataFrame({"feature": [0, 1, 2], "frequency": [0.0, 0.1, 0.2],
-                          "M_auroc_train": [0.99, 0.9, 0.7], "M_auroc_test": [0.99, 0.6, 0.8]})
+    feats = pd.DataFrame(
+        {
+            "feature": [0, 1, 2],
+            "frequency": [0.0, 0.1, 0.2],
+            "M_auroc_train": [0.99, 0.9, 0.7],
+            "M_auroc_test": [0.99, 0.6, 0.8],
+        }
+    )
     best = best_motif_features(feats, ["M", "absent"])
     assert best.feature.tolist() == [1] and best.auroc_test.iloc[0] == 0.6
 
@@ -98,7 +112,7 @@ def test_head_scan_covers_every_layer_and_head(adapter, ctcf):
 def test_patching_restores_the_clean_run_at_the_embeddings(adapter, ctcf):
     """Patching the clean embeddings at the site's tokens into the corrupted run recreates the
     clean input exactly: PM = 1 for every pair (the site's tokens are the only ones that differ)."""
-    from saeflow.counterfactual import counterfactual_pairs
+    from saeflow.dna.counterfactual import counterfactual_pairs
 
     seqs, _ = _planted(ctcf, n=16)
     pairs = counterfactual_pairs(seqs.sequence, ctcf.pssm, ctcf.threshold, names=seqs.name)
@@ -130,23 +144,31 @@ def test_ablation_specificity_ranks_a_strong_feature_above_its_null(adapter):
     tb = adapter.tokenize(seqs)
     with torch.no_grad():
         x = adapter.run(tb, Capture(resid=[1])).resid[1]
-        z = sae.encode(x[torch.from_numpy(~tb.special)])  # genuine tokens only, as the ablation counts them
+        z = sae.encode(
+            x[torch.from_numpy(~tb.special)]
+        )  # genuine tokens only, as the ablation counts them
     freq = (z > 0).float().mean(0).numpy()
     live = (freq > 0) & (freq < 1)
     assert live.sum() > 26
     target = int(np.flatnonzero(live)[0])
     with torch.no_grad():
         sae.W_dec.mul_(1e-3)  # every feature writes almost nothing ...
-        sae.W_dec[target] = sae.W_dec[target] / sae.W_dec[target].norm() * 50  # ... except the target
+        sae.W_dec[target] = (
+            sae.W_dec[target] / sae.W_dec[target].norm() * 50
+        )  # ... except the target
     # null candidates: every live feature gets the target's frequency, so all qualify as matched
     freq = np.where(live, freq[target], 0.0)
     targets = pd.DataFrame({"motif": ["M"], "feature": [target]})
-    table, null = feature_ablation(adapter, sae, 1, seqs, targets, freq, n_null=10, batch_size=5, seed=0)
+    table, null = feature_ablation(
+        adapter, sae, 1, seqs, targets, freq, n_null=10, batch_size=5, seed=0
+    )
     r = table.iloc[0]
     assert r.n_null == 10
     assert r.specificity > r.null_q95
     assert r.p == pytest.approx(1 / 11) and not r.specific  # 10 nulls cannot reach p < 0.05 ...
-    table, _ = feature_ablation(adapter, sae, 1, seqs, targets, freq, n_null=25, batch_size=5, seed=0)
+    table, _ = feature_ablation(
+        adapter, sae, 1, seqs, targets, freq, n_null=25, batch_size=5, seed=0
+    )
     assert table.p.iloc[0] == pytest.approx(1 / 26) and table.specific.iloc[0]  # ... 25 can
     assert len(null) == 10 and (null.feature != target).all()
 
@@ -155,7 +177,7 @@ def test_pairs_that_tokenise_to_different_lengths_are_dropped_not_fatal():
     """A BPE tokeniser can split the corrupted copy into more tokens; only that pair is dropped."""
     from types import SimpleNamespace
 
-    from saeflow.evidence import same_spans
+    from saeflow.dna.evidence import same_spans
 
     def tok(spans, width):
         off = np.zeros((len(spans), width, 2), np.int64)
@@ -163,7 +185,9 @@ def test_pairs_that_tokenise_to_different_lengths_are_dropped_not_fatal():
         for i, s in enumerate(spans):
             off[i, : len(s)] = s
             mask[i, : len(s)] = 1
-        return SimpleNamespace(offsets=off, special=mask == 0, attention_mask=torch.from_numpy(mask))
+        return SimpleNamespace(
+            offsets=off, special=mask == 0, attention_mask=torch.from_numpy(mask)
+        )
 
     a = [[(0, 3), (3, 6)], [(0, 2), (2, 6)], [(0, 6)]]
     b = [[(0, 3), (3, 6)], [(0, 2), (2, 4), (4, 6)], [(0, 6)]]
@@ -174,5 +198,8 @@ def test_pairs_that_tokenise_to_different_lengths_are_dropped_not_fatal():
     # the site's tokens may be split differently if the count and every other span agree
     c = [[(0, 2), (2, 4), (4, 8)], [(0, 2), (2, 4), (4, 8)]]
     d = [[(0, 3), (3, 4), (4, 8)], [(0, 1), (1, 4), (4, 8)]]
-    assert same_spans(tok(c, 3), tok(d, 3), [1, 4], [3, 6]).tolist() == [True, False]  # row 2's site is 4..6
+    assert same_spans(tok(c, 3), tok(d, 3), [1, 4], [3, 6]).tolist() == [
+        True,
+        False,
+    ]  # row 2's site is 4..6
     assert not same_spans(tok(c, 3), tok(d, 3)).any()  # no site given: every span must agree

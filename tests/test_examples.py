@@ -10,26 +10,71 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from wfutil import REPO, copy_workflow, planned_jobs, smk
 
 EXAMPLES = {
     # name: (layers, runs x recipes, rules that must be planned)
-    "dnabert2_ctcf": (12, 5 * 3, {"download_hub_model", "download_fasta", "download_encode", "download_nt_task",
-                                  "index_fasta", "prepare_sequences", "feature_catalog"}),
-    "nt_v2_ctcf": (12, 2 * 2, {"download_hub_model", "download_fasta", "download_encode", "download_nt_task"}),
+    "dnabert2_ctcf": (
+        12,
+        5 * 3,
+        {
+            "download_hub_model",
+            "download_fasta",
+            "download_encode",
+            "download_nt_task",
+            "index_fasta",
+            "prepare_sequences",
+            "feature_catalog",
+        },
+    ),
+    "nt_v2_ctcf": (
+        12,
+        2 * 2,
+        {"download_hub_model", "download_fasta", "download_encode", "download_nt_task"},
+    ),
     "geneformer_k562": (18, 1, {"download_hub_model", "download_cells", "prepare_cells"}),
     "scgpt_k562": (12, 1, {"download_url_model", "download_cells", "prepare_cells"}),
     # comparisons: two models of different tokenisers on one dataset (train_sae: 12 + 12, 18 + 12 layers)
-    "dnabert2_vs_nt_ctcf": (12, 2, {"download_hub_model", "download_encode", "compare_quality", "compare_annotation",
-                                    "compare_organisation", "compare_probes", "compare_head_scan",
-                                    "compare_matching", "ov_audit"}),
+    "dnabert2_vs_nt_ctcf": (
+        12,
+        2,
+        {
+            "download_hub_model",
+            "download_encode",
+            "compare_quality",
+            "compare_annotation",
+            "compare_organisation",
+            "compare_probes",
+            "compare_head_scan",
+            "compare_matching",
+            "ov_audit",
+        },
+    ),
     # pooled vs single source: K562 alone and K562 + Tabula Sapiens blood (downloaded, unzipped, pooled)
-    "geneformer_k562_pooled_ts": (18, 2, {"download_hub_model", "download_cells", "prepare_cells", "pool_cells",
-                                          "perturbation_response", "compare_perturbation"}),
-    "geneformer_vs_scgpt_k562": ((18 + 12) / 2, 2, {"download_hub_model", "download_url_model", "compare_quality",
-                                                    "compare_annotation", "compare_organisation",
-                                                    "compare_matching"}),
+    "geneformer_k562_pooled_ts": (
+        18,
+        2,
+        {
+            "download_hub_model",
+            "download_cells",
+            "prepare_cells",
+            "pool_cells",
+            "perturbation_response",
+            "compare_perturbation",
+        },
+    ),
+    "geneformer_vs_scgpt_k562": (
+        (18 + 12) / 2,
+        2,
+        {
+            "download_hub_model",
+            "download_url_model",
+            "compare_quality",
+            "compare_annotation",
+            "compare_organisation",
+            "compare_matching",
+        },
+    ),
 }
 
 
@@ -51,10 +96,14 @@ def test_example_config_plans(wd, name):
     assert jobs["train_sae"] == layers * sae_runs, jobs
     assert jobs["evaluate_sae"] == layers * sae_runs
     assert rules <= set(jobs), rules - set(jobs)
-    assert "train_toy_model" not in jobs and "build_toy_genome" not in jobs  # the toy run (and comparison) was replaced
+    assert (
+        "train_toy_model" not in jobs and "build_toy_genome" not in jobs
+    )  # the toy run (and comparison) was replaced
     cells = any(d.get("kind") == "cells" for d in cfg["datasets"].values())
     names = [c["name"] for c in cfg.get("comparisons", [])]
-    assert ("compare_quality" in jobs) == bool(names) and jobs.get("compare_quality", 0) == len(names)
+    assert ("compare_quality" in jobs) == bool(names) and jobs.get("compare_quality", 0) == len(
+        names
+    )
     if not cells:
         assert ("compare_probes" in jobs) == bool(names)
     else:

@@ -24,9 +24,17 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-
-from tinymodels import (SCGPT_GENES, gene, make_dnabert_dir, make_geneformer_dir, make_nt_dir,
-                        scgpt_reference_model, scgpt_to_layout, write_dnabert2_checkpoint, write_scgpt_checkpoint)
+from tinymodels import (
+    SCGPT_GENES,
+    gene,
+    make_dnabert_dir,
+    make_geneformer_dir,
+    make_nt_dir,
+    scgpt_reference_model,
+    scgpt_to_layout,
+    write_dnabert2_checkpoint,
+    write_scgpt_checkpoint,
+)
 from wfutil import copy_workflow, smk
 
 pytestmark = pytest.mark.workflow
@@ -70,10 +78,14 @@ def write_models(root):
         f.rename(package / f.name)
     (package / "__init__.py").write_text("")
     v1 = {"<pad>": 0, "<mask>": 1} | {gene(i): 2 + i for i in range(10)}
-    for name, obj in (("token_dictionary_gc30M.pkl", v1), ("gene_median_dictionary_gc30M.pkl",
-                                                           {gene(i): 1.0 for i in range(10)})):
+    for name, obj in (
+        ("token_dictionary_gc30M.pkl", v1),
+        ("gene_median_dictionary_gc30M.pkl", {gene(i): 1.0 for i in range(10)}),
+    ):
         (package / "gene_dictionaries_30m" / name).write_bytes(pickle.dumps(obj))
-    write_scgpt_checkpoint(dirs["scgpt"], scgpt_to_layout(scgpt_reference_model().state_dict(), "flash"))
+    write_scgpt_checkpoint(
+        dirs["scgpt"], scgpt_to_layout(scgpt_reference_model().state_dict(), "flash")
+    )
     return dirs
 
 
@@ -88,35 +100,75 @@ def write_cells(path, n_cells=120, seed=0):
     X[np.arange(n_cells), rng.integers(0, N_GENES, n_cells)] += 1
     X[1, :N_GENES] = 0  # a control cell that expresses no gene the models know: no tokens at all
     X[1, N_GENES:] = 3
-    obs = pd.DataFrame({"gene": ["non-targeting" if i % 3 else f"KO{i % 7}" for i in range(n_cells)],
-                        "celltype": [f"t{i % 4}" for i in range(n_cells)]}, index=[f"cell{i}" for i in range(n_cells)])
-    var = pd.DataFrame({"ensembl_id": [gene(i) for i in range(N_GENES)] + ["ENSG99999999998", "ENSG99999999999"],
-                        "symbol": SCGPT_GENES[:N_GENES] + ["NOT_A_GENE", "ALSO_NOT"]},
-                       index=[f"feature{j}" for j in range(n_var)])
+    obs = pd.DataFrame(
+        {
+            "gene": ["non-targeting" if i % 3 else f"KO{i % 7}" for i in range(n_cells)],
+            "celltype": [f"t{i % 4}" for i in range(n_cells)],
+        },
+        index=[f"cell{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(
+        {
+            "ensembl_id": [gene(i) for i in range(N_GENES)]
+            + ["ENSG99999999998", "ENSG99999999999"],
+            "symbol": SCGPT_GENES[:N_GENES] + ["NOT_A_GENE", "ALSO_NOT"],
+        },
+        index=[f"feature{j}" for j in range(n_var)],
+    )
     anndata.AnnData(X=sp.csr_matrix(X.astype(np.float32)), obs=obs, var=var).write_h5ad(path)
 
 
 def family_config(model_dirs, h5ad):
-    models = {RUNS[f][0]: {"source": "local", "path": str(d), "family": f, "layers": LAYERS, "batch_size": 32}
-              for f, d in model_dirs.items()}
+    models = {
+        RUNS[f][0]: {
+            "source": "local",
+            "path": str(d),
+            "family": f,
+            "layers": LAYERS,
+            "batch_size": 32,
+        }
+        for f, d in model_dirs.items()
+    }
     models["geneformer"]["subfolder"] = GENEFORMER_SUBFOLDER
-    for name in ("geneformer", "scgpt"):  # every layer, counted from config.json / scGPT's args.json
+    for name in (
+        "geneformer",
+        "scgpt",
+    ):  # every layer, counted from config.json / scGPT's args.json
         del models[name]["layers"]
     return {
-        "references": {"toy": {"source": "toy", "toy": {
-            "seed": 1, "n_chromosomes": 2, "chromosome_length": 20000, "min_spacing": 150, "peak_halfwidth": 100,
-            "motifs": [{"jaspar_id": "MA0139.1", "count": 50, "peaks": True},
-                       {"jaspar_id": "MA0108.1", "count": 40, "promoter": True},
-                       {"jaspar_id": "MA0095.1", "count": 20}],
-            "task": {"negative_pool": 200}}}},
+        "references": {
+            "toy": {
+                "source": "toy",
+                "toy": {
+                    "seed": 1,
+                    "n_chromosomes": 2,
+                    "chromosome_length": 20000,
+                    "min_spacing": 150,
+                    "peak_halfwidth": 100,
+                    "motifs": [
+                        {"jaspar_id": "MA0139.1", "count": 50, "peaks": True},
+                        {"jaspar_id": "MA0108.1", "count": 40, "promoter": True},
+                        {"jaspar_id": "MA0095.1", "count": 20},
+                    ],
+                    "task": {"negative_pool": 200},
+                },
+            }
+        },
         "models": models,
         "datasets": {
             # 64 bp: 59 overlapping 6-mers (+ [CLS] [SEP] fits DNABERT's 64 positions); 10 NT 6-mers + 4 bases
             "peaks": {"reference": "toy", "kind": "peaks", "window": 64, "max_peaks": 40},
             "promoters": {"reference": "toy", "kind": "task"},
-            "cells": {"kind": "cells", "h5ad": str(h5ad), "perturbation_column": "gene",
-                      "control_label": "non-targeting", "label_column": "celltype", "gene_id_column": "ensembl_id",
-                      "gene_symbol_column": "symbol", "shards": 2},
+            "cells": {
+                "kind": "cells",
+                "h5ad": str(h5ad),
+                "perturbation_column": "gene",
+                "control_label": "non-targeting",
+                "label_column": "celltype",
+                "gene_id_column": "ensembl_id",
+                "gene_symbol_column": "symbol",
+                "shards": 2,
+            },
         },
         "runs": [{"model": m, "dataset": d, "saes": [SAE]} for m, d in RUNS.values()],
         "saes": {SAE: {"arch": "topk", "expansion": 2, "k": 4, "epochs": 1, "batch_size": 128}},
@@ -151,14 +203,25 @@ def _logs(wd, model, dataset):
 def _outputs(family):
     model, dataset = RUNS[family]
     base = f"results/{model}/{dataset}"
-    out = [f"{base}/activations/manifest.json", f"{base}/sae/{SAE}/training_curves.png",
-           f"{base}/eval/{SAE}/summary.tsv", f"{base}/eval/{SAE}/summary.png"]
-    out += [f"{base}/sae/{SAE}/layer{L}/{f}" for L in LAYERS for f in ("cfg.json", "sae_weights.safetensors",
-                                                                        "metrics.json")]
+    out = [
+        f"{base}/activations/manifest.json",
+        f"{base}/sae/{SAE}/training_curves.png",
+        f"{base}/eval/{SAE}/summary.tsv",
+        f"{base}/eval/{SAE}/summary.png",
+    ]
+    out += [
+        f"{base}/sae/{SAE}/layer{L}/{f}"
+        for L in LAYERS
+        for f in ("cfg.json", "sae_weights.safetensors", "metrics.json")
+    ]
     out += [f"{base}/eval/{SAE}/layer{L}.json" for L in LAYERS]
     if family in DNA:
         out += [f"{base}/catalog/{SAE}/summary.tsv", f"{base}/recovery/{SAE}/recovery.tsv"]
-        out += [f"{base}/catalog/{SAE}/layer{L}/{f}" for L in LAYERS for f in ("features.parquet", "contexts.tsv")]
+        out += [
+            f"{base}/catalog/{SAE}/layer{L}/{f}"
+            for L in LAYERS
+            for f in ("features.parquet", "contexts.tsv")
+        ]
     return out
 
 
@@ -170,7 +233,9 @@ def _expected_tokens(family, model_dir, wd, dataset):
         if family == "dnabert":
             return np.array([len(s) - DNABERT_K + 1 for s in seqs])
         if family == "nucleotide_transformer":
-            return np.array([len(s) // 6 + len(s) % 6 for s in seqs])  # 6-mers, then the tail base by base
+            return np.array(
+                [len(s) // 6 + len(s) % 6 for s in seqs]
+            )  # 6-mers, then the tail base by base
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -180,7 +245,9 @@ def _expected_tokens(family, model_dir, wd, dataset):
     a = anndata.read_h5ad(wd / "results/datasets/cells/cells.h5ad")
     known = a.var.gene_id.isin([gene(i) for i in range(N_GENES)]).to_numpy()
     n = np.asarray((a.X[:, known] > 0).sum(axis=1)).ravel()
-    assert (n + 2 <= 64).all()  # Geneformer V2's <cls> ... <eos> fit its 64 positions: nothing truncated
+    assert (
+        n + 2 <= 64
+    ).all()  # Geneformer V2's <cls> ... <eos> fit its 64 positions: nothing truncated
     return n
 
 
@@ -191,8 +258,10 @@ def test_family_runs_end_to_end(run, family):
     wd, dirs, p = run
     model, dataset = RUNS[family]
     missing = [f for f in _outputs(family) if not (wd / f).exists()]
-    assert not missing, (f"{family}: missing {missing[:6]}\n{_logs(wd, model, dataset)}\n"
-                         f"snakemake said:\n{(p.stdout + p.stderr)[-3000:]}")
+    assert not missing, (
+        f"{family}: missing {missing[:6]}\n{_logs(wd, model, dataset)}\n"
+        f"snakemake said:\n{(p.stdout + p.stderr)[-3000:]}"
+    )
     base = wd / "results" / model / dataset
     seqs = pd.read_parquet(wd / f"results/datasets/{dataset}/sequences.parquet")
     assert 50 <= len(seqs) <= 120 and (seqs.split == "test").any()
@@ -206,21 +275,33 @@ def test_family_runs_end_to_end(run, family):
     assert store.manifest["d_model"] == (32 if family == "dnabert2" else 16)
     for L in LAYERS:
         x = np.asarray(store.layer(L), dtype=np.float32)
-        assert x.shape == (counts.sum(), store.manifest["d_model"]) and np.isfinite(x).all() and x.std() > 0
+        assert (
+            x.shape == (counts.sum(), store.manifest["d_model"])
+            and np.isfinite(x).all()
+            and x.std() > 0
+        )
     tokens = store.tokens
     if family in DNA:
         assert (tokens.end > tokens.start).all()
         assert (tokens.end.to_numpy() <= seqs.sequence.str.len().to_numpy()[tokens.seq]).all()
     else:  # cells: the gene of each token, among that cell's expressed genes
         assert "gene" in tokens.columns and (tokens.gene != "").all()
-        assert store.manifest["shards"] == 2 and (counts == 0).sum() == 1  # the cell without known genes
+        assert (
+            store.manifest["shards"] == 2 and (counts == 0).sum() == 1
+        )  # the cell without known genes
         import anndata
 
-        cells = anndata.read_h5ad(wd / "results/datasets/cells/cells.h5ad")  # the rows of the cell table
-        names = cells.var.gene_symbol if family == "scgpt" else cells.var.gene_id  # scGPT: symbols; Geneformer: ids
+        cells = anndata.read_h5ad(
+            wd / "results/datasets/cells/cells.h5ad"
+        )  # the rows of the cell table
+        names = (
+            cells.var.gene_symbol if family == "scgpt" else cells.var.gene_id
+        )  # scGPT: symbols; Geneformer: ids
         rows, cols = cells.X.nonzero()
         expressed = set(zip(rows.tolist(), names.to_numpy()[cols]))
-        assert all(pair in expressed for pair in zip(tokens.seq.tolist(), tokens.gene)), "token genes not expressed"
+        assert all(pair in expressed for pair in zip(tokens.seq.tolist(), tokens.gene)), (
+            "token genes not expressed"
+        )
         assert not tokens.duplicated(["seq", "gene"]).any()
 
     # SAEs and their held-out evaluation
@@ -246,7 +327,9 @@ def test_family_runs_end_to_end(run, family):
     assert cat.layer.tolist() == LAYERS and (cat.Alive > 0).all()
     by_name = dict(zip(seqs.name, seqs.sequence))
     for L in LAYERS:
-        ctx = pd.read_csv(base / f"catalog/{SAE}/layer{L}/contexts.tsv", sep="\t", keep_default_na=False)
+        ctx = pd.read_csv(
+            base / f"catalog/{SAE}/layer{L}/contexts.tsv", sep="\t", keep_default_na=False
+        )
         assert len(ctx)
         bases = [by_name[s][a:e] for s, a, e in zip(ctx.sequence, ctx.start, ctx.end)]
         assert ctx.token.tolist() == bases, ctx[["token", "start", "end"]]

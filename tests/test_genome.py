@@ -6,7 +6,13 @@ import pandas as pd
 import pysam
 import pytest
 
-from saeflow.genome import bgzip_and_index, peak_windows, prepare_sequences, read_peaks, validate_fasta
+from saeflow.dna.genome import (
+    bgzip_and_index,
+    peak_windows,
+    prepare_sequences,
+    read_peaks,
+    validate_fasta,
+)
 from saeflow.utils import SaeflowError
 
 
@@ -75,8 +81,13 @@ def test_read_peaks_narrowpeak_and_bed3(tmp_path):
 
 
 def test_peak_windows_background_avoids_peaks():
-    peaks = pd.DataFrame({"chrom": ["c"] * 5, "start": [1000, 3000, 5000, 7000, 9000],
-                          "end": [1200, 3200, 5200, 7200, 9200]})
+    peaks = pd.DataFrame(
+        {
+            "chrom": ["c"] * 5,
+            "start": [1000, 3000, 5000, 7000, 9000],
+            "end": [1200, 3200, 5200, 7200, 9200],
+        }
+    )
     peaks["summit"] = peaks.start + 100
     w = peak_windows(peaks, {"c": 12000}, 64, 2.0, 0, seed=0)
     assert (w.end - w.start == 64).all()
@@ -91,14 +102,18 @@ def test_peak_windows_background_avoids_peaks():
 def test_prepare_sequences_from_toy_peaks(toy_genome, tmp_path):
     d, planted = toy_genome
     params = dict(window=64, background_ratio=1.0, max_peaks=0, seed=0, test_fraction=0.3)
-    t = prepare_sequences("peaks", params, d / "genome.fa.gz", d / "peaks.bed", None, tmp_path / "s.parquet")
+    t = prepare_sequences(
+        "peaks", params, d / "genome.fa.gz", d / "peaks.bed", None, tmp_path / "s.parquet"
+    )
     assert list(t.columns) == ["name", "sequence", "label", "split", "chrom", "start", "end"]
     assert (t.sequence.str.len() == 64).all()
     assert set(t.split) == {"train", "test"}
     # Most peak windows hold a whole planted CTCF; background windows hold none.
     ctcf = planted[planted.motif_id == "MA0139.1"]
+
     def holds(r):
         return ((ctcf.chrom == r.chrom) & (ctcf.start >= r.start) & (ctcf.end <= r.end)).any()
+
     frac_pos = np.mean([holds(r) for r in t[t.label == 1].itertuples()])
     frac_bg = np.mean([holds(r) for r in t[t.label == 0].itertuples()])
     assert frac_pos > 0.6 and frac_bg == 0

@@ -21,8 +21,13 @@ time.sleep(float(sys.argv[3]))
 def spawn(tmp_path, n=1, wait_s=30.0, hold_s=3.0, **env):
     e = dict(os.environ, SAEFLOW_GPU_LOCK_DIR=str(tmp_path / "locks"), **env)
     e.pop("SLURM_JOB_ID", None)
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(n), str(wait_s), str(hold_s)], env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(n), str(wait_s), str(hold_s)],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def first_line(p):

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from saeflow.headscan import gc_matched_background, heatmap_tables, received_attention, scan_heads
+from saeflow.dna.headscan import (
+    gc_matched_background,
+    heatmap_tables,
+    received_attention,
+    scan_heads,
+)
 from saeflow.utils import SaeflowError
 
 
@@ -58,7 +63,9 @@ def test_r_is_pearson_over_valid_tokens_of_received_attention():
     score[~np.isfinite(score)] = score[np.isfinite(score) & valid].min()
     for h in range(3):
         r, p = pearsonr(recv[:, h][valid], score[valid])
-        assert df.r[h] == pytest.approx(r, abs=1e-10) and df.p[h] == pytest.approx(p, rel=1e-6, abs=1e-300)
+        assert df.r[h] == pytest.approx(r, abs=1e-10) and df.p[h] == pytest.approx(
+            p, rel=1e-6, abs=1e-300
+        )
 
 
 def test_gc_matched_background_has_the_motif_gc_histogram():
@@ -69,7 +76,9 @@ def test_gc_matched_background_has_the_motif_gc_histogram():
     bg = gc_matched_background(gc, is_motif, np.ones(5000, bool), bins=10, seed=0)
     assert not is_motif[bg].any() and len(np.unique(bg)) == len(bg)
     assert abs(gc[bg].mean() - gc[is_motif].mean()) < 0.03
-    assert abs(gc[~is_motif].mean() - gc[is_motif].mean()) > 0.2  # unmatched background would differ
+    assert (
+        abs(gc[~is_motif].mean() - gc[is_motif].mean()) > 0.2
+    )  # unmatched background would differ
 
 
 def test_bad_inputs_are_named():

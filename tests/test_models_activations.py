@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from saeflow.activations import ActivationStore, extract_activations, split_rows
 from saeflow.models import load_model
@@ -33,11 +32,15 @@ def test_load_model_rejects_non_model_dir(tmp_path):
 
 def test_extract_writes_every_layer_in_one_pass(tiny_model_dir, tmp_path):
     ad = load_model(tiny_model_dir)
-    seqs = pd.DataFrame({"sequence": ["ACGTACGTAA", "GGGCCC", "TTTTAAAACCCG"], "split": ["train", "test", "train"]})
+    seqs = pd.DataFrame(
+        {"sequence": ["ACGTACGTAA", "GGGCCC", "TTTTAAAACCCG"], "split": ["train", "test", "train"]}
+    )
     calls = []
     orig = ad.model.forward
     ad.model.forward = lambda *a, **k: (calls.append(1), orig(*a, **k))[1]
-    man = extract_activations(ad, seqs, [1, 2], tmp_path / "acts", batch_size=2, meta={"model": "m"})
+    man = extract_activations(
+        ad, seqs, [1, 2], tmp_path / "acts", batch_size=2, meta={"model": "m"}
+    )
     assert len(calls) == 2  # ceil(3 / 2) batches, all layers from each pass
     store = ActivationStore(tmp_path / "acts")
     assert man["n_tokens"] == 10 + 6 + 12 and store.manifest["model"] == "m"
@@ -87,8 +90,12 @@ def test_sharded_extraction_merges_into_the_unsharded_store(tiny_model_dir, tmp_
 
     ad = load_model(tiny_model_dir)
     rng = np.random.default_rng(0)
-    seqs = pd.DataFrame({"sequence": ["".join(rng.choice(list("ACGT"), rng.integers(5, 15))) for _ in range(7)],
-                         "split": ["train", "test"] * 3 + ["train"]})
+    seqs = pd.DataFrame(
+        {
+            "sequence": ["".join(rng.choice(list("ACGT"), rng.integers(5, 15))) for _ in range(7)],
+            "split": ["train", "test"] * 3 + ["train"],
+        }
+    )
     # batch_size 1: no padding, so sharded and whole runs see identical forward passes
     extract_activations(ad, seqs, [1, 2], tmp_path / "whole", batch_size=1)
     dirs = []
@@ -101,7 +108,11 @@ def test_sharded_extraction_merges_into_the_unsharded_store(tiny_model_dir, tmp_
         np.testing.assert_array_equal(merged.layer(l), whole.layer(l))
     pd.testing.assert_frame_equal(merged.tokens, whole.tokens)
     np.testing.assert_array_equal(merged.seq_offsets, whole.seq_offsets)
-    assert man["files"] == whole.manifest["files"] and man["n_sequences"] == 7 and man["shards"] == n_shards
+    assert (
+        man["files"] == whole.manifest["files"]
+        and man["n_sequences"] == 7
+        and man["shards"] == n_shards
+    )
 
 
 def test_merge_refuses_a_missing_shard(tiny_model_dir, tmp_path):

@@ -1,11 +1,19 @@
-"""saeflow.motifscan: PSSM scores equal to Biopython's Bio.motifs, hit calling, motif evidence per token."""
+"""saeflow.dna.motifscan: PSSM scores equal to Biopython's Bio.motifs, hit calling, motif evidence per token."""
 
 import numpy as np
 import pytest
 from Bio import motifs as bio_motifs
 
-from saeflow.motifs import load_jaspar, revcomp
-from saeflow.motifscan import ScanResult, hits, pssm, relative_threshold, scan, score_range, token_scores
+from saeflow.dna.motifs import load_jaspar, revcomp
+from saeflow.dna.motifscan import (
+    ScanResult,
+    hits,
+    pssm,
+    relative_threshold,
+    scan,
+    score_range,
+    token_scores,
+)
 from saeflow.utils import SaeflowError
 
 CTCF = "MA0139.1"
@@ -18,7 +26,9 @@ def ctcf():
 
 def bio_pssm(motif, pseudocounts=0.8, background=None):
     """The Bio.motifs PSSM of a saeflow Motif: counts.normalize(pseudocounts).log_odds(background)."""
-    m = bio_motifs.Motif(alphabet="ACGT", counts={b: list(motif.counts[:, i]) for i, b in enumerate("ACGT")})
+    m = bio_motifs.Motif(
+        alphabet="ACGT", counts={b: list(motif.counts[:, i]) for i, b in enumerate("ACGT")}
+    )
     return m.counts.normalize(pseudocounts=pseudocounts).log_odds(background)
 
 
@@ -37,24 +47,32 @@ def naive_scores(seq, m):
     L = len(m)
     out = []
     for s in range(len(seq) - L + 1):
-        w = seq[s:s + L].upper()
-        out.append(-np.inf if any(c not in idx for c in w) else sum(m[j, idx[c]] for j, c in enumerate(w)))
+        w = seq[s : s + L].upper()
+        out.append(
+            -np.inf if any(c not in idx for c in w) else sum(m[j, idx[c]] for j, c in enumerate(w))
+        )
     return np.array(out)
 
 
 # ----------------------------------------------------------------------------------- PSSM
 
 
-@pytest.mark.parametrize("pc, bg", [
-    (0.8, None),
-    (0.01, None),
-    (2.0, (0.3, 0.2, 0.2, 0.3)),
-    ({"A": 0.1, "C": 0.4, "G": 0.4, "T": 0.1}, (0.29, 0.21, 0.21, 0.29)),
-])
+@pytest.mark.parametrize(
+    "pc, bg",
+    [
+        (0.8, None),
+        (0.01, None),
+        (2.0, (0.3, 0.2, 0.2, 0.3)),
+        ({"A": 0.1, "C": 0.4, "G": 0.4, "T": 0.1}, (0.29, 0.21, 0.21, 0.29)),
+    ],
+)
 def test_pssm_matches_biopython(ctcf, pc, bg):
     bp = bio_pssm(ctcf, pc, None if bg is None else dict(zip("ACGT", bg)))
-    ours = pssm(ctcf, pseudocount=[pc[b] for b in "ACGT"] if isinstance(pc, dict) else pc,
-                background=bg or (0.25,) * 4)
+    ours = pssm(
+        ctcf,
+        pseudocount=[pc[b] for b in "ACGT"] if isinstance(pc, dict) else pc,
+        background=bg or (0.25,) * 4,
+    )
     assert ours.shape == (19, 4)
     np.testing.assert_allclose(ours, as_array(bp), rtol=0, atol=1e-12)
     lo, hi = score_range(ours)
@@ -76,20 +94,32 @@ def test_pssm_zero_pseudocount_gives_minus_inf(ctcf):
 def test_scan_equals_biopython_calculate_both_strands(ctcf):
     rng = np.random.default_rng(0)
     seqs = random_seqs(rng, 60, 19, 400)
-    seqs += random_seqs(rng, 20, 1, 60, alphabet="ACGTacgtNR", p=[.2, .2, .2, .2, .04, .04, .04, .04, .02, .02])
+    seqs += random_seqs(
+        rng,
+        20,
+        1,
+        60,
+        alphabet="ACGTacgtNR",
+        p=[0.2, 0.2, 0.2, 0.2, 0.04, 0.04, 0.04, 0.04, 0.02, 0.02],
+    )
     seqs += ["ACG", "C" * 19, ctcf.sample(rng, 1, 0.3)[0]]
     bp = bio_pssm(ctcf)
     rc = bp.reverse_complement()
     res = scan(seqs, pssm(ctcf))
     assert isinstance(res, ScanResult) and len(res) == len(seqs) and res.motif_length == 19
-    assert res.forward.shape == (len(seqs), max(map(len, seqs)) - 18) and res.forward.dtype == np.float32
+    assert (
+        res.forward.shape == (len(seqs), max(map(len, seqs)) - 18)
+        and res.forward.dtype == np.float32
+    )
     n_nan = 0
     for s, site in zip(seqs, res):
         if len(s) < 19:
             assert len(site.score) == 0
             continue
         fwd = np.atleast_1d(bp.calculate(s))  # Biopython: NaN for windows with N/R; one strand only
-        rev = np.atleast_1d(rc.calculate(s))  # the reverse strand = the reverse-complemented PSSM, same starts
+        rev = np.atleast_1d(
+            rc.calculate(s)
+        )  # the reverse strand = the reverse-complemented PSSM, same starts
         assert len(site.forward) == len(fwd) == len(s) - 18
         for ours, theirs in ((site.forward, fwd), (site.reverse, rev)):
             bad = np.isnan(theirs)
@@ -97,8 +127,10 @@ def test_scan_equals_biopython_calculate_both_strands(ctcf):
             np.testing.assert_array_equal(np.isneginf(ours), bad)
             np.testing.assert_allclose(ours[~bad], theirs[~bad], rtol=0, atol=1e-5)
         np.testing.assert_array_equal(site.score, np.maximum(site.forward, site.reverse))
-        np.testing.assert_array_equal(site.strand, np.where(np.isneginf(site.score), 0,
-                                                            np.where(site.reverse > site.forward, -1, 1)))
+        np.testing.assert_array_equal(
+            site.strand,
+            np.where(np.isneginf(site.score), 0, np.where(site.reverse > site.forward, -1, 1)),
+        )
     assert n_nan > 0
     # the padded tail of short rows is -inf
     assert np.isneginf(res.forward[len(seqs) - 3]).all()
@@ -123,8 +155,12 @@ def test_scan_any_motif_length_equals_naive_loop(L):
     for s, site in zip(seqs, res):
         np.testing.assert_allclose(site.forward, naive_scores(s, m), rtol=0, atol=1e-5)
         np.testing.assert_allclose(site.reverse, naive_scores(s, rcm), rtol=0, atol=1e-5)
-        np.testing.assert_allclose(site.reverse, [naive_scores(revcomp(s[i:i + L].upper()), m)[0]
-                                                  for i in range(len(s) - L + 1)], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(
+            site.reverse,
+            [naive_scores(revcomp(s[i : i + L].upper()), m)[0] for i in range(len(s) - L + 1)],
+            rtol=0,
+            atol=1e-5,
+        )
 
 
 def test_hits_equal_biopython_search(ctcf):
@@ -133,7 +169,7 @@ def test_hits_equal_biopython_search(ctcf):
     for i in range(0, 40, 3):  # plant sampled sites on both strands
         site = ctcf.sample(rng, 1, 0.5)[0]
         p = int(rng.integers(0, 150))
-        seqs[i] = seqs[i][:p] + (site if i % 2 else revcomp(site)) + seqs[i][p + 19:]
+        seqs[i] = seqs[i][:p] + (site if i % 2 else revcomp(site)) + seqs[i][p + 19 :]
     m = pssm(ctcf)
     bp = bio_pssm(ctcf)
     for frac in (0.6, 0.8):
@@ -141,8 +177,12 @@ def test_hits_equal_biopython_search(ctcf):
         assert relative_threshold(m, frac) == pytest.approx(thr, abs=1e-9)
         expected = {}
         for i, s in enumerate(seqs):
-            for pos, score in bp.search(s, threshold=thr):  # reverse-strand hits come as pos - len(s)
-                expected[(i, int(pos) + len(s) if pos < 0 else int(pos), "-" if pos < 0 else "+")] = float(score)
+            for pos, score in bp.search(
+                s, threshold=thr
+            ):  # reverse-strand hits come as pos - len(s)
+                expected[
+                    (i, int(pos) + len(s) if pos < 0 else int(pos), "-" if pos < 0 else "+")
+                ] = float(score)
         df = hits(seqs, m, frac=frac)
         assert list(df.columns) == ["seq", "start", "end", "strand", "score", "rel_score"]
         got = {(r.seq, r.start, r.strand): r.score for r in df.itertuples()}
@@ -157,24 +197,45 @@ def test_planted_sites_found_at_position_and_strand(ctcf):
     m = pssm(ctcf)
     cons = "".join("ACGT"[j] for j in m.argmax(axis=1))
     seqs = random_seqs(rng, 6, 300, 300)
-    planted = [(0, 40, "+", cons), (1, 200, "-", revcomp(cons)),
-               (2, 0, "+", ctcf.sample(rng, 1, 0.3)[0]), (3, 281, "-", revcomp(ctcf.sample(rng, 1, 0.3)[0]))]
+    planted = [
+        (0, 40, "+", cons),
+        (1, 200, "-", revcomp(cons)),
+        (2, 0, "+", ctcf.sample(rng, 1, 0.3)[0]),
+        (3, 281, "-", revcomp(ctcf.sample(rng, 1, 0.3)[0])),
+    ]
     for i, p, _, site in planted:
-        seqs[i] = seqs[i][:p] + site + seqs[i][p + 19:]
+        seqs[i] = seqs[i][:p] + site + seqs[i][p + 19 :]
     assert len(seqs[3]) == 300
-    best = hits(seqs, m, frac=0.0, best_strand=True).sort_values("score").groupby("seq").tail(1).set_index("seq")
+    best = (
+        hits(seqs, m, frac=0.0, best_strand=True)
+        .sort_values("score")
+        .groupby("seq")
+        .tail(1)
+        .set_index("seq")
+    )
     lo, hi = score_range(m)
     for i, p, strand, _ in planted:
-        assert (best.loc[i, "start"], best.loc[i, "end"], best.loc[i, "strand"]) == (p, p + 19, strand)
+        assert (best.loc[i, "start"], best.loc[i, "end"], best.loc[i, "strand"]) == (
+            p,
+            p + 19,
+            strand,
+        )
         assert best.loc[i, "rel_score"] > 0.8
-    assert best.loc[0, "score"] == pytest.approx(hi, abs=1e-5) and best.loc[0, "rel_score"] == pytest.approx(1, abs=1e-6)
+    assert best.loc[0, "score"] == pytest.approx(hi, abs=1e-5) and best.loc[
+        0, "rel_score"
+    ] == pytest.approx(1, abs=1e-6)
     assert best.loc[1, "score"] == pytest.approx(hi, abs=1e-5)
     res = scan(seqs, m)
     assert res.strand[1, 200] == -1 and res.strand[0, 40] == 1
-    assert res.reverse[1, 200] == pytest.approx(hi, abs=1e-5)  # the reverse complement of the consensus
+    assert res.reverse[1, 200] == pytest.approx(
+        hi, abs=1e-5
+    )  # the reverse complement of the consensus
     names = [f"s{i}" for i in range(6)]
     named = hits(res, m, frac=0.8, names=names)  # a ScanResult is not scanned again
-    assert {(r.seq, r.start, r.strand) for r in named.itertuples()} >= {("s0", 40, "+"), ("s1", 200, "-")}
+    assert {(r.seq, r.start, r.strand) for r in named.itertuples()} >= {
+        ("s0", 40, "+"),
+        ("s1", 200, "-"),
+    }
 
 
 def test_threshold_fraction_semantics(ctcf):
@@ -191,7 +252,9 @@ def test_threshold_fraction_semantics(ctcf):
     n_sites = int(res.n_sites.sum())
     assert len(hits(res, m, frac=0.0)) == 2 * n_sites  # every site on both strands
     assert len(hits(res, m, frac=0.0, best_strand=True)) == n_sites
-    assert len(hits(res, m, frac=0.0, both_strands=False)) == 2 * n_sites  # a ScanResult keeps its strands
+    assert (
+        len(hits(res, m, frac=0.0, both_strands=False)) == 2 * n_sites
+    )  # a ScanResult keeps its strands
     assert len(hits(seqs, m, frac=0.0, both_strands=False)) == n_sites
     top = hits(res, m, frac=1.0)
     assert list(zip(top.seq, top.start, top.strand)) == [(4, 10, "+")]
@@ -205,7 +268,9 @@ def test_threshold_fraction_semantics(ctcf):
         # the same hits from the absolute threshold, and exactly the sites at or above it
         pd_abs = hits(res, m, threshold=thr)
         assert pd_abs.equals(df)
-        assert len(df) == int((res.forward >= np.float32(thr)).sum() + (res.reverse >= np.float32(thr)).sum())
+        assert len(df) == int(
+            (res.forward >= np.float32(thr)).sum() + (res.reverse >= np.float32(thr)).sum()
+        )
         keys = set(zip(df.seq, df.start, df.strand))
         if prev is not None:
             assert keys <= prev
@@ -235,11 +300,39 @@ def brute_token_scores(x, offsets, L, fill=-np.inf):
     return out
 
 
-BPE = np.array([
-    # [CLS], variable-length pieces covering 0..40, [SEP], padding
-    [(0, 0), (0, 3), (3, 4), (4, 10), (10, 12), (12, 20), (20, 21), (21, 33), (33, 40), (0, 0), (0, 0), (0, 0)],
-    [(0, 0), (0, 1), (1, 9), (9, 10), (10, 11), (11, 25), (25, 27), (27, 29), (29, 30), (30, 37), (37, 52), (0, 0)],
-])
+BPE = np.array(
+    [
+        # [CLS], variable-length pieces covering 0..40, [SEP], padding
+        [
+            (0, 0),
+            (0, 3),
+            (3, 4),
+            (4, 10),
+            (10, 12),
+            (12, 20),
+            (20, 21),
+            (21, 33),
+            (33, 40),
+            (0, 0),
+            (0, 0),
+            (0, 0),
+        ],
+        [
+            (0, 0),
+            (0, 1),
+            (1, 9),
+            (9, 10),
+            (10, 11),
+            (11, 25),
+            (25, 27),
+            (27, 29),
+            (29, 30),
+            (30, 37),
+            (37, 52),
+            (0, 0),
+        ],
+    ]
+)
 
 
 @pytest.mark.parametrize("L", [1, 5, 19])
@@ -247,14 +340,14 @@ def test_token_scores_bpe_offsets(L):
     rng = np.random.default_rng(L)
     P = 52 - L + 1
     x = rng.normal(size=(2, P)).astype(np.float32)
-    x[0, 40 - L + 1:] = -np.inf  # sequence 0 is 40 bp: no sites past its end
+    x[0, 40 - L + 1 :] = -np.inf  # sequence 0 is 40 bp: no sites past its end
     x[rng.random(x.shape) < 0.1] = -np.inf  # sites with N
     got = token_scores(x, BPE, motif_length=L)
     assert got.shape == (2, 12) and got.dtype == np.float32
     np.testing.assert_array_equal(got, brute_token_scores(x, BPE, L))
     assert np.isneginf(got[:, 0]).all() and np.isneginf(got[0, 9:]).all()  # specials and padding
     # ragged per-sequence arrays give the same, and so does a custom fill
-    ragged = [x[0, :40 - L + 1], x[1]]
+    ragged = [x[0, : 40 - L + 1], x[1]]
     np.testing.assert_array_equal(token_scores(ragged, BPE, motif_length=L), got)
     filled = token_scores(x, BPE, motif_length=L, fill=np.nan)
     assert np.isnan(filled[:, 0]).all() and np.isnan(filled[0, 9:]).all()
@@ -270,17 +363,22 @@ def test_token_scores_overlapping_kmers_from_scan(ctcf):
     offsets = np.zeros((3, T, 2), np.int64)  # [CLS] kmer_0 ... kmer_{n-6} [SEP] pad...
     for i, s in enumerate(seqs):
         n = len(s) - k + 1
-        offsets[i, 1:n + 1, 0] = np.arange(n)
-        offsets[i, 1:n + 1, 1] = np.arange(n) + k
+        offsets[i, 1 : n + 1, 0] = np.arange(n)
+        offsets[i, 1 : n + 1, 1] = np.arange(n) + k
     got = token_scores(res, offsets)
-    np.testing.assert_array_equal(got, brute_token_scores([site.score for site in res], offsets, 19))
+    np.testing.assert_array_equal(
+        got, brute_token_scores([site.score for site in res], offsets, 19)
+    )
     # a token overlaps a hit at threshold t iff its score is >= t
     thr = relative_threshold(m, 0.5)
     df = hits(res, m, threshold=thr)
     for i in range(3):
         for t in range(T):
             a, e = offsets[i, t]
-            covered = any(st < e and en > a for st, en in zip(df[df.seq == i].start, df[df.seq == i].end)) and e > a
+            covered = (
+                any(st < e and en > a for st, en in zip(df[df.seq == i].start, df[df.seq == i].end))
+                and e > a
+            )
             assert covered == (got[i, t] >= np.float32(thr))
 
 

@@ -1,11 +1,11 @@
-"""Linear probes and their controls on small synthetic data (saeflow.probes)."""
+"""Linear probes and their controls on small synthetic data (saeflow.dna.probes)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from saeflow.probes import (
+from saeflow.dna.probes import (
     bootstrap_auroc,
     delta_vs_control,
     gc_matched_subset,
@@ -13,7 +13,7 @@ from saeflow.probes import (
     probe,
     probe_with_controls,
 )
-from saeflow.toy import gc_content
+from saeflow.dna.toy import gc_content
 from saeflow.utils import SaeflowError
 
 N_BOOT = 300
@@ -48,7 +48,14 @@ def planted():
 
 def test_planted_signal_found_controls_near_chance(planted):
     df = planted
-    assert list(df["control"]) == ["features", "gc_only", "position_only", "random_labels", "gc_matched", "gc_shift"]
+    assert list(df["control"]) == [
+        "features",
+        "gc_only",
+        "position_only",
+        "random_labels",
+        "gc_matched",
+        "gc_shift",
+    ]
     assert df.loc["features", "auroc"] > 0.9
     assert df.loc["features", "accuracy"] > 0.8
     for c in ("gc_only", "position_only", "random_labels"):
@@ -64,7 +71,11 @@ def test_planted_signal_found_controls_near_chance(planted):
 
 def test_delta_vs_control_paired_where_test_set_shared(planted):
     d = delta_vs_control(planted.reset_index(drop=True)).set_index("control")
-    assert d.loc["gc_only", "paired"] and d.loc["random_labels", "paired"] and d.loc["position_only", "paired"]
+    assert (
+        d.loc["gc_only", "paired"]
+        and d.loc["random_labels", "paired"]
+        and d.loc["position_only", "paired"]
+    )
     assert not d.loc["gc_matched", "paired"] and np.isnan(d.loc["gc_matched", "ci_low"])
     for c in ("gc_only", "random_labels"):
         assert d.loc[c, "ci_low"] > 0  # features clearly beat the control

@@ -1,15 +1,27 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_store, split
 
 from saeflow.sae import build_sae
 from saeflow.sae.base import load_sae
 from saeflow.sae.topk import TopKSAE
 from saeflow.sae.train import geometric_median, train_sae
-from conftest import make_store, split
 
-RECIPE = dict(arch="topk", expansion=2, k=3, lr=1e-2, batch_size=128, epochs=30, max_vectors=0, seed=0,
-              warmup_fraction=0.05, dead_window=5000, aux_k=0, aux_coef=1 / 32)
+RECIPE = dict(
+    arch="topk",
+    expansion=2,
+    k=3,
+    lr=1e-2,
+    batch_size=128,
+    epochs=30,
+    max_vectors=0,
+    seed=0,
+    warmup_fraction=0.05,
+    dead_window=5000,
+    aux_k=0,
+    aux_coef=1 / 32,
+)
 
 
 def test_topk_activation_has_exactly_k_nonnegative():

@@ -78,9 +78,17 @@ RECIPES = {
     "topk": dict(arch="topk", expansion=4, k=5, aux_k=6, aux_coef=0.5),
     "batchtopk": dict(arch="batchtopk", expansion=4, k=5, aux_k=6, aux_coef=0.5),
     "relu_l1": dict(arch="relu_l1", expansion=4, sparsity_coef=0.3),
-    "jumprelu": dict(arch="jumprelu", expansion=4, sparsity_coef=0.3, init_threshold=0.3, bandwidth=0.2),
-    "jumprelu_target": dict(arch="jumprelu", expansion=4, sparsity_coef=0.3, init_threshold=0.3, bandwidth=0.2,
-                            target_l0=4),
+    "jumprelu": dict(
+        arch="jumprelu", expansion=4, sparsity_coef=0.3, init_threshold=0.3, bandwidth=0.2
+    ),
+    "jumprelu_target": dict(
+        arch="jumprelu",
+        expansion=4,
+        sparsity_coef=0.3,
+        init_threshold=0.3,
+        bandwidth=0.2,
+        target_l0=4,
+    ),
 }
 
 
@@ -113,14 +121,18 @@ def test_sparse_step_matches_autograd(arch, with_dead):
     if arch.startswith("jumprelu"):
         total = total + sae.coef * losses["l0_loss"]
     assert float(total) == pytest.approx(ref_value, rel=1e-9)
-    if arch.startswith("jumprelu"):  # entries within the bandwidth exist, so the STE path is exercised
+    if arch.startswith(
+        "jumprelu"
+    ):  # entries within the bandwidth exist, so the STE path is exercised
         assert float(sae.threshold.grad.abs().sum()) > 0
     if with_dead and arch in ("topk", "batchtopk"):
         assert float(losses["aux"]) > 0
     for (name, p), g in zip(params.items(), ref_grads):
         assert p.grad is not None, name
         assert p.grad.shape == p.shape, name
-        torch.testing.assert_close(p.grad, g, rtol=1e-7, atol=1e-10, msg=f"{arch}: gradient of {name}")
+        torch.testing.assert_close(
+            p.grad, g, rtol=1e-7, atol=1e-10, msg=f"{arch}: gradient of {name}"
+        )
 
 
 def test_sparse_codes_primitives():
@@ -150,4 +162,6 @@ def test_bf16_encoder_product_path_runs_and_stays_close():
     losses = sae.train_step(x, {"dead": None})
     assert torch.isfinite(losses["fvu"])
     for n, p in sae.named_parameters():
-        assert torch.nn.functional.cosine_similarity(p.grad.flatten(), ref[n].flatten(), dim=0) > 0.9, n
+        assert (
+            torch.nn.functional.cosine_similarity(p.grad.flatten(), ref[n].flatten(), dim=0) > 0.9
+        ), n

@@ -9,15 +9,27 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_store, split
+
 from saeflow.sae.base import load_sae
 from saeflow.sae.data import BatchStream, FeistelPermutation, RowSet
 from saeflow.sae.train import train_sae
 from saeflow.utils import SaeflowError
 
-BASE = dict(expansion=2, k=3, lr=1e-2, batch_size=128, epochs=10, max_vectors=0, seed=0, warmup_fraction=0.05,
-            dead_window=5000, aux_k=0, aux_coef=1 / 32, checkpoint_every=0)
+BASE = dict(
+    expansion=2,
+    k=3,
+    lr=1e-2,
+    batch_size=128,
+    epochs=10,
+    max_vectors=0,
+    seed=0,
+    warmup_fraction=0.05,
+    dead_window=5000,
+    aux_k=0,
+    aux_coef=1 / 32,
+    checkpoint_every=0,
+)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 4097])
@@ -91,9 +103,14 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path):
         store, _ = make_store(tmp_path / arch, n=3000)
         recipe = dict(BASE, arch=arch, epochs=8, checkpoint_every=40, target_l0=3)
         script = tmp_path / f"run_{arch}.py"
-        script.write_text(RESUME.format(tests=os.path.dirname(__file__), acts=str(store.dir), recipe=recipe))
-        run = lambda out, kill: subprocess.run([sys.executable, str(script), str(out), str(kill)],  # noqa: E731
-                                               capture_output=True, text=True)
+        script.write_text(
+            RESUME.format(tests=os.path.dirname(__file__), acts=str(store.dir), recipe=recipe)
+        )
+        run = lambda out, kill: subprocess.run(
+            [sys.executable, str(script), str(out), str(kill)],  # noqa: E731
+            capture_output=True,
+            text=True,
+        )
         killed = run(tmp_path / arch / "resumed", 97)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         ckpt = tmp_path / arch / "resumed.ckpt"
@@ -131,7 +148,9 @@ def test_every_architecture_meets_its_sparsity(tmp_path, arch):
     x = torch.from_numpy(np.asarray(store.layer(1)[:2000], dtype=np.float32))
     z = sae.encode(x)
     if arch == "topk":
-        assert ((z > 0).sum(1) <= 6).all() and m["l0"] > 5.5  # exactly k active unless a code is <= 0
+        assert ((z > 0).sum(1) <= 6).all() and m[
+            "l0"
+        ] > 5.5  # exactly k active unless a code is <= 0
     else:
         assert m["l0"] == pytest.approx(target, rel=0.2), m
     assert m["explained_variance"] > (0.5 if arch == "relu_l1" else 0.8), m

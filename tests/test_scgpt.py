@@ -12,11 +12,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-
-from saeflow.models.base import Capture, CellMatrix, Patch
-from saeflow.models.scgpt import ScgptTokenizer, binning, load_scgpt
-from saeflow.utils import SaeflowError
-
 from tinymodels import SCGPT_ARGS as ARGS
 from tinymodels import SCGPT_D as D
 from tinymodels import SCGPT_D_HID as D_HID
@@ -28,29 +23,77 @@ from tinymodels import scgpt_reference_model as reference_model
 from tinymodels import scgpt_to_layout as to_layout
 from tinymodels import write_scgpt_checkpoint as write_checkpoint
 
+from saeflow.models.base import Capture, CellMatrix, Patch
+from saeflow.models.scgpt import ScgptTokenizer, binning, load_scgpt
+from saeflow.utils import SaeflowError
+
 
 def published_keys(n_layers: int, layout: str) -> list[str]:
     """The tensors scGPT's TransformerModel forward + ExprDecoder read, as the published code names them."""
-    keys = ["encoder.embedding.weight", "encoder.enc_norm.weight", "encoder.enc_norm.bias",
-            "value_encoder.linear1.weight", "value_encoder.linear1.bias",
-            "value_encoder.linear2.weight", "value_encoder.linear2.bias",
-            "value_encoder.norm.weight", "value_encoder.norm.bias"]
-    attn = {"flash": ["self_attn.Wqkv.weight", "self_attn.Wqkv.bias", "self_attn.out_proj.weight", "self_attn.out_proj.bias"],
-            "impl": ["self_attn._impl.Wqkv.weight", "self_attn._impl.Wqkv.bias",
-                     "self_attn._impl.out_proj.weight", "self_attn._impl.out_proj.bias"],
-            "in_proj": ["self_attn.in_proj_weight", "self_attn.in_proj_bias",
-                        "self_attn.out_proj.weight", "self_attn.out_proj.bias"]}[layout]
+    keys = [
+        "encoder.embedding.weight",
+        "encoder.enc_norm.weight",
+        "encoder.enc_norm.bias",
+        "value_encoder.linear1.weight",
+        "value_encoder.linear1.bias",
+        "value_encoder.linear2.weight",
+        "value_encoder.linear2.bias",
+        "value_encoder.norm.weight",
+        "value_encoder.norm.bias",
+    ]
+    attn = {
+        "flash": [
+            "self_attn.Wqkv.weight",
+            "self_attn.Wqkv.bias",
+            "self_attn.out_proj.weight",
+            "self_attn.out_proj.bias",
+        ],
+        "impl": [
+            "self_attn._impl.Wqkv.weight",
+            "self_attn._impl.Wqkv.bias",
+            "self_attn._impl.out_proj.weight",
+            "self_attn._impl.out_proj.bias",
+        ],
+        "in_proj": [
+            "self_attn.in_proj_weight",
+            "self_attn.in_proj_bias",
+            "self_attn.out_proj.weight",
+            "self_attn.out_proj.bias",
+        ],
+    }[layout]
     for i in range(n_layers):
-        keys += [f"transformer_encoder.layers.{i}.{k}" for k in attn + [
-            "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias",
-            "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"]]
-    keys += ["decoder.fc.0.weight", "decoder.fc.0.bias", "decoder.fc.2.weight", "decoder.fc.2.bias",
-             "decoder.fc.4.weight", "decoder.fc.4.bias"]
+        keys += [
+            f"transformer_encoder.layers.{i}.{k}"
+            for k in attn
+            + [
+                "linear1.weight",
+                "linear1.bias",
+                "linear2.weight",
+                "linear2.bias",
+                "norm1.weight",
+                "norm1.bias",
+                "norm2.weight",
+                "norm2.bias",
+            ]
+        ]
+    keys += [
+        "decoder.fc.0.weight",
+        "decoder.fc.0.bias",
+        "decoder.fc.2.weight",
+        "decoder.fc.2.bias",
+        "decoder.fc.4.weight",
+        "decoder.fc.4.bias",
+    ]
     return keys
 
 
 #: heads saeflow does not run (MVC decoder "inner product" style, generative flag encoder)
-UNUSED = ["flag_encoder.weight", "mvc_decoder.gene2query.weight", "mvc_decoder.gene2query.bias", "mvc_decoder.W.weight"]
+UNUSED = [
+    "flag_encoder.weight",
+    "mvc_decoder.gene2query.weight",
+    "mvc_decoder.gene2query.bias",
+    "mvc_decoder.W.weight",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +105,10 @@ def ref():
 def ckpt(tmp_path_factory, ref):
     """{layout: checkpoint dir} of the same weights."""
     root = tmp_path_factory.mktemp("scgpt")
-    return {lay: write_checkpoint(root / lay, to_layout(ref.state_dict(), lay)) for lay in ("flash", "impl", "in_proj")}
+    return {
+        lay: write_checkpoint(root / lay, to_layout(ref.state_dict(), lay))
+        for lay in ("flash", "impl", "in_proj")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +123,9 @@ def make_cells(n_cells: int = 4, seed: int = 1) -> CellMatrix:
     X = rng.poisson(1.5, size=(n_cells, len(symbols))).astype(np.float32)
     for i in range(n_cells):  # cells of different lengths -> padding
         X[i, rng.choice(len(symbols), size=min(len(symbols) - 2, 6 * i), replace=False)] = 0
-    return CellMatrix(sp.csr_matrix(X), None, symbols, np.array([f"cell{i}" for i in range(n_cells)]))
+    return CellMatrix(
+        sp.csr_matrix(X), None, symbols, np.array([f"cell{i}" for i in range(n_cells)])
+    )
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -105,10 +153,14 @@ def test_all_layouts_match_the_torch_reference_forward(ckpt, ref):
         hidden, logits = ref(tb.input_ids, tb.extra["values"], ~real)
     for lay, ad in ads.items():
         with torch.no_grad():
-            out = ad.model(tb.input_ids, tb.extra["values"], tb.attention_mask, output_hidden_states=True)
+            out = ad.model(
+                tb.input_ids, tb.extra["values"], tb.attention_mask, output_hidden_states=True
+            )
         assert len(out.hidden_states) == L + 1
         for layer in range(L + 1):
-            torch.testing.assert_close(out.hidden_states[layer][real], hidden[layer][real], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                out.hidden_states[layer][real], hidden[layer][real], atol=1e-5, rtol=1e-4
+            )
         torch.testing.assert_close(out.logits[real], logits[real], atol=1e-5, rtol=1e-4)
 
 
@@ -117,7 +169,9 @@ def test_hook_captures_equal_the_models_hidden_states(adapter):
     tb = adapter.tokenize(make_cells())
     res = adapter.run(tb, Capture(resid=list(range(L + 1))))
     with torch.no_grad():
-        out = adapter.model(tb.input_ids, tb.extra["values"], tb.attention_mask, output_hidden_states=True)
+        out = adapter.model(
+            tb.input_ids, tb.extra["values"], tb.attention_mask, output_hidden_states=True
+        )
     for layer in range(L + 1):
         torch.testing.assert_close(res.resid[layer], out.hidden_states[layer], atol=0, rtol=0)
     torch.testing.assert_close(res.logits, out.logits, atol=0, rtol=0)
@@ -132,28 +186,41 @@ def test_padded_batch_equals_single_cells(adapter):
     full = adapter.run(tb, Capture(resid=list(range(L + 1))))
     assert (tb.attention_mask == 0).any()  # the batch has padding
     for i in range(len(cells)):
-        one = adapter.tokenize(cells[i:i + 1])
+        one = adapter.tokenize(cells[i : i + 1])
         n = one.input_ids.shape[1]
         assert int(tb.attention_mask[i].sum()) == n
-        assert torch.equal(tb.input_ids[i, :n], one.input_ids[0]) and torch.equal(tb.extra["values"][i, :n], one.extra["values"][0])
+        assert torch.equal(tb.input_ids[i, :n], one.input_ids[0]) and torch.equal(
+            tb.extra["values"][i, :n], one.extra["values"][0]
+        )
         alone = adapter.run(one, Capture(resid=list(range(L + 1))))
         for layer in range(L + 1):
-            torch.testing.assert_close(full.resid[layer][i, :n], alone.resid[layer][0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                full.resid[layer][i, :n], alone.resid[layer][0], atol=1e-5, rtol=1e-4
+            )
         torch.testing.assert_close(full.logits[i, :n], alone.logits[0], atol=1e-5, rtol=1e-4)
 
 
 def test_identity_patches_change_nothing_and_zeroing_a_head_does(adapter):
     tb = adapter.tokenize(make_cells())
     clean = adapter.run(tb)
-    same = adapter.run(tb, patch=Patch(resid={1: lambda t: t, L: lambda t: t.clone()},
-                                       heads={(1, 0): lambda t: t, (L, H - 1): lambda t: t.clone()}))
+    same = adapter.run(
+        tb,
+        patch=Patch(
+            resid={1: lambda t: t, L: lambda t: t.clone()},
+            heads={(1, 0): lambda t: t, (L, H - 1): lambda t: t.clone()},
+        ),
+    )
     torch.testing.assert_close(same.logits, clean.logits, atol=0, rtol=0)
-    zeroed = adapter.run(tb, patch=Patch(heads={(1, 2): torch.zeros_like}), capture=Capture(head_out=[1]))
+    zeroed = adapter.run(
+        tb, patch=Patch(heads={(1, 2): torch.zeros_like}), capture=Capture(head_out=[1])
+    )
     assert (zeroed.head_out[1][..., 2, :] == 0).all()
     real = tb.attention_mask.bool()
     assert (zeroed.logits - clean.logits)[real].abs().max() > 1e-4
     # patching the residual stream of layer 0 with zeros changes the output too
-    assert (adapter.run(tb, patch=Patch(resid={0: torch.zeros_like})).logits - clean.logits)[real].abs().max() > 1e-4
+    assert (adapter.run(tb, patch=Patch(resid={0: torch.zeros_like})).logits - clean.logits)[
+        real
+    ].abs().max() > 1e-4
 
 
 def test_attention_probabilities_and_head_sites(adapter):
@@ -171,7 +238,7 @@ def test_attention_probabilities_and_head_sites(adapter):
     # head_weights: q of block 1 = its input (post-norm: residual layer 0) times W_Q (+ bias)
     w = adapter.head_weights(1)
     att = adapter.blocks()[0].self_attn
-    bq, bv = att.Wqkv.bias[:D].reshape(H, D // H), att.Wqkv.bias[2 * D:].reshape(H, D // H)
+    bq, bv = att.Wqkv.bias[:D].reshape(H, D // H), att.Wqkv.bias[2 * D :].reshape(H, D // H)
     with torch.no_grad():
         q = torch.einsum("btd,hde->bhte", res.resid[0], w["W_Q"]) + bq[None, :, None, :]
         v = torch.einsum("btd,hde->bhte", res.resid[0], w["W_V"]) + bv[None, :, None, :]
@@ -179,7 +246,9 @@ def test_attention_probabilities_and_head_sites(adapter):
         torch.testing.assert_close(v, res.v[1], atol=1e-5, rtol=1e-4)
         # W_O: the output projection is the sum over heads of head_out[h] @ W_O[h]
         o = torch.einsum("bthe,hed->btd", res.head_out[1], w["W_O"]) + att.out_proj.bias
-        torch.testing.assert_close(o, att.out_proj(res.head_out[1].reshape(B, T, D)), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            o, att.out_proj(res.head_out[1].reshape(B, T, D)), atol=1e-5, rtol=1e-4
+        )
 
 
 # --- binning and tokenising ---------------------------------------------------------------
@@ -204,7 +273,10 @@ def test_binning_spreads_ties_like_digitize_both():
     assert b[-1] == 4 and set(b[:-1].tolist()) == {1, 2, 3}
     assert min(np.bincount(b[:-1])[1:]) > 60
     assert binning(row, 5, tie_break="left")[:-1].tolist() == [3] * 300
-    assert binning(row, 5, np.random.default_rng(7)).tolist() == binning(row, 5, np.random.default_rng(7)).tolist()
+    assert (
+        binning(row, 5, np.random.default_rng(7)).tolist()
+        == binning(row, 5, np.random.default_rng(7)).tolist()
+    )
 
 
 def test_tokenize_cells(adapter):
@@ -217,7 +289,9 @@ def test_tokenize_cells(adapter):
         n = int(tb.attention_mask[b].sum())
         ids = tb.input_ids[b].tolist()
         assert ids[0] == VOCAB["<cls>"] and ids[n:] == [VOCAB["<pad>"]] * (len(ids) - n)
-        assert tb.extra["values"][b, 0] == -2 and (tb.extra["values"][b, n:] == -2).all()  # pad_value
+        assert (
+            tb.extra["values"][b, 0] == -2 and (tb.extra["values"][b, n:] == -2).all()
+        )  # pad_value
         assert tb.special[b].tolist() == [True] + [False] * (n - 1) + [True] * (len(ids) - n)
         assert tb.genes[b, 0] == "" and (tb.genes[b, n:] == "").all()
         # the genes are the cell's nonzero in-vocabulary genes, in column order; they map back
@@ -233,13 +307,20 @@ def test_tokenize_cells(adapter):
         assert (vals[:, None] <= vals[None, :])[lower].all() and vals[counts.argmax()] == 50
     # reproducible
     again = adapter.tokenize(cells)
-    assert torch.equal(again.input_ids, tb.input_ids) and torch.equal(again.extra["values"], tb.extra["values"])
+    assert torch.equal(again.input_ids, tb.input_ids) and torch.equal(
+        again.extra["values"], tb.extra["values"]
+    )
 
 
 def test_tokenizer_hand_made_cell():
     tok = ScgptTokenizer(VOCAB, pad_value=-2, n_bins=5)
-    symbols = np.array(["CD3E", "XIST_NOT_IN_VOCAB", "CD4", "CD8A", "MS4A1", "LYZ", "NKG7", "GNLY", "CD14"], dtype=object)
-    X = np.array([[1, 9, 2, 3, 0, 4, 5, 6, 7]], dtype=np.float32)  # in vocab: 1,2,3,0,4,5,6,7 as above
+    symbols = np.array(
+        ["CD3E", "XIST_NOT_IN_VOCAB", "CD4", "CD8A", "MS4A1", "LYZ", "NKG7", "GNLY", "CD14"],
+        dtype=object,
+    )
+    X = np.array(
+        [[1, 9, 2, 3, 0, 4, 5, 6, 7]], dtype=np.float32
+    )  # in vocab: 1,2,3,0,4,5,6,7 as above
     tb = tok(CellMatrix(X, None, symbols, np.array(["c"])))
     assert tb.genes[0].tolist() == ["", "CD3E", "CD4", "CD8A", "LYZ", "NKG7", "GNLY", "CD14"]
     assert tb.extra["values"][0].tolist() == [-2, 1, 1, 2, 2, 3, 3, 4]
@@ -261,7 +342,9 @@ def test_max_length_selection(adapter):
     assert again.genes[0].tolist() == cut.genes[1].tolist()
     top = ScgptTokenizer(VOCAB, selection="top", tie_break="left")(cells[0:1], max_length=4)
     X = cells.X.toarray()[0]
-    top_counts = sorted((X[list(cells.gene_symbols).index(g)] for g in top.genes[0, 1:]), reverse=True)
+    top_counts = sorted(
+        (X[list(cells.gene_symbols).index(g)] for g in top.genes[0, 1:]), reverse=True
+    )
     assert top_counts == sorted(X[[s in VOCAB for s in cells.gene_symbols]], reverse=True)[:3]
 
 
@@ -282,24 +365,41 @@ def test_missing_tensor_and_bad_args(tmp_path, ref):
     with pytest.raises(SaeflowError, match="transformer_encoder.layers.1.norm2.bias"):
         load_scgpt(write_checkpoint(tmp_path / "a", sd))
     with pytest.raises(SaeflowError, match="pad_value"):
-        load_scgpt(write_checkpoint(tmp_path / "b", to_layout(ref.state_dict(), "flash"),
-                                    args={k: v for k, v in ARGS.items() if k != "pad_value"}))
+        load_scgpt(
+            write_checkpoint(
+                tmp_path / "b",
+                to_layout(ref.state_dict(), "flash"),
+                args={k: v for k, v in ARGS.items() if k != "pad_value"},
+            )
+        )
     with pytest.raises(SaeflowError, match="nlayers=3"):
-        load_scgpt(write_checkpoint(tmp_path / "c", to_layout(ref.state_dict(), "flash"), args=dict(ARGS, nlayers=3)))
+        load_scgpt(
+            write_checkpoint(
+                tmp_path / "c", to_layout(ref.state_dict(), "flash"), args=dict(ARGS, nlayers=3)
+            )
+        )
 
 
 def test_cells_without_gene_symbols(adapter):
     cells = make_cells(2)
     with pytest.raises(SaeflowError, match="gene symbols"):
-        adapter.tokenize(CellMatrix(cells.X, np.array(["ENSG1"] * cells.X.shape[1]), None, cells.names))
+        adapter.tokenize(
+            CellMatrix(cells.X, np.array(["ENSG1"] * cells.X.shape[1]), None, cells.names)
+        )
     with pytest.raises(SaeflowError, match="none of the"):
-        adapter.tokenize(CellMatrix(cells.X, None, np.array([f"ENSG{i}" for i in range(cells.X.shape[1])]), cells.names))
+        adapter.tokenize(
+            CellMatrix(
+                cells.X, None, np.array([f"ENSG{i}" for i in range(cells.X.shape[1])]), cells.names
+            )
+        )
 
 
 def test_vocab_without_specials_gets_them_appended(tmp_path, ref):
     # embed_data appends <pad>, <cls>, <eoc> when vocab.json lacks them; the embedding covers them
     vocab = {g: i for i, g in enumerate(GENES)}
-    ad = load_scgpt(write_checkpoint(tmp_path / "v", to_layout(ref.state_dict(), "flash"), vocab=vocab))
+    ad = load_scgpt(
+        write_checkpoint(tmp_path / "v", to_layout(ref.state_dict(), "flash"), vocab=vocab)
+    )
     assert ad.tokenizer.pad_id == len(GENES) and ad.tokenizer.cls_id == len(GENES) + 1
     assert ad.tokenizer.vocab["<eoc>"] == len(GENES) + 2
     # the feature catalog's vocabulary is the adapter's, specials included
@@ -310,7 +410,11 @@ def test_vocab_without_specials_gets_them_appended(tmp_path, ref):
 
 
 def test_pre_norm_follows_the_published_layer(tmp_path, ref):
-    ad = load_scgpt(write_checkpoint(tmp_path / "p", to_layout(ref.state_dict(), "flash"), args=dict(ARGS, pre_norm=True)))
+    ad = load_scgpt(
+        write_checkpoint(
+            tmp_path / "p", to_layout(ref.state_dict(), "flash"), args=dict(ARGS, pre_norm=True)
+        )
+    )
     tb = ad.tokenize(make_cells(2))
     res = ad.run(tb, Capture(resid=[0, 1]))
     blk = ad.blocks()[0]

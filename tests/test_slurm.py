@@ -31,7 +31,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
-
 from wfutil import REPO, copy_workflow, load_test_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
@@ -41,7 +40,9 @@ def slurm_is_up() -> bool:
     if not shutil.which("sinfo"):
         return False
     try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=15).stdout
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=15
+        ).stdout
     except subprocess.TimeoutExpired:
         return False
     return bool(re.search(r"^(idle|mixed|allocated|completing)", out, re.M))
@@ -50,7 +51,9 @@ def slurm_is_up() -> bool:
 def require_slurm() -> None:
     if not slurm_is_up():
         if os.environ.get("SAEFLOW_REQUIRE_SLURM") == "1":
-            pytest.fail("SAEFLOW_REQUIRE_SLURM=1 but no SLURM answers (sinfo); see tests/slurm/up.sh")
+            pytest.fail(
+                "SAEFLOW_REQUIRE_SLURM=1 but no SLURM answers (sinfo); see tests/slurm/up.sh"
+            )
         pytest.skip("no SLURM running here: `sudo bash tests/slurm/up.sh` brings one up (CI does)")
 
 
@@ -65,9 +68,14 @@ def slurm_run(tmp_path_factory):
     prof = ci_profile(wd)
     log_path = root / "snakemake.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", str(prof.relative_to(wd))],
-                            cwd=wd, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--profile", str(prof.relative_to(wd))],
+        cwd=wd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     run = SimpleNamespace(wd=wd, proc=proc, log=log_path, cancelled=None)
     ckpt = wd / "resources" / "models" / "toy_esm.ckpt"
     stop = threading.Event()
@@ -113,7 +121,9 @@ def ci_profile(wd: Path) -> Path:
         rule["cpus_per_gpu"] = 1
     # same torch threads as the local run, so the outputs can be compared bit for bit
     prof["set-threads"] = {rule: 2 for rule in prof.get("set-threads", {})}
-    prof["slurm-keep-successful-logs"] = True  # the plugin deletes them by default; the test reads them
+    prof["slurm-keep-successful-logs"] = (
+        True  # the plugin deletes them by default; the test reads them
+    )
     prof["slurm-init-seconds-before-status-checks"] = 5  # first status poll after 5 s, not 40
     prof["jobs"] = 6
     prof["latency-wait"] = 5
@@ -133,7 +143,9 @@ def slurm_job_logs(wd: Path) -> dict[str, list[Path]]:
     """rule -> SLURM log files (one per submitted job, named after the SLURM job id)."""
     out: dict[str, list[Path]] = {}
     for f in (wd / ".snakemake" / "slurm_logs").rglob("*.log"):
-        rule = next((p[len("rule_"):] for p in f.relative_to(wd).parts if p.startswith("rule_")), None)
+        rule = next(
+            (p[len("rule_") :] for p in f.relative_to(wd).parts if p.startswith("rule_")), None
+        )
         if rule and f.stem.isdigit():
             out.setdefault(rule, []).append(f)
     return out
@@ -145,13 +157,25 @@ def job_state(job_id: str) -> str:
 
 
 def comparable_files(root: Path) -> list[Path]:
-    keep = {".safetensors", ".npy", ".parquet", ".tsv", ".js", ".html", ".css"}  # + the atlas, byte for byte
+    keep = {
+        ".safetensors",
+        ".npy",
+        ".parquet",
+        ".tsv",
+        ".js",
+        ".html",
+        ".css",
+    }  # + the atlas, byte for byte
     files = []
     for top in ("results", "resources/models"):
-        files += [f.relative_to(root) for f in (root / top).rglob("*") if f.is_file() and f.suffix in keep]
+        files += [
+            f.relative_to(root) for f in (root / top).rglob("*") if f.is_file() and f.suffix in keep
+        ]
     # the atlas index lists every SAE recipe of the run: the local run has four on ctcf_peaks, this one
     # has one (its per-recipe shards are compared byte for byte)
-    return sorted(f for f in files if not (f.parts[-3:-1] == ("atlas", "data") and f.name == "index.js"))
+    return sorted(
+        f for f in files if not (f.parts[-3:-1] == ("atlas", "data") and f.name == "index.js")
+    )
 
 
 def assert_same(a: Path, b: Path) -> None:
@@ -163,7 +187,9 @@ def assert_same(a: Path, b: Path) -> None:
             x, y = (t[~t.metric.str.contains("seconds")].reset_index(drop=True) for t in (x, y))
         pd.testing.assert_frame_equal(x, y, check_exact=True, obj=str(a))
     elif a.suffix == ".parquet":
-        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True, obj=str(a))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(a), pd.read_parquet(b), check_exact=True, obj=str(a)
+        )
     else:
         assert a.read_bytes() == b.read_bytes(), f"{a} differs from the local run's"
 
@@ -182,7 +208,13 @@ def test_test_config_through_slurm_with_a_cancelled_gpu_job(local_run, slurm_run
 
     # every job went through sbatch: one SLURM log (named by job id) per submitted job
     logs = slurm_job_logs(wd)
-    assert {"train_toy_model", "extract_activations", "train_sae", "evaluate_sae", "feature_catalog"} <= set(logs)
+    assert {
+        "train_toy_model",
+        "extract_activations",
+        "train_sae",
+        "evaluate_sae",
+        "feature_catalog",
+    } <= set(logs)
     assert {"head_scan", "patching", "feature_ablation", "feature_evidence", "probes"} <= set(logs)
     assert len(logs["extract_activations"]) == 3  # ctcf_peaks in 3 shards
     ids = [f.stem for fs in logs.values() for f in fs]
@@ -193,7 +225,9 @@ def test_test_config_through_slurm_with_a_cancelled_gpu_job(local_run, slurm_run
     toy = sorted(toy_esm_jobs(logs), key=lambda f: int(f.stem))
     assert len(toy) == 2 and toy[0].stem == cancelled, toy
     rule_log = (wd / "logs" / "train_toy_model" / "toy_esm.log").read_text()
-    assert re.search(r"resumed from .*toy_esm\.ckpt at step \d+ of 1500", rule_log), rule_log[-3000:]
+    assert re.search(r"resumed from .*toy_esm\.ckpt at step \d+ of 1500", rule_log), rule_log[
+        -3000:
+    ]
     assert not (wd / "resources" / "models" / "toy_esm.ckpt").exists()
     # localrules ran here, not through the queue
     assert "catalog_summary" not in logs and "eval_summary" not in logs

@@ -7,8 +7,8 @@ import pyBigWig
 import pysam
 import torch
 
-from saeflow.motifs import load_jaspar, revcomp
-from saeflow.toy import build_toy_genome, build_toy_task, gc_content
+from saeflow.dna.motifs import load_jaspar, revcomp
+from saeflow.dna.toy import build_toy_genome, build_toy_task, gc_content
 
 from .conftest import TOY
 
@@ -30,7 +30,9 @@ def test_planted_instances_follow_the_matrix(toy_genome):
     m = load_jaspar("MA0139.1")
     inst = [
         s if st == "+" else revcomp(s)
-        for s, st, mid in zip(planted.sequence, planted.strand, planted.motif_id) if mid == "MA0139.1"]
+        for s, st, mid in zip(planted.sequence, planted.strand, planted.motif_id)
+        if mid == "MA0139.1"
+    ]
     # the sampled consensus equals the matrix consensus at high-information columns
     ic = m.information_content()
     cons = "".join("ACGT"[i] for i in m.counts.argmax(1))
@@ -52,21 +54,32 @@ def test_signal_is_high_at_peaks(toy_genome):
     d, _ = toy_genome
     bw = pyBigWig.open(str(d / "signal.bw"))
     peaks = [line.split("\t") for line in (d / "peaks.bed").read_text().splitlines()]
-    at = np.mean([bw.stats(p[0], int(p[1]) + int(p[9]) - 10, int(p[1]) + int(p[9]) + 10)[0] for p in peaks])
+    at = np.mean(
+        [bw.stats(p[0], int(p[1]) + int(p[9]) - 10, int(p[1]) + int(p[9]) + 10)[0] for p in peaks]
+    )
     bg = bw.stats("chr1", 0, bw.chroms("chr1"))[0]
     assert at > 5 * bg
 
 
 def test_toy_task_is_gc_matched_with_motif_at_offset(toy_genome, tmp_path):
     d, planted = toy_genome
-    params = dict(motif_id="MA0108.1", length=64, motif_offset=20, negative_pool=500, test_fraction=0.3, seed=0)
+    params = dict(
+        motif_id="MA0108.1",
+        length=64,
+        motif_offset=20,
+        negative_pool=500,
+        test_fraction=0.3,
+        seed=0,
+    )
     t = build_toy_task(d / "genome.fa.gz", planted, params, tmp_path / "task.parquet")
     assert {"name", "sequence", "label", "split"} <= set(t.columns)
     pos, neg = t[t.label == 1], t[t.label == 0]
     assert len(pos) == len(neg) > 20
     tbp = planted[planted.motif_id == "MA0108.1"].set_index(["chrom", "start"]).sequence
     for r in pos.itertuples():
-        assert r.sequence[20 : 20 + len(tbp[(r.chrom, r.start + 20)])] == tbp[(r.chrom, r.start + 20)]
+        assert (
+            r.sequence[20 : 20 + len(tbp[(r.chrom, r.start + 20)])] == tbp[(r.chrom, r.start + 20)]
+        )
     assert abs(gc_content(pos.sequence).mean() - gc_content(neg.sequence).mean()) < 0.02
 
 
@@ -96,8 +109,18 @@ def test_killed_toy_lm_training_resumes_to_the_same_weights(toy_genome, tmp_path
     script.write_text(TOY_LM_RUN)
 
     def run(out, kill_at):
-        return subprocess.run([sys.executable, str(script), str(out), str(kill_at), str(d / "genome.fa.gz"),
-                               str(d / "planted.tsv")], capture_output=True, text=True)
+        return subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                str(out),
+                str(kill_at),
+                str(d / "genome.fa.gz"),
+                str(d / "planted.tsv"),
+            ],
+            capture_output=True,
+            text=True,
+        )
 
     killed = run(tmp_path / "resumed", 25)  # step 24: after the checkpoint at step 20
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

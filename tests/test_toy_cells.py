@@ -6,16 +6,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from saeflow.cells import load_cells, prepare_cells
-from saeflow.toy_cells import build_dictionaries, train_toy_geneformer, write_pbmc, write_pbmc_crispri
+from saeflow.cells.prepare import load_cells, prepare_cells
+from saeflow.cells.toy import (
+    build_dictionaries,
+    train_toy_geneformer,
+    write_pbmc,
+    write_pbmc_crispri,
+)
 
 
 @pytest.fixture(scope="module")
 def pbmc(tmp_path_factory):
     d = tmp_path_factory.mktemp("pbmc")
     info = write_pbmc(d / "pbmc.h5ad", d / "markers.gmt", n_markers=10)
-    prepare_cells(d / "pbmc.h5ad", d / "cells.h5ad", d / "cells.parquet", label_column="bulk_labels",
-                  gene_id_column="gene_symbol", gene_symbol_column="gene_symbol", test_fraction=0.3, seed=0)
+    prepare_cells(
+        d / "pbmc.h5ad",
+        d / "cells.h5ad",
+        d / "cells.parquet",
+        label_column="bulk_labels",
+        gene_id_column="gene_symbol",
+        gene_symbol_column="gene_symbol",
+        test_fraction=0.3,
+        seed=0,
+    )
     return d, info
 
 
@@ -50,9 +63,21 @@ def test_toy_geneformer_loads_as_geneformer_and_learns(pbmc, tmp_path):
 
     d, _ = pbmc
     cm = load_cells(d / "cells.h5ad")
-    m = train_toy_geneformer(cm, tmp_path / "model", dict(steps=300, lr=3e-3, hidden_size=32, num_layers=2, num_heads=2,
-                                                          intermediate_size=64, max_length=48, batch_size=16),
-                             metrics_path=tmp_path / "metrics.json")
+    m = train_toy_geneformer(
+        cm,
+        tmp_path / "model",
+        dict(
+            steps=300,
+            lr=3e-3,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+            max_length=48,
+            batch_size=16,
+        ),
+        metrics_path=tmp_path / "metrics.json",
+    )
     assert (tmp_path / "metrics.json").exists()
     # better than always guessing the most frequent gene
     assert m["masked_gene_accuracy"] > m["constant_guess_accuracy"]
@@ -69,8 +94,14 @@ def test_simulated_crispri_plants_the_designed_knockdowns(pbmc, tmp_path):
     import anndata
 
     d, _ = pbmc
-    info = write_pbmc_crispri(d / "pbmc.h5ad", tmp_path / "crispri.h5ad", tmp_path / "trrust.tsv",
-                              cells_per_target=15, n_targets=10, seed=1)
+    info = write_pbmc_crispri(
+        d / "pbmc.h5ad",
+        tmp_path / "crispri.h5ad",
+        tmp_path / "trrust.tsv",
+        cells_per_target=15,
+        n_targets=10,
+        seed=1,
+    )
     assert info["controls"] == 700 and info["perturbed"] == 5 * 15
     a = anndata.read_h5ad(tmp_path / "crispri.h5ad")
     src = anndata.read_h5ad(d / "pbmc.h5ad")
@@ -83,7 +114,9 @@ def test_simulated_crispri_plants_the_designed_knockdowns(pbmc, tmp_path):
     reg = {tf: set(g.target) for tf, g in edges.groupby("source")}
     assert set(reg) == {"SPI1", "IRF8", "JUNB", "EGR1"} and all(len(v) == 10 for v in reg.values())
     assert len(set.union(*reg.values())) == 40  # disjoint regulons
-    assert (edges.groupby("source")["mode"].value_counts() == 5).all()  # half activated, half repressed
+    assert (
+        edges.groupby("source")["mode"].value_counts() == 5
+    ).all()  # half activated, half repressed
     genes = list(a.var_names)
     row_of = {n: i for i, n in enumerate(src.obs_names)}
     for tf in ("SPI1", "IRF8", "JUNB", "EGR1", "SHAM"):
@@ -99,4 +132,6 @@ def test_simulated_crispri_plants_the_designed_knockdowns(pbmc, tmp_path):
                 expect[:, [genes.index(g) for g in mode.index[mode == "Repression"]]] *= 8.0
         np.testing.assert_allclose(X[cells], expect, rtol=1e-6)
         # labels travel with the copied cells
-        assert list(a.obs.bulk_labels.iloc[cells]) == list(src.obs.bulk_labels.loc[a.obs.source_cell.iloc[cells]])
+        assert list(a.obs.bulk_labels.iloc[cells]) == list(
+            src.obs.bulk_labels.loc[a.obs.source_cell.iloc[cells]]
+        )

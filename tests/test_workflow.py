@@ -8,10 +8,9 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-
-from saeflow.evaluation import SUMMARY_COLUMNS
-
 from wfutil import REPO, copy_workflow, load_test_config, planned_jobs, smk
+
+from saeflow.columns import EVAL_SUMMARY_COLUMNS as SUMMARY_COLUMNS
 
 
 def test_dry_run_of_default_config_is_fast_and_clean():
@@ -25,8 +24,12 @@ def test_lint_is_clean():
 
 
 def test_snakefmt_check_passes():
-    p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "workflow"], cwd=REPO, capture_output=True,
-                       text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "workflow"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -34,10 +37,22 @@ def test_snakefmt_check_passes():
     "mutate,key,problem",
     [
         (lambda c: c["catalog"].update(topn=5), "catalog", "'topn' was unexpected"),
-        (lambda c: c["saes"]["topk_x4_k16"].update(k="eight"), "saes.topk_x4_k16.k", "is not of type 'integer'"),
-        (lambda c: c.update(runs=[{"model": "nope", "dataset": "ctcf_peaks"}]), "runs[0].model", "unknown model"),
+        (
+            lambda c: c["saes"]["topk_x4_k16"].update(k="eight"),
+            "saes.topk_x4_k16.k",
+            "is not of type 'integer'",
+        ),
+        (
+            lambda c: c.update(runs=[{"model": "nope", "dataset": "ctcf_peaks"}]),
+            "runs[0].model",
+            "unknown model",
+        ),
         (lambda c: c["saes"]["jr"]["sweep"].update(kk=[1]), "saes.jr.sweep.kk", "not a recipe key"),
-        (lambda c: c["saes"]["jr"]["sweep"].update(k=[4, "x"]), "saes.jr.sweep.k", "is not of type 'integer'"),
+        (
+            lambda c: c["saes"]["jr"]["sweep"].update(k=[4, "x"]),
+            "saes.jr.sweep.k",
+            "is not of type 'integer'",
+        ),
         (lambda c: c["saes"]["jr"].update(arch="gated"), "saes.jr.arch", "is not one of"),
     ],
 )
@@ -54,9 +69,13 @@ def test_bad_config_fails_naming_the_key(tmp_path, mutate, key, problem):
 
 def test_minimal_config_gets_every_default(tmp_path):
     """Only names and kinds given: every nested default (the toy genome's too) is filled in."""
-    cfg = {"references": {"toy": {"source": "toy"}}, "models": {"m": {"source": "toy"}},
-           "datasets": {"d": {"reference": "toy"}}, "runs": [{"model": "m", "dataset": "d"}],
-           "saes": {"s": {"arch": "topk"}}}
+    cfg = {
+        "references": {"toy": {"source": "toy"}},
+        "models": {"m": {"source": "toy"}},
+        "datasets": {"d": {"reference": "toy"}},
+        "runs": [{"model": "m", "dataset": "d"}],
+        "saes": {"s": {"arch": "topk"}},
+    }
     p = smk(copy_workflow(tmp_path, cfg), "-n", "--quiet", "rules")
     assert "train_sae" in p.stdout + p.stderr
 
@@ -65,7 +84,11 @@ def test_truncated_fasta_fails_clearly_and_leaves_nothing(tmp_path):
     fa = tmp_path / "cut.fa"
     fa.write_text(">chr1\n" + "ACGT" * 60 + "\nACG")  # cut mid-line, no final newline
     cfg = load_test_config()
-    cfg["references"]["mine"] = {"source": "files", "fasta": str(fa), "peaks": str(tmp_path / "p.bed")}
+    cfg["references"]["mine"] = {
+        "source": "files",
+        "fasta": str(fa),
+        "peaks": str(tmp_path / "p.bed"),
+    }
     cfg["datasets"]["mine_peaks"] = {"reference": "mine", "kind": "peaks"}
     cfg["runs"] = [{"model": "toy_esm", "dataset": "mine_peaks"}]
     (tmp_path / "p.bed").write_text("chr1\t10\t50\n")
@@ -89,33 +112,59 @@ def test_whole_dag_produces_outputs(finished_run):
     base = wd / "results" / "toy_esm" / "ctcf_peaks"
     for sae in ("topk_x4_k16", "jr-target_l0_8"):
         summary = pd.read_csv(base / "catalog" / sae / "summary.tsv", sep="\t")
-        assert list(summary.columns) == ["layer", "VarExpl", "L0", "Alive", "Dead", "SVD-aligned", "Novel", "MeanCos"]
+        assert list(summary.columns) == [
+            "layer",
+            "VarExpl",
+            "L0",
+            "Alive",
+            "Dead",
+            "SVD-aligned",
+            "Novel",
+            "MeanCos",
+        ]
         assert summary.layer.tolist() == [2, 4]
         assert (summary.VarExpl > 0.8).all()
         assert (base / "sae" / sae / "training_curves.png").stat().st_size > 10_000
         for layer in (2, 4):
             d = base / "sae" / sae / f"layer{layer}"
-            assert {"cfg.json", "sae_weights.safetensors", "metrics.json"} <= {f.name for f in d.iterdir()}
+            assert {"cfg.json", "sae_weights.safetensors", "metrics.json"} <= {
+                f.name for f in d.iterdir()
+            }
         ev = pd.read_csv(base / "eval" / sae / "summary.tsv", sep="\t")
         assert list(ev.columns) == SUMMARY_COLUMNS and ev.layer.tolist() == [2, 4]
         assert ev.loss_recovered.notna().all() and (ev.fvu < 0.2).all()
-        if sae.startswith("jr"):  # JumpReLU calibrated to its target L0 (within 20% on held-out tokens)
+        if sae.startswith(
+            "jr"
+        ):  # JumpReLU calibrated to its target L0 (within 20% on held-out tokens)
             assert ((ev.l0 - 8).abs() <= 1.6).all(), ev
         else:  # TopK: k per token
             assert (ev.l0 > 15.5).all() and (ev.l0 <= 16).all(), ev
-        assert (base / "eval" / sae / "summary.png").exists() and (base / "eval" / sae / "layer4_frequency.png").exists()
+        assert (base / "eval" / sae / "summary.png").exists() and (
+            base / "eval" / sae / "layer4_frequency.png"
+        ).exists()
     # three extraction shards merged into one store; the temp() shards are gone
     from saeflow.activations import ActivationStore
 
     store = ActivationStore(base / "activations")
     assert store.manifest["shards"] == 3 and store.seq_offsets[-1] == store.manifest["n_tokens"]
-    assert store.tokens.seq.is_monotonic_increasing and not list((base / "activation_shards").glob("shard*"))
+    assert store.tokens.seq.is_monotonic_increasing and not list(
+        (base / "activation_shards").glob("shard*")
+    )
     # the promoter task ran through the same rules
-    assert (wd / "results" / "toy_esm" / "promoter_tata" / "catalog" / "topk_x4_k16" / "summary.tsv").exists()
-    lm = pd.read_csv(wd / "results" / "toy_esm" / "toy_lm_metrics.tsv", sep="\t").set_index("metric").value
+    assert (
+        wd / "results" / "toy_esm" / "promoter_tata" / "catalog" / "topk_x4_k16" / "summary.tsv"
+    ).exists()
+    lm = (
+        pd.read_csv(wd / "results" / "toy_esm" / "toy_lm_metrics.tsv", sep="\t")
+        .set_index("metric")
+        .value
+    )
     assert lm["masked_acc_MA0139.1"] > lm["masked_acc_background"] + 0.2
     contexts = pd.read_csv(base / "catalog" / "topk_x4_k16" / "layer4" / "contexts.tsv", sep="\t")
-    assert contexts.context.str.contains("[A-Z]").all() and contexts.context.str.contains("[a-z]").any()
+    assert (
+        contexts.context.str.contains("[A-Z]").all()
+        and contexts.context.str.contains("[a-z]").any()
+    )
 
 
 @pytest.mark.workflow
@@ -128,15 +177,36 @@ def test_single_cell_atlas_of_pbmc(finished_run):
     """
     wd = finished_run
     base = wd / "results" / "toy_geneformer" / "pbmc"
-    lm = pd.read_csv(wd / "results" / "toy_geneformer" / "toy_cell_lm_metrics.tsv", sep="\t").set_index("metric").value
+    lm = (
+        pd.read_csv(wd / "results" / "toy_geneformer" / "toy_cell_lm_metrics.tsv", sep="\t")
+        .set_index("metric")
+        .value
+    )
     assert lm["masked_gene_accuracy"] > lm["constant_guess_accuracy"]
     summary = pd.read_csv(base / "cells" / "topk_x4_k16" / "summary.tsv", sep="\t")
     assert summary.layer.tolist() == [1, 2]
-    assert {"Features", "Alive", "Annotated", "Ann%", "Enrichments", "pbmc68k_markers", "Modules", "Persistent",
-            "Moderate", "Transient", "CellTypeFeatures", "pbmc68k_crispri_trrust", "SVDVarExpl", "SAEVarExpl",
-            "AlignedAnn%", "NovelAnn%"} <= set(summary.columns)
+    assert {
+        "Features",
+        "Alive",
+        "Annotated",
+        "Ann%",
+        "Enrichments",
+        "pbmc68k_markers",
+        "Modules",
+        "Persistent",
+        "Moderate",
+        "Transient",
+        "CellTypeFeatures",
+        "pbmc68k_crispri_trrust",
+        "SVDVarExpl",
+        "SAEVarExpl",
+        "AlignedAnn%",
+        "NovelAnn%",
+    } <= set(summary.columns)
     assert (base / "cells" / "topk_x4_k16" / "summary.png").stat().st_size > 10_000
-    assert summary.Persistent.notna().iloc[0] and summary.Persistent.isna().iloc[-1]  # the last layer has no next
+    assert (
+        summary.Persistent.notna().iloc[0] and summary.Persistent.isna().iloc[-1]
+    )  # the last layer has no next
     assert summary.CellTypeFeatures.max() > 0
     hits = []
     for layer in (1, 2):
@@ -164,13 +234,17 @@ def test_single_cell_atlas_of_pbmc(finished_run):
     # the SHAM target (copies of control cells) and EGR1 (its targets untouched) move none
     pert = base / "perturbation" / "topk_x4_k16"
     targets = pd.read_csv(pert / "summary.tsv", sep="\t")
-    assert set(targets.target) == {"SPI1", "IRF8", "JUNB", "EGR1", "SHAM"} and set(targets.layer) == {1, 2}
+    assert set(targets.target) == {"SPI1", "IRF8", "JUNB", "EGR1", "SHAM"} and set(
+        targets.layer
+    ) == {1, 2}
     assert (targets.n_cells == 60).all()
     by = targets.groupby("target").responding.sum()
     assert by["SHAM"] == 0 and by["EGR1"] == 0
     assert by[["SPI1", "IRF8", "JUNB"]].min() > 0
     resp = pd.read_parquet(pert / "layer1" / "response.parquet")
-    assert {"target", "feature", "U", "rank_biserial", "ci_low", "ci_high", "p", "q"} <= set(resp.columns)
+    assert {"target", "feature", "U", "rank_biserial", "ci_low", "ci_high", "p", "q"} <= set(
+        resp.columns
+    )
     assert resp.n_control.max() == 700 and resp.q.dropna().between(0, 1).all()
     reg = pd.read_csv(pert / "regulatory.tsv", sep="\t")
     assert set(reg.tf) == {"SPI1", "IRF8", "JUNB", "EGR1"}
@@ -188,14 +262,22 @@ def test_pooled_vs_single_comparison(finished_run):
     SAE trained source-balanced, the perturbation tests rerun with it and compared with pbmc's own SAE."""
     wd = finished_run
     src = pd.read_csv(wd / "results/datasets/pbmc_pooled/sources.tsv", sep="\t")
-    assert src.source.tolist() == ["pbmc", "pbmc_tissue"] and src.perturbed_cells.tolist() == [300, 0]
+    assert src.source.tolist() == ["pbmc", "pbmc_tissue"] and src.perturbed_cells.tolist() == [
+        300,
+        0,
+    ]
     assert (src.genes_pooled == 765).all()
     table = pd.read_parquet(wd / "results/datasets/pbmc_pooled/sequences.parquet")
     assert len(table) == src.cells.sum() and set(table.source) == {"pbmc", "pbmc_tissue"}
     log = (wd / "logs/train_sae/toy_geneformer/pbmc_pooled/topk_x4_k16/layer1.log").read_text()
     n = src.set_index("source").train_cells
-    for s in ("pbmc", "pbmc_tissue"):  # the larger source is cut to the smaller one's training cells
-        assert f"balance: source {s}: {n[s]} training cells, {n.min()} per epoch (50%)" in log, log[-2000:]
+    for s in (
+        "pbmc",
+        "pbmc_tissue",
+    ):  # the larger source is cut to the smaller one's training cells
+        assert f"balance: source {s}: {n[s]} training cells, {n.min()} per epoch (50%)" in log, log[
+            -2000:
+        ]
     assert n["pbmc_tissue"] > n["pbmc"]
     out = wd / "results/comparisons/pooled_vs_single"
     single, pooled = "toy_geneformer/pbmc/topk_x4_k16", "toy_geneformer/pbmc_pooled/topk_x4_k16"
@@ -210,17 +292,28 @@ def test_pooled_vs_single_comparison(finished_run):
     # TFs tested = those with a finite regulatory-logic q in that run's layer; pairs are over the shared ones
     tested = {}
     for run, ds in ((single, "pbmc"), (pooled, "pbmc_pooled")):
-        reg = pd.read_csv(wd / f"results/toy_geneformer/{ds}/perturbation/topk_x4_k16/regulatory.tsv", sep="\t")
+        reg = pd.read_csv(
+            wd / f"results/toy_geneformer/{ds}/perturbation/topk_x4_k16/regulatory.tsv", sep="\t"
+        )
         for layer in (1, 2):
             tested[run, layer] = set(reg[(reg.layer == layer) & reg.q.notna()].tf)
             row = t[(t.run == run) & (t.layer == layer)].iloc[0]
-            assert row.tfs_tested == len(tested[run, layer]) and {"SPI1", "IRF8", "JUNB"} & tested[run, layer]
+            assert (
+                row.tfs_tested == len(tested[run, layer])
+                and {"SPI1", "IRF8", "JUNB"} & tested[run, layer]
+            )
     for p in pairs.itertuples():
         assert p.shared_tfs == len(tested[single, p.layer_a] & tested[pooled, p.layer_b])
     # the pooled SAE's perturbation response is against the 700 control cells only, not the tissue's
     pert = wd / "results/toy_geneformer/pbmc_pooled/perturbation/topk_x4_k16"
     assert pd.read_parquet(pert / "layer1/response.parquet").n_control.max() == 700
-    assert set(pd.read_csv(pert / "summary.tsv", sep="\t").target) == {"SPI1", "IRF8", "JUNB", "EGR1", "SHAM"}
+    assert set(pd.read_csv(pert / "summary.tsv", sep="\t").target) == {
+        "SPI1",
+        "IRF8",
+        "JUNB",
+        "EGR1",
+        "SHAM",
+    }
 
 
 @pytest.mark.workflow
@@ -228,30 +321,52 @@ def test_toy_sizes_comparison(finished_run):
     """The test config's comparison: toy_esm (4 blocks, layers 2 and 4) vs toy_esm_small (2 blocks) on ctcf_peaks."""
     out = finished_run / "results" / "comparisons" / "toy_sizes"
     big, small = "toy_esm/ctcf_peaks/topk_x4_k16", "toy_esm_small/ctcf_peaks/topk_x4_k16"
-    for name in ("quality", "annotation", "organisation", "probes", "head_scan", "matching", "ov_audit"):
+    for name in (
+        "quality",
+        "annotation",
+        "organisation",
+        "probes",
+        "head_scan",
+        "matching",
+        "ov_audit",
+    ):
         assert (out / f"{name}.tsv").exists() and (out / f"{name}.png").stat().st_size > 5_000, name
     q = pd.read_csv(out / "quality.tsv", sep="\t")
     assert q.grid_depth.unique().tolist() == [0.5, 1.0] and q[q.run == big].layer.tolist() == [2, 4]
     assert q[q.run == small].layer.tolist() == [1, 2] and (q.gap == 0).all() and q.fvu.notna().all()
     pr = pd.read_csv(out / "probes.tsv", sep="\t")
     assert pr[["layer_a", "layer_b"]].values.tolist() == [[2, 1], [4, 2]]
-    assert pr.n_items.nunique() == 1 and (pr.n_items > 100).all()  # the same held-out windows for both models
-    assert pr.delta.between(-1, 1).all() and pr.p_delong.between(0, 1).all() and (pr.ci_low <= pr.ci_high).all()
+    assert (
+        pr.n_items.nunique() == 1 and (pr.n_items > 100).all()
+    )  # the same held-out windows for both models
+    assert (
+        pr.delta.between(-1, 1).all()
+        and pr.p_delong.between(0, 1).all()
+        and (pr.ci_low <= pr.ci_high).all()
+    )
     hs = pd.read_csv(out / "head_scan.tsv", sep="\t")
     assert set(hs.motif) == {"MA0139.1", "MA0108.1"} and hs.best_r.notna().all()
     m = pd.read_csv(out / "matching.tsv", sep="\t")
     assert len(m) == 2 and (m.rows == "sequence").all() and m.matched_fraction.between(0, 1).all()
     au = pd.read_csv(out / "ov_audit.tsv", sep="\t")
-    assert (au.run == big).all() and au.write_cos.between(0, 1 + 1e-9).all() and au.self_gain.notna().all()
+    assert (
+        (au.run == big).all()
+        and au.write_cos.between(0, 1 + 1e-9).all()
+        and au.self_gain.notna().all()
+    )
     assert set(au.sae_layer) <= {2, 4} and set(au.layer) <= {2, 3, 4}
     # the small model got only what the comparison reads: no patching, no feature evidence
     small_ev = finished_run / "results" / "toy_esm_small" / "ctcf_peaks" / "evidence"
-    assert (small_ev / "probe_predictions.parquet").exists() and not (small_ev / "patching.tsv").exists()
+    assert (small_ev / "probe_predictions.parquet").exists() and not (
+        small_ev / "patching.tsv"
+    ).exists()
 
 
 @pytest.mark.workflow
 def test_ctcf_is_recovered(finished_run):
-    rec = pd.read_csv(finished_run / "results/toy_esm/ctcf_peaks/recovery/topk_x4_k16/recovery.tsv", sep="\t")
+    rec = pd.read_csv(
+        finished_run / "results/toy_esm/ctcf_peaks/recovery/topk_x4_k16/recovery.tsv", sep="\t"
+    )
     ctcf = rec[rec.motif_id == "MA0139.1"]
     best = ctcf.loc[ctcf.f1.idxmax()]
     # Thresholds (README, "Ground-truth recovery"): over SAE seeds on this model the held-out F1 of the best
@@ -331,8 +446,16 @@ def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
     # 2 layers of the changed SAE on ctcf_peaks (the one run that lists it); nothing upstream,
     # nothing of the other SAE
     assert jobs["train_sae"] == 2 and jobs["feature_catalog"] == 2
-    assert jobs["ground_truth_recovery"] == 2  # ctcf_peaks lives on the toy reference with planted sites
-    for upstream in ("build_toy_genome", "index_fasta", "train_toy_model", "extract_activations", "prepare_sequences"):
+    assert (
+        jobs["ground_truth_recovery"] == 2
+    )  # ctcf_peaks lives on the toy reference with planted sites
+    for upstream in (
+        "build_toy_genome",
+        "index_fasta",
+        "train_toy_model",
+        "extract_activations",
+        "prepare_sequences",
+    ):
         assert upstream not in jobs
 
 
@@ -341,8 +464,14 @@ def test_report_builds_offline(finished_run):
     smk(finished_run, "--report", "report.html")
     html = (finished_run / "report.html").read_text(errors="replace")
     assert len(html) > 100_000
-    for caption_word in ("Masked-token accuracy", "variance explained", "Recovery of the planted motifs",
-                         "Activation patching", "Attention-head scan", "Linear probes per layer"):
+    for caption_word in (
+        "Masked-token accuracy",
+        "variance explained",
+        "Recovery of the planted motifs",
+        "Activation patching",
+        "Attention-head scan",
+        "Linear probes per layer",
+    ):
         assert caption_word in html
 
 
@@ -362,10 +491,23 @@ def _dry_run_resources(wd, *args):
 def test_local_gpu_profile_gives_model_rules_one_gpu_each_and_caps_them(tmp_path):
     wd = copy_workflow(tmp_path, load_test_config())
     res = _dry_run_resources(wd, "--profile", "profiles/local-gpu")
-    for rule in ("train_toy_model", "extract_activations", "train_sae", "evaluate_sae", "head_scan", "patching",
-                 "feature_ablation"):
+    for rule in (
+        "train_toy_model",
+        "extract_activations",
+        "train_sae",
+        "evaluate_sae",
+        "head_scan",
+        "patching",
+        "feature_ablation",
+    ):
         assert "gpu=1" in res[rule], res[rule]
-    for rule in ("feature_catalog", "prepare_sequences", "merge_activations", "probes", "feature_evidence"):
+    for rule in (
+        "feature_catalog",
+        "prepare_sequences",
+        "merge_activations",
+        "probes",
+        "feature_evidence",
+    ):
         assert "gpu=1" not in res[rule], res[rule]
     # the default (CPU) profile asks no GPU, and memory grows with the attempt
     res = _dry_run_resources(wd)

@@ -19,8 +19,14 @@ import torch
 from torch import nn
 
 # --- DNABERT, Nucleotide Transformer v2, Geneformer (Hugging Face BERT / ESM) --------------------
-TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = dict(
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 def make_dnabert_dir(d, k, max_pos=64):
@@ -28,34 +34,71 @@ def make_dnabert_dir(d, k, max_pos=64):
     A, T, C, G), a BertForMaskedLM, and the hub config's extras (auto_map to custom code, rnn keys)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + ["".join(p) for p in itertools.product("ATCG", repeat=k)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+        "".join(p) for p in itertools.product("ATCG", repeat=k)
+    ]
     torch.manual_seed(k)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), max_position_embeddings=max_pos, pad_token_id=0, **TINY))
+    model = BertForMaskedLM(
+        BertConfig(vocab_size=len(vocab), max_position_embeddings=max_pos, pad_token_id=0, **TINY)
+    )
     model.save_pretrained(d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg.update(auto_map={"AutoConfig": "configuration_bert.BertConfig",
-                         "AutoModelForMaskedLM": "dnabert_layer.BertForMaskedLM"},
-               rnn="lstm", num_rnn_layer=1, split=10)
+    cfg.update(
+        auto_map={
+            "AutoConfig": "configuration_bert.BertConfig",
+            "AutoModelForMaskedLM": "dnabert_layer.BertForMaskedLM",
+        },
+        rnn="lstm",
+        num_rnn_layer=1,
+        split=10,
+    )
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "DNATokenizer", "max_len": max_pos}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "DNATokenizer", "max_len": max_pos})
+    )
     return d
 
 
-NT_VOCAB = (["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
-            + ["".join(p) for p in itertools.product("ATCG", repeat=6)] + list("ATCGN"))
+NT_VOCAB = (
+    ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
+    + ["".join(p) for p in itertools.product("ATCG", repeat=6)]
+    + list("ATCGN")
+)
 
 
 def nt_config(**over):
     """The published v2 config.json (nucleotide-transformer-v2-*-multi-species), tiny sizes."""
-    cfg = {"add_bias_fnn": False, "architectures": ["EsmForMaskedLM"], "attention_probs_dropout_prob": 0.0,
-           "auto_map": {"AutoConfig": "esm_config.EsmConfig", "AutoModelForMaskedLM": "modeling_esm.EsmForMaskedLM"},
-           "emb_layer_norm_before": False, "esmfold_config": None, "hidden_dropout_prob": 0.0, "hidden_size": 16,
-           "initializer_range": 0.02, "intermediate_size": 24, "is_folding_model": False, "layer_norm_eps": 1e-12,
-           "mask_token_id": 2, "max_position_embeddings": 2050, "model_type": "esm", "num_attention_heads": 2,
-           "num_hidden_layers": 2, "pad_token_id": 1, "position_embedding_type": "rotary",
-           "tie_word_embeddings": False, "token_dropout": False, "torch_dtype": "float32", "use_cache": False,
-           "vocab_list": None, "vocab_size": 4107}
+    cfg = {
+        "add_bias_fnn": False,
+        "architectures": ["EsmForMaskedLM"],
+        "attention_probs_dropout_prob": 0.0,
+        "auto_map": {
+            "AutoConfig": "esm_config.EsmConfig",
+            "AutoModelForMaskedLM": "modeling_esm.EsmForMaskedLM",
+        },
+        "emb_layer_norm_before": False,
+        "esmfold_config": None,
+        "hidden_dropout_prob": 0.0,
+        "hidden_size": 16,
+        "initializer_range": 0.02,
+        "intermediate_size": 24,
+        "is_folding_model": False,
+        "layer_norm_eps": 1e-12,
+        "mask_token_id": 2,
+        "max_position_embeddings": 2050,
+        "model_type": "esm",
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "pad_token_id": 1,
+        "position_embedding_type": "rotary",
+        "tie_word_embeddings": False,
+        "token_dropout": False,
+        "torch_dtype": "float32",
+        "use_cache": False,
+        "vocab_list": None,
+        "vocab_size": 4107,
+    }
     cfg.update(over)
     return cfg
 
@@ -79,11 +122,21 @@ def make_nt_dir(d):
     cfg = nt_config()
     torch.manual_seed(0)
     model = NTv2ForMaskedLM(EsmConfig(**cfg))
-    save_file(published_nt_state_dict(model), str(d / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        published_nt_state_dict(model), str(d / "model.safetensors"), metadata={"format": "pt"}
+    )
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "vocab.txt").write_text("\n".join(NT_VOCAB))  # the released file has no final newline
-    (d / "special_tokens_map.json").write_text(json.dumps(
-        {"cls_token": "<cls>", "mask_token": "<mask>", "pad_token": "<pad>", "unk_token": "<unk>"}))
+    (d / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "cls_token": "<cls>",
+                "mask_token": "<mask>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+            }
+        )
+    )
     return d, model
 
 
@@ -107,8 +160,13 @@ def make_geneformer_dir(d, version, n_genes=30, max_pos=12):
     with open(d / f"gene_median_dictionary{suffix}.pkl", "wb") as fh:
         pickle.dump(medians, fh)
     torch.manual_seed(1)
-    cfg = BertConfig(vocab_size=len(tokens), max_position_embeddings=max_pos, pad_token_id=0,
-                     hidden_act="relu", **TINY)
+    cfg = BertConfig(
+        vocab_size=len(tokens),
+        max_position_embeddings=max_pos,
+        pad_token_id=0,
+        hidden_act="relu",
+        **TINY,
+    )
     BertForMaskedLM(cfg).save_pretrained(d)
     return d, tokens, medians
 
@@ -125,12 +183,17 @@ def train_dnabert2_tokenizer(seed=0):
     corpus = ["".join(rng.choice("ACGT") for _ in range(300)) for _ in range(60)]
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=80,
+        special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus, trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
     return tok
 
 
@@ -142,22 +205,42 @@ def write_dnabert2_checkpoint(d, hidden=32, heads=4, fmt="bin", seed=0):
     tok = train_dnabert2_tokenizer(seed)
     tok.save(str(d / "tokenizer.json"))
     cfg = {  # the real config.json's keys, tiny sizes
-        "_name_or_path": "zhihan1996/DNABERT-2-117M", "alibi_starting_size": 512,
-        "attention_probs_dropout_prob": 0.0, "auto_map": {"AutoModelForMaskedLM": "bert_layers.BertForMaskedLM"},
-        "classifier_dropout": None, "gradient_checkpointing": False, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "hidden_size": hidden, "initializer_range": 0.02,
-        "intermediate_size": 2 * hidden, "layer_norm_eps": 1e-12, "max_position_embeddings": 512,
-        "model_type": "bert", "num_attention_heads": heads, "num_hidden_layers": DNABERT2_LAYERS,
-        "position_embedding_type": "absolute", "torch_dtype": "float32", "transformers_version": "4.28.0",
-        "type_vocab_size": 2, "use_cache": True, "vocab_size": tok.get_vocab_size(),
+        "_name_or_path": "zhihan1996/DNABERT-2-117M",
+        "alibi_starting_size": 512,
+        "attention_probs_dropout_prob": 0.0,
+        "auto_map": {"AutoModelForMaskedLM": "bert_layers.BertForMaskedLM"},
+        "classifier_dropout": None,
+        "gradient_checkpointing": False,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": 2 * hidden,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "model_type": "bert",
+        "num_attention_heads": heads,
+        "num_hidden_layers": DNABERT2_LAYERS,
+        "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
+        "transformers_version": "4.28.0",
+        "type_vocab_size": 2,
+        "use_cache": True,
+        "vocab_size": tok.get_vocab_size(),
     }
     (d / "config.json").write_text(json.dumps(cfg))
     model = Dnabert2ForMaskedLM(Dnabert2Config.from_dict(cfg))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.1 if "LayerNorm" in name or "layernorm" in name
-                                                            else 1 / math.sqrt(p.shape[-1])))
+            p.copy_(
+                torch.randn(p.shape, generator=gen)
+                * (
+                    0.1
+                    if "LayerNorm" in name or "layernorm" in name
+                    else 1 / math.sqrt(p.shape[-1])
+                )
+            )
             if name.endswith(("LayerNorm.weight", "layernorm.weight")):
                 p.add_(1.0)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
@@ -166,19 +249,37 @@ def write_dnabert2_checkpoint(d, hidden=32, heads=4, fmt="bin", seed=0):
     else:  # safetensors refuses shared tensors: a de-duplicated save without the tied decoder weight
         from safetensors.torch import save_file
 
-        save_file({k: v for k, v in sd.items() if k != "cls.predictions.decoder.weight"}, str(d / "model.safetensors"))
+        save_file(
+            {k: v for k, v in sd.items() if k != "cls.predictions.decoder.weight"},
+            str(d / "model.safetensors"),
+        )
     return sd
 
 
 # --- scGPT (best_model.pt, vocab.json, args.json) -------------------------------------------------
 SCGPT_D, SCGPT_H, SCGPT_D_HID, SCGPT_L = 16, 4, 32, 2
-SCGPT_GENES = (["CD3E", "CD4", "CD8A", "MS4A1", "LYZ", "NKG7", "GNLY", "CD14", "FCGR3A", "PPBP"]
-               + [f"G{i}" for i in range(30)])
-SCGPT_VOCAB = ({g: i for i, g in enumerate(SCGPT_GENES)}
-               | {"<pad>": len(SCGPT_GENES), "<cls>": len(SCGPT_GENES) + 1, "<eoc>": len(SCGPT_GENES) + 2})
-SCGPT_ARGS = dict(embsize=SCGPT_D, nlayers=SCGPT_L, nheads=SCGPT_H, d_hid=SCGPT_D_HID, dropout=0.2, pad_token="<pad>",
-                  pad_value=-2, mask_value=-1, n_bins=51, input_emb_style="continuous", max_seq_len=1200,
-                  fast_transformer=True)
+SCGPT_GENES = ["CD3E", "CD4", "CD8A", "MS4A1", "LYZ", "NKG7", "GNLY", "CD14", "FCGR3A", "PPBP"] + [
+    f"G{i}" for i in range(30)
+]
+SCGPT_VOCAB = {g: i for i, g in enumerate(SCGPT_GENES)} | {
+    "<pad>": len(SCGPT_GENES),
+    "<cls>": len(SCGPT_GENES) + 1,
+    "<eoc>": len(SCGPT_GENES) + 2,
+}
+SCGPT_ARGS = dict(
+    embsize=SCGPT_D,
+    nlayers=SCGPT_L,
+    nheads=SCGPT_H,
+    d_hid=SCGPT_D_HID,
+    dropout=0.2,
+    pad_token="<pad>",
+    pad_value=-2,
+    mask_value=-1,
+    n_bins=51,
+    input_emb_style="continuous",
+    max_seq_len=1200,
+    fast_transformer=True,
+)
 
 
 class ScgptReference(nn.Module):
@@ -196,9 +297,14 @@ class ScgptReference(nn.Module):
         self.value_encoder.linear2 = nn.Linear(D, D)
         self.value_encoder.norm = nn.LayerNorm(D)
         self.transformer_encoder = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(D, H, D_HID, 0.0, batch_first=True), L, enable_nested_tensor=False)
+            nn.TransformerEncoderLayer(D, H, D_HID, 0.0, batch_first=True),
+            L,
+            enable_nested_tensor=False,
+        )
         self.decoder = nn.Module()
-        self.decoder.fc = nn.Sequential(nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, 1))
+        self.decoder.fc = nn.Sequential(
+            nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, 1)
+        )
         self.mvc_decoder = nn.Module()
         self.mvc_decoder.gene2query = nn.Linear(D, D)
         self.mvc_decoder.W = nn.Linear(D, D, bias=False)
@@ -232,9 +338,13 @@ def scgpt_to_layout(sd: dict, layout: str) -> dict:
     out = {}
     for k, v in sd.items():
         if layout in ("flash", "impl"):
-            k = k.replace("self_attn.in_proj_weight", "self_attn.Wqkv.weight").replace("self_attn.in_proj_bias", "self_attn.Wqkv.bias")
+            k = k.replace("self_attn.in_proj_weight", "self_attn.Wqkv.weight").replace(
+                "self_attn.in_proj_bias", "self_attn.Wqkv.bias"
+            )
         if layout == "impl":
-            k = k.replace("self_attn.Wqkv.", "self_attn._impl.Wqkv.").replace("self_attn.out_proj.", "self_attn._impl.out_proj.")
+            k = k.replace("self_attn.Wqkv.", "self_attn._impl.Wqkv.").replace(
+                "self_attn.out_proj.", "self_attn._impl.out_proj."
+            )
         out[k] = v.clone()
     return out
 

@@ -21,13 +21,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError, atomic_path, read_json, sha256, write_json
+from saeflow.utils import SaeflowError, atomic_path, read_json, sha256, write_json
 
 log = logging.getLogger(__name__)
 
 
-def extract_activations(adapter, sequences, layers: list[int], out_dir, batch_size: int = 16,
-                        max_length: int | None = None, meta: dict | None = None, seq_start: int = 0) -> dict:
+def extract_activations(
+    adapter,
+    sequences,
+    layers: list[int],
+    out_dir,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    meta: dict | None = None,
+    seq_start: int = 0,
+) -> dict:
     """Run the model once per batch and stream every requested layer to disk.
 
     ``sequences`` is the sequence table (a DataFrame with a ``sequence`` column) for DNA models,
@@ -52,9 +60,16 @@ def extract_activations(adapter, sequences, layers: list[int], out_dir, batch_si
     d = adapter.d_model
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        arrays = {l: np.lib.format.open_memmap(tmp / f"layer{l}.npy", mode="w+", dtype=np.float16, shape=(n_tokens, d))
-                  for l in layers}
-        index = {k: np.empty(n_tokens, dtype=np.int32) for k in ("seq", "pos", "token_id", "start", "end")}
+        arrays = {
+            l: np.lib.format.open_memmap(
+                tmp / f"layer{l}.npy", mode="w+", dtype=np.float16, shape=(n_tokens, d)
+            )
+            for l in layers
+        }
+        index = {
+            k: np.empty(n_tokens, dtype=np.int32)
+            for k in ("seq", "pos", "token_id", "start", "end")
+        }
         if cells:
             index["gene"] = np.empty(n_tokens, dtype=object)
         row = 0
@@ -67,7 +82,9 @@ def extract_activations(adapter, sequences, layers: list[int], out_dir, batch_si
             for l in layers:
                 h = hs[l].float().cpu().numpy()[b_idx, t_idx]
                 if not np.isfinite(h).all():
-                    raise SaeflowError(f"layer {l} activations contain NaN/inf (batch starting at sequence {i})")
+                    raise SaeflowError(
+                        f"layer {l} activations contain NaN/inf (batch starting at sequence {i})"
+                    )
                 arrays[l][row : row + n] = h.astype(np.float16)
             index["seq"][row : row + n] = b_idx + i + seq_start
             index["pos"][row : row + n] = t_idx
@@ -133,9 +150,13 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
     for d, m in zip(shard_dirs, mans):
         for key in ("layers", "d_model", "dtype"):
             if m[key] != first[key]:
-                raise SaeflowError(f"{d}: {key} {m[key]!r} differs from {shard_dirs[0]}'s {first[key]!r}")
+                raise SaeflowError(
+                    f"{d}: {key} {m[key]!r} differs from {shard_dirs[0]}'s {first[key]!r}"
+                )
         if m.get("seq_start", 0) != expect:
-            raise SaeflowError(f"{d}: starts at sequence {m.get('seq_start', 0)}, expected {expect} (missing or reordered shard)")
+            raise SaeflowError(
+                f"{d}: starts at sequence {m.get('seq_start', 0)}, expected {expect} (missing or reordered shard)"
+            )
         expect += m["n_sequences"]
     layers, d = first["layers"], first["d_model"]
     n_tokens = sum(m["n_tokens"] for m in mans)
@@ -151,12 +172,16 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
                     shutil.copyfile(shard_dirs[0] / name, tmp / name)
                 files[name] = first["files"][name]
                 continue
-            out = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.float16, shape=(n_tokens, d))
+            out = np.lib.format.open_memmap(
+                tmp / name, mode="w+", dtype=np.float16, shape=(n_tokens, d)
+            )
             row = 0
             for sd, m in zip(shard_dirs, mans):
                 src = np.load(sd / name, mmap_mode="r")
                 if src.shape != (m["n_tokens"], d):
-                    raise SaeflowError(f"{sd / name}: shape {src.shape} does not match its manifest")
+                    raise SaeflowError(
+                        f"{sd / name}: shape {src.shape} does not match its manifest"
+                    )
                 for i in range(0, len(src), chunk_rows):
                     block = np.asarray(src[i : i + chunk_rows])
                     out[row : row + len(block)] = block
@@ -165,7 +190,9 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
             out.flush()
             del out
             files[name] = sha256(tmp / name)
-        tokens = pd.concat([pd.read_parquet(sd / "tokens.parquet") for sd in shard_dirs], ignore_index=True)
+        tokens = pd.concat(
+            [pd.read_parquet(sd / "tokens.parquet") for sd in shard_dirs], ignore_index=True
+        )
         tokens.to_parquet(tmp / "tokens.parquet", index=False)
         offsets, base = [np.zeros(1, np.int64)], 0
         for sd in shard_dirs:
@@ -173,8 +200,14 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
             offsets.append(o[1:] + base)
             base += int(o[-1])
         np.save(tmp / "seq_offsets.npy", np.concatenate(offsets).astype(np.int64))
-        manifest = {k: v for k, v in first.items() if k not in ("files", "n_tokens", "n_sequences", "seq_start")}
-        manifest.update(n_tokens=n_tokens, n_sequences=expect, seq_start=0, shards=len(shard_dirs), files=files)
+        manifest = {
+            k: v
+            for k, v in first.items()
+            if k not in ("files", "n_tokens", "n_sequences", "seq_start")
+        }
+        manifest.update(
+            n_tokens=n_tokens, n_sequences=expect, seq_start=0, shards=len(shard_dirs), files=files
+        )
         write_json(tmp / "manifest.json", manifest)
     log.info("merged %d shard(s): %d sequences, %d tokens", len(shard_dirs), expect, n_tokens)
     return manifest
@@ -203,13 +236,17 @@ class ActivationStore:
         path = self.dir / "seq_offsets.npy"
         if path.exists():
             return np.load(path)
-        counts = np.bincount(self.tokens.seq.to_numpy(), minlength=int(self.manifest["n_sequences"]))
+        counts = np.bincount(
+            self.tokens.seq.to_numpy(), minlength=int(self.manifest["n_sequences"])
+        )
         return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     def layer(self, layer: int) -> np.ndarray:
         path = self.dir / f"layer{layer}.npy"
         if not path.exists():
-            raise SaeflowError(f"{path}: layer {layer} was not extracted (have {self.manifest['layers']})")
+            raise SaeflowError(
+                f"{path}: layer {layer} was not extracted (have {self.manifest['layers']})"
+            )
         arr = np.load(path, mmap_mode="r")
         if arr.shape != (self.manifest["n_tokens"], self.manifest["d_model"]):
             raise SaeflowError(f"{path}: shape {arr.shape} does not match the manifest")
@@ -221,9 +258,15 @@ class ActivationStore:
         rows = np.arange(arr.shape[0]) if rows is None else np.asarray(rows)
         for i in range(0, len(rows), chunk):
             r = rows[i : i + chunk]
-            block = np.asarray(arr[r[0] : r[-1] + 1], dtype=np.float32)[r - r[0]] if len(r) else np.empty((0, arr.shape[1]), np.float32)
+            block = (
+                np.asarray(arr[r[0] : r[-1] + 1], dtype=np.float32)[r - r[0]]
+                if len(r)
+                else np.empty((0, arr.shape[1]), np.float32)
+            )
             if not np.isfinite(block).all():
-                raise SaeflowError(f"{self.dir}/layer{layer}.npy: NaN or inf in rows {r[0]}..{r[-1]}")
+                raise SaeflowError(
+                    f"{self.dir}/layer{layer}.npy: NaN or inf in rows {r[0]}..{r[-1]}"
+                )
             yield r, block
 
 
@@ -245,7 +288,9 @@ def split_ranges(offsets: np.ndarray, sequences: pd.DataFrame) -> tuple[np.ndarr
         raise SaeflowError("sequence table has no 'split' column")
     n = len(offsets) - 1
     if len(sequences) != n:
-        raise SaeflowError(f"sequence table has {len(sequences)} rows but the activations cover {n} sequences")
+        raise SaeflowError(
+            f"sequence table has {len(sequences)} rows but the activations cover {n} sequences"
+        )
     ranges = np.stack([offsets[:-1], offsets[1:]], axis=1)
     split = sequences.split.to_numpy()
     return ranges[split == "train"], ranges[split == "test"]

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from .utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,15 @@ def _progress(total: int | None, desc: str):
     from tqdm import tqdm
 
     # In a rule log (not a terminal) a bar redrawn 10 times a second would flood the file.
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=True,
-                mininterval=0.5 if os.isatty(2) else 30.0)
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        leave=True,
+        mininterval=0.5 if os.isatty(2) else 30.0,
+    )
 
 
 class _NoBar:
@@ -137,32 +144,54 @@ def fetch(
         last: BaseException | None = None
         for attempt in range(1, attempts + 1):
             try:
-                _attempt(url, tmp, state, timeout, headers, reject_html and dest.suffix not in (".html", ".htm"),
-                         dest.name)
+                _attempt(
+                    url,
+                    tmp,
+                    state,
+                    timeout,
+                    headers,
+                    reject_html and dest.suffix not in (".html", ".htm"),
+                    dest.name,
+                )
                 last = None
                 break
             except _Retryable as e:
                 last = e
                 if attempt < attempts:
                     wait = _backoff(attempt, backoff)
-                    log.warning("download of %s: attempt %d/%d failed (%s); retrying in %.1f s",
-                                url, attempt, attempts, e, wait)
+                    log.warning(
+                        "download of %s: attempt %d/%d failed (%s); retrying in %.1f s",
+                        url,
+                        attempt,
+                        attempts,
+                        e,
+                        wait,
+                    )
                     sleep(wait)
         if last is not None:
             raise SaeflowError(f"download of {url} failed after {attempts} attempts: {last}")
-        got = {"size": state["done"], "sha256": state["sha"].hexdigest(), "md5": state["md5"].hexdigest()}
+        got = {
+            "size": state["done"],
+            "sha256": state["sha"].hexdigest(),
+            "md5": state["md5"].hexdigest(),
+        }
         for key, want in (("size", size), ("sha256", sha256), ("md5", md5)):
             if want is not None and want != "" and str(want).lower() != str(got[key]):
                 raise SaeflowError(
                     f"download of {url}: {key} mismatch: expected {want}, got {got[key]} "
-                    f"(nothing was written to {dest})")
+                    f"(nothing was written to {dest})"
+                )
         if validate is not None:
             validate(tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    rec = {"url": url, "path": dest.name, **got,
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    rec = {
+        "url": url,
+        "path": dest.name,
+        **got,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     if record:
         write_record(dest, rec)
     log.info("downloaded %s -> %s (%d bytes, sha256 %s)", url, dest, got["size"], got["sha256"])
@@ -178,8 +207,15 @@ def write_record(dest: str | os.PathLike, rec: dict[str, Any]) -> Path:
     return path
 
 
-def _attempt(url: str, tmp: Path, state: dict, timeout: float, headers: dict[str, str], reject_html: bool,
-             label: str) -> None:
+def _attempt(
+    url: str,
+    tmp: Path,
+    state: dict,
+    timeout: float,
+    headers: dict[str, str],
+    reject_html: bool,
+    label: str,
+) -> None:
     """One transfer attempt: append to ``tmp`` from byte ``state['done']`` (or start over)."""
     h = dict(headers)
     if state["done"]:
@@ -200,7 +236,8 @@ def _attempt(url: str, tmp: Path, state: dict, timeout: float, headers: dict[str
         if reject_html and ctype.startswith("text/html"):
             raise SaeflowError(
                 f"download of {url}: the server sent an HTML page instead of the file (a login, consent or "
-                f"'confirm download' page?); check the URL")
+                f"'confirm download' page?); check the URL"
+            )
         length = resp.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
         if state["done"] and status == 206:
@@ -222,8 +259,15 @@ def _attempt(url: str, tmp: Path, state: dict, timeout: float, headers: dict[str
                 while True:
                     try:
                         block = resp.read(CHUNK)
-                    except (http.client.IncompleteRead, OSError, socket.timeout, http.client.HTTPException) as e:
-                        raise _Retryable(f"transfer interrupted after {state['done']} bytes ({_describe(e)})") from e
+                    except (
+                        http.client.IncompleteRead,
+                        OSError,
+                        socket.timeout,
+                        http.client.HTTPException,
+                    ) as e:
+                        raise _Retryable(
+                            f"transfer interrupted after {state['done']} bytes ({_describe(e)})"
+                        ) from e
                     if not block:
                         break
                     out.write(block)
@@ -236,12 +280,18 @@ def _attempt(url: str, tmp: Path, state: dict, timeout: float, headers: dict[str
     if total is not None and state["done"] < total:
         raise _Retryable(f"truncated transfer: {state['done']} of {total} bytes")
     if total is not None and state["done"] > total:
-        raise SaeflowError(f"download of {url}: received {state['done']} bytes, more than the "
-                           f"announced {total}")
+        raise SaeflowError(
+            f"download of {url}: received {state['done']} bytes, more than the announced {total}"
+        )
 
 
-def fetch_json(url: str, retries: int = 3, timeout: float = 60.0, backoff: float = 2.0,
-               sleep: Callable[[float], None] = time.sleep) -> Any:
+def fetch_json(
+    url: str,
+    retries: int = 3,
+    timeout: float = 60.0,
+    backoff: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
     """GET a small JSON document (metadata endpoints), with the retries of :func:`fetch`."""
     attempts = retries + 1
     last: BaseException | None = None
@@ -261,7 +311,13 @@ def fetch_json(url: str, retries: int = 3, timeout: float = 60.0, backoff: float
             last = e
         if attempt < attempts:
             wait = _backoff(attempt, backoff)
-            log.warning("request of %s: attempt %d/%d failed (%s); retrying in %.1f s",
-                        url, attempt, attempts, _describe(last), wait)
+            log.warning(
+                "request of %s: attempt %d/%d failed (%s); retrying in %.1f s",
+                url,
+                attempt,
+                attempts,
+                _describe(last),
+                wait,
+            )
             sleep(wait)
     raise SaeflowError(f"request of {url} failed after {attempts} attempts: {_describe(last)}")

@@ -33,7 +33,9 @@ def _candidates() -> list[str]:
     if vis is not None:
         return [d.strip() for d in vis.split(",") if d.strip() and d.strip() != "-1"]
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
@@ -57,7 +59,9 @@ def claim_gpus(n: int = 1, wait_s: float | None = None, poll_s: float = 2.0) -> 
     if not devices:
         return []
     if n > len(devices):
-        raise RuntimeError(f"job asks for {n} GPUs but only {len(devices)} are visible ({','.join(devices)})")
+        raise RuntimeError(
+            f"job asks for {n} GPUs but only {len(devices)} are visible ({','.join(devices)})"
+        )
     d = lock_dir()
     d.mkdir(parents=True, exist_ok=True)
     start, last_note = time.monotonic(), time.monotonic()
@@ -87,7 +91,9 @@ def claim_gpus(n: int = 1, wait_s: float | None = None, poll_s: float = 2.0) -> 
             fh.close()
         waited = time.monotonic() - start
         if wait_s is not None and waited >= wait_s:
-            raise TimeoutError(f"no {n} free GPU(s) among {','.join(devices)} after {waited:.0f} s (locks in {d})")
+            raise TimeoutError(
+                f"no {n} free GPU(s) among {','.join(devices)} after {waited:.0f} s (locks in {d})"
+            )
         if time.monotonic() - last_note >= 60:
             log.info("waiting for a free GPU among %s (%.0f s so far)", ",".join(devices), waited)
             last_note = time.monotonic()

@@ -25,5 +25,9 @@ def accumulate(hist: np.ndarray, features: np.ndarray, values: np.ndarray) -> No
     """Add the nonzero codes (``features[i]`` fired with ``values[i]``) to ``hist`` in place."""
     if len(values) == 0:
         return
-    b = np.clip(np.searchsorted(EDGES, np.asarray(values, np.float64), side="right") - 1, 0, N_BINS - 1)
-    hist += np.bincount(np.asarray(features, np.int64) * N_BINS + b, minlength=hist.size).reshape(hist.shape)
+    b = np.clip(
+        np.searchsorted(EDGES, np.asarray(values, np.float64), side="right") - 1, 0, N_BINS - 1
+    )
+    hist += np.bincount(np.asarray(features, np.int64) * N_BINS + b, minlength=hist.size).reshape(
+        hist.shape
+    )

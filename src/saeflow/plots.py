@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .utils import atomic_path  # noqa: E402
+from saeflow.utils import atomic_path  # noqa: E402
 
 
 def _save(fig, path) -> None:
@@ -19,8 +19,14 @@ def _save(fig, path) -> None:
 
 def training_curves(curves: dict[int, pd.DataFrame], path) -> None:
     """FVU, L0, dead fraction and the architecture's own term (AuxK loss or sparsity coefficient)."""
-    extra = next((c for c in ("aux", "coef", "threshold") if any(c in df for df in curves.values())), None)
-    titles = {"aux": "AuxK loss", "coef": "sparsity coefficient (calibrated)", "threshold": "inference threshold"}
+    extra = next(
+        (c for c in ("aux", "coef", "threshold") if any(c in df for df in curves.values())), None
+    )
+    titles = {
+        "aux": "AuxK loss",
+        "coef": "sparsity coefficient (calibrated)",
+        "threshold": "inference threshold",
+    }
     fig, axes = plt.subplots(1, 4 if extra else 3, figsize=(17 if extra else 13, 3.5))
     for layer, df in sorted(curves.items()):
         axes[0].plot(df.tokens, df.fvu, label=f"layer {layer}")
@@ -63,7 +69,11 @@ def recovery(table: pd.DataFrame, path) -> None:
     for label, g in table.groupby(table.motif_id + " " + table.motif_name):
         axes[0].plot(g.layer, g.f1, "o-", label=label)
         axes[1].plot(g.layer, g.auroc, "o-", label=label)
-    axes[0].plot(*table.groupby("layer").f1_null.max().reset_index().values.T, "k--", label="null (shifted sites)")
+    axes[0].plot(
+        *table.groupby("layer").f1_null.max().reset_index().values.T,
+        "k--",
+        label="null (shifted sites)",
+    )
     axes[0].set_title("best feature: base-level F1 (held out)")
     axes[1].set_title("same feature: window-level AUROC (held out)")
     axes[1].axhline(0.5, color="grey", lw=0.8)
@@ -79,8 +89,11 @@ def toy_lm_accuracy(metrics: dict, path) -> None:
     keys = sorted(k for k in metrics if k.startswith("masked_acc_") and k != "masked_acc_motif_all")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     vals = [metrics[k] for k in keys]
-    ax.bar([k.replace("masked_acc_", "") for k in keys], vals,
-           color=["grey" if k.endswith("background") else "C0" for k in keys])
+    ax.bar(
+        [k.replace("masked_acc_", "") for k in keys],
+        vals,
+        color=["grey" if k.endswith("background") else "C0" for k in keys],
+    )
     ax.set_ylabel("masked-token accuracy")
     ax.set_title("toy LM: accuracy at planted-motif bases vs background")
     ax.tick_params(axis="x", rotation=30)
@@ -96,11 +109,18 @@ def frequency_histogram(hist: dict, path, title: str = "") -> None:
     width = edges[1] - edges[0]
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     ax.bar(edges[:-1], counts, width=width, align="edge", color="C0", label="alive latents")
-    dead_x = edges[0] - 0.8  # dead latents (frequency 0, log10 = -inf) get their own bar left of the axis
+    dead_x = (
+        edges[0] - 0.8
+    )  # dead latents (frequency 0, log10 = -inf) get their own bar left of the axis
     ax.bar([dead_x], [hist["n_dead"]], width=0.4, color="grey", label=f"dead: {hist['n_dead']}")
     ax.axvline(edges[0] - 0.4, color="k", lw=0.6)
-    ax.axvline(np.log10(hist["dense_threshold"]), color="C3", ls="--", lw=1,
-               label=f"dense (> {hist['dense_threshold']:g} of tokens)")
+    ax.axvline(
+        np.log10(hist["dense_threshold"]),
+        color="C3",
+        ls="--",
+        lw=1,
+        label=f"dense (> {hist['dense_threshold']:g} of tokens)",
+    )
     ticks = [t for t in range(int(np.floor(edges[0])), 1)]
     ax.set_xticks([dead_x, *ticks], ["dead", *[f"$10^{{{t}}}$" for t in ticks]])
     ax.set_xlabel("firing frequency (held-out tokens)")
@@ -131,8 +151,15 @@ def eval_summary(summary: pd.DataFrame, path) -> None:
     axes[3].set_title("masked-LM loss (nats / masked token)")
     for xi, ls, lr in zip(x, summary.loss_sae, summary.loss_recovered):
         if pd.notna(lr):
-            axes[3].annotate(f"{lr:.2f}", (xi, ls), textcoords="offset points", xytext=(0, 6), ha="center",
-                             fontsize=8, color="C0")
+            axes[3].annotate(
+                f"{lr:.2f}",
+                (xi, ls),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+                color="C0",
+            )
     axes[3].legend(fontsize=8, title="numbers: loss recovered", title_fontsize=8)
     for ax in axes:
         ax.set_xlabel("layer")
@@ -162,12 +189,16 @@ def cell_summary(summary: pd.DataFrame, path) -> None:
         bottom += vals
     axes[3].set_title("match in the next layer (decoder cosine)")
     axes[3].legend(fontsize=8)
-    ax = axes[4]  # SVD vs SAE: variance explained, and how often novel vs SVD-aligned features are annotated
+    ax = axes[
+        4
+    ]  # SVD vs SAE: variance explained, and how often novel vs SVD-aligned features are annotated
     if "SVDVarExpl" in summary and summary.SVDVarExpl.notna().any():
         ax.plot(x, 100 * summary.SVDVarExpl, "o-", color="C0", label="variance expl.: top SVD axes")
         ax.plot(x, 100 * summary.SAEVarExpl, "s-", color="C1", label="variance expl.: SAE")
     if "NovelAnn%" in summary:
-        ax.plot(x, summary["AlignedAnn%"], "^--", color="C2", label="annotated: SVD-aligned features")
+        ax.plot(
+            x, summary["AlignedAnn%"], "^--", color="C2", label="annotated: SVD-aligned features"
+        )
         ax.plot(x, summary["NovelAnn%"], "v--", color="C3", label="annotated: novel features")
     ax.set_title("SVD vs SAE (%)")
     ax.set_ylim(bottom=0)
@@ -178,8 +209,15 @@ def cell_summary(summary: pd.DataFrame, path) -> None:
     _save(fig, path)
 
 
-def _heatmap(ax, mat: pd.DataFrame, title: str, cbar_label: str, annot: pd.DataFrame | None = None, fmt="{:.0f}",
-             vmax: float | None = None):
+def _heatmap(
+    ax,
+    mat: pd.DataFrame,
+    title: str,
+    cbar_label: str,
+    annot: pd.DataFrame | None = None,
+    fmt="{:.0f}",
+    vmax: float | None = None,
+):
     import numpy as np
 
     vals = mat.to_numpy(dtype=float)
@@ -198,27 +236,48 @@ def _heatmap(ax, mat: pd.DataFrame, title: str, cbar_label: str, annot: pd.DataF
     plt.colorbar(im, ax=ax, label=cbar_label)
 
 
-def perturbation_summary(targets: pd.DataFrame, regulatory: pd.DataFrame, path, alpha: float = 0.05,
-                         max_targets: int = 40) -> None:
+def perturbation_summary(
+    targets: pd.DataFrame,
+    regulatory: pd.DataFrame,
+    path,
+    alpha: float = 0.05,
+    max_targets: int = 40,
+) -> None:
     """Responding features per target x layer; regulatory logic (-log10 q, fold) per TF x layer."""
     import numpy as np
 
     has_reg = len(regulatory) > 0 and np.isfinite(regulatory.p.to_numpy(float)).any()
-    fig, axes = plt.subplots(1, 2 if has_reg else 1, figsize=(13 if has_reg else 7, 0.3 * min(
-        targets.target.nunique(), max_targets) + 2.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        2 if has_reg else 1,
+        figsize=(13 if has_reg else 7, 0.3 * min(targets.target.nunique(), max_targets) + 2.5),
+        squeeze=False,
+    )
     # the targets with the most responding features (all when few)
-    order = targets.groupby("target").responding.sum().sort_values(ascending=False).index[:max_targets]
+    order = (
+        targets.groupby("target").responding.sum().sort_values(ascending=False).index[:max_targets]
+    )
     mat = targets.pivot(index="target", columns="layer", values="responding").loc[order]
-    _heatmap(axes[0, 0], mat, f"features responding to the perturbation (q < {alpha:g})", "features")
+    _heatmap(
+        axes[0, 0], mat, f"features responding to the perturbation (q < {alpha:g})", "features"
+    )
     if has_reg:
         r = regulatory[np.isfinite(regulatory.p.to_numpy(float))]
         r = r.assign(key=r.tf + (" (" + r.network + ")" if r.network.nunique() > 1 else ""))
         q = r.pivot_table(index="key", columns="layer", values="q", aggfunc="min")
-        fold = r.pivot_table(index="key", columns="layer", values="fold", aggfunc="max").reindex_like(q)
+        fold = r.pivot_table(
+            index="key", columns="layer", values="fold", aggfunc="max"
+        ).reindex_like(q)
         lq = -np.log10(q.clip(lower=1e-300))
         # the colour scale starts at q = 1 and reaches its top no lower than q = alpha^2, so
         # nothing non-significant looks bright
-        _heatmap(axes[0, 1], lq, f"regulatory logic (fold; bright = small q, q < {alpha:g} at "
-                 f"{-np.log10(alpha):.1f})", "-log10 q (BH)", annot=fold, fmt="{:.1f}x",
-                 vmax=max(2 * -np.log10(alpha), float(np.nanmax(lq.to_numpy())) if lq.size else 0))
+        _heatmap(
+            axes[0, 1],
+            lq,
+            f"regulatory logic (fold; bright = small q, q < {alpha:g} at {-np.log10(alpha):.1f})",
+            "-log10 q (BH)",
+            annot=fold,
+            fmt="{:.1f}x",
+            vmax=max(2 * -np.log10(alpha), float(np.nanmax(lq.to_numpy())) if lq.size else 0),
+        )
     _save(fig, path)

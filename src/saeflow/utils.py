@@ -23,7 +23,9 @@ class SaeflowError(RuntimeError):
     """An error whose message is meant for the user: it names the file and the problem."""
 
 
-def setup_logging(logfile: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
+def setup_logging(
+    logfile: str | os.PathLike | None = None, level: int = logging.INFO
+) -> logging.Logger:
     """Send the ``saeflow`` logger (and warnings, and stderr) to ``logfile``.
 
     Rule scripts call this first with ``snakemake.log[0]`` so that everything a
@@ -135,7 +137,7 @@ def setup_job(smk) -> None:
     ``resources.gpu`` of the job (set by the GPU profiles) is how many devices it claims
     (see :mod:`saeflow.gpu`); with 0 nothing changes.
     """
-    from .gpu import claim_gpus
+    from saeflow.gpu import claim_gpus
 
     setup_logging(smk.log[0])
     claim_gpus(int(smk.resources.get("gpu", 0) or 0))
@@ -148,7 +150,9 @@ def torch_device(prefer: str = "auto"):
     if prefer == "cpu":
         return torch.device("cpu")
     if prefer == "cuda" and not torch.cuda.is_available():
-        raise SaeflowError("device 'cuda' requested but torch sees no CUDA device (use device: auto or cpu)")
+        raise SaeflowError(
+            "device 'cuda' requested but torch sees no CUDA device (use device: auto or cpu)"
+        )
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

@@ -1,6 +1,6 @@
 # The single-cell feature atlas (cell datasets): per layer, then across layers.
-# Statistics: saeflow.cellfeatures, saeflow.modules, saeflow.enrichment; orchestration:
-# saeflow.cellatlas.
+# Statistics: saeflow.cells.features, saeflow.sae.modules, saeflow.cells.enrichment; orchestration:
+# saeflow.cells.analysis.
 
 
 rule build_pbmc:
@@ -19,7 +19,7 @@ rule build_pbmc:
 
 
 # The real PBMCs as non-targeting controls + simulated CRISPRi cells with a planted answer
-# (saeflow.toy_cells.write_pbmc_crispri): the perturbation rules' offline default.
+# (saeflow.cells.toy.write_pbmc_crispri): the perturbation rules' offline default.
 rule build_pbmc_crispri:
     input:
         "resources/cells/builtin/pbmc68k_reduced.h5ad",
@@ -37,7 +37,7 @@ rule build_pbmc_crispri:
         "../../scripts/build_pbmc_crispri.py"
 
 
-# A SIMULATED second "tissue" from the same PBMCs (saeflow.toy_cells.write_pbmc_tissue): the
+# A SIMULATED second "tissue" from the same PBMCs (saeflow.cells.toy.write_pbmc_tissue): the
 # offline stand-in for Tabula Sapiens in the default's pooled dataset.
 rule build_pbmc_tissue:
     input:

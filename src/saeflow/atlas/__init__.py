@@ -30,24 +30,40 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..utils import SaeflowError, atomic_path
+from saeflow.utils import SaeflowError, atomic_path
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 #: features per feature-page shard
 CHUNK = 128
-#: decoder-cosine classes of a feature's best match in the next layer (as saeflow.modules)
+#: decoder-cosine classes of a feature's best match in the next layer (as saeflow.sae.modules)
 THRESHOLDS = (0.7, 0.9)
 #: nearest features listed per neighbouring layer
 N_NEAR = 3
 #: per feature: rows kept of each list on its page
-LIMITS = dict(genes=20, cells=10, celltypes=8, enrichment=10, networks=5, perturbation=20, kmers=5, evidence=50)
+LIMITS = dict(
+    genes=20,
+    cells=10,
+    celltypes=8,
+    enrichment=10,
+    networks=5,
+    perturbation=20,
+    kmers=5,
+    evidence=50,
+)
 #: search index of ontology terms: rows with nominal p below this (q shown beside)
 TERM_P = 0.05
 FORMAT = 1
 #: columns of eval/{sae}/layer{L}.json on the overview
-EVAL_COLUMNS = ("l0", "explained_variance", "fvu", "dead_fraction", "dense_fraction", "loss_recovered")
+EVAL_COLUMNS = (
+    "l0",
+    "explained_variance",
+    "fvu",
+    "dead_fraction",
+    "dense_fraction",
+    "loss_recovered",
+)
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -94,7 +110,9 @@ def _rows(df: pd.DataFrame, columns: list[str]) -> list[list]:
     return [[_val(v) for v in row] for row in df[cols].itertuples(index=False, name=None)]
 
 
-def _groups(df: pd.DataFrame, keys: list[str], columns: list[str], limit: int | None = None) -> dict:
+def _groups(
+    df: pd.DataFrame, keys: list[str], columns: list[str], limit: int | None = None
+) -> dict:
     """Rows (as :func:`_rows`) of a frame sorted by ``keys``, grouped by them (an int for one key,
     else a tuple), at most ``limit`` per group; one pass over the frame, not one slice per group."""
     from itertools import groupby
@@ -103,13 +121,19 @@ def _groups(df: pd.DataFrame, keys: list[str], columns: list[str], limit: int | 
     rows = _rows(df, columns)
     out = {}
     for key, grp in groupby(zip(kv, rows), key=lambda t: t[0]):
-        key = (int(key[0]) if len(keys) == 1 else tuple(int(x) if i == 0 else x for i, x in enumerate(key)))
+        key = (
+            int(key[0])
+            if len(keys) == 1
+            else tuple(int(x) if i == 0 else x for i, x in enumerate(key))
+        )
         out[key] = [r for _, r in grp][:limit]
     return out
 
 
 def _dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def _write_js(root: Path, key: str, obj) -> int:
@@ -261,7 +285,9 @@ class _Layer:
             self._dna()
         fp = self.dir / "features.parquet"
         if not (self.features.feature.to_numpy() == np.arange(len(self.features))).all():
-            raise SaeflowError(f"{fp}: features must be numbered 0..{len(self.features) - 1}, one row each")
+            raise SaeflowError(
+                f"{fp}: features must be numbered 0..{len(self.features) - 1}, one row each"
+            )
         hist = self.dir / "histogram.npy"
         self.hist = np.load(hist) if hist.exists() else None
         if self.hist is not None and len(self.hist) != len(self.features):
@@ -275,19 +301,31 @@ class _Layer:
     def _dna(self):
         self.dir = d = self.run / "catalog" / self.sae / f"layer{self.layer}"
         if not d.is_dir():
-            raise SaeflowError(f"{d}: missing (the DNA catalog of layer {self.layer}; run feature_catalog)")
+            raise SaeflowError(
+                f"{d}: missing (the DNA catalog of layer {self.layer}; run feature_catalog)"
+            )
         feats = _read_parquet(d / "features.parquet")
-        _require_columns(feats, d / "features.parquet", ["feature", "frequency", "mean_activation", "max_activation"])
+        _require_columns(
+            feats,
+            d / "features.parquet",
+            ["feature", "frequency", "mean_activation", "max_activation"],
+        )
         self.features = feats.sort_values("feature").reset_index(drop=True)
-        self.summary.update({k: v for k, v in _read_json(_need(d / "summary.json")).items() if k != "layer"})
+        self.summary.update(
+            {k: v for k, v in _read_json(_need(d / "summary.json")).items() if k != "layer"}
+        )
         ctx = _read_tsv(_need(d / "contexts.tsv"))
         _require_columns(ctx, d / "contexts.tsv", ["feature", "activation", "context"])
-        ctx = ctx.sort_values(["feature", "rank"] if "rank" in ctx else ["feature", "activation"],
-                              ascending=[True, "rank" in ctx])
+        ctx = ctx.sort_values(
+            ["feature", "rank"] if "rank" in ctx else ["feature", "activation"],
+            ascending=[True, "rank" in ctx],
+        )
         kmer_label = {}
         search_ctx = {}
         texts = _groups(ctx, ["feature"], ["context"])
-        rows = _groups(ctx, ["feature"], ["activation", "sequence", "start", "end", "token", "context"])
+        rows = _groups(
+            ctx, ["feature"], ["activation", "sequence", "start", "end", "token", "context"]
+        )
         for f, g in texts.items():
             contexts = [str(r[0]) for r in g]
             km = activating_kmers(contexts)
@@ -297,27 +335,44 @@ class _Layer:
             dd["contexts"] = rows[f]
             search_ctx[f] = "|".join(contexts)
         tokens_index: dict[str, list] = {}
-        for f, s in zip(self.features.feature, self.features.get("top_tokens", [""] * len(self.features))):
+        for f, s in zip(
+            self.features.feature, self.features.get("top_tokens", [""] * len(self.features))
+        ):
             toks = _parse_top_tokens(s)
             if toks:
                 self._d(f)["tokens"] = toks
             for t, n in toks:
                 tokens_index.setdefault(t.upper(), []).append([int(f), n])
         self.features["label"] = [kmer_label.get(int(f), "") for f in self.features.feature]
-        self.search = {"tokens": tokens_index, "contexts": {str(f): s for f, s in sorted(search_ctx.items())}}
-        self.columns = [("feature", "Feature", "int"), ("label", "Top k-mer", "str"),
-                        ("top_tokens", "Top tokens", "str"), ("frequency", "Freq", "num"),
-                        ("mean_activation", "Mean act", "num"), ("max_activation", "Max act", "num"),
-                        ("svd_max_cos", "SVD cos", "num"), ("alive", "Alive", "bool"),
-                        ("svd_aligned", "SVD-aligned", "bool")]
+        self.search = {
+            "tokens": tokens_index,
+            "contexts": {str(f): s for f, s in sorted(search_ctx.items())},
+        }
+        self.columns = [
+            ("feature", "Feature", "int"),
+            ("label", "Top k-mer", "str"),
+            ("top_tokens", "Top tokens", "str"),
+            ("frequency", "Freq", "num"),
+            ("mean_activation", "Mean act", "num"),
+            ("max_activation", "Max act", "num"),
+            ("svd_max_cos", "SVD cos", "num"),
+            ("alive", "Alive", "bool"),
+            ("svd_aligned", "SVD-aligned", "bool"),
+        ]
 
     # cells: cells/{sae}/layer{L} (+ perturbation/{sae}/layer{L})
     def _cells(self):
         self.dir = d = self.run / "cells" / self.sae / f"layer{self.layer}"
         if not d.is_dir():
-            raise SaeflowError(f"{d}: missing (the cell atlas of layer {self.layer}; run cell_features)")
+            raise SaeflowError(
+                f"{d}: missing (the cell atlas of layer {self.layer}; run cell_features)"
+            )
         feats = _read_parquet(d / "features.parquet")
-        _require_columns(feats, d / "features.parquet", ["feature", "frequency", "mean_activation", "max_activation"])
+        _require_columns(
+            feats,
+            d / "features.parquet",
+            ["feature", "frequency", "mean_activation", "max_activation"],
+        )
         self.features = feats.sort_values("feature").reset_index(drop=True)
         info = _read_json(_need(d / "layer.json"))
         self.summary.update({k: v for k, v in info.get("summary", {}).items() if k != "layer"})
@@ -327,7 +382,13 @@ class _Layer:
         name = "symbol" if "symbol" in top else "gene"
         genes_index: dict[str, list] = {}
         labels = {}
-        gcols = ["gene", "symbol", "mean_activation", "count", "fire_fraction"]  # fixed order; None if absent
+        gcols = [
+            "gene",
+            "symbol",
+            "mean_activation",
+            "count",
+            "fire_fraction",
+        ]  # fixed order; None if absent
         top = top.assign(**{c: None for c in gcols if c not in top.columns})
         for f, g in _groups(top, ["feature"], gcols, LIMITS["genes"]).items():
             self._d(f)["genes"] = g
@@ -339,56 +400,97 @@ class _Layer:
         self.features["label"] = [labels.get(int(f), "") for f in self.features.feature]
         cells = _read_parquet(d / "top_cells.parquet", required=False)
         if cells is not None and len(cells):
-            for f, g in _groups(cells.sort_values(["feature", "rank"]), ["feature"], ["name", "label", "activation"],
-                                LIMITS["cells"]).items():
+            for f, g in _groups(
+                cells.sort_values(["feature", "rank"]),
+                ["feature"],
+                ["name", "label", "activation"],
+                LIMITS["cells"],
+            ).items():
                 self._d(f)["cells"] = g
         ct = _read_parquet(d / "celltypes.parquet", required=False)
         if ct is not None and len(ct):
-            for f, g in _groups(ct.sort_values(["feature", "p", "label"]), ["feature"],
-                                ["label", "overlap", "n_top", "n_label", "odds_ratio", "p", "q"],
-                                LIMITS["celltypes"]).items():
+            for f, g in _groups(
+                ct.sort_values(["feature", "p", "label"]),
+                ["feature"],
+                ["label", "overlap", "n_top", "n_label", "odds_ratio", "p", "q"],
+                LIMITS["celltypes"],
+            ).items():
                 self._d(f)["celltypes"] = g
         terms: dict[str, list] = {}
         best = {}
         enr = _read_parquet(d / "enrichment.parquet", required=False)
         if enr is not None and len(enr):
             enr = enr.sort_values(["feature", "library", "p", "term"])
-            for (f, lib), g in _groups(enr, ["feature", "library"],
-                                       ["term", "k", "K", "fold", "odds_ratio", "p", "q", "overlap_genes"],
-                                       LIMITS["enrichment"]).items():
+            for (f, lib), g in _groups(
+                enr,
+                ["feature", "library"],
+                ["term", "k", "K", "fold", "odds_ratio", "p", "q", "overlap_genes"],
+                LIMITS["enrichment"],
+            ).items():
                 self._d(f).setdefault("enrichment", {})[str(lib)] = g
-            for row in enr[enr.p < TERM_P].sort_values(["library", "term", "q", "feature"]).itertuples(index=False):
-                terms.setdefault(f"{row.library}: {row.term}", []).append([int(row.feature), _num(row.q), _num(row.p)])
-            first = enr.sort_values(["feature", "q", "p", "library", "term"]).drop_duplicates("feature")
+            for row in (
+                enr[enr.p < TERM_P]
+                .sort_values(["library", "term", "q", "feature"])
+                .itertuples(index=False)
+            ):
+                terms.setdefault(f"{row.library}: {row.term}", []).append(
+                    [int(row.feature), _num(row.q), _num(row.p)]
+                )
+            first = enr.sort_values(["feature", "q", "p", "library", "term"]).drop_duplicates(
+                "feature"
+            )
             for f, lib, term, q in zip(first.feature, first.library, first.term, first.q):
                 best[int(f)] = (f"{lib}: {term}", float(q))
         nets = _read_parquet(d / "networks.parquet", required=False)
         if nets is not None and len(nets):
-            for f, g in _groups(nets.sort_values(["feature", "p", "network"]), ["feature"],
-                                ["network", "edges", "null_mean", "fold", "p", "q", "edge_list"],
-                                LIMITS["networks"]).items():
+            for f, g in _groups(
+                nets.sort_values(["feature", "p", "network"]),
+                ["feature"],
+                ["network", "edges", "null_mean", "fold", "p", "q", "edge_list"],
+                LIMITS["networks"],
+            ).items():
                 self._d(f)["networks"] = g
-        self.features["best_term"] = [best.get(int(f), ("", None))[0] for f in self.features.feature]
+        self.features["best_term"] = [
+            best.get(int(f), ("", None))[0] for f in self.features.feature
+        ]
         self.features["best_q"] = [best.get(int(f), ("", np.nan))[1] for f in self.features.feature]
         mods = _read_parquet(d / "modules.parquet", required=False)
         if mods is not None and len(mods):
-            self.modules = [{"module": int(r["module"]), "size": int(r["size"]),
-                             "features": [int(x) for x in str(r["features"]).split(",") if x != ""],
-                             "term": _val(r.get("term")), "fraction": _val(r.get("fraction"))}
-                            for _, r in mods.sort_values("module").iterrows()]
+            self.modules = [
+                {
+                    "module": int(r["module"]),
+                    "size": int(r["size"]),
+                    "features": [int(x) for x in str(r["features"]).split(",") if x != ""],
+                    "term": _val(r.get("term")),
+                    "fraction": _val(r.get("fraction")),
+                }
+                for _, r in mods.sort_values("module").iterrows()
+            ]
         pr = self.run / "perturbation" / self.sae / f"layer{self.layer}" / "response.parquet"
         resp = _read_parquet(pr, required=False)
         if resp is not None and len(resp):
-            for f, g in _groups(resp.sort_values(["feature", "p", "target"]), ["feature"],
-                                ["target", "n_cells", "diff", "ci_low", "ci_high", "rank_biserial", "p", "q"],
-                                LIMITS["perturbation"]).items():
+            for f, g in _groups(
+                resp.sort_values(["feature", "p", "target"]),
+                ["feature"],
+                ["target", "n_cells", "diff", "ci_low", "ci_high", "rank_biserial", "p", "q"],
+                LIMITS["perturbation"],
+            ).items():
                 self._d(f)["perturbation"] = g
         self.search = {"genes": genes_index, "terms": terms}
-        self.columns = [("feature", "Feature", "int"), ("label", "Top genes", "str"),
-                        ("best_term", "Best term", "str"), ("best_q", "q", "num"), ("frequency", "Freq", "num"),
-                        ("cell_frequency", "Cell freq", "num"), ("mean_activation", "Mean act", "num"),
-                        ("max_activation", "Max act", "num"), ("svd_max_cos", "SVD cos", "num"),
-                        ("module", "Module", "int"), ("alive", "Alive", "bool"), ("annotated", "Annotated", "bool")]
+        self.columns = [
+            ("feature", "Feature", "int"),
+            ("label", "Top genes", "str"),
+            ("best_term", "Best term", "str"),
+            ("best_q", "q", "num"),
+            ("frequency", "Freq", "num"),
+            ("cell_frequency", "Cell freq", "num"),
+            ("mean_activation", "Mean act", "num"),
+            ("max_activation", "Max act", "num"),
+            ("svd_max_cos", "SVD cos", "num"),
+            ("module", "Module", "int"),
+            ("alive", "Alive", "bool"),
+            ("annotated", "Annotated", "bool"),
+        ]
 
     # evidence/{sae}/layer{L}/*.tsv: any per-feature table (a `feature` column), shown on the feature page
     def _evidence(self):
@@ -397,7 +499,9 @@ class _Layer:
         if not d.is_dir():
             return
         for path in sorted(d.glob("*.tsv")):
-            if path.stem.endswith("_null"):  # a null distribution (e.g. ablation_null): not about its features
+            if path.stem.endswith(
+                "_null"
+            ):  # a null distribution (e.g. ablation_null): not about its features
                 continue
             df = _read_tsv(path)
             if "feature" not in df.columns:
@@ -412,7 +516,9 @@ def add_evidence(detail: dict, name: str, df: pd.DataFrame) -> None:
     cols = [c for c in df.columns if c not in ("feature", "layer", "sae")]
     feat = pd.to_numeric(df["feature"], errors="coerce")
     df = df[feat.notna()].assign(feature=feat[feat.notna()].astype(int))
-    for f, rows in _groups(df.sort_values("feature", kind="stable"), ["feature"], cols, LIMITS["evidence"]).items():
+    for f, rows in _groups(
+        df.sort_values("feature", kind="stable"), ["feature"], cols, LIMITS["evidence"]
+    ).items():
         detail.setdefault(f, {}).setdefault("evidence", {})[name] = {"columns": cols, "rows": rows}
 
 
@@ -441,14 +547,29 @@ def _table_shard(L: _Layer, near: dict) -> dict:
         elif typ == "bool":
             data[key] = [1 if bool(x) else 0 for x in v]
         else:
-            data[key] = ["" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x) for x in v]
+            data[key] = [
+                "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x) for x in v
+            ]
         columns.append({"key": key, "title": title, "type": typ})
-    return {"n": len(feats), "columns": columns, "data": data, "modules": L.modules,
-            "chunk": CHUNK, "evidence": L.evidence_tables}
+    return {
+        "n": len(feats),
+        "columns": columns,
+        "data": data,
+        "modules": L.modules,
+        "chunk": CHUNK,
+        "evidence": L.evidence_tables,
+    }
 
 
-def build_atlas(run_dir, out_dir, *, saes: dict[str, list[int]], kind: str | None = None, title: str | None = None,
-                evidence: bool = True) -> dict:
+def build_atlas(
+    run_dir,
+    out_dir,
+    *,
+    saes: dict[str, list[int]],
+    kind: str | None = None,
+    title: str | None = None,
+    evidence: bool = True,
+) -> dict:
     """Write the atlas of one run (``results/{model}/{dataset}``) to ``out_dir`` (atomically).
 
     ``saes``: recipe -> its layers; ``kind``: "dna" or "cells" (default: from which outputs exist).
@@ -467,14 +588,28 @@ def build_atlas(run_dir, out_dir, *, saes: dict[str, list[int]], kind: str | Non
     sizes = Counter()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        shutil.copytree(STATIC, tmp / "assets", ignore=shutil.ignore_patterns("index.html", "__pycache__"))
+        shutil.copytree(
+            STATIC, tmp / "assets", ignore=shutil.ignore_patterns("index.html", "__pycache__")
+        )
         shutil.copy(STATIC / "index.html", tmp / "index.html")
-        index = {"format": FORMAT, "title": title, "kind": kind, "chunk": CHUNK,
-                 "histogram_edges": [_num(e) for e in _hist_edges()], "thresholds": list(THRESHOLDS), "saes": []}
+        index = {
+            "format": FORMAT,
+            "title": title,
+            "kind": kind,
+            "chunk": CHUNK,
+            "histogram_edges": [_num(e) for e in _hist_edges()],
+            "thresholds": list(THRESHOLDS),
+            "saes": [],
+        }
         run_evidence = _run_evidence(run) if evidence else []
-        for sae in saes:  # in the order given (the config's): the first is the one the site opens on
-            index["saes"].append(_build_sae(run, tmp, kind, sae, sorted(int(x) for x in saes[sae]), sizes,
-                                            run_evidence))
+        for (
+            sae
+        ) in saes:  # in the order given (the config's): the first is the one the site opens on
+            index["saes"].append(
+                _build_sae(
+                    run, tmp, kind, sae, sorted(int(x) for x in saes[sae]), sizes, run_evidence
+                )
+            )
         index["evidence"] = [{k: v for k, v in ev.items() if k != "frame"} for ev in run_evidence]
         sizes["index"] += _write_js(tmp, "index", index)
     log.info("atlas of %s: %s", run, dict(sizes))
@@ -482,20 +617,30 @@ def build_atlas(run_dir, out_dir, *, saes: dict[str, list[int]], kind: str | Non
 
 
 def _hist_edges():
-    from ..histogram import EDGES
+    from saeflow.histogram import EDGES
 
     return EDGES
 
 
-def _build_sae(run: Path, root: Path, kind: str, sae: str, layers: list[int], sizes: Counter,
-               run_evidence: list[dict]) -> dict:
+def _build_sae(
+    run: Path,
+    root: Path,
+    kind: str,
+    sae: str,
+    layers: list[int],
+    sizes: Counter,
+    run_evidence: list[dict],
+) -> dict:
     decoders = {L: _decoder(run / "sae" / sae / f"layer{L}") for L in layers}
     near = nearest_features(decoders)
     del decoders
     built = {}
     for L in layers:
         built[L] = _Layer(run, kind, sae, L)
-    labels = {L: dict(zip(b.features.feature.astype(int), b.features.label.astype(str))) for L, b in built.items()}
+    labels = {
+        L: dict(zip(b.features.feature.astype(int), b.features.label.astype(str)))
+        for L, b in built.items()
+    }
     summary_rows, flows, chains_next = [], [], {}
     for L in layers:
         b = built[L]
@@ -506,22 +651,37 @@ def _build_sae(run: Path, root: Path, kind: str, sae: str, layers: list[int], si
             other, cos, idx = nb[direction]
             for f in range(len(b.features)):
                 b._d(f).setdefault("near", {})[direction] = {
-                    "layer": other, "rows": [[int(j), _num(c), labels[other].get(int(j), "")]
-                                             for j, c in zip(idx[f], cos[f])]}
+                    "layer": other,
+                    "rows": [
+                        [int(j), _num(c), labels[other].get(int(j), "")]
+                        for j, c in zip(idx[f], cos[f])
+                    ],
+                }
         if "next" in nb:
             other, cos, idx = nb["next"]
-            alive = b.features.alive.to_numpy(bool) if "alive" in b.features else np.ones(len(cos), bool)
+            alive = (
+                b.features.alive.to_numpy(bool)
+                if "alive" in b.features
+                else np.ones(len(cos), bool)
+            )
             cls = Counter(_flow_class(c) for c in cos[alive, 0])
-            flows.append({"layer": L, "next_layer": other, **{k: cls.get(k, 0) for k in
-                                                                ("persistent", "moderate", "transient")},
-                          "mean_cos": _num(cos[alive, 0].mean()) if alive.any() else None})
+            flows.append(
+                {
+                    "layer": L,
+                    "next_layer": other,
+                    **{k: cls.get(k, 0) for k in ("persistent", "moderate", "transient")},
+                    "mean_cos": _num(cos[alive, 0].mean()) if alive.any() else None,
+                }
+            )
             chains_next[L] = (other, idx[:, 0], cos[:, 0], alive)
         # shards
         table = _table_shard(b, nb)
         key = f"{sae}/layer{L}"
         sizes["table"] += _write_js(root, f"{key}/table", table)
         sizes["search"] += _write_js(root, f"{key}/search", b.search)
-        for ev in run_evidence:  # run-level tables with layer and feature columns: rows onto feature pages
+        for ev in (
+            run_evidence
+        ):  # run-level tables with layer and feature columns: rows onto feature pages
             df = ev["frame"]
             if {"layer", "feature"} <= set(df.columns):
                 sel = pd.to_numeric(df["layer"], errors="coerce") == L
@@ -536,19 +696,34 @@ def _build_sae(run: Path, root: Path, kind: str, sae: str, layers: list[int], si
             chunk = {}
             for f in range(c, min(c + CHUNK, n)):
                 dd = dict(b.detail.get(f, {}))
-                dd["row"] = {col["key"]: (bool(table["data"][col["key"]][f]) if col["type"] == "bool"
-                                          else table["data"][col["key"]][f]) for col in table["columns"]}
+                dd["row"] = {
+                    col["key"]: (
+                        bool(table["data"][col["key"]][f])
+                        if col["type"] == "bool"
+                        else table["data"][col["key"]][f]
+                    )
+                    for col in table["columns"]
+                }
                 if hist is not None:
                     h = hist[f]
                     nz = np.flatnonzero(h)
-                    dd["hist"] = [int(nz[0]), [int(x) for x in h[nz[0]:nz[-1] + 1]]] if len(nz) else [0, []]
+                    dd["hist"] = (
+                        [int(nz[0]), [int(x) for x in h[nz[0] : nz[-1] + 1]]]
+                        if len(nz)
+                        else [0, []]
+                    )
                 if module is not None and not pd.isna(module[f]):
                     dd["module"] = int(module[f])
                 chunk[str(f)] = dd
             sizes["features"] += _write_js(root, f"{key}/f{c // CHUNK}", chunk)
         row = {"layer": L, "features": n}
-        row.update({k: _num(v) for k, v in b.summary.items() if isinstance(v, (int, float, type(None)))
-                    and not isinstance(v, bool)})
+        row.update(
+            {
+                k: _num(v)
+                for k, v in b.summary.items()
+                if isinstance(v, (int, float, type(None))) and not isinstance(v, bool)
+            }
+        )
         summary_rows.append(row)
         built[L] = None  # free the layer
     recovery = None
@@ -556,13 +731,20 @@ def _build_sae(run: Path, root: Path, kind: str, sae: str, layers: list[int], si
     if rec.exists():
         df = _drop_timing(_read_tsv(rec))
         recovery = {"columns": list(df.columns), "rows": _rows(df, list(df.columns))}
-    from ..columns import CATALOG_SUMMARY_COLUMNS
+    from saeflow.columns import CATALOG_SUMMARY_COLUMNS
 
     first = list(dict.fromkeys(["layer", "features", *EVAL_COLUMNS, *CATALOG_SUMMARY_COLUMNS]))
     seen = [k for row in summary_rows for k in row]
     columns = [c for c in first if c in seen] + sorted({c for c in seen if c not in first})
-    return {"name": sae, "layers": layers, "summary": summary_rows, "columns": columns, "flow": flows,
-            "chains": _chains(chains_next, labels), "recovery": recovery}
+    return {
+        "name": sae,
+        "layers": layers,
+        "summary": summary_rows,
+        "columns": columns,
+        "flow": flows,
+        "chains": _chains(chains_next, labels),
+        "recovery": recovery,
+    }
 
 
 def _chains(chains_next: dict, labels: dict, n: int = 25) -> list[dict]:
@@ -570,8 +752,12 @@ def _chains(chains_next: dict, labels: dict, n: int = 25) -> list[dict]:
     hi = THRESHOLDS[1]
     starts = []
     layers = sorted(chains_next)
-    linked = {(chains_next[L][0], int(j)) for L in layers for j, c, a in
-              zip(chains_next[L][1], chains_next[L][2], chains_next[L][3]) if a and c >= hi}
+    linked = {
+        (chains_next[L][0], int(j))
+        for L in layers
+        for j, c, a in zip(chains_next[L][1], chains_next[L][2], chains_next[L][3])
+        if a and c >= hi
+    }
     for L in layers:
         _, idx, cos, alive = chains_next[L]
         for f in np.flatnonzero(alive & (cos >= hi)):
@@ -586,7 +772,9 @@ def _chains(chains_next: dict, labels: dict, n: int = 25) -> list[dict]:
                 cur_l, cur_f = nl, int(nidx[cur_f])
                 path.append([cur_l, cur_f, labels[cur_l].get(cur_f, "")])
             starts.append({"path": path, "min_cos": _num(min(cs)), "length": len(path)})
-    starts.sort(key=lambda c: (-c["length"], -(c["min_cos"] or 0), c["path"][0][0], c["path"][0][1]))
+    starts.sort(
+        key=lambda c: (-c["length"], -(c["min_cos"] or 0), c["path"][0][0], c["path"][0][1])
+    )
     return starts[:n]
 
 
@@ -597,12 +785,21 @@ def _run_evidence(run: Path) -> list[dict]:
     if d.is_dir():
         for path in sorted(d.glob("*.tsv")):
             df = _drop_timing(_read_tsv(path))
-            out.append({"name": path.stem, "columns": list(map(str, df.columns)),
-                        "rows": _rows(df.head(500), list(df.columns)), "n_rows": len(df), "frame": df})
+            out.append(
+                {
+                    "name": path.stem,
+                    "columns": list(map(str, df.columns)),
+                    "rows": _rows(df.head(500), list(df.columns)),
+                    "n_rows": len(df),
+                    "frame": df,
+                }
+            )
     return out
 
 
 def relative_files(out_dir) -> list[str]:
     """Every file of a built atlas, relative to it (sorted)."""
     root = Path(out_dir)
-    return sorted(str(p.relative_to(root)).replace(os.sep, "/") for p in root.rglob("*") if p.is_file())
+    return sorted(
+        str(p.relative_to(root)).replace(os.sep, "/") for p in root.rglob("*") if p.is_file()
+    )

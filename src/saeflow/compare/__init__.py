@@ -5,15 +5,19 @@
 * :mod:`.matching`: feature matching by activation correlation over shared inputs, row-shuffle null;
 * :mod:`.circuits`: OV / QK audits of attention heads against probe or SAE decoder directions;
 * :mod:`.organisation`: module fraction, superposition share, cross-layer persistence per layer;
-* :mod:`.balance`: per-source sampling weights / balanced epochs for pooled datasets.
 """
 
-from .balance import balanced_index, source_counts, source_weights
-from .circuits import audit_head, audit_heads, audit_heatmap, check_head
-from .depth import add_depth, align_depth, plot_by_depth, relative_depth, side_by_side
-from .matching import match_features, shared_rows
-from .organisation import layer_organisation, organisation_table, run_organisation
-from .paired import (
+from saeflow.compare.circuits import audit_head, audit_heads, audit_heatmap, check_head
+from saeflow.compare.depth import (
+    add_depth,
+    align_depth,
+    plot_by_depth,
+    relative_depth,
+    side_by_side,
+)
+from saeflow.compare.matching import match_features, shared_rows
+from saeflow.compare.organisation import layer_organisation, organisation_table, run_organisation
+from saeflow.compare.paired import (
     align_predictions,
     auroc_comparison,
     bootstrap_p,
@@ -24,8 +28,25 @@ from .paired import (
 )
 
 __all__ = [
-    "add_depth", "align_depth", "align_predictions", "audit_head", "audit_heads", "audit_heatmap", "auroc_comparison",
-    "balanced_index", "bootstrap_p", "check_head", "delong_components", "delong_test", "layer_organisation",
-    "match_features", "organisation_table", "paired_auroc_delta", "plot_by_depth", "relative_depth",
-    "run_organisation", "shared_rows", "side_by_side", "source_counts", "source_weights", "unpaired_bootstrap_delta",
+    "add_depth",
+    "align_depth",
+    "align_predictions",
+    "audit_head",
+    "audit_heads",
+    "audit_heatmap",
+    "auroc_comparison",
+    "bootstrap_p",
+    "check_head",
+    "delong_components",
+    "delong_test",
+    "layer_organisation",
+    "match_features",
+    "organisation_table",
+    "paired_auroc_delta",
+    "plot_by_depth",
+    "relative_depth",
+    "run_organisation",
+    "shared_rows",
+    "side_by_side",
+    "unpaired_bootstrap_delta",
 ]

@@ -52,11 +52,32 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..utils import SaeflowError
+from saeflow.utils import SaeflowError
 
-AUDIT_COLUMNS = ["layer", "head", "direction", "norm", "ov_in_cos", "ov_out_cos", "ov_in_max_cos", "ov_in_argmax",
-                 "ov_out_max_cos", "ov_out_argmax", "ov_read_k", "write_cos", "write_cos_full", "self_write_cos",
-                 "self_gain", "qk_query_cos", "qk_key_cos", "qk_self", "ov_s1", "ov_s1_share", "qk_s1", "k"]
+AUDIT_COLUMNS = [
+    "layer",
+    "head",
+    "direction",
+    "norm",
+    "ov_in_cos",
+    "ov_out_cos",
+    "ov_in_max_cos",
+    "ov_in_argmax",
+    "ov_out_max_cos",
+    "ov_out_argmax",
+    "ov_read_k",
+    "write_cos",
+    "write_cos_full",
+    "self_write_cos",
+    "self_gain",
+    "qk_query_cos",
+    "qk_key_cos",
+    "qk_self",
+    "ov_s1",
+    "ov_s1_share",
+    "qk_s1",
+    "k",
+]
 
 
 def _np(w, name: str) -> np.ndarray:
@@ -73,20 +94,34 @@ def _np(w, name: str) -> np.ndarray:
 
 def check_head(W_Q, W_K, W_V, W_O) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate one head's weights (d_model x d_head, d_head x d_model) and return them as float64."""
-    W_Q, W_K, W_V, W_O = (_np(w, n) for w, n in ((W_Q, "W_Q"), (W_K, "W_K"), (W_V, "W_V"), (W_O, "W_O")))
+    W_Q, W_K, W_V, W_O = (
+        _np(w, n) for w, n in ((W_Q, "W_Q"), (W_K, "W_K"), (W_V, "W_V"), (W_O, "W_O"))
+    )
     for n, w in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V), ("W_O", W_O)):
         if w.ndim != 2:
-            raise SaeflowError(f"{n} of one head must be 2-D (got shape {w.shape}); for a layer's (heads, ...) "
-                               "arrays use audit_heads")
+            raise SaeflowError(
+                f"{n} of one head must be 2-D (got shape {w.shape}); for a layer's (heads, ...) "
+                "arrays use audit_heads"
+            )
     d = W_Q.shape[0]
     if W_K.shape != W_Q.shape:
-        raise SaeflowError(f"W_Q {W_Q.shape} and W_K {W_K.shape} must have the same shape (d_model, d_head)")
+        raise SaeflowError(
+            f"W_Q {W_Q.shape} and W_K {W_K.shape} must have the same shape (d_model, d_head)"
+        )
     if W_V.shape[0] != d:
-        raise SaeflowError(f"W_V has {W_V.shape[0]} rows but W_Q has {d}: both are (d_model, d_head)")
+        raise SaeflowError(
+            f"W_V has {W_V.shape[0]} rows but W_Q has {d}: both are (d_model, d_head)"
+        )
     if W_O.shape != (W_V.shape[1], d):
-        hint = " (W_O looks transposed: pass it as (d_head, d_model))" if W_O.shape == (d, W_V.shape[1]) else ""
-        raise SaeflowError(f"W_O has shape {W_O.shape}; with W_V {W_V.shape} it must be "
-                           f"({W_V.shape[1]}, {d}){hint}")
+        hint = (
+            " (W_O looks transposed: pass it as (d_head, d_model))"
+            if W_O.shape == (d, W_V.shape[1])
+            else ""
+        )
+        raise SaeflowError(
+            f"W_O has shape {W_O.shape}; with W_V {W_V.shape} it must be "
+            f"({W_V.shape[1]}, {d}){hint}"
+        )
     return W_Q, W_K, W_V, W_O
 
 
@@ -96,7 +131,9 @@ def _directions(directions, d: int) -> tuple[list[str], np.ndarray]:
         vecs = [_np(v, f"direction {k!r}").reshape(-1) for k, v in directions.items()]
         for n, v in zip(names, vecs):
             if v.size != d:
-                raise SaeflowError(f"direction {n!r} has {v.size} entries but the model's d_model is {d}")
+                raise SaeflowError(
+                    f"direction {n!r} has {v.size} entries but the model's d_model is {d}"
+                )
         D = np.vstack(vecs) if vecs else np.zeros((0, d))
     elif isinstance(directions, pd.DataFrame):
         names, D = [str(i) for i in directions.index], _np(directions.to_numpy(), "directions")
@@ -111,7 +148,9 @@ def _directions(directions, d: int) -> tuple[list[str], np.ndarray]:
         raise SaeflowError("no directions to audit")
     norms = np.linalg.norm(D, axis=1)
     if (norms == 0).any():
-        raise SaeflowError(f"directions {[n for n, z in zip(names, norms == 0) if z][:3]} are zero vectors")
+        raise SaeflowError(
+            f"directions {[n for n, z in zip(names, norms == 0) if z][:3]} are zero vectors"
+        )
     return names, D
 
 
@@ -123,7 +162,9 @@ def _svd_lowrank(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return qa @ u, s, qb @ vt.T  # U (d x h), s, V (d x h)
 
 
-def audit_head(W_Q, W_K, W_V, W_O, directions, *, k: int = 5, layer=None, head=None) -> pd.DataFrame:
+def audit_head(
+    W_Q, W_K, W_V, W_O, directions, *, k: int = 5, layer=None, head=None
+) -> pd.DataFrame:
     """OV/QK audit of one head against one or more directions: one row per direction (module doc).
 
     ``directions``: a vector (d_model,), an (n, d_model) array, a mapping name -> vector, or a
@@ -148,23 +189,39 @@ def audit_head(W_Q, W_K, W_V, W_O, directions, *, k: int = 5, layer=None, head=N
     with np.errstate(invalid="ignore", divide="ignore"):
         self_cos = np.where(nrm > 0, gain / np.where(nrm > 0, nrm, 1.0), np.nan)
     qk_self = np.einsum("nd,nd->n", (Dh @ W_Q), (Dh @ W_K))
-    tot = float((s ** 2).sum())
-    return pd.DataFrame({
-        "layer": layer, "head": head, "direction": names, "norm": norms,
-        "ov_in_cos": np.abs(ci[:, 0]), "ov_out_cos": np.abs(co[:, 0]),
-        "ov_in_max_cos": np.abs(ci[:, :kk]).max(axis=1), "ov_in_argmax": np.abs(ci[:, :kk]).argmax(axis=1),
-        "ov_out_max_cos": np.abs(co[:, :kk]).max(axis=1), "ov_out_argmax": np.abs(co[:, :kk]).argmax(axis=1),
-        "ov_read_k": np.sqrt((ci[:, :kk] ** 2).sum(axis=1)),
-        "write_cos": np.sqrt((co[:, :kk] ** 2).sum(axis=1)),
-        "write_cos_full": np.sqrt((co[:, :rank] ** 2).sum(axis=1)),
-        "self_write_cos": self_cos, "self_gain": gain,
-        "qk_query_cos": np.abs(Dh @ Uq[:, 0]), "qk_key_cos": np.abs(Dh @ Vq[:, 0]), "qk_self": qk_self,
-        "ov_s1": float(s[0]), "ov_s1_share": float(s[0] ** 2 / tot) if tot > 0 else np.nan, "qk_s1": float(sq[0]),
-        "k": kk,
-    }, columns=AUDIT_COLUMNS)
+    tot = float((s**2).sum())
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "head": head,
+            "direction": names,
+            "norm": norms,
+            "ov_in_cos": np.abs(ci[:, 0]),
+            "ov_out_cos": np.abs(co[:, 0]),
+            "ov_in_max_cos": np.abs(ci[:, :kk]).max(axis=1),
+            "ov_in_argmax": np.abs(ci[:, :kk]).argmax(axis=1),
+            "ov_out_max_cos": np.abs(co[:, :kk]).max(axis=1),
+            "ov_out_argmax": np.abs(co[:, :kk]).argmax(axis=1),
+            "ov_read_k": np.sqrt((ci[:, :kk] ** 2).sum(axis=1)),
+            "write_cos": np.sqrt((co[:, :kk] ** 2).sum(axis=1)),
+            "write_cos_full": np.sqrt((co[:, :rank] ** 2).sum(axis=1)),
+            "self_write_cos": self_cos,
+            "self_gain": gain,
+            "qk_query_cos": np.abs(Dh @ Uq[:, 0]),
+            "qk_key_cos": np.abs(Dh @ Vq[:, 0]),
+            "qk_self": qk_self,
+            "ov_s1": float(s[0]),
+            "ov_s1_share": float(s[0] ** 2 / tot) if tot > 0 else np.nan,
+            "qk_s1": float(sq[0]),
+            "k": kk,
+        },
+        columns=AUDIT_COLUMNS,
+    )
 
 
-def audit_heads(weights: Mapping, directions, *, heads: Sequence | None = None, k: int = 5) -> pd.DataFrame:
+def audit_heads(
+    weights: Mapping, directions, *, heads: Sequence | None = None, k: int = 5
+) -> pd.DataFrame:
     """Audit many heads: ``weights`` maps layer -> the dict of :meth:`ModelAdapter.head_weights`
     (W_Q, W_K, W_V: (H, d_model, d_head), W_O: (H, d_head, d_model); tensors or arrays).
     ``heads``: (layer, head) pairs to audit (default: every head). One row per (layer, head, direction)."""
@@ -173,37 +230,60 @@ def audit_heads(weights: Mapping, directions, *, heads: Sequence | None = None, 
     for layer, w in weights.items():
         miss = [n for n in ("W_Q", "W_K", "W_V", "W_O") if n not in w]
         if miss:
-            raise SaeflowError(f"audit_heads: the weights of layer {layer} have no {miss} "
-                               "(expected ModelAdapter.head_weights' dict)")
+            raise SaeflowError(
+                f"audit_heads: the weights of layer {layer} have no {miss} "
+                "(expected ModelAdapter.head_weights' dict)"
+            )
         arr = {n: _np(w[n], f"layer {layer} {n}") for n in ("W_Q", "W_K", "W_V", "W_O")}
         for n, a in arr.items():
             if a.ndim != 3:
-                raise SaeflowError(f"audit_heads: layer {layer} {n} must be (heads, ...) 3-D (got shape {a.shape})")
+                raise SaeflowError(
+                    f"audit_heads: layer {layer} {n} must be (heads, ...) 3-D (got shape {a.shape})"
+                )
         H = arr["W_Q"].shape[0]
         if any(a.shape[0] != H for a in arr.values()):
-            raise SaeflowError(f"audit_heads: layer {layer}: W_Q/W_K/W_V/W_O disagree on the number of heads "
-                               f"({[a.shape[0] for a in arr.values()]})")
+            raise SaeflowError(
+                f"audit_heads: layer {layer}: W_Q/W_K/W_V/W_O disagree on the number of heads "
+                f"({[a.shape[0] for a in arr.values()]})"
+            )
         for h in range(H):
             if want is not None and (int(layer), h) not in want:
                 continue
-            frames.append(audit_head(arr["W_Q"][h], arr["W_K"][h], arr["W_V"][h], arr["W_O"][h], directions,
-                                     k=k, layer=int(layer), head=h))
+            frames.append(
+                audit_head(
+                    arr["W_Q"][h],
+                    arr["W_K"][h],
+                    arr["W_V"][h],
+                    arr["W_O"][h],
+                    directions,
+                    k=k,
+                    layer=int(layer),
+                    head=h,
+                )
+            )
     if not frames:
-        raise SaeflowError("audit_heads: no heads audited (empty weights, or none of the requested heads exist)")
+        raise SaeflowError(
+            "audit_heads: no heads audited (empty weights, or none of the requested heads exist)"
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-def audit_heatmap(audit: pd.DataFrame, path, *, value: str = "write_cos", title: str | None = None) -> pd.DataFrame:
+def audit_heatmap(
+    audit: pd.DataFrame, path, *, value: str = "write_cos", title: str | None = None
+) -> pd.DataFrame:
     """Heatmap of one audit column: rows (layer, head), columns directions. PNG written atomically;
     returns the pivoted table. Signed values (self_gain, qk_self) get a diverging colour map
     centred on 0."""
-    from .. import plots  # Agg backend
     import matplotlib.pyplot as plt
+
+    from saeflow import plots  # Agg backend
 
     for c in ("layer", "head", "direction", value):
         if c not in audit.columns:
             raise SaeflowError(f"audit_heatmap: the audit table has no column {c!r}")
-    tab = audit.pivot_table(index=["layer", "head"], columns="direction", values=value, aggfunc="first", sort=False)
+    tab = audit.pivot_table(
+        index=["layer", "head"], columns="direction", values=value, aggfunc="first", sort=False
+    )
     vals = tab.to_numpy(dtype=float)
     signed = value in ("self_gain", "qk_self", "self_write_cos")
     fig, ax = plt.subplots(figsize=(1.2 + 0.5 * tab.shape[1], 1.2 + 0.22 * tab.shape[0]))
@@ -212,7 +292,9 @@ def audit_heatmap(audit: pd.DataFrame, path, *, value: str = "write_cos", title:
         im = ax.imshow(vals, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
     else:
         im = ax.imshow(vals, aspect="auto", cmap="viridis", vmin=0)
-    ax.set_xticks(range(tab.shape[1]), [str(c) for c in tab.columns], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(
+        range(tab.shape[1]), [str(c) for c in tab.columns], rotation=60, ha="right", fontsize=7
+    )
     ax.set_yticks(range(tab.shape[0]), [f"L{l}.H{h}" for l, h in tab.index], fontsize=6)
     fig.colorbar(im, ax=ax, label=value)
     ax.set_title(title or value)

@@ -12,11 +12,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 
-def group_mean_codes(store, sae, layer: int, group: np.ndarray, n_groups: int, *, rows: np.ndarray | None = None,
-                     chunk: int = 32768) -> np.ndarray:
+def group_mean_codes(
+    store,
+    sae,
+    layer: int,
+    group: np.ndarray,
+    n_groups: int,
+    *,
+    rows: np.ndarray | None = None,
+    chunk: int = 32768,
+) -> np.ndarray:
     """(n_groups, d_sae) float32: the mean SAE code of each group's tokens. ``group``: the group id
     (0..n_groups-1, or -1: not used) of each token row of the store (or of ``rows`` when given)."""
     import torch
@@ -25,7 +33,9 @@ def group_mean_codes(store, sae, layer: int, group: np.ndarray, n_groups: int, *
     rows = np.arange(n_tok) if rows is None else np.asarray(rows, dtype=np.int64)
     group = np.asarray(group, dtype=np.int64)
     if group.shape != rows.shape:
-        raise SaeflowError(f"group_mean_codes: {group.shape[0]} group ids for {rows.shape[0]} token rows")
+        raise SaeflowError(
+            f"group_mean_codes: {group.shape[0]} group ids for {rows.shape[0]} token rows"
+        )
     keep = group >= 0
     rows, group = rows[keep], group[keep]
     order = np.argsort(rows, kind="stable")
@@ -57,18 +67,26 @@ def sequence_codes(store, sae, layer: int, seq_index: np.ndarray) -> np.ndarray:
     seq_index = np.asarray(seq_index, dtype=np.int64)
     if seq_index.size and (seq_index.min() < 0 or seq_index.max() >= len(off) - 1):
         raise SaeflowError(f"sequence_codes: sequence indices outside 0..{len(off) - 2}")
-    rows = np.concatenate([np.arange(off[s], off[s + 1]) for s in seq_index]) if seq_index.size else np.zeros(0, int)
+    rows = (
+        np.concatenate([np.arange(off[s], off[s + 1]) for s in seq_index])
+        if seq_index.size
+        else np.zeros(0, int)
+    )
     group = np.repeat(np.arange(len(seq_index)), off[seq_index + 1] - off[seq_index])
     return group_mean_codes(store, sae, layer, group, len(seq_index), rows=rows)
 
 
-def gene_codes(store, sae, layer: int, genes: pd.Index | None = None) -> tuple[np.ndarray, np.ndarray]:
+def gene_codes(
+    store, sae, layer: int, genes: pd.Index | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(codes (n_genes, d_sae), gene names): the mean code at each gene's tokens (cell models, whose
     token index has a ``gene`` column); ``genes``: restrict to (and order by) these names."""
     tok = store.tokens
     if "gene" not in tok.columns:
-        raise SaeflowError(f"{store.dir}/tokens.parquet: no 'gene' column; per-gene matching needs a cell model's "
-                           "activations")
+        raise SaeflowError(
+            f"{store.dir}/tokens.parquet: no 'gene' column; per-gene matching needs a cell model's "
+            "activations"
+        )
     g = tok["gene"].astype(str)
     valid = tok["gene"].notna().to_numpy() & (g.to_numpy() != "")
     names = pd.Index(pd.unique(g[valid])) if genes is None else pd.Index(genes).astype(str)

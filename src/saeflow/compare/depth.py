@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 ALIGN_KEYS = ["grid_depth", "run", "layer", "depth", "gap"]
 
@@ -42,24 +42,34 @@ def relative_depth(layers, n_layers: int) -> np.ndarray:
     try:
         n = int(n_layers)
     except (TypeError, ValueError):
-        raise SaeflowError(f"relative_depth: n_layers must be a positive integer (got {n_layers!r})") from None
+        raise SaeflowError(
+            f"relative_depth: n_layers must be a positive integer (got {n_layers!r})"
+        ) from None
     if n <= 0 or n != n_layers:
-        raise SaeflowError(f"relative_depth: n_layers must be a positive integer (got {n_layers!r})")
+        raise SaeflowError(
+            f"relative_depth: n_layers must be a positive integer (got {n_layers!r})"
+        )
     arr = np.asarray(layers, dtype=float)
     if arr.size and (not np.isfinite(arr).all() or (arr != np.round(arr)).any()):
-        raise SaeflowError(f"relative_depth: layers must be integers (got {np.unique(arr)[:5].tolist()})")
+        raise SaeflowError(
+            f"relative_depth: layers must be integers (got {np.unique(arr)[:5].tolist()})"
+        )
     bad = arr[(arr < 0) | (arr > n)]
     if bad.size:
-        raise SaeflowError(f"relative_depth: layers {sorted(set(bad.astype(int).tolist()))[:5]} are outside "
-                           f"0..{n} (the model has {n} layers; layer 0 is the embeddings)")
+        raise SaeflowError(
+            f"relative_depth: layers {sorted(set(bad.astype(int).tolist()))[:5]} are outside "
+            f"0..{n} (the model has {n} layers; layer 0 is the embeddings)"
+        )
     return arr / n
 
 
 def add_depth(table: pd.DataFrame, n_layers: int, *, layer_col: str = "layer") -> pd.DataFrame:
     """A copy of ``table`` with a ``depth`` column (:func:`relative_depth` of ``layer_col``)."""
     if layer_col not in table.columns:
-        raise SaeflowError(f"add_depth: the table has no {layer_col!r} column "
-                           f"(it has: {', '.join(map(str, table.columns))})")
+        raise SaeflowError(
+            f"add_depth: the table has no {layer_col!r} column "
+            f"(it has: {', '.join(map(str, table.columns))})"
+        )
     out = table.copy()
     out["depth"] = relative_depth(out[layer_col].to_numpy(), n_layers)
     return out
@@ -72,13 +82,22 @@ def _runs(tables, n_layers) -> list[tuple[str, pd.DataFrame, int]]:
         raise SaeflowError("align_depth: n_layers must be a mapping run -> number of layers")
     missing = [r for r in tables if r not in n_layers]
     if missing:
-        raise SaeflowError(f"align_depth: no n_layers for runs {missing} (given for: {list(n_layers)})")
+        raise SaeflowError(
+            f"align_depth: no n_layers for runs {missing} (given for: {list(n_layers)})"
+        )
     return [(str(r), t, n_layers[r]) for r, t in tables.items()]
 
 
-def align_depth(tables: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int], *, columns: Sequence[str] | None = None,
-                grid: Sequence[float] | None = None, method: str = "nearest", max_gap: float | None = None,
-                layer_col: str = "layer") -> pd.DataFrame:
+def align_depth(
+    tables: Mapping[str, pd.DataFrame],
+    n_layers: Mapping[str, int],
+    *,
+    columns: Sequence[str] | None = None,
+    grid: Sequence[float] | None = None,
+    method: str = "nearest",
+    max_gap: float | None = None,
+    layer_col: str = "layer",
+) -> pd.DataFrame:
     """Per-layer tables of several runs on a common relative-depth grid (see the module docstring).
 
     ``tables``: run name -> table with one row per layer (``layer_col``) and value columns;
@@ -99,13 +118,19 @@ def align_depth(tables: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int],
         t = add_depth(t, n, layer_col=layer_col)
         dup = t[layer_col][t[layer_col].duplicated()].unique()
         if len(dup):
-            raise SaeflowError(f"align_depth: run {run!r} has several rows for layers {dup[:5].tolist()}; "
-                               "give one row per layer (filter by SAE / task first)")
+            raise SaeflowError(
+                f"align_depth: run {run!r} has several rows for layers {dup[:5].tolist()}; "
+                "give one row per layer (filter by SAE / task first)"
+            )
         prepared.append((run, t.sort_values("depth", kind="stable").reset_index(drop=True)))
     if columns is None:
         shared = None
         for _, t in prepared:
-            num = {c for c in t.columns if pd.api.types.is_numeric_dtype(t[c]) and c not in (layer_col, "depth")}
+            num = {
+                c
+                for c in t.columns
+                if pd.api.types.is_numeric_dtype(t[c]) and c not in (layer_col, "depth")
+            }
             shared = num if shared is None else shared & num
         columns = [c for c in prepared[0][1].columns if c in shared]
     else:
@@ -113,24 +138,39 @@ def align_depth(tables: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int],
         for run, t in prepared:
             miss = [c for c in columns if c not in t.columns]
             if miss:
-                raise SaeflowError(f"align_depth: run {run!r} has no columns {miss} "
-                                   f"(it has: {', '.join(map(str, t.columns))})")
+                raise SaeflowError(
+                    f"align_depth: run {run!r} has no columns {miss} "
+                    f"(it has: {', '.join(map(str, t.columns))})"
+                )
     if grid is None:
         grid = min(prepared, key=lambda rt: len(rt[1]))[1]["depth"].to_numpy()
     grid = np.unique(np.asarray(grid, dtype=float))
     if grid.size == 0 or not np.isfinite(grid).all() or grid.min() < 0 or grid.max() > 1:
-        raise SaeflowError(f"align_depth: grid depths must be finite values in [0, 1] (got {grid[:5].tolist()})")
+        raise SaeflowError(
+            f"align_depth: grid depths must be finite values in [0, 1] (got {grid[:5].tolist()})"
+        )
     frames = []
     for run, t in prepared:
         d = t["depth"].to_numpy()
         # nearest row: ties go to the shallower layer (searchsorted + compare)
-        j = np.clip(np.searchsorted(d, grid), 1, max(1, len(d) - 1)) if len(d) > 1 else np.zeros(len(grid), int)
+        j = (
+            np.clip(np.searchsorted(d, grid), 1, max(1, len(d) - 1))
+            if len(d) > 1
+            else np.zeros(len(grid), int)
+        )
         if len(d) > 1:
             left = j - 1
             j = np.where(np.abs(grid - d[left]) <= np.abs(d[j] - grid), left, j)
         near = t.iloc[j].reset_index(drop=True)
-        out = pd.DataFrame({"grid_depth": grid, "run": run, "layer": near[layer_col].to_numpy(),
-                            "depth": near["depth"].to_numpy(), "gap": np.abs(near["depth"].to_numpy() - grid)})
+        out = pd.DataFrame(
+            {
+                "grid_depth": grid,
+                "run": run,
+                "layer": near[layer_col].to_numpy(),
+                "depth": near["depth"].to_numpy(),
+                "gap": np.abs(near["depth"].to_numpy() - grid),
+            }
+        )
         for c in columns:
             if method == "nearest" or not pd.api.types.is_numeric_dtype(t[c]):
                 out[c] = near[c].to_numpy()
@@ -149,7 +189,11 @@ def align_depth(tables: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int],
     res = pd.concat(frames, ignore_index=True)
     order = {r: i for i, (r, _) in enumerate(prepared)}
     res["_o"] = res["run"].map(order)
-    return res.sort_values(["grid_depth", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    return (
+        res.sort_values(["grid_depth", "_o"], kind="stable")
+        .drop(columns="_o")
+        .reset_index(drop=True)
+    )
 
 
 def side_by_side(aligned: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -167,12 +211,20 @@ def side_by_side(aligned: pd.DataFrame, column: str) -> pd.DataFrame:
     return out
 
 
-def plot_by_depth(tables: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int], columns: Sequence[str], path, *,
-                  layer_col: str = "layer", title: str | None = None) -> None:
+def plot_by_depth(
+    tables: Mapping[str, pd.DataFrame],
+    n_layers: Mapping[str, int],
+    columns: Sequence[str],
+    path,
+    *,
+    layer_col: str = "layer",
+    title: str | None = None,
+) -> None:
     """One panel per column: each run's per-layer values against relative depth (its real layers, not a
     grid), so models of different depth share one x axis. PNG, written atomically."""
-    from .. import plots  # sets the Agg backend
     import matplotlib.pyplot as plt
+
+    from saeflow import plots  # sets the Agg backend
 
     runs = _runs(tables, n_layers)
     columns = list(columns)
@@ -184,7 +236,9 @@ def plot_by_depth(tables: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int
         for ax, c in zip(axes[0], columns):
             if c not in t.columns:
                 raise SaeflowError(f"plot_by_depth: run {run!r} has no column {c!r}")
-            ax.plot(t["depth"], pd.to_numeric(t[c], errors="coerce"), "o-", label=f"{run} ({n} layers)")
+            ax.plot(
+                t["depth"], pd.to_numeric(t[c], errors="coerce"), "o-", label=f"{run} ({n} layers)"
+            )
     for ax, c in zip(axes[0], columns):
         ax.set_xlabel("relative depth (layer / n_layers)")
         ax.set_title(str(c))

@@ -35,7 +35,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from ..utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ def _as_matrix(X, name: str):
         X = X.detach().cpu().numpy()
     X = np.asarray(X) if not isinstance(X, np.memmap) else X
     if X.ndim != 2:
-        raise SaeflowError(f"{name}: activations must be a 2-D (rows x features) matrix (got shape {X.shape})")
+        raise SaeflowError(
+            f"{name}: activations must be a 2-D (rows x features) matrix (got shape {X.shape})"
+        )
     if not np.issubdtype(X.dtype, np.number):
         raise SaeflowError(f"{name}: activations must be numeric (got dtype {X.dtype})")
     return X
@@ -71,16 +73,18 @@ def _column_moments(X, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     if sp.issparse(X):
         mu = np.asarray(X.sum(axis=0)).ravel() / n
         ex2 = np.asarray(X.multiply(X).sum(axis=0)).ravel() / n
-        var = np.maximum(ex2 - mu ** 2, 0.0)
+        var = np.maximum(ex2 - mu**2, 0.0)
     else:
         mu, var = np.empty(X.shape[1]), np.empty(X.shape[1])
         for j in range(0, X.shape[1], block):
             x = np.asarray(X[:, j : j + block], dtype=np.float64)
             if not np.isfinite(x).all():
-                raise SaeflowError(f"activations hold NaN/inf values (columns {j}..{j + x.shape[1] - 1})")
+                raise SaeflowError(
+                    f"activations hold NaN/inf values (columns {j}..{j + x.shape[1] - 1})"
+                )
             mu[j : j + block] = x.mean(axis=0)
             var[j : j + block] = x.var(axis=0)
-    return mu, np.sqrt(var), var <= CONST_TOL * mu ** 2
+    return mu, np.sqrt(var), var <= CONST_TOL * mu**2
 
 
 def _cross(A_blk, B) -> np.ndarray:
@@ -153,17 +157,22 @@ def shared_rows(names_a, names_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     b = pd.Index(pd.Series(names_b).astype(str))
     for nm, ix in (("A", a), ("B", b)):
         if ix.has_duplicates:
-            raise SaeflowError(f"shared_rows: row names of {nm} repeat (e.g. {ix[ix.duplicated()][:3].tolist()})")
+            raise SaeflowError(
+                f"shared_rows: row names of {nm} repeat (e.g. {ix[ix.duplicated()][:3].tolist()})"
+            )
     pos_b = b.get_indexer(a)
     keep = np.flatnonzero(pos_b >= 0)
     if keep.size == 0:
-        raise SaeflowError(f"shared_rows: the two runs share no rows ({len(a)} vs {len(b)} names, e.g. "
-                           f"{a[:3].tolist()} vs {b[:3].tolist()}); are the gene identifiers of the same kind?")
+        raise SaeflowError(
+            f"shared_rows: the two runs share no rows ({len(a)} vs {len(b)} names, e.g. "
+            f"{a[:3].tolist()} vs {b[:3].tolist()}); are the gene identifiers of the same kind?"
+        )
     return keep, pos_b[keep], a[keep].to_numpy()
 
 
-def match_features(A, B, *, threshold: float = 0.5, n_null: int = 5, seed: int = 0, chunk: int = 512
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def match_features(
+    A, B, *, threshold: float = 0.5, n_null: int = 5, seed: int = 0, chunk: int = 512
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Match each feature of A to its best-correlated feature of B over the same rows (module doc).
 
     Returns (features_a, features_b, summary):
@@ -179,16 +188,24 @@ def match_features(A, B, *, threshold: float = 0.5, n_null: int = 5, seed: int =
     A = _as_matrix(A, "match_features (A)")
     B = _as_matrix(B, "match_features (B)")
     if A.shape[0] != B.shape[0]:
-        raise SaeflowError(f"match_features: A has {A.shape[0]} rows but B has {B.shape[0]}; the rows must be the "
-                           "same items in the same order (see shared_rows)")
+        raise SaeflowError(
+            f"match_features: A has {A.shape[0]} rows but B has {B.shape[0]}; the rows must be the "
+            "same items in the same order (see shared_rows)"
+        )
     if A.shape[0] < 3:
-        raise SaeflowError(f"match_features: {A.shape[0]} shared rows; correlations need at least 3")
+        raise SaeflowError(
+            f"match_features: {A.shape[0]} shared rows; correlations need at least 3"
+        )
     if A.shape[1] == 0 or B.shape[1] == 0:
         raise SaeflowError(f"match_features: no features (A {A.shape}, B {B.shape})")
     if not -1.0 <= float(threshold) <= 1.0:
-        raise SaeflowError(f"match_features: threshold is a correlation in [-1, 1] (got {threshold})")
+        raise SaeflowError(
+            f"match_features: threshold is a correlation in [-1, 1] (got {threshold})"
+        )
     if int(n_null) < 0 or int(chunk) < 1:
-        raise SaeflowError(f"match_features: n_null must be >= 0 and chunk >= 1 (got {n_null}, {chunk})")
+        raise SaeflowError(
+            f"match_features: n_null must be >= 0 and chunk >= 1 (got {n_null}, {chunk})"
+        )
     import scipy.sparse as sp
 
     ma, mb = _column_moments(A), _column_moments(B)
@@ -220,18 +237,48 @@ def match_features(A, B, *, threshold: float = 0.5, n_null: int = 5, seed: int =
             ncx = np.where(alive_a, np.nanmax(np.where(np.isnan(nc), -np.inf, nc), axis=0), np.nan)
     else:
         ncm = ncx = np.full(A.shape[1], np.nan)
-    fa = pd.DataFrame({"feature": np.arange(A.shape[1]), "alive": alive_a, "match": a_idx, "corr": a_cor,
-                       "matched": matched, "mutual": mutual, "null_corr_mean": ncm, "null_corr_max": ncx})
-    fb = pd.DataFrame({"feature": np.arange(B.shape[1]), "alive": alive_b, "match": b_idx, "corr": b_cor})
-    summary = {"n_rows": int(A.shape[0]), "n_a": int(A.shape[1]), "n_b": int(B.shape[1]), "alive_a": n_alive,
-               "alive_b": int(alive_b.sum()), "threshold": float(threshold), "matched": int(matched.sum()),
-               "matched_fraction": frac, "null_fractions": null_fr.tolist(),
-               "null_fraction_mean": float(null_fr.mean()) if null_fr.size else float("nan"),
-               "null_fraction_sd": float(null_fr.std(ddof=1)) if null_fr.size > 1 else float("nan"),
-               "p_empirical": float((1 + (null_fr >= frac).sum()) / (1 + null_fr.size)) if null_fr.size else float("nan"),
-               "mutual_best": int(mutual.sum()), "mutual_above": int((mutual & matched).sum()),
-               "null_mutual_above_mean": float(np.mean(null_mut)) if null_mut else float("nan"),
-               "n_null": int(n_null), "seed": int(seed)}
-    log.info("feature matching: %d/%d alive A features matched at r >= %g (null %.3f), %d mutual best",
-             summary["matched"], n_alive, threshold, summary["null_fraction_mean"], summary["mutual_best"])
+    fa = pd.DataFrame(
+        {
+            "feature": np.arange(A.shape[1]),
+            "alive": alive_a,
+            "match": a_idx,
+            "corr": a_cor,
+            "matched": matched,
+            "mutual": mutual,
+            "null_corr_mean": ncm,
+            "null_corr_max": ncx,
+        }
+    )
+    fb = pd.DataFrame(
+        {"feature": np.arange(B.shape[1]), "alive": alive_b, "match": b_idx, "corr": b_cor}
+    )
+    summary = {
+        "n_rows": int(A.shape[0]),
+        "n_a": int(A.shape[1]),
+        "n_b": int(B.shape[1]),
+        "alive_a": n_alive,
+        "alive_b": int(alive_b.sum()),
+        "threshold": float(threshold),
+        "matched": int(matched.sum()),
+        "matched_fraction": frac,
+        "null_fractions": null_fr.tolist(),
+        "null_fraction_mean": float(null_fr.mean()) if null_fr.size else float("nan"),
+        "null_fraction_sd": float(null_fr.std(ddof=1)) if null_fr.size > 1 else float("nan"),
+        "p_empirical": float((1 + (null_fr >= frac).sum()) / (1 + null_fr.size))
+        if null_fr.size
+        else float("nan"),
+        "mutual_best": int(mutual.sum()),
+        "mutual_above": int((mutual & matched).sum()),
+        "null_mutual_above_mean": float(np.mean(null_mut)) if null_mut else float("nan"),
+        "n_null": int(n_null),
+        "seed": int(seed),
+    }
+    log.info(
+        "feature matching: %d/%d alive A features matched at r >= %g (null %.3f), %d mutual best",
+        summary["matched"],
+        n_alive,
+        threshold,
+        summary["null_fraction_mean"],
+        summary["mutual_best"],
+    )
     return fa, fb, summary

@@ -1,8 +1,8 @@
 """Feature-organisation statistics that can be compared across models (per layer, by depth).
 
-Built on what the atlas already writes per layer (:mod:`saeflow.cellatlas`: ``features.parquet``
+Built on what the atlas already writes per layer (:mod:`saeflow.cells.analysis`: ``features.parquet``
 with columns feature, alive, module, svd_aligned; the cross-layer tracking table of
-:func:`saeflow.modules.track_features` with columns layer, feature, class, persistence_*). Every
+:func:`saeflow.sae.modules.track_features` with columns layer, feature, class, persistence_*). Every
 statistic is a fraction of the layer's *alive* features, so SAEs of different widths compare:
 
 ``module_fraction``
@@ -32,19 +32,23 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 CLASSES = ("persistent", "moderate", "transient")
 
 
-def layer_organisation(features: pd.DataFrame, tracking: pd.DataFrame | None = None, *, layer=None) -> dict:
+def layer_organisation(
+    features: pd.DataFrame, tracking: pd.DataFrame | None = None, *, layer=None
+) -> dict:
     """The organisation statistics of one layer (module doc). ``features``: the layer's per-feature table
     (needs ``alive``; ``module`` and ``svd_aligned`` are used when present, else the statistic is NaN);
     ``tracking``: this layer's rows of the tracking table (or the whole table: rows of other layers are
     ignored when ``layer`` is given)."""
     if "alive" not in features.columns:
-        raise SaeflowError(f"layer_organisation: the feature table has no 'alive' column "
-                           f"(it has: {', '.join(map(str, features.columns))})")
+        raise SaeflowError(
+            f"layer_organisation: the feature table has no 'alive' column "
+            f"(it has: {', '.join(map(str, features.columns))})"
+        )
     alive = features["alive"].to_numpy(bool)
     n = int(alive.sum())
     row = {"layer": layer, "features": int(len(features)), "alive": n}
@@ -58,7 +62,9 @@ def layer_organisation(features: pd.DataFrame, tracking: pd.DataFrame | None = N
         row["modules"] = int(np.unique(mod[(mod >= 0) & alive]).size)
     else:
         row["module_fraction"], row["modules"] = float("nan"), np.nan
-    row["superposition_share"] = frac(~features["svd_aligned"].to_numpy(bool)) if "svd_aligned" in features else float("nan")
+    row["superposition_share"] = (
+        frac(~features["svd_aligned"].to_numpy(bool)) if "svd_aligned" in features else float("nan")
+    )
     tr = tracking
     if tr is not None and len(tr):
         for c in ("feature", "class"):
@@ -80,7 +86,9 @@ def layer_organisation(features: pd.DataFrame, tracking: pd.DataFrame | None = N
     return row
 
 
-def organisation_table(features: Mapping[int, pd.DataFrame], tracking: pd.DataFrame | None = None) -> pd.DataFrame:
+def organisation_table(
+    features: Mapping[int, pd.DataFrame], tracking: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row of :func:`layer_organisation` per layer (``features``: layer -> per-feature table)."""
     if not features:
         raise SaeflowError("organisation_table: no layers")

@@ -5,7 +5,7 @@ is hard for one model tends to be hard for the other. The difference must theref
 the pairs, not as two independent estimates. Two paired procedures are offered, on the same
 ``y``/scores:
 
-* **paired bootstrap** (reusing :func:`saeflow.probes.paired_bootstrap_delta`'s resampling): each
+* **paired bootstrap** (reusing :func:`saeflow.dna.probes.paired_bootstrap_delta`'s resampling): each
   round resamples the test items with replacement and scores both models on the same resample
   (resamples with one class only are skipped). CI: percentile 95% of the resampled deltas.
   p-value (two-sided, for delta != 0): ``min(1, 2 min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (1 + B))``
@@ -37,13 +37,29 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..probes import _as_labels, _auroc, _boot_aurocs, _need_two_classes, _percentile_ci
-from ..utils import SaeflowError
+from saeflow.dna.probes import _as_labels, _auroc, _boot_aurocs, _need_two_classes, _percentile_ci
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
-COMPARISON_COLUMNS = ["run_a", "run_b", "n_items", "n_pos", "auroc_a", "auroc_b", "delta", "ci_low", "ci_high",
-                      "p_boot", "n_boot_used", "se_delong", "z_delong", "p_delong", "ci_low_delong", "ci_high_delong"]
+COMPARISON_COLUMNS = [
+    "run_a",
+    "run_b",
+    "n_items",
+    "n_pos",
+    "auroc_a",
+    "auroc_b",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_boot",
+    "n_boot_used",
+    "se_delong",
+    "z_delong",
+    "p_delong",
+    "ci_low_delong",
+    "ci_high_delong",
+]
 
 
 def _scores(y, *scores, name: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -52,9 +68,13 @@ def _scores(y, *scores, name: str) -> tuple[np.ndarray, list[np.ndarray]]:
     for k, s in enumerate(scores):
         s = np.asarray(s, dtype=float)
         if s.shape != y.shape:
-            raise SaeflowError(f"{name}: score {k} has shape {s.shape} but the labels have shape {y.shape}")
+            raise SaeflowError(
+                f"{name}: score {k} has shape {s.shape} but the labels have shape {y.shape}"
+            )
         if not np.isfinite(s).all():
-            raise SaeflowError(f"{name}: score {k} holds {int((~np.isfinite(s)).sum())} NaN/inf values")
+            raise SaeflowError(
+                f"{name}: score {k} holds {int((~np.isfinite(s)).sum())} NaN/inf values"
+            )
         out.append(s)
     _need_two_classes(y, name)
     return y, out
@@ -112,11 +132,25 @@ def delong_test(y, score_a, score_b) -> dict:
         se, z = 0.0, float("nan")
         p = 1.0 if abs(delta) <= 1e-12 else 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = float(S[0, 1] / np.sqrt(S[0, 0] * S[1, 1])) if S[0, 0] > 0 and S[1, 1] > 0 else float("nan")
+        r = (
+            float(S[0, 1] / np.sqrt(S[0, 0] * S[1, 1]))
+            if S[0, 0] > 0 and S[1, 1] > 0
+            else float("nan")
+        )
     half = 1.959963984540054 * se
-    return {"auroc_a": float(auc[0]), "auroc_b": float(auc[1]), "delta": delta, "se": float(se), "z": float(z),
-            "p": p, "ci_low": float(delta - half), "ci_high": float(delta + half),
-            "se_a": float(np.sqrt(max(S[0, 0], 0.0))), "se_b": float(np.sqrt(max(S[1, 1], 0.0))), "r": r}
+    return {
+        "auroc_a": float(auc[0]),
+        "auroc_b": float(auc[1]),
+        "delta": delta,
+        "se": float(se),
+        "z": float(z),
+        "p": p,
+        "ci_low": float(delta - half),
+        "ci_high": float(delta + half),
+        "se_a": float(np.sqrt(max(S[0, 0], 0.0))),
+        "se_b": float(np.sqrt(max(S[1, 1], 0.0))),
+        "r": r,
+    }
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -135,7 +169,7 @@ def bootstrap_p(deltas: np.ndarray) -> float:
 def paired_auroc_delta(y, score_a, score_b, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """AUROC(a) - AUROC(b) on the same items: paired bootstrap CI and p, and DeLong's test.
 
-    The bootstrap resamples are those of :func:`saeflow.probes.paired_bootstrap_delta` with the same
+    The bootstrap resamples are those of :func:`saeflow.dna.probes.paired_bootstrap_delta` with the same
     ``seed`` (so ``ci_low``/``ci_high`` equal its interval). Keys: auroc_a, auroc_b, delta, ci_low,
     ci_high, p_boot, n_boot_used (resamples with both classes), se_delong, z_delong, p_delong,
     ci_low_delong, ci_high_delong.
@@ -147,14 +181,25 @@ def paired_auroc_delta(y, score_a, score_b, *, n_boot: int = 1000, seed: int = 0
     d = boots[:, 0] - boots[:, 1]
     lo, hi = _percentile_ci(d)
     dl = delong_test(y, a, b)
-    return {"auroc_a": _auroc(y, a), "auroc_b": _auroc(y, b), "delta": _auroc(y, a) - _auroc(y, b),
-            "ci_low": lo, "ci_high": hi, "p_boot": bootstrap_p(d), "n_boot_used": int(np.isfinite(d).sum()),
-            "se_delong": dl["se"], "z_delong": dl["z"], "p_delong": dl["p"],
-            "ci_low_delong": dl["ci_low"], "ci_high_delong": dl["ci_high"]}
+    return {
+        "auroc_a": _auroc(y, a),
+        "auroc_b": _auroc(y, b),
+        "delta": _auroc(y, a) - _auroc(y, b),
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_boot": bootstrap_p(d),
+        "n_boot_used": int(np.isfinite(d).sum()),
+        "se_delong": dl["se"],
+        "z_delong": dl["z"],
+        "p_delong": dl["p"],
+        "ci_low_delong": dl["ci_low"],
+        "ci_high_delong": dl["ci_high"],
+    }
 
 
-def unpaired_bootstrap_delta(y_a, score_a, y_b, score_b, *, n_boot: int = 1000, seed: int = 0
-                             ) -> tuple[float, float, float]:
+def unpaired_bootstrap_delta(
+    y_a, score_a, y_b, score_b, *, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
     """AUROC(a) - AUROC(b) with a percentile 95% CI from *independent* resamples of each run's items.
 
     For runs scored on different test items. On shared items with correlated errors this interval is
@@ -171,9 +216,16 @@ def unpaired_bootstrap_delta(y_a, score_a, y_b, score_b, *, n_boot: int = 1000, 
 # --------------------------------------------------------------------------- prediction tables
 
 
-def align_predictions(pred_a: pd.DataFrame, pred_b: pd.DataFrame, *, item: str = "item", label: str = "label",
-                      score: str = "score", names: tuple[str, str] = ("a", "b"), on_mismatch: str = "error"
-                      ) -> pd.DataFrame:
+def align_predictions(
+    pred_a: pd.DataFrame,
+    pred_b: pd.DataFrame,
+    *,
+    item: str = "item",
+    label: str = "label",
+    score: str = "score",
+    names: tuple[str, str] = ("a", "b"),
+    on_mismatch: str = "error",
+) -> pd.DataFrame:
     """Two runs' test predictions matched by item name: columns item, label, score_a, score_b.
 
     Each table holds one row per test item (``item``: a unique name, ``label``: 0/1, ``score``:
@@ -184,49 +236,88 @@ def align_predictions(pred_a: pd.DataFrame, pred_b: pd.DataFrame, *, item: str =
     some of the items only one run has).
     """
     if on_mismatch not in ("error", "intersect"):
-        raise SaeflowError(f"align_predictions: on_mismatch must be 'error' or 'intersect' (got {on_mismatch!r})")
+        raise SaeflowError(
+            f"align_predictions: on_mismatch must be 'error' or 'intersect' (got {on_mismatch!r})"
+        )
     for nm, t in zip(names, (pred_a, pred_b)):
         miss = [c for c in (item, label, score) if c not in t.columns]
         if miss:
-            raise SaeflowError(f"align_predictions: predictions of run {nm!r} have no column(s) {miss} "
-                               f"(they have: {', '.join(map(str, t.columns))})")
+            raise SaeflowError(
+                f"align_predictions: predictions of run {nm!r} have no column(s) {miss} "
+                f"(they have: {', '.join(map(str, t.columns))})"
+            )
         dup = t[item][t[item].duplicated()]
         if len(dup):
-            raise SaeflowError(f"align_predictions: run {nm!r} lists {dup.nunique()} items more than once "
-                               f"(e.g. {dup.astype(str).unique()[:3].tolist()}); one row per test item")
+            raise SaeflowError(
+                f"align_predictions: run {nm!r} lists {dup.nunique()} items more than once "
+                f"(e.g. {dup.astype(str).unique()[:3].tolist()}); one row per test item"
+            )
         s = pd.to_numeric(t[score], errors="coerce").to_numpy(dtype=float)
         if not np.isfinite(s).all():
-            raise SaeflowError(f"align_predictions: run {nm!r} has {int((~np.isfinite(s)).sum())} missing or "
-                               f"non-numeric scores in column {score!r}")
+            raise SaeflowError(
+                f"align_predictions: run {nm!r} has {int((~np.isfinite(s)).sum())} missing or "
+                f"non-numeric scores in column {score!r}"
+            )
     ka, kb = pred_a[item].astype(str), pred_b[item].astype(str)
     only_a = ka[~ka.isin(set(kb))]
     only_b = kb[~kb.isin(set(ka))]
     if len(only_a) or len(only_b):
-        msg = (f"the test items differ: {len(only_a)} of run {names[0]!r}'s {len(ka)} items are not in run "
-               f"{names[1]!r} (e.g. {only_a.head(3).tolist()}), {len(only_b)} of run {names[1]!r}'s {len(kb)} are "
-               f"not in run {names[0]!r} (e.g. {only_b.head(3).tolist()})")
+        msg = (
+            f"the test items differ: {len(only_a)} of run {names[0]!r}'s {len(ka)} items are not in run "
+            f"{names[1]!r} (e.g. {only_a.head(3).tolist()}), {len(only_b)} of run {names[1]!r}'s {len(kb)} are "
+            f"not in run {names[0]!r} (e.g. {only_b.head(3).tolist()})"
+        )
         if on_mismatch == "error":
-            raise SaeflowError(f"align_predictions: {msg}; a paired comparison needs the same items "
-                               "(score both runs on the same test split, or pass on_mismatch='intersect')")
-        log.warning("align_predictions: %s; comparing the %d shared items", msg, int(ka.isin(set(kb)).sum()))
-    a = pd.DataFrame({"item": ka.to_numpy(), "label": pred_a[label].to_numpy(), "score_a": pred_a[score].to_numpy(float)})
-    b = pd.DataFrame({"item": kb.to_numpy(), "label_b": pred_b[label].to_numpy(), "score_b": pred_b[score].to_numpy(float)})
+            raise SaeflowError(
+                f"align_predictions: {msg}; a paired comparison needs the same items "
+                "(score both runs on the same test split, or pass on_mismatch='intersect')"
+            )
+        log.warning(
+            "align_predictions: %s; comparing the %d shared items", msg, int(ka.isin(set(kb)).sum())
+        )
+    a = pd.DataFrame(
+        {
+            "item": ka.to_numpy(),
+            "label": pred_a[label].to_numpy(),
+            "score_a": pred_a[score].to_numpy(float),
+        }
+    )
+    b = pd.DataFrame(
+        {
+            "item": kb.to_numpy(),
+            "label_b": pred_b[label].to_numpy(),
+            "score_b": pred_b[score].to_numpy(float),
+        }
+    )
     m = a.merge(b, on="item", how="inner", sort=False)
     if len(m) == 0:
-        raise SaeflowError(f"align_predictions: runs {names[0]!r} and {names[1]!r} share no test items")
+        raise SaeflowError(
+            f"align_predictions: runs {names[0]!r} and {names[1]!r} share no test items"
+        )
     la = _as_labels(m["label"].to_numpy(), f"align_predictions (run {names[0]!r})")
     lb = _as_labels(m["label_b"].to_numpy(), f"align_predictions (run {names[1]!r})")
     bad = la != lb
     if bad.any():
-        raise SaeflowError(f"align_predictions: {int(bad.sum())} shared items have different labels in the two runs "
-                           f"(e.g. {m.item[bad].head(3).tolist()}); were they built from the same task table?")
+        raise SaeflowError(
+            f"align_predictions: {int(bad.sum())} shared items have different labels in the two runs "
+            f"(e.g. {m.item[bad].head(3).tolist()}); were they built from the same task table?"
+        )
     m["label"] = la
     return m[["item", "label", "score_a", "score_b"]]
 
 
-def auroc_comparison(pred_a: pd.DataFrame, pred_b: pd.DataFrame, *, by: Sequence[str] = (), names: tuple[str, str] = ("a", "b"),
-                     item: str = "item", label: str = "label", score: str = "score", n_boot: int = 1000,
-                     seed: int = 0) -> pd.DataFrame:
+def auroc_comparison(
+    pred_a: pd.DataFrame,
+    pred_b: pd.DataFrame,
+    *,
+    by: Sequence[str] = (),
+    names: tuple[str, str] = ("a", "b"),
+    item: str = "item",
+    label: str = "label",
+    score: str = "score",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Paired AUROC comparison of two runs, one row per group of ``by`` (e.g. ``["task"]``).
 
     Both tables must hold the same groups and, within each group, the same items
@@ -237,7 +328,9 @@ def auroc_comparison(pred_a: pd.DataFrame, pred_b: pd.DataFrame, *, by: Sequence
     for nm, t in zip(names, (pred_a, pred_b)):
         miss = [c for c in by if c not in t.columns]
         if miss:
-            raise SaeflowError(f"auroc_comparison: predictions of run {nm!r} have no column(s) {miss}")
+            raise SaeflowError(
+                f"auroc_comparison: predictions of run {nm!r} have no column(s) {miss}"
+            )
 
     def groups(t):
         if not by:
@@ -248,14 +341,31 @@ def auroc_comparison(pred_a: pd.DataFrame, pred_b: pd.DataFrame, *, by: Sequence
     rows = []
     for key, ga in ga_all.items():
         if key not in gb:
-            raise SaeflowError(f"auroc_comparison: group {dict(zip(by, key))} is in run {names[0]!r} but not in run "
-                               f"{names[1]!r}")
+            raise SaeflowError(
+                f"auroc_comparison: group {dict(zip(by, key))} is in run {names[0]!r} but not in run "
+                f"{names[1]!r}"
+            )
         al = align_predictions(ga, gb[key], item=item, label=label, score=score, names=names)
-        res = paired_auroc_delta(al.label.to_numpy(), al.score_a.to_numpy(), al.score_b.to_numpy(),
-                                 n_boot=n_boot, seed=seed)
-        rows.append({**dict(zip(by, key)), "run_a": names[0], "run_b": names[1], "n_items": int(len(al)),
-                     "n_pos": int(al.label.sum()), **res})
+        res = paired_auroc_delta(
+            al.label.to_numpy(),
+            al.score_a.to_numpy(),
+            al.score_b.to_numpy(),
+            n_boot=n_boot,
+            seed=seed,
+        )
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "run_a": names[0],
+                "run_b": names[1],
+                "n_items": int(len(al)),
+                "n_pos": int(al.label.sum()),
+                **res,
+            }
+        )
     extra = [dict(zip(by, k)) for k in gb if k not in ga_all]
     if extra:
-        raise SaeflowError(f"auroc_comparison: groups {extra[:3]} are in run {names[1]!r} but not in run {names[0]!r}")
+        raise SaeflowError(
+            f"auroc_comparison: groups {extra[:3]} are in run {names[1]!r} but not in run {names[0]!r}"
+        )
     return pd.DataFrame(rows, columns=by + COMPARISON_COLUMNS)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..utils import SaeflowError
-from .depth import align_depth
+from saeflow.compare.depth import align_depth
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- reading
 
 
-def read_layer_table(path, *, required: Sequence[str] = ("layer",), what: str = "table") -> pd.DataFrame:
+def read_layer_table(
+    path, *, required: Sequence[str] = ("layer",), what: str = "table"
+) -> pd.DataFrame:
     """A TSV/parquet table with (at least) the ``required`` columns; errors name the file."""
     path = Path(path)
     try:
@@ -36,20 +38,29 @@ def read_layer_table(path, *, required: Sequence[str] = ("layer",), what: str = 
         raise SaeflowError(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None
     miss = [c for c in required if c not in t.columns]
     if miss:
-        raise SaeflowError(f"{path}: the {what} has no column(s) {miss} (it has: {', '.join(map(str, t.columns))})")
+        raise SaeflowError(
+            f"{path}: the {what} has no column(s) {miss} (it has: {', '.join(map(str, t.columns))})"
+        )
     return t
 
 
 # --------------------------------------------------------------------------- depth pairs
 
 
-def depth_pairs(layers: Mapping[str, Sequence[int]], n_layers: Mapping[str, int], *, max_gap: float | None = None
-                ) -> pd.DataFrame:
+def depth_pairs(
+    layers: Mapping[str, Sequence[int]],
+    n_layers: Mapping[str, int],
+    *,
+    max_gap: float | None = None,
+) -> pd.DataFrame:
     """Each run's layer at each point of the common depth grid (the depths of the run with the fewest
     layers), nearest layer; a run further than ``max_gap`` from a grid point has layer -1 there.
 
     Returns grid_depth, run, layer, depth, gap (tidy, as :func:`align_depth`)."""
-    tables = {r: pd.DataFrame({"layer": sorted(set(int(l) for l in ls)), "_present": 1.0}) for r, ls in layers.items()}
+    tables = {
+        r: pd.DataFrame({"layer": sorted(set(int(l) for l in ls)), "_present": 1.0})
+        for r, ls in layers.items()
+    }
     for r, t in tables.items():
         if t.empty:
             raise SaeflowError(f"depth_pairs: run {r!r} has no layers")
@@ -62,8 +73,12 @@ def _pairs(runs: Sequence[str]) -> list[tuple[str, str]]:
     return [(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]
 
 
-def layer_pairs(layers: Mapping[str, Sequence[int]], n_layers: Mapping[str, int], *, max_gap: float | None = None
-                ) -> pd.DataFrame:
+def layer_pairs(
+    layers: Mapping[str, Sequence[int]],
+    n_layers: Mapping[str, int],
+    *,
+    max_gap: float | None = None,
+) -> pd.DataFrame:
     """For every pair of runs (in the order given) and every grid depth where both have a layer within
     ``max_gap``: grid_depth, run_a, layer_a, depth_a, run_b, layer_b, depth_b."""
     al = depth_pairs(layers, n_layers, max_gap=max_gap)
@@ -73,9 +88,20 @@ def layer_pairs(layers: Mapping[str, Sequence[int]], n_layers: Mapping[str, int]
             ra, rb = grp[grp.run == a].iloc[0], grp[grp.run == b].iloc[0]
             if ra.layer < 0 or rb.layer < 0:
                 continue
-            rows.append(dict(grid_depth=float(g), run_a=a, layer_a=int(ra.layer), depth_a=float(ra.depth),
-                             run_b=b, layer_b=int(rb.layer), depth_b=float(rb.depth)))
-    return pd.DataFrame(rows, columns=["grid_depth", "run_a", "layer_a", "depth_a", "run_b", "layer_b", "depth_b"])
+            rows.append(
+                dict(
+                    grid_depth=float(g),
+                    run_a=a,
+                    layer_a=int(ra.layer),
+                    depth_a=float(ra.depth),
+                    run_b=b,
+                    layer_b=int(rb.layer),
+                    depth_b=float(rb.depth),
+                )
+            )
+    return pd.DataFrame(
+        rows, columns=["grid_depth", "run_a", "layer_a", "depth_a", "run_b", "layer_b", "depth_b"]
+    )
 
 
 # --------------------------------------------------------------------------- per-layer tables
@@ -111,12 +137,20 @@ def annotation_rates(summary: pd.DataFrame, kind: str) -> pd.DataFrame:
     return t
 
 
-def compare_layer_tables(tables: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int], *,
-                         columns: Sequence[str] | None = None, max_gap: float | None = None) -> pd.DataFrame:
+def compare_layer_tables(
+    tables: Mapping[str, pd.DataFrame],
+    n_layers: Mapping[str, int],
+    *,
+    columns: Sequence[str] | None = None,
+    max_gap: float | None = None,
+) -> pd.DataFrame:
     """Per-layer tables of several runs on one depth grid (tidy; :func:`align_depth`), carrying the
     numeric columns every run has (or ``columns``, kept where present and NaN elsewhere)."""
     if columns is not None:
-        tables = {r: t.reindex(columns=list(dict.fromkeys(["layer", *columns]))) for r, t in tables.items()}
+        tables = {
+            r: t.reindex(columns=list(dict.fromkeys(["layer", *columns])))
+            for r, t in tables.items()
+        }
         tables = {r: t.astype({c: float for c in columns}) for r, t in tables.items()}
     return align_depth(tables, n_layers, columns=columns, max_gap=max_gap)
 
@@ -133,31 +167,65 @@ def head_scan_layers(scan: pd.DataFrame) -> pd.DataFrame:
         r = pd.to_numeric(g["r"], errors="coerce")
         rho = pd.to_numeric(g["rho"], errors="coerce")
         passes = g["passes"].astype(str).str.lower().isin(["true", "1"])
-        rows.append(dict(motif=motif, layer=int(layer), heads=int(len(g)),
-                         best_r=float(r.max()) if r.notna().any() else np.nan,
-                         best_r_head=int(g["head"].loc[r.idxmax()]) if r.notna().any() else -1,
-                         best_rho=float(rho.max()) if rho.notna().any() else np.nan,
-                         best_rho_head=int(g["head"].loc[rho.idxmax()]) if rho.notna().any() else -1,
-                         passing=int(passes.sum()), passing_fraction=float(passes.mean())))
-    return pd.DataFrame(rows, columns=["motif", "layer", "heads", "best_r", "best_r_head", "best_rho", "best_rho_head",
-                                       "passing", "passing_fraction"])
+        rows.append(
+            dict(
+                motif=motif,
+                layer=int(layer),
+                heads=int(len(g)),
+                best_r=float(r.max()) if r.notna().any() else np.nan,
+                best_r_head=int(g["head"].loc[r.idxmax()]) if r.notna().any() else -1,
+                best_rho=float(rho.max()) if rho.notna().any() else np.nan,
+                best_rho_head=int(g["head"].loc[rho.idxmax()]) if rho.notna().any() else -1,
+                passing=int(passes.sum()),
+                passing_fraction=float(passes.mean()),
+            )
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "motif",
+            "layer",
+            "heads",
+            "best_r",
+            "best_r_head",
+            "best_rho",
+            "best_rho_head",
+            "passing",
+            "passing_fraction",
+        ],
+    )
 
 
-def compare_head_scans(scans: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int], *,
-                       max_gap: float | None = None) -> pd.DataFrame:
+def compare_head_scans(
+    scans: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int], *, max_gap: float | None = None
+) -> pd.DataFrame:
     """:func:`head_scan_layers` of every run on one depth grid, per motif the runs share."""
     per = {r: head_scan_layers(s) for r, s in scans.items()}
     motifs = None
     for t in per.values():
         motifs = set(t.motif) if motifs is None else motifs & set(t.motif)
     if not motifs:
-        raise SaeflowError(f"compare_head_scans: the runs scanned no motif in common "
-                           f"({ {r: sorted(set(t.motif)) for r, t in per.items()} })")
-    cols = ["heads", "best_r", "best_r_head", "best_rho", "best_rho_head", "passing", "passing_fraction"]
+        raise SaeflowError(
+            f"compare_head_scans: the runs scanned no motif in common "
+            f"({ {r: sorted(set(t.motif)) for r, t in per.items()} })"
+        )
+    cols = [
+        "heads",
+        "best_r",
+        "best_r_head",
+        "best_rho",
+        "best_rho_head",
+        "passing",
+        "passing_fraction",
+    ]
     frames = []
     for m in sorted(motifs):
-        al = align_depth({r: t[t.motif == m].drop(columns="motif") for r, t in per.items()}, n_layers,
-                         columns=cols, max_gap=max_gap)
+        al = align_depth(
+            {r: t[t.motif == m].drop(columns="motif") for r, t in per.items()},
+            n_layers,
+            columns=cols,
+            max_gap=max_gap,
+        )
         al.insert(0, "motif", m)
         frames.append(al)
     return pd.concat(frames, ignore_index=True)
@@ -166,9 +234,17 @@ def compare_head_scans(scans: Mapping[str, pd.DataFrame], n_layers: Mapping[str,
 # --------------------------------------------------------------------------- probes
 
 
-def compare_probe_predictions(preds: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int], *,
-                              control: str = "features", level: str = "sequence", target: str = "label",
-                              n_boot: int = 1000, seed: int = 0, max_gap: float | None = None) -> pd.DataFrame:
+def compare_probe_predictions(
+    preds: Mapping[str, pd.DataFrame],
+    n_layers: Mapping[str, int],
+    *,
+    control: str = "features",
+    level: str = "sequence",
+    target: str = "label",
+    n_boot: int = 1000,
+    seed: int = 0,
+    max_gap: float | None = None,
+) -> pd.DataFrame:
     """Paired AUROC deltas of every pair of runs, per depth-aligned layer pair, on the same test items.
 
     ``preds``: run -> the probe rule's ``probe_predictions.parquet`` (layer, level, target, control,
@@ -179,18 +255,22 @@ def compare_probe_predictions(preds: Mapping[str, pd.DataFrame], n_layers: Mappi
     control, n_items, n_pos, auroc_a, auroc_b, delta, ci_low, ci_high, p_boot, n_boot_used,
     se_delong, z_delong, p_delong, ci_low_delong, ci_high_delong.
     """
-    from .paired import COMPARISON_COLUMNS, auroc_comparison
+    from saeflow.compare.paired import COMPARISON_COLUMNS, auroc_comparison
 
     sel, layers = {}, {}
     for r, p in preds.items():
         for c in ("layer", "level", "target", "control", "item", "label", "score"):
             if c not in p.columns:
-                raise SaeflowError(f"compare_probe_predictions: predictions of run {r!r} have no column {c!r}")
+                raise SaeflowError(
+                    f"compare_probe_predictions: predictions of run {r!r} have no column {c!r}"
+                )
         s = p[(p.level == level) & (p.target.astype(str) == target) & (p.control == control)]
         if s.empty:
-            raise SaeflowError(f"compare_probe_predictions: run {r!r} has no predictions for level={level!r}, "
-                               f"target={target!r}, control={control!r} (controls there: "
-                               f"{sorted(p.control.unique().tolist())})")
+            raise SaeflowError(
+                f"compare_probe_predictions: run {r!r} has no predictions for level={level!r}, "
+                f"target={target!r}, control={control!r} (controls there: "
+                f"{sorted(p.control.unique().tolist())})"
+            )
         sel[r] = s
         layers[r] = sorted(s.layer.unique().astype(int).tolist())
     pairs = layer_pairs(layers, n_layers, max_gap=max_gap)
@@ -210,12 +290,20 @@ def compare_probe_predictions(preds: Mapping[str, pd.DataFrame], n_layers: Mappi
 def plot_probe_comparison(table: pd.DataFrame, path, *, title: str | None = None) -> None:
     """Two panels against relative depth: each run's AUROC, and each pair's paired delta with its
     bootstrap 95% CI (DeLong p in the legend's order). PNG, written atomically."""
-    from .. import plots  # Agg backend
     import matplotlib.pyplot as plt
+
+    from saeflow import plots  # Agg backend
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     if table.empty:
-        ax1.text(0.5, 0.5, "no layer pairs within max_gap", ha="center", va="center", transform=ax1.transAxes)
+        ax1.text(
+            0.5,
+            0.5,
+            "no layer pairs within max_gap",
+            ha="center",
+            va="center",
+            transform=ax1.transAxes,
+        )
     seen = set()
     for side in ("a", "b"):
         for run, g in table.groupby(f"run_{side}", sort=False):
@@ -227,9 +315,13 @@ def plot_probe_comparison(table: pd.DataFrame, path, *, title: str | None = None
     for (a, b), g in table.groupby(["run_a", "run_b"], sort=False):
         g = g.sort_values("grid_depth")
         err = np.vstack([g.delta - g.ci_low, g.ci_high - g.delta])
-        ax2.errorbar(g.grid_depth, g.delta, yerr=np.nan_to_num(err), fmt="o-", capsize=3, label=f"{a} - {b}")
+        ax2.errorbar(
+            g.grid_depth, g.delta, yerr=np.nan_to_num(err), fmt="o-", capsize=3, label=f"{a} - {b}"
+        )
         for x, y, p in zip(g.grid_depth, g.delta, g.p_delong):
-            ax2.annotate(f"p={p:.2g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax2.annotate(
+                f"p={p:.2g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
+            )
     ax2.axhline(0, color="grey", lw=0.8)
     ax1.set_ylabel("test AUROC")
     ax2.set_ylabel("AUROC delta (paired 95% CI)")
@@ -246,13 +338,20 @@ def plot_probe_comparison(table: pd.DataFrame, path, *, title: str | None = None
 # --------------------------------------------------------------------------- organisation
 
 
-def run_organisation_table(features: Mapping[int, pd.DataFrame], tracking: pd.DataFrame | None = None) -> pd.DataFrame:
+def run_organisation_table(
+    features: Mapping[int, pd.DataFrame], tracking: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """:func:`saeflow.compare.organisation.organisation_table` with the fraction columns always present."""
-    from .organisation import organisation_table
+    from saeflow.compare.organisation import organisation_table
 
     t = organisation_table(features, tracking)
-    for c in ("module_fraction", "superposition_share", "persistent_fraction", "moderate_fraction",
-              "transient_fraction"):
+    for c in (
+        "module_fraction",
+        "superposition_share",
+        "persistent_fraction",
+        "moderate_fraction",
+        "transient_fraction",
+    ):
         if c not in t.columns:
             t[c] = np.nan
     return t
@@ -263,17 +362,32 @@ def run_organisation_table(features: Mapping[int, pd.DataFrame], tracking: pd.Da
 
 def plot_matching(table: pd.DataFrame, path, *, title: str | None = None) -> None:
     """Matched fraction of each pair against its row-shuffled null (mean +- sd), by depth."""
-    from .. import plots  # Agg backend
     import matplotlib.pyplot as plt
+
+    from saeflow import plots  # Agg backend
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for (a, b, rows), g in table.groupby(["run_a", "run_b", "rows"], sort=False):
         g = g.sort_values("grid_depth")
-        line, = ax.plot(g.grid_depth, g.matched_fraction, "o-", label=f"{a} vs {b} ({rows})")
-        ax.errorbar(g.grid_depth, g.null_fraction_mean, yerr=np.nan_to_num(g.null_fraction_sd), fmt="x--",
-                    color=line.get_color(), alpha=0.6, capsize=3)
+        (line,) = ax.plot(g.grid_depth, g.matched_fraction, "o-", label=f"{a} vs {b} ({rows})")
+        ax.errorbar(
+            g.grid_depth,
+            g.null_fraction_mean,
+            yerr=np.nan_to_num(g.null_fraction_sd),
+            fmt="x--",
+            color=line.get_color(),
+            alpha=0.6,
+            capsize=3,
+        )
     if table.empty:
-        ax.text(0.5, 0.5, "no layer pairs within max_gap", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no layer pairs within max_gap",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel("relative depth (layer / n_layers)")
     ax.set_ylabel("matched fraction (x: shuffled null)")
     ax.set_xlim(-0.03, 1.03)
@@ -294,13 +408,22 @@ def audit_candidate_blocks(sae_layers: Sequence[int], n_layers: int) -> list[int
     return [b for b in range(1, int(n_layers) + 1) if (b - 1) in s or b in s]
 
 
-def select_audit_heads(scan: pd.DataFrame, sae_layers: Sequence[int], n_layers: int, *, mode: str = "top",
-                       top: int = 6, n_heads: int | None = None) -> list[tuple[int, int]]:
+def select_audit_heads(
+    scan: pd.DataFrame,
+    sae_layers: Sequence[int],
+    n_layers: int,
+    *,
+    mode: str = "top",
+    top: int = 6,
+    n_heads: int | None = None,
+) -> list[tuple[int, int]]:
     """The (block, head) pairs to audit: ``top``: the ``top`` heads of the head scan by Pearson r (best
     over motifs) among the blocks next to an SAE layer; ``all``: every head of those blocks."""
     blocks = audit_candidate_blocks(sae_layers, n_layers)
     if not blocks:
-        raise SaeflowError(f"select_audit_heads: no block next to the SAE layers {list(sae_layers)}")
+        raise SaeflowError(
+            f"select_audit_heads: no block next to the SAE layers {list(sae_layers)}"
+        )
     if mode == "all":
         if n_heads is None:
             n_heads = int(scan["head"].max()) + 1
@@ -319,33 +442,44 @@ def select_audit_heads(scan: pd.DataFrame, sae_layers: Sequence[int], n_layers: 
     return sorted((int(l), int(h)) for l, h in best.index)
 
 
-def motif_directions(ablation: Mapping[int, pd.DataFrame], decoders: Mapping[int, np.ndarray]) -> pd.DataFrame:
+def motif_directions(
+    ablation: Mapping[int, pd.DataFrame], decoders: Mapping[int, np.ndarray]
+) -> pd.DataFrame:
     """The decoder row of each layer's best motif feature (ablation.tsv's motif, feature): one row per
     (sae_layer, motif) with the vector in ``vector``."""
     rows = []
     for layer, t in sorted(ablation.items()):
         for c in ("motif", "feature"):
             if c not in t.columns:
-                raise SaeflowError(f"motif_directions: the ablation table of layer {layer} has no {c!r} column")
+                raise SaeflowError(
+                    f"motif_directions: the ablation table of layer {layer} has no {c!r} column"
+                )
         W = np.asarray(decoders[layer])
         for r in t.itertuples(index=False):
             f = int(r.feature)
             if not 0 <= f < W.shape[0]:
-                raise SaeflowError(f"motif_directions: layer {layer} feature {f} is outside the SAE's {W.shape[0]} "
-                                   "latents; is the ablation table from another SAE?")
+                raise SaeflowError(
+                    f"motif_directions: layer {layer} feature {f} is outside the SAE's {W.shape[0]} "
+                    "latents; is the ablation table from another SAE?"
+                )
             rows.append(dict(sae_layer=int(layer), motif=str(r.motif), feature=f, vector=W[f]))
     return pd.DataFrame(rows, columns=["sae_layer", "motif", "feature", "vector"])
 
 
-def audit_run(weights: Mapping[int, Mapping], heads: Sequence[tuple[int, int]], directions: pd.DataFrame, *,
-              k: int = 5) -> pd.DataFrame:
+def audit_run(
+    weights: Mapping[int, Mapping],
+    heads: Sequence[tuple[int, int]],
+    directions: pd.DataFrame,
+    *,
+    k: int = 5,
+) -> pd.DataFrame:
     """OV/QK audit (:func:`saeflow.compare.circuits.audit_head`) of each (block, head) against the motif
     decoder directions at its read side (SAE layer block - 1) and write side (SAE layer block).
 
     ``weights``: block -> :meth:`ModelAdapter.head_weights` dict. Returns the audit columns plus side,
     sae_layer, motif, feature; the ``direction`` name is ``<motif> f<feature> L<sae_layer> <side>``.
     """
-    from .circuits import AUDIT_COLUMNS, audit_head
+    from saeflow.compare.circuits import AUDIT_COLUMNS, audit_head
 
     frames = []
     for block, h in heads:
@@ -356,14 +490,28 @@ def audit_run(weights: Mapping[int, Mapping], heads: Sequence[tuple[int, int]], 
                 continue
             names = [f"{m} f{f} L{sl} {side}" for m, f in zip(d.motif, d.feature)]
             vec = {n: v for n, v in zip(names, d.vector)}
-            t = audit_head(*(np.asarray(w[n])[h] for n in ("W_Q", "W_K", "W_V", "W_O")), vec, k=k, layer=block,
-                           head=h)
-            t["side"], t["sae_layer"], t["motif"], t["feature"] = side, sl, d.motif.to_numpy(), d.feature.to_numpy()
+            t = audit_head(
+                *(np.asarray(w[n])[h] for n in ("W_Q", "W_K", "W_V", "W_O")),
+                vec,
+                k=k,
+                layer=block,
+                head=h,
+            )
+            t["side"], t["sae_layer"], t["motif"], t["feature"] = (
+                side,
+                sl,
+                d.motif.to_numpy(),
+                d.feature.to_numpy(),
+            )
             frames.append(t)
     if not frames:
-        raise SaeflowError("audit_run: no (head, direction) pair: no motif feature at the layers next to the heads "
-                           f"{list(heads)} (SAE layers with features: {sorted(set(directions.sae_layer))})")
-    return pd.concat(frames, ignore_index=True)[AUDIT_COLUMNS + ["side", "sae_layer", "motif", "feature"]]
+        raise SaeflowError(
+            "audit_run: no (head, direction) pair: no motif feature at the layers next to the heads "
+            f"{list(heads)} (SAE layers with features: {sorted(set(directions.sae_layer))})"
+        )
+    return pd.concat(frames, ignore_index=True)[
+        AUDIT_COLUMNS + ["side", "sae_layer", "motif", "feature"]
+    ]
 
 
 def matching_rows(rows: str, run_a: Mapping, run_b: Mapping) -> str | None:
@@ -386,20 +534,51 @@ def sample_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, int(max_rows), replace=False))
 
 
-MATCH_SUMMARY_COLUMNS = ["grid_depth", "run_a", "layer_a", "depth_a", "run_b", "layer_b", "depth_b", "rows", "n_rows",
-                         "n_a", "n_b", "alive_a", "alive_b", "threshold", "matched", "matched_fraction",
-                         "null_fraction_mean", "null_fraction_sd", "p_empirical", "mutual_best", "mutual_above",
-                         "null_mutual_above_mean", "n_null"]
+MATCH_SUMMARY_COLUMNS = [
+    "grid_depth",
+    "run_a",
+    "layer_a",
+    "depth_a",
+    "run_b",
+    "layer_b",
+    "depth_b",
+    "rows",
+    "n_rows",
+    "n_a",
+    "n_b",
+    "alive_a",
+    "alive_b",
+    "threshold",
+    "matched",
+    "matched_fraction",
+    "null_fraction_mean",
+    "null_fraction_sd",
+    "p_empirical",
+    "mutual_best",
+    "mutual_above",
+    "null_mutual_above_mean",
+    "n_null",
+]
 
 
-def match_pair(A, B, pair: Mapping, rows: str, *, threshold: float = 0.5, n_null: int = 19, seed: int = 0
-               ) -> tuple[dict, pd.DataFrame]:
+def match_pair(
+    A, B, pair: Mapping, rows: str, *, threshold: float = 0.5, n_null: int = 19, seed: int = 0
+) -> tuple[dict, pd.DataFrame]:
     """:func:`saeflow.compare.matching.match_features` of one depth-aligned layer pair: the summary row
     (:data:`MATCH_SUMMARY_COLUMNS`) and run A's per-feature matches (with the pair's keys)."""
-    from .matching import match_features
+    from saeflow.compare.matching import match_features
 
     fa, _fb, summ = match_features(A, B, threshold=threshold, n_null=n_null, seed=seed)
-    row = {**dict(pair), "rows": rows, **{k: v for k, v in summ.items() if k in MATCH_SUMMARY_COLUMNS}}
-    feats = fa.assign(grid_depth=pair["grid_depth"], run_a=pair["run_a"], layer_a=pair["layer_a"],
-                      run_b=pair["run_b"], layer_b=pair["layer_b"])
+    row = {
+        **dict(pair),
+        "rows": rows,
+        **{k: v for k, v in summ.items() if k in MATCH_SUMMARY_COLUMNS},
+    }
+    feats = fa.assign(
+        grid_depth=pair["grid_depth"],
+        run_a=pair["run_a"],
+        layer_a=pair["layer_a"],
+        run_b=pair["run_b"],
+        layer_b=pair["layer_b"],
+    )
     return {c: row.get(c) for c in MATCH_SUMMARY_COLUMNS}, feats

@@ -1,3 +1,3 @@
 """Model loading and adapters: one interface over every model family."""
 
-from .adapter import DnaAdapter, load_model  # noqa: F401
+from saeflow.models.adapter import DnaAdapter, load_model  # noqa: F401

@@ -16,8 +16,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..utils import SaeflowError
-from .base import HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.models.base import HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ class HFMaskedLMAdapter(HookedAdapter):
     def blocks(self) -> list:
         blocks = list(self.model.base_model.encoder.layer)
         if len(blocks) != self.n_layers:
-            raise SaeflowError(f"{type(self.model).__name__}: {len(blocks)} blocks, config says {self.n_layers}")
+            raise SaeflowError(
+                f"{type(self.model).__name__}: {len(blocks)} blocks, config says {self.n_layers}"
+            )
         return blocks
 
     def resid_site(self, layer: int) -> Site:
@@ -46,8 +48,14 @@ class HFMaskedLMAdapter(HookedAdapter):
     def layer_sites(self, layer: int) -> LayerSites:
         block = self.blocks()[layer - 1]
         att = block.attention.self
-        return LayerSites(q=Site(att.query), k=Site(att.key), v=Site(att.value),
-                          head_out=Site(att, "output", 0), mlp=Site(block.intermediate), attn=None)
+        return LayerSites(
+            q=Site(att.query),
+            k=Site(att.key),
+            v=Site(att.value),
+            head_out=Site(att, "output", 0),
+            mlp=Site(block.intermediate),
+            attn=None,
+        )
 
     def head_weights(self, layer: int) -> dict:
         import torch
@@ -55,8 +63,10 @@ class HFMaskedLMAdapter(HookedAdapter):
         block = self.blocks()[layer - 1]
         att, H, dh, d = block.attention.self, self.n_heads, self.d_head, self.d_model
         with torch.no_grad():
-            w = {k: getattr(att, m).weight.detach().T.reshape(d, H, dh).permute(1, 0, 2).clone()
-                 for k, m in (("W_Q", "query"), ("W_K", "key"), ("W_V", "value"))}
+            w = {
+                k: getattr(att, m).weight.detach().T.reshape(d, H, dh).permute(1, 0, 2).clone()
+                for k, m in (("W_Q", "query"), ("W_K", "key"), ("W_V", "value"))
+            }
             w["W_O"] = block.attention.output.dense.weight.detach().T.reshape(H, dh, d).clone()
         return w
 
@@ -77,8 +87,12 @@ class DnaAdapter(HFMaskedLMAdapter):
             max_length=max_length,
             return_tensors="pt",
         )
-        special = enc["special_tokens_mask"].numpy().astype(bool) | (enc["attention_mask"].numpy() == 0)
-        return TokenBatch(enc["input_ids"], enc["attention_mask"], enc["offset_mapping"].numpy(), special)
+        special = enc["special_tokens_mask"].numpy().astype(bool) | (
+            enc["attention_mask"].numpy() == 0
+        )
+        return TokenBatch(
+            enc["input_ids"], enc["attention_mask"], enc["offset_mapping"].numpy(), special
+        )
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -86,7 +100,9 @@ def read_config(path: str | os.PathLike) -> dict:
     path = Path(path)
     cfg = path / "config.json"
     if not path.is_dir() or not cfg.is_file():
-        raise SaeflowError(f"{path}: not a model directory (no config.json); expected a save_pretrained layout")
+        raise SaeflowError(
+            f"{path}: not a model directory (no config.json); expected a save_pretrained layout"
+        )
     try:
         return json.loads(cfg.read_text())
     except json.JSONDecodeError as e:
@@ -108,19 +124,30 @@ def load_checked(model_cls, path: str | os.PathLike, config, what: str):
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
     try:
-        model, info = model_cls.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True,
-                                                **dtype_kw)
+        model, info = model_cls.from_pretrained(
+            path, config=config, local_files_only=True, output_loading_info=True, **dtype_kw
+        )
     except (OSError, RuntimeError, ValueError) as e:
-        raise SaeflowError(f"{path}: cannot load the {what} weights ({type(e).__name__}: {e})") from None
+        raise SaeflowError(
+            f"{path}: cannot load the {what} weights ({type(e).__name__}: {e})"
+        ) from None
     missing = sorted(info.get("missing_keys") or [])
     mismatched = sorted(str(m) for m in (info.get("mismatched_keys") or []))
     if missing or mismatched:
-        raise SaeflowError(f"{path}: the checkpoint does not fit {what} ({type(model).__name__}): "
-                           f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}, "
-                           f"mis-shaped {mismatched[:6]}{' ...' if len(mismatched) > 6 else ''}")
+        raise SaeflowError(
+            f"{path}: the checkpoint does not fit {what} ({type(model).__name__}): "
+            f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}, "
+            f"mis-shaped {mismatched[:6]}{' ...' if len(mismatched) > 6 else ''}"
+        )
     unexpected = sorted(info.get("unexpected_keys") or [])
     if unexpected:
-        log.info("%s: %d checkpoint tensors unused by %s (e.g. %s)", path, len(unexpected), what, unexpected[:3])
+        log.info(
+            "%s: %d checkpoint tensors unused by %s (e.g. %s)",
+            path,
+            len(unexpected),
+            what,
+            unexpected[:3],
+        )
     return model
 
 
@@ -129,11 +156,15 @@ def _load_toy(path: str | os.PathLike, device=None) -> DnaAdapter:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
-        raise SaeflowError(f"{path}: not a model directory (no config.json); expected a save_pretrained layout")
+        raise SaeflowError(
+            f"{path}: not a model directory (no config.json); expected a save_pretrained layout"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForMaskedLM.from_pretrained(path, local_files_only=True)
     if not getattr(tokenizer, "is_fast", False):
-        raise SaeflowError(f"{path}: tokenizer is not a fast tokenizer; token->base offsets need one")
+        raise SaeflowError(
+            f"{path}: tokenizer is not a fast tokenizer; token->base offsets need one"
+        )
     return DnaAdapter(model, tokenizer, device)
 
 
@@ -142,7 +173,10 @@ def _load_toy(path: str | os.PathLike, device=None) -> DnaAdapter:
 LOADERS: dict[str, tuple[str, str]] = {
     "toy": (__name__, "_load_toy"),
     "dnabert": ("saeflow.models.dnabert", "load_dnabert"),
-    "nucleotide_transformer": ("saeflow.models.nucleotide_transformer", "load_nucleotide_transformer"),
+    "nucleotide_transformer": (
+        "saeflow.models.nucleotide_transformer",
+        "load_nucleotide_transformer",
+    ),
     "geneformer": ("saeflow.models.geneformer", "load_geneformer"),
     "dnabert2": ("saeflow.models.dnabert2", "load_dnabert2"),
     "scgpt": ("saeflow.models.scgpt", "load_scgpt"),
@@ -179,13 +213,19 @@ def detect_family(path: str | os.PathLike) -> str:
     if not path.is_dir():
         raise SaeflowError(f"{path}: not a model directory (no such directory)")
     if not (path / "config.json").is_file():
-        if (path / "args.json").is_file() and (path / "vocab.json").is_file() and any(path.glob("*.pt")):
+        if (
+            (path / "args.json").is_file()
+            and (path / "vocab.json").is_file()
+            and any(path.glob("*.pt"))
+        ):
             return "scgpt"
-        raise SaeflowError(f"{path}: not a model directory (no config.json); expected a save_pretrained layout, "
-                           "or an scGPT checkpoint (args.json, vocab.json, *.pt)")
+        raise SaeflowError(
+            f"{path}: not a model directory (no config.json); expected a save_pretrained layout, "
+            "or an scGPT checkpoint (args.json, vocab.json, *.pt)"
+        )
     cfg = read_config(path)
     if cfg.get("model_type") in (None, "bert"):
-        from .geneformer import dictionary_candidates
+        from saeflow.models.geneformer import dictionary_candidates
 
         if dictionary_candidates(path):
             return "geneformer"
@@ -199,8 +239,10 @@ def detect_family(path: str | os.PathLike) -> str:
         return "dnabert"
     if head[:4] == ["<unk>", "<pad>", "<mask>", "<cls>"]:
         return "nucleotide_transformer"
-    raise SaeflowError(f"{path}: cannot tell the model family from its files (config.json model_type "
-                       f"{cfg.get('model_type')!r}); pass family= one of {', '.join(FAMILIES)}")
+    raise SaeflowError(
+        f"{path}: cannot tell the model family from its files (config.json model_type "
+        f"{cfg.get('model_type')!r}); pass family= one of {', '.join(FAMILIES)}"
+    )
 
 
 def load_model(path: str | os.PathLike, device=None, family: str | None = None):
@@ -221,8 +263,10 @@ def load_model(path: str | os.PathLike, device=None, family: str | None = None):
     try:
         loader = getattr(importlib.import_module(module), fn)
     except (ImportError, AttributeError) as e:
-        raise SaeflowError(f"model family {family!r}: its loader {module}.{fn} is not available "
-                           f"({type(e).__name__}: {e})") from None
+        raise SaeflowError(
+            f"model family {family!r}: its loader {module}.{fn} is not available "
+            f"({type(e).__name__}: {e})"
+        ) from None
     return loader(path, device=device)
 
 
@@ -244,21 +288,21 @@ def load_vocab(path: str | os.PathLike, family: str | None = None) -> dict[int, 
         except SaeflowError:
             fam = None
     if fam in ("dnabert", "nucleotide_transformer"):
-        from .dna_tokens import read_vocab_txt
+        from saeflow.models.dna_tokens import read_vocab_txt
 
         return dict(enumerate(read_vocab_txt(Path(path) / "vocab.txt")))
     if fam == "geneformer":
-        from .geneformer import find_dictionaries, read_token_dictionary
+        from saeflow.models.geneformer import find_dictionaries, read_token_dictionary
 
         tok_file, _ = find_dictionaries(path, vocab_size=read_config(path).get("vocab_size"))
         return {i: t for t, i in read_token_dictionary(tok_file).items()}
     if fam == "dnabert2":
-        from .dnabert2 import load_dnabert2_tokenizer
+        from saeflow.models.dnabert2 import load_dnabert2_tokenizer
 
         tok = load_dnabert2_tokenizer(Path(path) / "tokenizer.json")
         return {i: t for t, i in tok.get_vocab().items()}
     if fam == "scgpt":
-        from .scgpt import read_vocab
+        from saeflow.models.scgpt import read_vocab
 
         return {i: t for t, i in read_vocab(Path(path) / "vocab.json").items()}
     if fam is not None and fam not in LOADERS:

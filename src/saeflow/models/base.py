@@ -44,10 +44,16 @@ Replacement = Union[Callable[[Any], Any], Any]
 class TokenBatch:
     input_ids: Any  # torch.LongTensor (B, T)
     attention_mask: Any  # torch.LongTensor (B, T), 1 = real token
-    offsets: np.ndarray  # (B, T, 2) int: base span of each token in its sequence; (0, 0) for specials/cells
+    offsets: (
+        np.ndarray
+    )  # (B, T, 2) int: base span of each token in its sequence; (0, 0) for specials/cells
     special: np.ndarray  # (B, T) bool: special or padding tokens
-    genes: np.ndarray | None = None  # (B, T) object: gene id of each token (cell models), "" for specials
-    extra: dict = field(default_factory=dict)  # family-specific model inputs (e.g. scGPT's binned values)
+    genes: np.ndarray | None = (
+        None  # (B, T) object: gene id of each token (cell models), "" for specials
+    )
+    extra: dict = field(
+        default_factory=dict
+    )  # family-specific model inputs (e.g. scGPT's binned values)
 
 
 @dataclass
@@ -121,8 +127,13 @@ class ModelAdapter:
     def tokenize(self, inputs, max_length: int | None = None) -> TokenBatch:
         raise NotImplementedError
 
-    def run(self, batch: TokenBatch, capture: Capture | None = None, patch: Patch | None = None,
-            logits: bool = True) -> RunResult:
+    def run(
+        self,
+        batch: TokenBatch,
+        capture: Capture | None = None,
+        patch: Patch | None = None,
+        logits: bool = True,
+    ) -> RunResult:
         raise NotImplementedError
 
     def head_weights(self, layer: int) -> dict:
@@ -142,7 +153,9 @@ class Site:
 
     module: Any
     kind: str = "output"  # "input" | "output"
-    index: int | None = None  # for tuple outputs: which element (None = the whole tensor / element 0)
+    index: int | None = (
+        None  # for tuple outputs: which element (None = the whole tensor / element 0)
+    )
 
 
 @dataclass
@@ -181,7 +194,7 @@ def _put(out, index, new):
         return new
     if isinstance(out, tuple):
         i = index or 0
-        return (*out[:i], new, *out[i + 1:])
+        return (*out[:i], new, *out[i + 1 :])
     key = next(iter(out.keys())) if index is None else list(out.keys())[index]
     out[key] = new
     return out
@@ -193,6 +206,7 @@ def hook_site(site: Site, fn: Callable):
     Returns the hook handle (call ``.remove()``).
     """
     if site.kind == "input":
+
         def pre(mod, args, kwargs):
             if args:
                 new = fn(args[0])
@@ -214,7 +228,9 @@ def _resolve(rep, clean):
     """A replacement (function of the clean tensor, or a tensor) applied to ``clean``."""
     new = rep(clean) if callable(rep) else rep
     if tuple(new.shape) != tuple(clean.shape):
-        raise ValueError(f"replacement has shape {tuple(new.shape)}, the site's tensor {tuple(clean.shape)}")
+        raise ValueError(
+            f"replacement has shape {tuple(new.shape)}, the site's tensor {tuple(clean.shape)}"
+        )
     return new.to(dtype=clean.dtype, device=clean.device)
 
 
@@ -239,18 +255,28 @@ class HookedAdapter(ModelAdapter):
         return Site(blocks[layer - 1], "output", 0)
 
     def _forward(self, batch: TokenBatch, **kw):
-        return self.model(input_ids=batch.input_ids.to(self.device),
-                          attention_mask=batch.attention_mask.to(self.device), **kw)
+        return self.model(
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=batch.attention_mask.to(self.device),
+            **kw,
+        )
 
     def _check_layer(self, layer: int, lo: int = 0) -> None:
-        from ..utils import SaeflowError
+        from saeflow.utils import SaeflowError
 
         if not lo <= layer <= self.n_layers:
-            raise SaeflowError(f"layer {layer} out of range: {self.family or type(self.model).__name__} "
-                               f"has layers {lo}..{self.n_layers}")
+            raise SaeflowError(
+                f"layer {layer} out of range: {self.family or type(self.model).__name__} "
+                f"has layers {lo}..{self.n_layers}"
+            )
 
-    def run(self, batch: TokenBatch, capture: Capture | None = None, patch: Patch | None = None,
-            logits: bool = True) -> RunResult:
+    def run(
+        self,
+        batch: TokenBatch,
+        capture: Capture | None = None,
+        patch: Patch | None = None,
+        logits: bool = True,
+    ) -> RunResult:
         import contextlib
 
         import torch
@@ -263,6 +289,7 @@ class HookedAdapter(ModelAdapter):
         def record(store, layer, reshape=None):
             def f(t):
                 store[layer] = t.detach() if reshape is None else reshape(t.detach())
+
             return f
 
         def heads_view(t):  # (B, T, H*dh) -> (B, H, T, dh)
@@ -279,16 +306,24 @@ class HookedAdapter(ModelAdapter):
                     if rec:
                         res.resid[layer] = (t if new is None else new).detach()
                     return new
+
                 handles.append(hook_site(self.resid_site(layer), f))
-            inner = set(capture.attn) | set(capture.qkv) | set(capture.head_out) | set(capture.mlp) \
+            inner = (
+                set(capture.attn)
+                | set(capture.qkv)
+                | set(capture.head_out)
+                | set(capture.mlp)
                 | {lh[0] for lh in patch.heads}
+            )
             for layer in sorted(inner):
                 self._check_layer(layer, 1)
                 s = self.layer_sites(layer)
                 if layer in capture.qkv:
-                    handles += [hook_site(s.q, record(res.q, layer, heads_view)),
-                                hook_site(s.k, record(res.k, layer, heads_view)),
-                                hook_site(s.v, record(res.v, layer, heads_view))]
+                    handles += [
+                        hook_site(s.q, record(res.q, layer, heads_view)),
+                        hook_site(s.k, record(res.k, layer, heads_view)),
+                        hook_site(s.v, record(res.v, layer, heads_view)),
+                    ]
                 if layer in capture.mlp:
                     handles.append(hook_site(s.mlp, record(res.mlp, layer)))
                 if layer in capture.attn:
@@ -299,10 +334,13 @@ class HookedAdapter(ModelAdapter):
                 reps = {h: r for (l, h), r in patch.heads.items() if l == layer}
                 for h in reps:
                     if not 0 <= h < H:
-                        from ..utils import SaeflowError
+                        from saeflow.utils import SaeflowError
 
-                        raise SaeflowError(f"head {h} out of range: block {layer} has heads 0..{H - 1}")
+                        raise SaeflowError(
+                            f"head {h} out of range: block {layer} has heads 0..{H - 1}"
+                        )
                 if reps or layer in capture.head_out:
+
                     def g(t, reps=reps, layer=layer):
                         new = None
                         if reps:
@@ -311,8 +349,11 @@ class HookedAdapter(ModelAdapter):
                                 new[..., h, :] = _resolve(r, new[..., h, :])
                             new = new.reshape(t.shape)
                         if layer in capture.head_out:
-                            res.head_out[layer] = (t if new is None else new).detach().reshape(*t.shape[:-1], H, dh)
+                            res.head_out[layer] = (
+                                (t if new is None else new).detach().reshape(*t.shape[:-1], H, dh)
+                            )
                         return new
+
                     handles.append(hook_site(s.head_out, g))
             with contextlib.ExitStack() as stack:
                 kw = {}
@@ -377,4 +418,6 @@ class CellMatrix:
         return self.X.shape[0]
 
     def __getitem__(self, rows) -> "CellMatrix":
-        return CellMatrix(self.X[rows], self.gene_ids, self.gene_symbols, np.asarray(self.names)[rows])
+        return CellMatrix(
+            self.X[rows], self.gene_ids, self.gene_symbols, np.asarray(self.names)[rows]
+        )

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import SaeflowError
-from .base import TokenBatch
+from saeflow.models.base import TokenBatch
+from saeflow.utils import SaeflowError
 
 
 def read_vocab_txt(path: str | os.PathLike) -> list[str]:
@@ -50,7 +50,9 @@ def read_vocab_txt(path: str | os.PathLike) -> list[str]:
     seen: dict[str, int] = {}
     for i, t in enumerate(tokens):
         if t in seen:
-            raise SaeflowError(f"{path}: token {t!r} appears twice (lines {seen[t] + 1} and {i + 1})")
+            raise SaeflowError(
+                f"{path}: token {t!r} appears twice (lines {seen[t] + 1} and {i + 1})"
+            )
         seen[t] = i
     return tokens
 
@@ -67,12 +69,21 @@ def kmer_length(tokens: list[str], specials: set[str], path, alphabet: str = "AC
     k = max(len(t) for t in kmers)
     n = sum(len(t) == k for t in kmers)
     if n != len(alphabet) ** k:
-        raise SaeflowError(f"{path}: {n} distinct {k}-mers, a {k}-mer vocabulary has {len(alphabet) ** k}")
+        raise SaeflowError(
+            f"{path}: {n} distinct {k}-mers, a {k}-mer vocabulary has {len(alphabet) ** k}"
+        )
     return k
 
 
-def assemble(rows: list[list[tuple[int, int, int]]], prefix: list[int], suffix: list[int], pad_id: int,
-             max_length: int | None, limit: int | None, what: str) -> TokenBatch:
+def assemble(
+    rows: list[list[tuple[int, int, int]]],
+    prefix: list[int],
+    suffix: list[int],
+    pad_id: int,
+    max_length: int | None,
+    limit: int | None,
+    what: str,
+) -> TokenBatch:
     """A padded :class:`TokenBatch` from per-sequence content pieces ``(id, start, end)``.
 
     ``prefix``/``suffix`` are the special token ids around the content; ``limit`` is the most tokens
@@ -83,17 +94,23 @@ def assemble(rows: list[list[tuple[int, int, int]]], prefix: list[int], suffix: 
     n_special = len(prefix) + len(suffix)
     if max_length is not None:
         if max_length <= n_special:
-            raise SaeflowError(f"max_length={max_length}: {what} needs {n_special} special tokens, "
-                               "so no room is left for the sequence")
+            raise SaeflowError(
+                f"max_length={max_length}: {what} needs {n_special} special tokens, "
+                "so no room is left for the sequence"
+            )
         if limit is not None and max_length > limit:
-            raise SaeflowError(f"max_length={max_length} exceeds what {what} takes ({limit} tokens)")
+            raise SaeflowError(
+                f"max_length={max_length} exceeds what {what} takes ({limit} tokens)"
+            )
         keep = max_length - n_special
         rows = [r[:keep] for r in rows]
     elif limit is not None:
         for i, r in enumerate(rows):
             if len(r) + n_special > limit:
-                raise SaeflowError(f"sequence {i} of the batch is {len(r) + n_special} tokens long, {what} takes at "
-                                   f"most {limit}: use shorter sequences or pass max_length to truncate")
+                raise SaeflowError(
+                    f"sequence {i} of the batch is {len(r) + n_special} tokens long, {what} takes at "
+                    f"most {limit}: use shorter sequences or pass max_length to truncate"
+                )
     T = max(len(r) for r in rows) + n_special if rows else n_special
     B = len(rows)
     ids = np.full((B, T), pad_id, dtype=np.int64)

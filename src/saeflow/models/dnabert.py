@@ -26,10 +26,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..utils import SaeflowError
-from .adapter import HFMaskedLMAdapter, load_checked, read_config
-from .base import TokenBatch
-from .dna_tokens import VocabTokenizer, assemble, kmer_length, read_vocab_txt
+from saeflow.models.adapter import HFMaskedLMAdapter, load_checked, read_config
+from saeflow.models.base import TokenBatch
+from saeflow.models.dna_tokens import VocabTokenizer, assemble, kmer_length, read_vocab_txt
+from saeflow.utils import SaeflowError
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -57,10 +57,19 @@ class KmerTokenizer(VocabTokenizer):
         k, vocab, unk = self.k, self.vocab, self.unk_token_id
         return [(vocab.get(seq[i : i + k], unk), i, i + k) for i in range(len(seq) - k + 1)]
 
-    def encode(self, sequences: list[str], max_length: int | None = None, limit: int | None = None) -> TokenBatch:
+    def encode(
+        self, sequences: list[str], max_length: int | None = None, limit: int | None = None
+    ) -> TokenBatch:
         rows = [self.pieces(s.upper()) for s in sequences]
-        return assemble(rows, [self.cls_token_id], [self.sep_token_id], self.pad_token_id, max_length, limit,
-                        f"DNABERT ({self.k}-mers)")
+        return assemble(
+            rows,
+            [self.cls_token_id],
+            [self.sep_token_id],
+            self.pad_token_id,
+            max_length,
+            limit,
+            f"DNABERT ({self.k}-mers)",
+        )
 
 
 class DnaBertAdapter(HFMaskedLMAdapter):
@@ -85,10 +94,14 @@ def load_dnabert(path: str | os.PathLike, device=None) -> DnaBertAdapter:
     raw = read_config(path)
     tok = KmerTokenizer.from_file(path / "vocab.txt")
     if raw.get("model_type", "bert") != "bert":
-        raise SaeflowError(f"{path}/config.json: model_type {raw.get('model_type')!r}, DNABERT is a 'bert' model")
+        raise SaeflowError(
+            f"{path}/config.json: model_type {raw.get('model_type')!r}, DNABERT is a 'bert' model"
+        )
     config = BertConfig.from_pretrained(path, local_files_only=True)
     if config.vocab_size < len(tok):
-        raise SaeflowError(f"{path}: vocab.txt has {len(tok)} tokens ({tok.k}-mers), config.json vocab_size is only "
-                           f"{config.vocab_size}: the vocabulary does not belong to this model")
+        raise SaeflowError(
+            f"{path}: vocab.txt has {len(tok)} tokens ({tok.k}-mers), config.json vocab_size is only "
+            f"{config.vocab_size}: the vocabulary does not belong to this model"
+        )
     model = load_checked(BertForMaskedLM, path, config, f"DNABERT-{tok.k}")
     return DnaBertAdapter(model, tok, device)

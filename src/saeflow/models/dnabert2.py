@@ -88,8 +88,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import SaeflowError
-from .base import HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.models.base import HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,21 @@ class Dnabert2Config:
     pad_token_id: int = 0
     extra: dict = field(default_factory=dict)
 
-    REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    REQUIRED = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+    )
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "Dnabert2Config":
         missing = [k for k in cls.REQUIRED if k not in d]
         if missing:
-            raise SaeflowError(f"{source}: missing {', '.join(missing)}; not a DNABERT-2 config.json")
+            raise SaeflowError(
+                f"{source}: missing {', '.join(missing)}; not a DNABERT-2 config.json"
+            )
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         kw = {k: d[k] for k in known if k in d and d[k] is not None}
         cfg = cls(**kw, extra={k: v for k, v in d.items() if k not in known})
@@ -138,8 +146,10 @@ class Dnabert2Config:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise SaeflowError(f"{source}: {k} must be a positive integer, got {v!r}")
         if cfg.hidden_size % cfg.num_attention_heads:
-            raise SaeflowError(f"{source}: hidden_size {cfg.hidden_size} is not a multiple of "
-                               f"num_attention_heads {cfg.num_attention_heads}")
+            raise SaeflowError(
+                f"{source}: hidden_size {cfg.hidden_size} is not a multiple of "
+                f"num_attention_heads {cfg.num_attention_heads}"
+            )
         return cfg
 
     @classmethod
@@ -166,7 +176,7 @@ def alibi_slopes(n_heads: int) -> list[float]:
 
     def power_of_2(n: int) -> list[float]:
         start = 2 ** (-(2 ** -(math.log2(n) - 3)))
-        return [start * start ** i for i in range(n)]
+        return [start * start**i for i in range(n)]
 
     if math.log2(n_heads).is_integer():
         return power_of_2(n_heads)
@@ -192,7 +202,9 @@ class Dnabert2Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
@@ -213,8 +225,13 @@ class Dnabert2SelfAttention(nn.Module):
         self.head_out = nn.Identity()  # (B, T, H * d_head): concatenated heads
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, bias: torch.Tensor, key_mask: torch.Tensor,
-                attn_store: list | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        bias: torch.Tensor,
+        key_mask: torch.Tensor,
+        attn_store: list | None = None,
+    ) -> torch.Tensor:
         B, T, _ = hidden_states.shape
         H, dh = self.num_attention_heads, self.attention_head_size
         q, k, v = self.Wqkv(hidden_states).split(self.all_head_size, dim=-1)  # (t h d) layout
@@ -268,7 +285,7 @@ class Dnabert2GatedMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         h = self.gated_layers(hidden_states)
-        gated, non_gated = h[..., : self.intermediate_size], h[..., self.intermediate_size:]
+        gated, non_gated = h[..., : self.intermediate_size], h[..., self.intermediate_size :]
         h = self.glu(self.act(gated) * non_gated)
         return self.layernorm(self.wo(self.dropout(h)) + hidden_states)
 
@@ -291,7 +308,9 @@ class Dnabert2Encoder(nn.Module):
         self.num_attention_heads = config.num_attention_heads
         self.layer = nn.ModuleList([Dnabert2Layer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, attention_mask, output_hidden_states=False, output_attentions=False):
+    def forward(
+        self, hidden_states, attention_mask, output_hidden_states=False, output_attentions=False
+    ):
         T = hidden_states.shape[1]
         bias = alibi_bias(self.num_attention_heads, T, hidden_states.device, hidden_states.dtype)
         key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
@@ -301,8 +320,11 @@ class Dnabert2Encoder(nn.Module):
             hidden_states = block(hidden_states, bias, key_mask, attentions)
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
-        return hidden_states, (tuple(all_hidden) if all_hidden is not None else None), \
-            (tuple(attentions) if attentions is not None else None)
+        return (
+            hidden_states,
+            (tuple(all_hidden) if all_hidden is not None else None),
+            (tuple(attentions) if attentions is not None else None),
+        )
 
 
 class Dnabert2Model(nn.Module):
@@ -317,8 +339,14 @@ class Dnabert2Model(nn.Module):
         self.embeddings = Dnabert2Embeddings(config)
         self.encoder = Dnabert2Encoder(config)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None,
-                output_hidden_states=False, output_attentions=False):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        output_hidden_states=False,
+        output_attentions=False,
+    ):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
@@ -383,17 +411,35 @@ class Dnabert2ForMaskedLM(nn.Module):
     def base_model(self) -> Dnabert2Model:
         return self.bert
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
-                output_attentions=False, return_dict=None) -> Dnabert2Output:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        return_dict=None,
+    ) -> Dnabert2Output:
         if input_ids.dim() != 2:
-            raise SaeflowError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise SaeflowError(f"token ids must lie in 0..{self.config.vocab_size - 1} (vocab_size), got "
-                               f"{int(input_ids.min())}..{int(input_ids.max())}")
-        last, hidden, attentions = self.bert(input_ids, attention_mask, token_type_ids,
-                                             output_hidden_states, output_attentions)
-        return Dnabert2Output(logits=self.cls(last), last_hidden_state=last, hidden_states=hidden,
-                              attentions=attentions)
+            raise SaeflowError(
+                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}"
+            )
+        if input_ids.numel() and (
+            int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size
+        ):
+            raise SaeflowError(
+                f"token ids must lie in 0..{self.config.vocab_size - 1} (vocab_size), got "
+                f"{int(input_ids.min())}..{int(input_ids.max())}"
+            )
+        last, hidden, attentions = self.bert(
+            input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions
+        )
+        return Dnabert2Output(
+            logits=self.cls(last),
+            last_hidden_state=last,
+            hidden_states=hidden,
+            attentions=attentions,
+        )
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -433,10 +479,14 @@ def read_checkpoint(model_dir: str | os.PathLike) -> tuple[dict, Path]:
                 sd.update(_read_weights(d / s))
             return sd, d / name
     present = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
-    raise SaeflowError(f"{d}: no weights ({' or '.join(WEIGHT_FILES)}); the directory holds {present}")
+    raise SaeflowError(
+        f"{d}: no weights ({' or '.join(WEIGHT_FILES)}); the directory holds {present}"
+    )
 
 
-def load_checkpoint(model: Dnabert2ForMaskedLM, state_dict: dict, source: str = "checkpoint") -> None:
+def load_checkpoint(
+    model: Dnabert2ForMaskedLM, state_dict: dict, source: str = "checkpoint"
+) -> None:
     """Load a published-layout state dict with ``strict=True``, after explaining any mismatch.
 
     ``cls.predictions.decoder.weight`` is tied to the word embeddings: when the file omits it (a
@@ -452,8 +502,12 @@ def load_checkpoint(model: Dnabert2ForMaskedLM, state_dict: dict, source: str = 
         log.info("%s: ignoring %s (the masked LM has no pooler)", source, dropped)
     if WORD_EMBEDDINGS in sd:
         if TIED_DECODER in sd and not torch.equal(sd[TIED_DECODER], sd[WORD_EMBEDDINGS]):
-            log.warning("%s: %s differs from %s; using the word embeddings (the weights are tied)",
-                        source, TIED_DECODER, WORD_EMBEDDINGS)
+            log.warning(
+                "%s: %s differs from %s; using the word embeddings (the weights are tied)",
+                source,
+                TIED_DECODER,
+                WORD_EMBEDDINGS,
+            )
         sd[TIED_DECODER] = sd[WORD_EMBEDDINGS]
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
@@ -463,15 +517,22 @@ def load_checkpoint(model: Dnabert2ForMaskedLM, state_dict: dict, source: str = 
         if missing:
             msg.append(f"missing key(s): {missing[:12]}{' ...' if len(missing) > 12 else ''}")
         if unexpected:
-            msg.append(f"unexpected key(s): {unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}")
+            msg.append(
+                f"unexpected key(s): {unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}"
+            )
         if any(".attention.self.query." in k for k in unexpected):
-            msg.append("this looks like a standard Hugging Face BERT (separate query/key/value), not "
-                       "DNABERT-2 / MosaicBERT (fused Wqkv)")
+            msg.append(
+                "this looks like a standard Hugging Face BERT (separate query/key/value), not "
+                "DNABERT-2 / MosaicBERT (fused Wqkv)"
+            )
         elif missing and all(k.startswith("cls.") for k in missing):
             msg.append("the file has no masked-LM head (an encoder-only save?)")
         raise SaeflowError("; ".join(msg))
-    bad = [f"{k}: file {tuple(sd[k].shape)}, config {tuple(v.shape)}" for k, v in expected.items()
-           if tuple(sd[k].shape) != tuple(v.shape)]
+    bad = [
+        f"{k}: file {tuple(sd[k].shape)}, config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(sd[k].shape) != tuple(v.shape)
+    ]
     if bad:
         raise SaeflowError(f"{source}: tensor shapes do not match config.json: {bad[:6]}")
     model.load_state_dict(sd, strict=True)
@@ -487,18 +548,27 @@ def load_dnabert2_tokenizer(path: str | os.PathLike, vocab_size: int | None = No
     except Exception as e:
         raise SaeflowError(f"{path}: not a readable tokenizers JSON file ({e})") from e
     vocab = backend.get_vocab(with_added_tokens=True)
-    names = {"unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-             "mask_token": "[MASK]"}
+    names = {
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "mask_token": "[MASK]",
+    }
     specials = {k: t for k, t in names.items() if t in vocab}
     if "pad_token" not in specials:
         raise SaeflowError(f"{path}: no [PAD] token; batches of different lengths cannot be padded")
     if vocab_size is not None and max(vocab.values()) >= vocab_size:
-        raise SaeflowError(f"{path}: token ids go up to {max(vocab.values())}, but config.json has "
-                           f"vocab_size {vocab_size}; tokenizer and weights do not belong together")
+        raise SaeflowError(
+            f"{path}: token ids go up to {max(vocab.values())}, but config.json has "
+            f"vocab_size {vocab_size}; tokenizer and weights do not belong together"
+        )
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
     probe = tok("ACGT")["input_ids"]
     if "cls_token" in specials and (not probe or probe[0] != tok.cls_token_id):
-        log.warning("%s: the tokenizer adds no [CLS]; DNABERT-2 was trained on [CLS] ... [SEP]", path)
+        log.warning(
+            "%s: the tokenizer adds no [CLS]; DNABERT-2 was trained on [CLS] ... [SEP]", path
+        )
     return tok
 
 
@@ -519,8 +589,14 @@ class Dnabert2Adapter(HookedAdapter):
     def layer_sites(self, layer: int) -> LayerSites:
         block = self.blocks()[layer - 1]
         att = block.attention.self
-        return LayerSites(q=Site(att.q), k=Site(att.k), v=Site(att.v), head_out=Site(att.head_out),
-                          mlp=Site(block.mlp.glu), attn=Site(att.probs))
+        return LayerSites(
+            q=Site(att.q),
+            k=Site(att.k),
+            v=Site(att.v),
+            head_out=Site(att.head_out),
+            mlp=Site(block.mlp.glu),
+            attn=Site(att.probs),
+        )
 
     def head_weights(self, layer: int) -> dict:
         """W_Q, W_K, W_V (H, d, d_head) split from ``Wqkv`` (q, k, v blocks, head-major), W_O (H, d_head, d).
@@ -533,16 +609,20 @@ class Dnabert2Adapter(HookedAdapter):
         H, dh, d = self.n_heads, self.d_head, self.d_model
         with torch.no_grad():
             w = block.attention.self.Wqkv.weight.detach()  # (3d, d): rows q | k | v
-            out = {name: w[i * d:(i + 1) * d].T.reshape(d, H, dh).permute(1, 0, 2).clone()
-                   for i, name in enumerate(("W_Q", "W_K", "W_V"))}
+            out = {
+                name: w[i * d : (i + 1) * d].T.reshape(d, H, dh).permute(1, 0, 2).clone()
+                for i, name in enumerate(("W_Q", "W_K", "W_V"))
+            }
             out["W_O"] = block.attention.output.dense.weight.detach().T.reshape(H, dh, d).clone()
         return out
 
     # --- tokenisation ------------------------------------------------------------------------
     def _affixes(self) -> tuple[str, str]:
         model = self.tokenizer.backend_tokenizer.model
-        return (getattr(model, "continuing_subword_prefix", None) or "",
-                getattr(model, "end_of_word_suffix", None) or "")
+        return (
+            getattr(model, "continuing_subword_prefix", None) or "",
+            getattr(model, "end_of_word_suffix", None) or "",
+        )
 
     def tokenize(self, sequences, max_length: int | None = None) -> TokenBatch:
         if isinstance(sequences, str):
@@ -550,8 +630,15 @@ class Dnabert2Adapter(HookedAdapter):
         seqs = [str(s).upper() for s in sequences]
         if not seqs:
             raise SaeflowError("no sequences to tokenize")
-        enc = self.tokenizer(seqs, return_offsets_mapping=True, return_special_tokens_mask=True, padding=True,
-                             truncation=max_length is not None, max_length=max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            seqs,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         ids, am = enc["input_ids"], enc["attention_mask"]
         special = enc["special_tokens_mask"].numpy().astype(bool) | (am.numpy() == 0)
         offsets = enc["offset_mapping"].numpy().astype(np.int64)
@@ -559,7 +646,9 @@ class Dnabert2Adapter(HookedAdapter):
         self._fix_offsets(seqs, ids.numpy(), offsets, special)
         return TokenBatch(ids, am, offsets, special)
 
-    def _fix_offsets(self, seqs: list[str], ids: np.ndarray, offsets: np.ndarray, special: np.ndarray) -> None:
+    def _fix_offsets(
+        self, seqs: list[str], ids: np.ndarray, offsets: np.ndarray, special: np.ndarray
+    ) -> None:
         """Make ``seq[start:end]`` equal each BPE token's string, in place.
 
         The tokenizer's offsets are kept when they check out (the span holds the token and
@@ -580,7 +669,7 @@ class Dnabert2Adapter(HookedAdapter):
                     continue
                 piece = toks[t]
                 if prefix and piece.startswith(prefix):
-                    piece = piece[len(prefix):]
+                    piece = piece[len(prefix) :]
                 if suffix and piece.endswith(suffix):
                     piece = piece[: -len(suffix)]
                 piece = piece.upper()
@@ -589,9 +678,11 @@ class Dnabert2Adapter(HookedAdapter):
                 if not (seq[s:e] == piece and s >= cursor and not seq[cursor:s].strip()):
                     at = seq.find(piece, cursor)
                     if at < 0 or seq[cursor:at].strip():
-                        raise SaeflowError(f"sequence {b}: token {t} {toks[t]!r} matches no bases at "
-                                           f"position {cursor} (tokenizer offsets {s}..{e}); cannot map "
-                                           "tokens to bases")
+                        raise SaeflowError(
+                            f"sequence {b}: token {t} {toks[t]!r} matches no bases at "
+                            f"position {cursor} (tokenizer offsets {s}..{e}); cannot map "
+                            "tokens to bases"
+                        )
                     s, e = at, at + len(piece)
                     offsets[b, t] = (s, e)
                 cursor = e
@@ -606,15 +697,21 @@ def load_dnabert2(path: str | os.PathLike, device=None) -> Dnabert2Adapter:
     """
     d = Path(path)
     if not d.is_dir():
-        raise SaeflowError(f"{d}: not a directory; expected a DNABERT-2 snapshot (config.json, "
-                           "tokenizer.json, model.safetensors or pytorch_model.bin)")
+        raise SaeflowError(
+            f"{d}: not a directory; expected a DNABERT-2 snapshot (config.json, "
+            "tokenizer.json, model.safetensors or pytorch_model.bin)"
+        )
     for name in ("config.json", "tokenizer.json"):
         if not (d / name).is_file():
-            raise SaeflowError(f"{d}: no {name}; expected a DNABERT-2 snapshot (config.json, tokenizer.json, "
-                               "model.safetensors or pytorch_model.bin)")
+            raise SaeflowError(
+                f"{d}: no {name}; expected a DNABERT-2 snapshot (config.json, tokenizer.json, "
+                "model.safetensors or pytorch_model.bin)"
+            )
     config = Dnabert2Config.from_json(d / "config.json")
     state_dict, source = read_checkpoint(d)
     tokenizer = load_dnabert2_tokenizer(d / "tokenizer.json", config.vocab_size)
     model = Dnabert2ForMaskedLM(config)
     load_checkpoint(model, state_dict, str(source))
-    return Dnabert2Adapter(model, tokenizer, torch.device(device) if isinstance(device, str) else device)
+    return Dnabert2Adapter(
+        model, tokenizer, torch.device(device) if isinstance(device, str) else device
+    )

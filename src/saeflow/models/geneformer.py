@@ -53,9 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import SaeflowError
-from .adapter import HFMaskedLMAdapter, load_checked, read_config
-from .base import CellMatrix, TokenBatch
+from saeflow.models.adapter import HFMaskedLMAdapter, load_checked, read_config
+from saeflow.models.base import CellMatrix, TokenBatch
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ def _load_pickle(path: Path, what: str) -> dict:
     except Exception as e:  # unpickling raises many kinds for foreign or truncated files
         raise SaeflowError(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict) or not obj:
-        raise SaeflowError(f"{path}: the {what} should be a non-empty dict, found {type(obj).__name__}")
+        raise SaeflowError(
+            f"{path}: the {what} should be a non-empty dict, found {type(obj).__name__}"
+        )
     return obj
 
 
@@ -88,7 +90,9 @@ def read_token_dictionary(path: str | os.PathLike) -> dict[str, int]:
     out = {}
     for k, v in raw.items():
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-            raise SaeflowError(f"{path}: token dictionary value of {k!r} is {v!r}, expected an integer token id")
+            raise SaeflowError(
+                f"{path}: token dictionary value of {k!r} is {v!r}, expected an integer token id"
+            )
         out[str(k)] = int(v)
     for tok in ("<pad>", "<mask>"):
         if tok not in out:
@@ -105,8 +109,10 @@ def read_gene_medians(path: str | os.PathLike) -> dict[str, float]:
     out = {}
     for k, v in raw.items():
         if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
-            raise SaeflowError(f"{path}: median of {k!r} is a {type(v).__name__}, expected a number "
-                               "(the released dictionaries store plain non-zero medians)")
+            raise SaeflowError(
+                f"{path}: median of {k!r} is a {type(v).__name__}, expected a number "
+                "(the released dictionaries store plain non-zero medians)"
+            )
         v = float(v)
         if not (math.isfinite(v) and v > 0):
             raise SaeflowError(f"{path}: median of {k!r} is {v}, expected a positive number")
@@ -126,13 +132,16 @@ def dictionary_candidates(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     pattern = "token_dictionary*.pkl"
     places = [sorted(path.glob(pattern)), sorted(path.rglob(pattern))]
-    if (path.parent / "geneformer" / "__init__.py").is_file():  # the repository's package, not a model named so
+    if (
+        path.parent / "geneformer" / "__init__.py"
+    ).is_file():  # the repository's package, not a model named so
         places.append(sorted((path.parent / "geneformer").rglob(pattern)))
     return next((hits for hits in places if hits), [])
 
 
-def find_dictionaries(path: str | os.PathLike, token_dictionary=None, gene_median=None,
-                      vocab_size: int | None = None) -> tuple[Path, Path]:
+def find_dictionaries(
+    path: str | os.PathLike, token_dictionary=None, gene_median=None, vocab_size: int | None = None
+) -> tuple[Path, Path]:
     """The token and gene-median dictionary files of the model in ``path`` (see :func:`dictionary_candidates`).
 
     Explicit paths win. When several token dictionaries are found, the one whose size equals the
@@ -147,23 +156,31 @@ def find_dictionaries(path: str | os.PathLike, token_dictionary=None, gene_media
         if len(hits) > 1 and vocab_size is not None:
             hits = [h for h in hits if len(read_token_dictionary(h)) == vocab_size] or hits
         if not hits:
-            raise SaeflowError(f"{path}: no token_dictionary*.pkl found; copy Geneformer's dictionaries into the model "
-                               "directory (V2: token_dictionary_gc104M.pkl, gene_median_dictionary_gc104M.pkl; "
-                               "V1: the gc30M files) or pass their paths to load_geneformer")
+            raise SaeflowError(
+                f"{path}: no token_dictionary*.pkl found; copy Geneformer's dictionaries into the model "
+                "directory (V2: token_dictionary_gc104M.pkl, gene_median_dictionary_gc104M.pkl; "
+                "V1: the gc30M files) or pass their paths to load_geneformer"
+            )
         if len(hits) > 1:
-            raise SaeflowError(f"{path}: several token dictionaries {[str(h) for h in hits]}; keep the one that "
-                               "belongs to this model, or pass its path to load_geneformer")
+            raise SaeflowError(
+                f"{path}: several token dictionaries {[str(h) for h in hits]}; keep the one that "
+                "belongs to this model, or pass its path to load_geneformer"
+            )
         tok = hits[0]
     if gene_median is not None:
         return tok, Path(gene_median)
-    suffix = tok.name[len("token_dictionary"):] if tok.name.startswith("token_dictionary") else ".pkl"
+    suffix = (
+        tok.name[len("token_dictionary") :] if tok.name.startswith("token_dictionary") else ".pkl"
+    )
     med = tok.parent / f"gene_median_dictionary{suffix}"
     if not med.is_file():
         near = sorted(tok.parent.glob("gene_median_dictionary*.pkl"))
         if len(near) != 1:
-            raise SaeflowError(f"{tok.parent}: no {med.name} beside {tok.name} "
-                               f"({'found ' + str([n.name for n in near]) if near else 'none there'}); "
-                               "pass gene_median= to load_geneformer")
+            raise SaeflowError(
+                f"{tok.parent}: no {med.name} beside {tok.name} "
+                f"({'found ' + str([n.name for n in near]) if near else 'none there'}); "
+                "pass gene_median= to load_geneformer"
+            )
         med = near[0]
     return tok, med
 
@@ -171,8 +188,14 @@ def find_dictionaries(path: str | os.PathLike, token_dictionary=None, gene_media
 class GeneformerTokenizer:
     """Rank-value encoding of cells (see the module docstring for the steps and decisions)."""
 
-    def __init__(self, token_dict: dict[str, int], medians: dict[str, float], model_input_size: int,
-                 special_tokens: bool, source: str = "Geneformer"):
+    def __init__(
+        self,
+        token_dict: dict[str, int],
+        medians: dict[str, float],
+        model_input_size: int,
+        special_tokens: bool,
+        source: str = "Geneformer",
+    ):
         self.token_dict = dict(token_dict)
         self.special_tokens = bool(special_tokens)
         self.model_input_size = int(model_input_size)
@@ -182,10 +205,16 @@ class GeneformerTokenizer:
         self.cls_token_id = self.token_dict.get("<cls>") if special_tokens else None
         self.eos_token_id = self.token_dict.get("<eos>") if special_tokens else None
         if special_tokens and (self.cls_token_id is None or self.eos_token_id is None):
-            raise SaeflowError(f"{source}: V2 tokenization needs <cls> and <eos> in the token dictionary")
-        self.genes = {g: i for g, i in self.token_dict.items() if not _is_special(g) and g in medians}
+            raise SaeflowError(
+                f"{source}: V2 tokenization needs <cls> and <eos> in the token dictionary"
+            )
+        self.genes = {
+            g: i for g, i in self.token_dict.items() if not _is_special(g) and g in medians
+        }
         if not self.genes:
-            raise SaeflowError(f"{source}: no gene is in both the token dictionary and the median dictionary")
+            raise SaeflowError(
+                f"{source}: no gene is in both the token dictionary and the median dictionary"
+            )
         self.medians = {g: medians[g] for g in self.genes}
         self.id_to_token = {i: t for t, i in self.token_dict.items()}
         self._columns_cache: tuple | None = None
@@ -224,7 +253,11 @@ class GeneformerTokenizer:
                 uniq.append(key)
             cols.append(j)
             which.append(pos[key])
-        res = (np.asarray(cols, dtype=np.int64), np.asarray(which, dtype=np.int64), np.asarray(uniq, dtype=object))
+        res = (
+            np.asarray(cols, dtype=np.int64),
+            np.asarray(which, dtype=np.int64),
+            np.asarray(uniq, dtype=object),
+        )
         self._columns_cache = (gene_ids, res)
         return res
 
@@ -233,22 +266,31 @@ class GeneformerTokenizer:
         import scipy.sparse as sp
 
         if cells.gene_ids is None:
-            raise SaeflowError("Geneformer tokenizes cells by Ensembl gene id, but this CellMatrix has "
-                               "gene_ids=None (the dataset needs a gene id column)")
+            raise SaeflowError(
+                "Geneformer tokenizes cells by Ensembl gene id, but this CellMatrix has "
+                "gene_ids=None (the dataset needs a gene id column)"
+            )
         gene_ids = cells.gene_ids
         X = sp.csr_matrix(cells.X, dtype=np.float64)
         if X.shape[1] != len(gene_ids):
-            raise SaeflowError(f"CellMatrix: {X.shape[1]} gene columns but {len(gene_ids)} gene ids")
+            raise SaeflowError(
+                f"CellMatrix: {X.shape[1]} gene columns but {len(gene_ids)} gene ids"
+            )
         if X.nnz and X.data.min() < 0:
             raise SaeflowError("CellMatrix: negative values; Geneformer needs raw counts")
         cols, which, uniq = self._columns(gene_ids)
         n_counts = np.asarray(X.sum(axis=1)).ravel()
         if not len(cols):
-            log.warning("%s: none of the %d genes is in the token dictionary; every cell is empty", self.source,
-                        len(gene_ids))
+            log.warning(
+                "%s: none of the %d genes is in the token dictionary; every cell is empty",
+                self.source,
+                len(gene_ids),
+            )
             return [np.empty(0, dtype=object) for _ in range(X.shape[0])]
         # sum duplicated ids, then scale: counts / n_counts * 10,000 / median
-        collapse = sp.csr_matrix((np.ones(len(cols)), (np.arange(len(cols)), which)), shape=(len(cols), len(uniq)))
+        collapse = sp.csr_matrix(
+            (np.ones(len(cols)), (np.arange(len(cols)), which)), shape=(len(cols), len(uniq))
+        )
         with np.errstate(divide="ignore"):
             row_scale = np.where(n_counts > 0, TARGET_SUM / n_counts, 0.0)
         col_scale = 1.0 / np.array([self.medians[g] for g in uniq])
@@ -267,11 +309,17 @@ class GeneformerTokenizer:
     def encode(self, cells: CellMatrix, max_length: int | None = None) -> TokenBatch:
         import torch
 
-        limit = self.model_input_size if max_length is None else min(int(max_length), self.model_input_size)
+        limit = (
+            self.model_input_size
+            if max_length is None
+            else min(int(max_length), self.model_input_size)
+        )
         n_special = 2 if self.special_tokens else 0
         if limit <= n_special:
-            raise SaeflowError(f"max_length={max_length}: Geneformer {self.version} needs {n_special} special "
-                               "tokens, so no room is left for genes")
+            raise SaeflowError(
+                f"max_length={max_length}: Geneformer {self.version} needs {n_special} special "
+                "tokens, so no room is left for genes"
+            )
         ranked = [r[: limit - n_special] for r in self.rank_cells(cells)]
         B = len(ranked)
         T = max([len(r) for r in ranked] + [0]) + n_special
@@ -291,8 +339,13 @@ class GeneformerTokenizer:
                 genes[b, start : start + n] = r
                 special[b, start : start + n] = False
             mask[b, : n + n_special] = 1
-        return TokenBatch(torch.from_numpy(ids), torch.from_numpy(mask), np.zeros((B, T, 2), dtype=np.int64),
-                          special, genes=genes)
+        return TokenBatch(
+            torch.from_numpy(ids),
+            torch.from_numpy(mask),
+            np.zeros((B, T, 2), dtype=np.int64),
+            special,
+            genes=genes,
+        )
 
 
 class GeneformerAdapter(HFMaskedLMAdapter):
@@ -303,11 +356,15 @@ class GeneformerAdapter(HFMaskedLMAdapter):
 
     def tokenize(self, cells: CellMatrix, max_length: int | None = None) -> TokenBatch:
         if not isinstance(cells, CellMatrix):
-            raise SaeflowError(f"Geneformer tokenizes a CellMatrix (cells x genes counts), got {type(cells).__name__}")
+            raise SaeflowError(
+                f"Geneformer tokenizes a CellMatrix (cells x genes counts), got {type(cells).__name__}"
+            )
         return self.tokenizer.encode(cells, max_length)
 
 
-def load_geneformer(path: str | os.PathLike, device=None, token_dictionary=None, gene_median=None) -> GeneformerAdapter:
+def load_geneformer(
+    path: str | os.PathLike, device=None, token_dictionary=None, gene_median=None
+) -> GeneformerAdapter:
     """Geneformer V1 or V2 from a local directory (``config.json`` + weights) and its gene dictionaries.
 
     ``token_dictionary`` / ``gene_median``: explicit pickle paths; by default the one
@@ -318,21 +375,31 @@ def load_geneformer(path: str | os.PathLike, device=None, token_dictionary=None,
     path = Path(path)
     raw = read_config(path)
     if raw.get("model_type", "bert") != "bert":
-        raise SaeflowError(f"{path}/config.json: model_type {raw.get('model_type')!r}, Geneformer is a 'bert' model")
+        raise SaeflowError(
+            f"{path}/config.json: model_type {raw.get('model_type')!r}, Geneformer is a 'bert' model"
+        )
     config = BertConfig.from_pretrained(path, local_files_only=True)
     tok_file, med_file = find_dictionaries(path, token_dictionary, gene_median, config.vocab_size)
     token_dict = read_token_dictionary(tok_file)
     medians = read_gene_medians(med_file)
     top = max(token_dict.values())
     if top >= config.vocab_size:
-        raise SaeflowError(f"{tok_file}: token ids go up to {top}, the model in {path} has vocab_size "
-                           f"{config.vocab_size}: the dictionary does not belong to this model (V1 vs V2?)")
+        raise SaeflowError(
+            f"{tok_file}: token ids go up to {top}, the model in {path} has vocab_size "
+            f"{config.vocab_size}: the dictionary does not belong to this model (V1 vs V2?)"
+        )
     if config.pad_token_id is not None and config.pad_token_id != token_dict["<pad>"]:
-        raise SaeflowError(f"{tok_file}: <pad> is token {token_dict['<pad>']}, {path}/config.json pad_token_id "
-                           f"is {config.pad_token_id}")
+        raise SaeflowError(
+            f"{tok_file}: <pad> is token {token_dict['<pad>']}, {path}/config.json pad_token_id "
+            f"is {config.pad_token_id}"
+        )
     if len(token_dict) != config.vocab_size:
-        log.warning("%s: %d tokens, the model's vocab_size is %d (the released pairs match exactly)", tok_file,
-                    len(token_dict), config.vocab_size)
+        log.warning(
+            "%s: %d tokens, the model's vocab_size is %d (the released pairs match exactly)",
+            tok_file,
+            len(token_dict),
+            config.vocab_size,
+        )
     special = "<cls>" in token_dict and "<eos>" in token_dict
     size = min(V2_INPUT_SIZE if special else V1_INPUT_SIZE, int(config.max_position_embeddings))
     tok = GeneformerTokenizer(token_dict, medians, size, special, source=str(tok_file))

@@ -77,6 +77,7 @@ class NTv2ForMaskedLM(modeling_esm.EsmForMaskedLM):
             layer.output = NTv2Output(config)
         emb = self.esm.embeddings
         if getattr(emb, "position_embeddings", None) is None:
-            emb.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
-                                                   padding_idx=config.pad_token_id)
+            emb.position_embeddings = nn.Embedding(
+                config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+            )
         self.post_init()  # initialise the replaced modules and refresh the model's bookkeeping

@@ -33,10 +33,10 @@ import json
 import os
 from pathlib import Path
 
-from ..utils import SaeflowError
-from .adapter import HFMaskedLMAdapter, load_checked, read_config
-from .base import TokenBatch
-from .dna_tokens import VocabTokenizer, assemble, kmer_length, read_vocab_txt
+from saeflow.models.adapter import HFMaskedLMAdapter, load_checked, read_config
+from saeflow.models.base import TokenBatch
+from saeflow.models.dna_tokens import VocabTokenizer, assemble, kmer_length, read_vocab_txt
+from saeflow.utils import SaeflowError
 
 SPECIALS = ("<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>")
 
@@ -51,7 +51,9 @@ class NTTokenizer(VocabTokenizer):
         self.k = kmer_length(self.tokens, set(SPECIALS), self.path)
         missing = [b for b in "ACGTN" if b not in self.vocab]
         if missing:
-            raise SaeflowError(f"{self.path}: no single-nucleotide token(s) {missing} in the vocabulary")
+            raise SaeflowError(
+                f"{self.path}: no single-nucleotide token(s) {missing} in the vocabulary"
+            )
 
     @classmethod
     def from_file(cls, path) -> "NTTokenizer":
@@ -73,10 +75,19 @@ class NTTokenizer(VocabTokenizer):
             i = j + 1
         return out
 
-    def encode(self, sequences: list[str], max_length: int | None = None, limit: int | None = None) -> TokenBatch:
+    def encode(
+        self, sequences: list[str], max_length: int | None = None, limit: int | None = None
+    ) -> TokenBatch:
         rows = [self.pieces(s.upper()) for s in sequences]
-        return assemble(rows, [self.cls_token_id], [], self.pad_token_id, max_length, limit,
-                        f"Nucleotide Transformer ({self.k}-mers)")
+        return assemble(
+            rows,
+            [self.cls_token_id],
+            [],
+            self.pad_token_id,
+            max_length,
+            limit,
+            f"Nucleotide Transformer ({self.k}-mers)",
+        )
 
 
 class NucleotideTransformerAdapter(HFMaskedLMAdapter):
@@ -108,10 +119,14 @@ def _model_max_length(path: Path) -> int | None:
         n = json.loads(f.read_text()).get("model_max_length")
     except json.JSONDecodeError as e:
         raise SaeflowError(f"{f}: not valid JSON ({e})") from None
-    return int(n) if isinstance(n, (int, float)) and 0 < n < 1e9 else None  # HF writes 1e30 for "unset"
+    return (
+        int(n) if isinstance(n, (int, float)) and 0 < n < 1e9 else None
+    )  # HF writes 1e30 for "unset"
 
 
-def load_nucleotide_transformer(path: str | os.PathLike, device=None) -> NucleotideTransformerAdapter:
+def load_nucleotide_transformer(
+    path: str | os.PathLike, device=None
+) -> NucleotideTransformerAdapter:
     """A Nucleotide Transformer (v2, or v1) from a local directory: ``config.json``, ``vocab.txt``, weights."""
     from transformers import EsmConfig, EsmForMaskedLM
 
@@ -119,17 +134,23 @@ def load_nucleotide_transformer(path: str | os.PathLike, device=None) -> Nucleot
     raw = read_config(path)
     tok = NTTokenizer.from_file(path / "vocab.txt")
     if raw.get("model_type", "esm") != "esm":
-        raise SaeflowError(f"{path}/config.json: model_type {raw.get('model_type')!r}, "
-                           "Nucleotide Transformer is an 'esm' model")
+        raise SaeflowError(
+            f"{path}/config.json: model_type {raw.get('model_type')!r}, "
+            "Nucleotide Transformer is an 'esm' model"
+        )
     config = EsmConfig.from_pretrained(path, local_files_only=True)
     if config.vocab_size < len(tok):
-        raise SaeflowError(f"{path}: vocab.txt has {len(tok)} tokens, config.json vocab_size is only "
-                           f"{config.vocab_size}: the vocabulary does not belong to this model")
+        raise SaeflowError(
+            f"{path}: vocab.txt has {len(tok)} tokens, config.json vocab_size is only "
+            f"{config.vocab_size}: the vocabulary does not belong to this model"
+        )
     for key, want in (("pad_token_id", tok.pad_token_id), ("mask_token_id", tok.mask_token_id)):
         if getattr(config, key, None) is not None and getattr(config, key) != want:
-            raise SaeflowError(f"{path}: config.json {key} is {getattr(config, key)}, vocab.txt puts it at {want}")
+            raise SaeflowError(
+                f"{path}: config.json {key} is {getattr(config, key)}, vocab.txt puts it at {want}"
+            )
     if is_v2(raw):
-        from .ntv2_modeling import NTv2ForMaskedLM
+        from saeflow.models.ntv2_modeling import NTv2ForMaskedLM
 
         model = load_checked(NTv2ForMaskedLM, path, config, "Nucleotide Transformer v2")
     else:
@@ -137,7 +158,9 @@ def load_nucleotide_transformer(path: str | os.PathLike, device=None) -> Nucleot
     ad = NucleotideTransformerAdapter(model, tok, device)
     n_pos = int(config.max_position_embeddings)
     if getattr(config, "position_embedding_type", "absolute") == "absolute":
-        n_pos -= int(config.pad_token_id) + 1  # ESM numbers absolute positions from pad_token_id + 1
+        n_pos -= (
+            int(config.pad_token_id) + 1
+        )  # ESM numbers absolute positions from pad_token_id + 1
     limits = [n_pos, _model_max_length(path)]
     ad.max_tokens = min(n for n in limits if n)
     return ad

@@ -94,8 +94,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import SaeflowError
-from .base import CellMatrix, HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.models.base import CellMatrix, HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,18 @@ class ScgptConfig:
 _LAYER = r"^transformer_encoder\.layers\.(\d+)\."
 #: (pattern, replacement) applied in order: every published spelling -> saeflow's (flash-attn 1.x's).
 KEY_RULES = (
-    (re.compile(_LAYER + r"self_attn\.in_proj_weight$"), r"transformer_encoder.layers.\1.self_attn.Wqkv.weight"),
-    (re.compile(_LAYER + r"self_attn\.in_proj_bias$"), r"transformer_encoder.layers.\1.self_attn.Wqkv.bias"),
-    (re.compile(_LAYER + r"self_attn\._impl\.(Wqkv|out_proj)\.(weight|bias)$"),
-     r"transformer_encoder.layers.\1.self_attn.\2.\3"),
+    (
+        re.compile(_LAYER + r"self_attn\.in_proj_weight$"),
+        r"transformer_encoder.layers.\1.self_attn.Wqkv.weight",
+    ),
+    (
+        re.compile(_LAYER + r"self_attn\.in_proj_bias$"),
+        r"transformer_encoder.layers.\1.self_attn.Wqkv.bias",
+    ),
+    (
+        re.compile(_LAYER + r"self_attn\._impl\.(Wqkv|out_proj)\.(weight|bias)$"),
+        r"transformer_encoder.layers.\1.self_attn.\2.\3",
+    ),
 )
 
 
@@ -168,7 +176,7 @@ def canonical_key(key: str) -> str:
     torch's ``in_proj_weight.chunk(3)`` agree), so renaming is all it takes.
     """
     if key.startswith("module."):
-        key = key[len("module."):]
+        key = key[len("module.") :]
     for pattern, repl in KEY_RULES:
         key = pattern.sub(repl, key)
     return key
@@ -233,9 +241,18 @@ def binning(row, n_bins: int, rng=None, tie_break: str = "random") -> np.ndarray
 class ScgptTokenizer:
     """Cells -> scGPT tokens (see the module docstring, "Tokenising a cell", for every decision)."""
 
-    def __init__(self, vocab: dict[str, int], *, pad_token: str = "<pad>", pad_value: float = -2,
-                 n_bins: int = DEFAULT_N_BINS, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0,
-                 tie_break: str = "random", selection: str = "sample"):
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        *,
+        pad_token: str = "<pad>",
+        pad_value: float = -2,
+        n_bins: int = DEFAULT_N_BINS,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        seed: int = 0,
+        tie_break: str = "random",
+        selection: str = "sample",
+    ):
         self.vocab = dict(vocab)
         for tok in (pad_token, "<cls>"):
             if tok not in self.vocab:
@@ -264,13 +281,16 @@ class ScgptTokenizer:
         if self._cache is not None and self._cache[0] is symbols:
             return self._cache[1], self._cache[2]
         syms = np.asarray(symbols).astype(str)
-        ids = np.array([-1 if s in self._specials else self.vocab.get(s, -1) for s in syms], dtype=np.int64)
+        ids = np.array(
+            [-1 if s in self._specials else self.vocab.get(s, -1) for s in syms], dtype=np.int64
+        )
         cols = np.nonzero(ids >= 0)[0]
         log.info("scGPT vocabulary: matched %d/%d genes by symbol", len(cols), len(syms))
         if len(cols) == 0:
             raise SaeflowError(
                 f"none of the {len(syms)} gene symbols is in the scGPT vocabulary "
-                f"(first few: {', '.join(syms[:5])}); scGPT needs HGNC symbols such as 'CD3E', not Ensembl ids")
+                f"(first few: {', '.join(syms[:5])}); scGPT needs HGNC symbols such as 'CD3E', not Ensembl ids"
+            )
         self._cache = (symbols, cols, ids[cols])
         return cols, ids[cols]
 
@@ -286,7 +306,9 @@ class ScgptTokenizer:
     def cell_tokens(self, cols: np.ndarray, counts: np.ndarray, max_length: int):
         """One cell: (positions into ``cols`` kept, their binned values), ``<cls>`` not included."""
         rng = self._rng(cols, counts)
-        binned = binning(counts, self.n_bins, rng, self.tie_break)  # before selection, as the collator
+        binned = binning(
+            counts, self.n_bins, rng, self.tie_break
+        )  # before selection, as the collator
         keep = np.arange(len(cols))
         n = max_length - 1
         if len(keep) > n:
@@ -300,14 +322,20 @@ class ScgptTokenizer:
         import torch
 
         if not isinstance(cells, CellMatrix):
-            raise SaeflowError(f"scGPT tokenizes a CellMatrix (cells x genes counts), got {type(cells).__name__}")
+            raise SaeflowError(
+                f"scGPT tokenizes a CellMatrix (cells x genes counts), got {type(cells).__name__}"
+            )
         if cells.gene_symbols is None:
-            raise SaeflowError("scGPT needs gene symbols (its vocabulary is HGNC symbols) but this CellMatrix "
-                               "has gene_symbols=None; give the dataset's gene symbol column")
+            raise SaeflowError(
+                "scGPT needs gene symbols (its vocabulary is HGNC symbols) but this CellMatrix "
+                "has gene_symbols=None; give the dataset's gene symbol column"
+            )
         X = cells.X
         n_genes = X.shape[1]
         if len(cells.gene_symbols) != n_genes:
-            raise SaeflowError(f"CellMatrix has {n_genes} genes but {len(cells.gene_symbols)} gene symbols")
+            raise SaeflowError(
+                f"CellMatrix has {n_genes} genes but {len(cells.gene_symbols)} gene symbols"
+            )
         max_length = int(max_length or self.max_length)
         if max_length < 2:
             raise SaeflowError(f"max_length must be >= 2 (<cls> and one gene), got {max_length}")
@@ -324,8 +352,10 @@ class ScgptTokenizer:
             a, b = Xv.indptr[i], Xv.indptr[i + 1]
             pos, counts = Xv.indices[a:b].astype(np.int64), Xv.data[a:b].astype(np.float64)
             if (counts < 0).any():
-                raise SaeflowError(f"cell {cells.names[i]!r} has negative values; scGPT bins raw counts "
-                                   "(non-negative), not scaled data")
+                raise SaeflowError(
+                    f"cell {cells.names[i]!r} has negative values; scGPT bins raw counts "
+                    "(non-negative), not scaled data"
+                )
             nz = counts != 0
             pos, counts = pos[nz], counts[nz]
             keep, values = self.cell_tokens(cols[pos], counts, max_length)
@@ -433,7 +463,7 @@ def _nn():
             def heads(t):
                 return t.reshape(B, T, H, dh).transpose(1, 2)
 
-            scores = heads(q) @ heads(k).transpose(-1, -2) * (dh ** -0.5)
+            scores = heads(q) @ heads(k).transpose(-1, -2) * (dh**-0.5)
             if key_pad is not None:
                 scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
             probs = self.hook_attn(torch.softmax(scores, dim=-1))
@@ -479,7 +509,9 @@ def _nn():
 
         def __init__(self, d: int):
             super().__init__()
-            self.fc = nn.Sequential(nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, 1))
+            self.fc = nn.Sequential(
+                nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, 1)
+            )
 
         def forward(self, x):
             return self.fc(x).squeeze(-1)
@@ -502,11 +534,22 @@ def _nn():
                 raise SaeflowError(f"unknown scGPT input_emb_style {c.input_emb_style!r}")
             self.hook_embed = nn.Identity()  # residual layer 0: the summed embeddings
             self.transformer_encoder = TransformerEncoder(
-                [EncoderLayer(c.d_model, c.n_heads, c.d_hid, eps, c.pre_norm) for _ in range(c.n_layers)])
+                [
+                    EncoderLayer(c.d_model, c.n_heads, c.d_hid, eps, c.pre_norm)
+                    for _ in range(c.n_layers)
+                ]
+            )
             self.decoder = ExprDecoder(c.d_model)
 
-        def forward(self, input_ids, values, attention_mask=None, output_hidden_states: bool = False,
-                    output_attentions: bool = False, **_):
+        def forward(
+            self,
+            input_ids,
+            values,
+            attention_mask=None,
+            output_hidden_states: bool = False,
+            output_attentions: bool = False,
+            **_,
+        ):
             if attention_mask is None:
                 key_pad = input_ids.eq(self.config.pad_token_id)
             else:
@@ -526,9 +569,12 @@ def _nn():
                 if output_attentions:
                     attns.append(layer.last_attn)
                 layer.last_attn = None
-            return ScgptOutput(logits=self.decoder(x), last_hidden_state=x,
-                               hidden_states=tuple(hidden) if output_hidden_states else None,
-                               attentions=tuple(attns) if output_attentions else None)
+            return ScgptOutput(
+                logits=self.decoder(x),
+                last_hidden_state=x,
+                hidden_states=tuple(hidden) if output_hidden_states else None,
+                attentions=tuple(attns) if output_attentions else None,
+            )
 
     return types.SimpleNamespace(ScgptModel=ScgptModel)
 
@@ -552,7 +598,9 @@ class ScgptAdapter(HookedAdapter):
     family = "scgpt"
     kind = "cells"
 
-    def __init__(self, model, tokenizer: ScgptTokenizer, device=None, checkpoint_keys: dict | None = None):
+    def __init__(
+        self, model, tokenizer: ScgptTokenizer, device=None, checkpoint_keys: dict | None = None
+    ):
         super().__init__(model, tokenizer, device)
         self.config: ScgptConfig = model.config
         #: {"used": published keys loaded, "unused": published keys skipped} (as in the file)
@@ -584,9 +632,14 @@ class ScgptAdapter(HookedAdapter):
     def layer_sites(self, layer: int) -> LayerSites:
         block = self.blocks()[layer - 1]
         att = block.self_attn
-        return LayerSites(q=Site(att.hook_q), k=Site(att.hook_k), v=Site(att.hook_v),
-                          head_out=Site(att.out_proj, "input"), mlp=Site(block.activation),
-                          attn=Site(att.hook_attn))
+        return LayerSites(
+            q=Site(att.hook_q),
+            k=Site(att.hook_k),
+            v=Site(att.hook_v),
+            head_out=Site(att.out_proj, "input"),
+            mlp=Site(block.activation),
+            attn=Site(att.hook_attn),
+        )
 
     def head_weights(self, layer: int) -> dict:
         """W_Q, W_K, W_V (H, d_model, d_head) from ``Wqkv`` (rows q | k | v), W_O (H, d_head, d_model)."""
@@ -597,18 +650,26 @@ class ScgptAdapter(HookedAdapter):
         H, dh, d = self.n_heads, self.d_head, self.d_model
         with torch.no_grad():
             W = att.Wqkv.weight.detach()
-            w = {name: W[i * d:(i + 1) * d].T.reshape(d, H, dh).permute(1, 0, 2).clone()
-                 for i, name in enumerate(("W_Q", "W_K", "W_V"))}
+            w = {
+                name: W[i * d : (i + 1) * d].T.reshape(d, H, dh).permute(1, 0, 2).clone()
+                for i, name in enumerate(("W_Q", "W_K", "W_V"))
+            }
             w["W_O"] = att.out_proj.weight.detach().T.reshape(H, dh, d).clone()
         return w
 
     def _forward(self, batch: TokenBatch, **kw):
         values = (batch.extra or {}).get("values")
         if values is None:
-            raise SaeflowError("scGPT needs the binned expression values (TokenBatch.extra['values']); "
-                               "tokenize cells with the scGPT adapter")
-        return self.model(input_ids=batch.input_ids.to(self.device), values=values.to(self.device),
-                          attention_mask=batch.attention_mask.to(self.device), **kw)
+            raise SaeflowError(
+                "scGPT needs the binned expression values (TokenBatch.extra['values']); "
+                "tokenize cells with the scGPT adapter"
+            )
+        return self.model(
+            input_ids=batch.input_ids.to(self.device),
+            values=values.to(self.device),
+            attention_mask=batch.attention_mask.to(self.device),
+            **kw,
+        )
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -616,7 +677,9 @@ def _read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise SaeflowError(f"{path}: cannot read the scGPT {what} ({type(e).__name__}: {e})") from None
+        raise SaeflowError(
+            f"{path}: cannot read the scGPT {what} ({type(e).__name__}: {e})"
+        ) from None
 
 
 def read_vocab(path: Path) -> dict[str, int]:
@@ -636,7 +699,12 @@ def read_vocab(path: Path) -> dict[str, int]:
         if tok not in vocab:
             vocab[tok] = nxt
             nxt += 1
-            log.info("%s: %s not in the vocabulary; appended with id %d (as scGPT's embed_data does)", path, tok, vocab[tok])
+            log.info(
+                "%s: %s not in the vocabulary; appended with id %d (as scGPT's embed_data does)",
+                path,
+                tok,
+                vocab[tok],
+            )
     return vocab
 
 
@@ -646,7 +714,9 @@ def _load_state_dict(path: Path) -> dict:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch save, pickled objects beyond tensors
-        raise SaeflowError(f"{path}: cannot load as a state dict ({type(e).__name__}: {e})") from None
+        raise SaeflowError(
+            f"{path}: cannot load as a state dict ({type(e).__name__}: {e})"
+        ) from None
     # Released scGPT checkpoints are the bare state dict; a training-loop save wraps it
     # ({"model_state_dict": ..., "optimizer": ..., "epoch": ...}): take the wrapped one then.
     if isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -655,12 +725,20 @@ def _load_state_dict(path: Path) -> dict:
                 sd = sd[wrap]
                 break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise SaeflowError(f"{path}: expected a mapping of parameter name -> tensor (torch.save(model.state_dict()))")
+        raise SaeflowError(
+            f"{path}: expected a mapping of parameter name -> tensor (torch.save(model.state_dict()))"
+        )
     return sd
 
 
-def load_scgpt(path: str | os.PathLike, device=None, *, seed: int = 0, tie_break: str = "random",
-               selection: str = "sample") -> ScgptAdapter:
+def load_scgpt(
+    path: str | os.PathLike,
+    device=None,
+    *,
+    seed: int = 0,
+    tie_break: str = "random",
+    selection: str = "sample",
+) -> ScgptAdapter:
     """Load an scGPT checkpoint directory (``best_model.pt``, ``vocab.json``, ``args.json``); no network.
 
     ``seed``, ``tie_break`` and ``selection`` configure the tokenizer (module docstring). Strict about
@@ -671,21 +749,29 @@ def load_scgpt(path: str | os.PathLike, device=None, *, seed: int = 0, tie_break
 
     path = Path(path)
     if not path.is_dir():
-        raise SaeflowError(f"{path}: not a directory; an scGPT checkpoint is a directory with {', '.join(FILES)}")
+        raise SaeflowError(
+            f"{path}: not a directory; an scGPT checkpoint is a directory with {', '.join(FILES)}"
+        )
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
-        raise SaeflowError(f"{path}: not an scGPT checkpoint directory, missing {', '.join(missing)} "
-                           f"(expected {', '.join(FILES)})")
+        raise SaeflowError(
+            f"{path}: not an scGPT checkpoint directory, missing {', '.join(missing)} "
+            f"(expected {', '.join(FILES)})"
+        )
     args = _read_json(path / "args.json", "arguments")
     if not isinstance(args, dict):
         raise SaeflowError(f"{path / 'args.json'}: expected a JSON object")
     absent = [k for k in REQUIRED_ARGS if k not in args]
     if absent:
-        raise SaeflowError(f"{path / 'args.json'}: missing {', '.join(absent)} (needs {', '.join(REQUIRED_ARGS)})")
+        raise SaeflowError(
+            f"{path / 'args.json'}: missing {', '.join(absent)} (needs {', '.join(REQUIRED_ARGS)})"
+        )
     vocab = read_vocab(path / "vocab.json")
     pad_token = str(args.get("pad_token", "<pad>"))
     if pad_token not in vocab:
-        raise SaeflowError(f"{path / 'vocab.json'}: pad token {pad_token!r} (args.json pad_token) not in the vocabulary")
+        raise SaeflowError(
+            f"{path / 'vocab.json'}: pad token {pad_token!r} (args.json pad_token) not in the vocabulary"
+        )
 
     raw = _load_state_dict(path / "best_model.pt")
     sd: dict = {}
@@ -693,7 +779,9 @@ def load_scgpt(path: str | os.PathLike, device=None, *, seed: int = 0, tie_break
     for k, v in raw.items():
         c = canonical_key(k)
         if c in sd:
-            raise SaeflowError(f"{path / 'best_model.pt'}: keys {origin[c]!r} and {k!r} both map to {c!r}")
+            raise SaeflowError(
+                f"{path / 'best_model.pt'}: keys {origin[c]!r} and {k!r} both map to {c!r}"
+            )
         sd[c], origin[c] = v, k
 
     d, H, L = int(args["embsize"]), int(args["nheads"]), int(args["nlayers"])
@@ -701,7 +789,9 @@ def load_scgpt(path: str | os.PathLike, device=None, *, seed: int = 0, tie_break
         raise SaeflowError(f"{path / 'args.json'}: embsize {d} is not divisible by nheads {H}")
     layer_ids = {int(m.group(1)) for k in sd if (m := re.match(_LAYER, k))}
     if layer_ids and max(layer_ids) + 1 != L:
-        raise SaeflowError(f"{path}: args.json nlayers={L} but best_model.pt has {max(layer_ids) + 1} encoder layers")
+        raise SaeflowError(
+            f"{path}: args.json nlayers={L} but best_model.pt has {max(layer_ids) + 1} encoder layers"
+        )
     if "value_encoder.embedding.weight" in sd:
         style, n_input_bins = "category", int(sd["value_encoder.embedding.weight"].shape[0])
     elif "value_encoder.linear1.weight" in sd:
@@ -710,50 +800,96 @@ def load_scgpt(path: str | os.PathLike, device=None, *, seed: int = 0, tie_break
         style, n_input_bins = "scaling", 0
     declared = args.get("input_emb_style")
     if declared is not None and declared != style:
-        raise SaeflowError(f"{path}: args.json input_emb_style={declared!r} but best_model.pt has the "
-                           f"value encoder of {style!r}")
+        raise SaeflowError(
+            f"{path}: args.json input_emb_style={declared!r} but best_model.pt has the "
+            f"value encoder of {style!r}"
+        )
     emb = sd.get("encoder.embedding.weight")
     if emb is None:
-        raise SaeflowError(f"{path / 'best_model.pt'}: no encoder.embedding.weight (is this an scGPT TransformerModel?)")
+        raise SaeflowError(
+            f"{path / 'best_model.pt'}: no encoder.embedding.weight (is this an scGPT TransformerModel?)"
+        )
     if emb.shape[0] < len(vocab) or max(vocab.values()) >= emb.shape[0]:
-        raise SaeflowError(f"{path}: the gene embedding has {emb.shape[0]} rows but vocab.json (with specials) "
-                           f"needs {max(len(vocab), max(vocab.values()) + 1)}")
+        raise SaeflowError(
+            f"{path}: the gene embedding has {emb.shape[0]} rows but vocab.json (with specials) "
+            f"needs {max(len(vocab), max(vocab.values()) + 1)}"
+        )
     dec = sd.get("decoder.fc.0.weight")
     if dec is not None and dec.shape[-1] == 2 * d:
-        raise SaeflowError(f"{path}: the expression decoder takes 2 x embsize inputs: this checkpoint was trained "
-                           "with batch labels (use_batch_labels), which saeflow does not run")
+        raise SaeflowError(
+            f"{path}: the expression decoder takes 2 x embsize inputs: this checkpoint was trained "
+            "with batch labels (use_batch_labels), which saeflow does not run"
+        )
     n_bins = int(args.get("n_bins", DEFAULT_N_BINS))
     pad_value = float(args["pad_value"])
     if style == "category" and not (0 <= pad_value < n_input_bins and n_bins <= n_input_bins):
-        raise SaeflowError(f"{path}: category value encoder has {n_input_bins} bins but n_bins={n_bins}, "
-                           f"pad_value={pad_value}")
+        raise SaeflowError(
+            f"{path}: category value encoder has {n_input_bins} bins but n_bins={n_bins}, "
+            f"pad_value={pad_value}"
+        )
     config = ScgptConfig(
-        vocab_size=int(emb.shape[0]), d_model=d, n_heads=H, d_hid=int(args["d_hid"]), n_layers=L,
-        pad_token_id=vocab[pad_token], cls_token_id=vocab["<cls>"], pad_value=pad_value, n_bins=n_bins,
-        input_emb_style=style, n_input_bins=n_input_bins, pre_norm=bool(args.get("pre_norm", False)),
+        vocab_size=int(emb.shape[0]),
+        d_model=d,
+        n_heads=H,
+        d_hid=int(args["d_hid"]),
+        n_layers=L,
+        pad_token_id=vocab[pad_token],
+        cls_token_id=vocab["<cls>"],
+        pad_value=pad_value,
+        n_bins=n_bins,
+        input_emb_style=style,
+        n_input_bins=n_input_bins,
+        pre_norm=bool(args.get("pre_norm", False)),
         max_seq_len=int(args.get("max_seq_len") or DEFAULT_MAX_LENGTH),
     )
     model = build_model(config)
     own = model.state_dict()
     lacking = [k for k in own if k not in sd]
     if lacking:
-        raise SaeflowError(f"{path / 'best_model.pt'}: missing {len(lacking)} tensors the model needs: "
-                           f"{', '.join(lacking[:8])}{' ...' if len(lacking) > 8 else ''}")
-    bad = [f"{origin[k]} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})" for k in own
-           if tuple(sd[k].shape) != tuple(own[k].shape)]
+        raise SaeflowError(
+            f"{path / 'best_model.pt'}: missing {len(lacking)} tensors the model needs: "
+            f"{', '.join(lacking[:8])}{' ...' if len(lacking) > 8 else ''}"
+        )
+    bad = [
+        f"{origin[k]} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
+        for k in own
+        if tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
     if bad:
         raise SaeflowError(f"{path / 'best_model.pt'}: shape mismatch: {'; '.join(bad[:5])}")
     model.load_state_dict({k: sd[k].to(torch.float32) for k in own}, strict=True)
     used = [origin[k] for k in own]
     unused = sorted(origin[k] for k in sd if k not in own)
     if any(k.startswith(("dsbn.", "bn.")) for k in unused):
-        log.warning("%s: domain-specific batch norm tensors present; saeflow skips DSBN, so embeddings differ from "
-                    "a forward pass with batch labels", path)
-    log.info("scGPT %s: %d layers, d_model %d, %d heads, %s values, %s-norm, attention layout %s; "
-             "loaded %d tensors, %d unused: %s", path, L, d, H, style, "pre" if config.pre_norm else "post",
-             attention_layout(raw), len(used), len(unused), ", ".join(unused) or "none")
-    tokenizer = ScgptTokenizer(vocab, pad_token=pad_token, pad_value=pad_value, n_bins=n_bins,
-                               max_length=config.max_seq_len, seed=seed, tie_break=tie_break, selection=selection)
+        log.warning(
+            "%s: domain-specific batch norm tensors present; saeflow skips DSBN, so embeddings differ from "
+            "a forward pass with batch labels",
+            path,
+        )
+    log.info(
+        "scGPT %s: %d layers, d_model %d, %d heads, %s values, %s-norm, attention layout %s; "
+        "loaded %d tensors, %d unused: %s",
+        path,
+        L,
+        d,
+        H,
+        style,
+        "pre" if config.pre_norm else "post",
+        attention_layout(raw),
+        len(used),
+        len(unused),
+        ", ".join(unused) or "none",
+    )
+    tokenizer = ScgptTokenizer(
+        vocab,
+        pad_token=pad_token,
+        pad_value=pad_value,
+        n_bins=n_bins,
+        max_length=config.max_seq_len,
+        seed=seed,
+        tie_break=tie_break,
+        selection=selection,
+    )
     if device is not None and not isinstance(device, torch.device):
         device = torch.device(device)
     return ScgptAdapter(model, tokenizer, device, checkpoint_keys={"used": used, "unused": unused})

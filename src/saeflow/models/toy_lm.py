@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..utils import atomic_path, seed_everything, write_json
-from .tokenizer import build_nucleotide_tokenizer
+from saeflow.models.tokenizer import build_nucleotide_tokenizer
+from saeflow.utils import atomic_path, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,20 @@ def mask_tokens(input_ids, special, mask_id: int, vocab_lo: int, vocab_hi: int, 
 
 
 def _crops(
-    genome: dict[str, str], rng, n: int, length: int, sites: pd.DataFrame | None = None, site_fraction: float = 0.0
+    genome: dict[str, str],
+    rng,
+    n: int,
+    length: int,
+    sites: pd.DataFrame | None = None,
+    site_fraction: float = 0.0,
 ) -> tuple[list[str], list[tuple[str, int]]]:
     """``n`` random crops; a ``site_fraction`` of them placed to cover a random planted site."""
     names = list(genome)
     sizes = np.array([len(genome[c]) for c in names], dtype=float)
     chroms = rng.choice(len(names), size=n, p=sizes / sizes.sum())
-    on_site = rng.random(n) < site_fraction if sites is not None and len(sites) else np.zeros(n, bool)
+    on_site = (
+        rng.random(n) < site_fraction if sites is not None and len(sites) else np.zeros(n, bool)
+    )
     out, where = [], []
     for ci, hit in zip(chroms, on_site):
         if hit:
@@ -110,16 +117,26 @@ def motif_mask(planted: pd.DataFrame, where, length: int) -> np.ndarray:
     return out
 
 
-def evaluate_motif_accuracy(model, tokenizer, genome, planted, params, rng, n_rounds: int = 8) -> dict:
+def evaluate_motif_accuracy(
+    model, tokenizer, genome, planted, params, rng, n_rounds: int = 8
+) -> dict:
     """Masked-token accuracy at planted-motif bases (per motif) vs background bases."""
     import torch
 
     L = params["seq_len"]
     # Windows centred on planted sites, so motif bases are plentiful.
-    sites = planted.sample(n=min(len(planted), params["eval_windows"]), random_state=int(rng.integers(1 << 30)))
+    sites = planted.sample(
+        n=min(len(planted), params["eval_windows"]), random_state=int(rng.integers(1 << 30))
+    )
     where = []
     for s in sites.itertuples():
-        start = int(np.clip((s.start + s.end) // 2 - L // 2 + rng.integers(-L // 4, L // 4), 0, len(genome[s.chrom]) - L))
+        start = int(
+            np.clip(
+                (s.start + s.end) // 2 - L // 2 + rng.integers(-L // 4, L // 4),
+                0,
+                len(genome[s.chrom]) - L,
+            )
+        )
         where.append((s.chrom, start))
     seqs = [genome[c][s : s + L] for c, s in where]
     mm = motif_mask(planted, where, L)
@@ -133,7 +150,9 @@ def evaluate_motif_accuracy(model, tokenizer, genome, planted, params, rng, n_ro
     model.eval()
     with torch.inference_mode():
         for _ in range(n_rounds):
-            ids, labels = mask_tokens(enc["input_ids"], special, tokenizer.mask_token_id, lo, lo + 4, 0.15, gen)
+            ids, labels = mask_tokens(
+                enc["input_ids"], special, tokenizer.mask_token_id, lo, lo + 4, 0.15, gen
+            )
             pred = model(input_ids=ids, attention_mask=enc["attention_mask"]).logits.argmax(-1)
             sel = labels[:, 1:-1] != -100
             ok = (pred[:, 1:-1] == labels[:, 1:-1]).numpy()
@@ -156,7 +175,7 @@ def train_toy_lm(fasta, planted_path, params: dict, out_dir, threads: int = 1) -
     import torch
     from tqdm.auto import tqdm
 
-    from ..utils import read_table
+    from saeflow.utils import read_table
 
     torch.set_num_threads(max(1, threads))
     rng = seed_everything(params["seed"])
@@ -165,11 +184,18 @@ def train_toy_lm(fasta, planted_path, params: dict, out_dir, threads: int = 1) -
     tokenizer = build_nucleotide_tokenizer(model_max_length=params["seq_len"] + 2)
     model = build_model(params, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("toy LM: %d parameters, %s", n_params, {k: params[k] for k in ("hidden_size", "num_layers", "num_heads")})
-    opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=0.01, betas=(0.9, 0.98))
+    log.info(
+        "toy LM: %d parameters, %s",
+        n_params,
+        {k: params[k] for k in ("hidden_size", "num_layers", "num_heads")},
+    )
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=params["lr"], weight_decay=0.01, betas=(0.9, 0.98)
+    )
     steps, warm = params["steps"], max(1, params["steps"] // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+        opt,
+        lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))),
     )
     gen = torch.Generator().manual_seed(params["seed"])
     lo = tokenizer.convert_tokens_to_ids("A")
@@ -197,11 +223,18 @@ def train_toy_lm(fasta, planted_path, params: dict, out_dir, threads: int = 1) -
             log.warning("ignoring checkpoint %s: it belongs to other training parameters", ckpt)
     model.train()
     for step in tqdm(range(start, steps), desc="toy LM", mininterval=5, initial=start, total=steps):
-        seqs, _ = _crops(genome, rng, params["batch_size"], params["seq_len"], planted, params["site_fraction"])
+        seqs, _ = _crops(
+            genome, rng, params["batch_size"], params["seq_len"], planted, params["site_fraction"]
+        )
         enc = tokenizer(seqs, return_tensors="pt", return_special_tokens_mask=True)
         ids, labels = mask_tokens(
-            enc["input_ids"], enc["special_tokens_mask"].bool(), tokenizer.mask_token_id, lo, lo + 4,
-            params["mask_prob"], gen,
+            enc["input_ids"],
+            enc["special_tokens_mask"].bool(),
+            tokenizer.mask_token_id,
+            lo,
+            lo + 4,
+            params["mask_prob"],
+            gen,
         )
         loss = model(input_ids=ids, attention_mask=enc["attention_mask"], labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -212,18 +245,32 @@ def train_toy_lm(fasta, planted_path, params: dict, out_dir, threads: int = 1) -
         if step % 25 == 0 or step == steps - 1:
             curve.append({"step": step, "loss": loss.item(), "seconds": round(time.time() - t0, 2)})
         if every and (step + 1) % every == 0 and step + 1 < steps:
-            state = {"fingerprint": fingerprint, "step": step + 1, "model": model.state_dict(),
-                     "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.bit_generator.state,
-                     "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "curve": curve,
-                     "seconds": time.time() - t0}
+            state = {
+                "fingerprint": fingerprint,
+                "step": step + 1,
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "rng": rng.bit_generator.state,
+                "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "curve": curve,
+                "seconds": time.time() - t0,
+            }
             with atomic_path(ckpt) as tmp:
                 torch.save(state, tmp)
     metrics = evaluate_motif_accuracy(model, tokenizer, genome, planted, params, rng)
-    metrics.update(n_parameters=n_params, train_seconds=round(time.time() - t0, 1), final_loss=curve[-1]["loss"])
+    metrics.update(
+        n_parameters=n_params,
+        train_seconds=round(time.time() - t0, 1),
+        final_loss=curve[-1]["loss"],
+    )
     log.info("toy LM metrics: %s", metrics)
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "saeflow_metrics.json", {"metrics": metrics, "curve": curve, "params": params})
+        write_json(
+            tmp / "saeflow_metrics.json", {"metrics": metrics, "curve": curve, "params": params}
+        )
     ckpt.unlink(missing_ok=True)
     return metrics

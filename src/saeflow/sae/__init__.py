@@ -13,9 +13,9 @@ sparsity terms.
 | relu_l1     | ReLU                          | L1 penalty, optional target L0       | standard      |
 """
 
-from .base import SAE, load_sae  # noqa: F401
-from .penalized import JumpReLUSAE, ReluL1SAE
-from .topk import BatchTopKSAE, TopKSAE
+from saeflow.sae.base import SAE, load_sae  # noqa: F401
+from saeflow.sae.penalized import JumpReLUSAE, ReluL1SAE
+from saeflow.sae.topk import BatchTopKSAE, TopKSAE
 
 ARCHITECTURES: dict[str, type[SAE]] = {
     "topk": TopKSAE,
@@ -26,7 +26,7 @@ ARCHITECTURES: dict[str, type[SAE]] = {
 
 
 def build_sae(recipe: dict, d_in: int) -> SAE:
-    from ..utils import SaeflowError
+    from saeflow.utils import SaeflowError
 
     arch = recipe.get("arch", "topk")
     if arch not in ARCHITECTURES:

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..utils import SaeflowError, atomic_path, write_json
-from .kernels import SparseCodes
+from saeflow.sae.kernels import SparseCodes
+from saeflow.utils import SaeflowError, atomic_path, write_json
 
 
 class SAE(nn.Module):
@@ -38,7 +38,9 @@ class SAE(nn.Module):
         w = torch.randn(d_sae, d_in, generator=g)
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w.clone())
-        self.W_enc = nn.Parameter(w.clone().t())  # tied init (Gao et al.); rows contiguous, see module doc
+        self.W_enc = nn.Parameter(
+            w.clone().t()
+        )  # tied init (Gao et al.); rows contiguous, see module doc
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.d_in, self.d_sae = d_in, d_sae
@@ -54,7 +56,9 @@ class SAE(nn.Module):
         """Active codes of a training batch; ``codes.pre`` holds their pre-activations."""
         raise NotImplementedError
 
-    def code_grad(self, codes: SparseCodes, g_vals: torch.Tensor, state: dict, losses: dict) -> torch.Tensor:
+    def code_grad(
+        self, codes: SparseCodes, g_vals: torch.Tensor, state: dict, losses: dict
+    ) -> torch.Tensor:
         """d loss / d pre at the active entries, given d loss / d z there (adds sparsity terms)."""
         return g_vals * (codes.pre > 0)
 
@@ -112,7 +116,9 @@ class SAE(nn.Module):
         err.add_(self.b_dec).sub_(x)
         flat = x.reshape(-1)
         mean = x.mean(0)
-        var = ((torch.dot(flat, flat) - b * torch.dot(mean, mean)) / b).clamp_min(1e-8)  # E||x - mean||^2
+        var = ((torch.dot(flat, flat) - b * torch.dot(mean, mean)) / b).clamp_min(
+            1e-8
+        )  # E||x - mean||^2
         e = err.reshape(-1)
         fvu = torch.dot(e, e) / (b * var)
         losses = {"fvu": fvu}
@@ -150,7 +156,12 @@ class SAE(nn.Module):
     def _workspace(self, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         ws = self.__dict__.setdefault("_ws", {})
         buf = ws.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        if (
+            buf is None
+            or buf.shape != shape
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
             buf = ws[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
@@ -204,7 +215,7 @@ class SAE(nn.Module):
 def load_sae(directory: str | os.PathLike) -> SAE:
     from safetensors.torch import load_file
 
-    from . import ARCHITECTURES
+    from saeflow.sae import ARCHITECTURES
 
     directory = Path(directory)
     cfg_path = directory / "cfg.json"

@@ -19,7 +19,7 @@ import os
 import numpy as np
 import torch
 
-from ..utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -141,9 +141,18 @@ class BatchStream:
     trainer the same samples). ``state_dict``/``load_state_dict`` make it resumable.
     """
 
-    def __init__(self, arr: np.ndarray, rowset: RowSet, batch_size: int, seed: int, max_vectors: int = 0,
-                 shuffle: bool = True, scale: float = 1.0, outlier_norm: float | None = None,
-                 path: str = "activations"):
+    def __init__(
+        self,
+        arr: np.ndarray,
+        rowset: RowSet,
+        batch_size: int,
+        seed: int,
+        max_vectors: int = 0,
+        shuffle: bool = True,
+        scale: float = 1.0,
+        outlier_norm: float | None = None,
+        path: str = "activations",
+    ):
         self.arr, self.rowset, self.bs, self.seed = arr, rowset, int(batch_size), int(seed)
         self.shuffle, self.scale, self.outlier_norm = shuffle, scale, outlier_norm
         self.path = path
@@ -158,7 +167,10 @@ class BatchStream:
 
     def _epoch_perm(self):
         if self._perm is None or self._perm[0] != self.epoch:
-            self._perm = (self.epoch, FeistelPermutation(self.n, self.seed * 1_000_003 + self.epoch))
+            self._perm = (
+                self.epoch,
+                FeistelPermutation(self.n, self.seed * 1_000_003 + self.epoch),
+            )
         return self._perm[1]
 
     def next_positions(self) -> np.ndarray:
@@ -194,7 +206,12 @@ class BatchStream:
         return self
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "batches": self.batches, "n_outliers": self.n_outliers}
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "batches": self.batches,
+            "n_outliers": self.n_outliers,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])

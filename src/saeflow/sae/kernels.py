@@ -30,7 +30,9 @@ class SparseCodes:
 
     __slots__ = ("latents", "offsets", "values", "pre", "n_rows", "_o2b", "_bag_size", "_max_idx")
 
-    def __init__(self, latents: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, n_rows: int):
+    def __init__(
+        self, latents: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, n_rows: int
+    ):
         self.latents = latents
         self.offsets = offsets
         self.values = values
@@ -69,7 +71,9 @@ class SparseCodes:
         # offset2bag when nothing requires grad.
         if self._o2b is None:
             counts = torch.diff(self.offsets, append=self.offsets.new_tensor([self.nnz]))
-            self._o2b = torch.repeat_interleave(torch.arange(self.n_rows, device=self.latents.device), counts)
+            self._o2b = torch.repeat_interleave(
+                torch.arange(self.n_rows, device=self.latents.device), counts
+            )
             self._bag_size = counts
             self._max_idx = self.offsets.new_empty(0)
 
@@ -82,14 +86,24 @@ class SparseCodes:
             weight, self.latents, self.offsets, False, 0, False, vals.to(weight.dtype), False, -1
         )[0]
 
-    def weight_grad(self, grad_rows: torch.Tensor, weights: torch.Tensor, n_latents: int) -> torch.Tensor:
+    def weight_grad(
+        self, grad_rows: torch.Tensor, weights: torch.Tensor, n_latents: int
+    ) -> torch.Tensor:
         """(d_sae, d) = Z_w^T @ grad_rows: entry (b, s) with weight w adds w * grad_rows[b] to row s."""
         if self.nnz == 0:
             return grad_rows.new_zeros(n_latents, grad_rows.shape[1])
         self._bookkeeping()
         return _aten._embedding_bag_dense_backward(
-            grad_rows, self.latents, self._o2b, self._bag_size, self._max_idx, n_latents, False, 0,
-            weights.to(grad_rows.dtype), -1,
+            grad_rows,
+            self.latents,
+            self._o2b,
+            self._bag_size,
+            self._max_idx,
+            n_latents,
+            False,
+            0,
+            weights.to(grad_rows.dtype),
+            -1,
         )
 
     def sampled_dot(self, grad_rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -103,4 +117,6 @@ class SparseCodes:
 
     def latent_sum(self, weights: torch.Tensor, n_latents: int) -> torch.Tensor:
         """(d_sae,) = sum of ``weights`` per latent."""
-        return torch.zeros(n_latents, dtype=weights.dtype, device=weights.device).index_add_(0, self.latents, weights)
+        return torch.zeros(n_latents, dtype=weights.dtype, device=weights.device).index_add_(
+            0, self.latents, weights
+        )

@@ -17,13 +17,20 @@ import math
 
 import torch
 
-from .base import SAE
-from .kernels import SparseCodes
+from saeflow.sae.base import SAE
+from saeflow.sae.kernels import SparseCodes
 
 
 class PenalizedSAE(SAE):
-    def __init__(self, d_in: int, d_sae: int, seed: int = 0, coef: float = 1e-3, target_l0: float | None = None,
-                 gain: float = 0.03):
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        seed: int = 0,
+        coef: float = 1e-3,
+        target_l0: float | None = None,
+        gain: float = 0.03,
+    ):
         super().__init__(d_in, d_sae, seed)
         self.register_buffer("coef", torch.tensor(float(coef)))
         self.target_l0 = target_l0
@@ -53,8 +60,11 @@ class PenalizedSAE(SAE):
 
     @staticmethod
     def _recipe_kwargs(recipe: dict) -> dict:
-        return dict(coef=float(recipe.get("sparsity_coef", 1e-3)), target_l0=recipe.get("target_l0"),
-                    gain=float(recipe.get("calibration_gain", 0.03)))
+        return dict(
+            coef=float(recipe.get("sparsity_coef", 1e-3)),
+            target_l0=recipe.get("target_l0"),
+            gain=float(recipe.get("calibration_gain", 0.03)),
+        )
 
 
 class ReluL1SAE(PenalizedSAE):
@@ -65,7 +75,12 @@ class ReluL1SAE(PenalizedSAE):
 
     @classmethod
     def from_recipe(cls, recipe: dict, d_in: int) -> "ReluL1SAE":
-        return cls(d_in, int(recipe["expansion"] * d_in), int(recipe.get("seed", 0)), **cls._recipe_kwargs(recipe))
+        return cls(
+            d_in,
+            int(recipe["expansion"] * d_in),
+            int(recipe.get("seed", 0)),
+            **cls._recipe_kwargs(recipe),
+        )
 
     @classmethod
     def from_cfg(cls, cfg: dict) -> "ReluL1SAE":
@@ -105,8 +120,15 @@ class JumpReLUSAE(PenalizedSAE):
     architecture = "jumprelu"
     saelens_architecture = "jumprelu"
 
-    def __init__(self, d_in: int, d_sae: int, seed: int = 0, init_threshold: float = 0.1, bandwidth: float = 0.05,
-                 **kw):
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        seed: int = 0,
+        init_threshold: float = 0.1,
+        bandwidth: float = 0.05,
+        **kw,
+    ):
         super().__init__(d_in, d_sae, seed, **kw)
         self.threshold = torch.nn.Parameter(torch.full((d_sae,), float(init_threshold)))
         self.bandwidth = bandwidth
@@ -114,9 +136,14 @@ class JumpReLUSAE(PenalizedSAE):
 
     @classmethod
     def from_recipe(cls, recipe: dict, d_in: int) -> "JumpReLUSAE":
-        return cls(d_in, int(recipe["expansion"] * d_in), int(recipe.get("seed", 0)),
-                   float(recipe.get("init_threshold", 0.1)), float(recipe.get("bandwidth", 0.05)),
-                   **cls._recipe_kwargs(recipe))
+        return cls(
+            d_in,
+            int(recipe["expansion"] * d_in),
+            int(recipe.get("seed", 0)),
+            float(recipe.get("init_threshold", 0.1)),
+            float(recipe.get("bandwidth", 0.05)),
+            **cls._recipe_kwargs(recipe),
+        )
 
     @classmethod
     def from_cfg(cls, cfg: dict) -> "JumpReLUSAE":
@@ -156,7 +183,9 @@ class JumpReLUSAE(PenalizedSAE):
             # Gemma Scope 2's quadratic penalty around the target: coef * mean_rows 2/T (L0_row - T)^2.
             # Two-sided: rows below the target push their near-threshold latents' thresholds down.
             t = float(self.target_l0)
-            row_l0 = torch.diff(codes.offsets, append=codes.offsets.new_tensor([codes.nnz])).to(pre.dtype)
+            row_l0 = torch.diff(codes.offsets, append=codes.offsets.new_tensor([codes.nnz])).to(
+                pre.dtype
+            )
             losses["l0_loss"] = (2.0 / t) * (row_l0 - t).pow(2).mean()
             per_entry = (4.0 / t) * (row_l0 - t)[near.rows]
             g_theta -= near.latent_sum(per_entry, self.d_sae) * (self.coef / (b * eps))

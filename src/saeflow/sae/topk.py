@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import SAE
-from .kernels import SparseCodes
+from saeflow.sae.base import SAE
+from saeflow.sae.kernels import SparseCodes
 
 
 class AuxKMixin:
@@ -49,7 +49,9 @@ class TopKSAE(AuxKMixin, SAE):
 
     @classmethod
     def from_recipe(cls, recipe: dict, d_in: int) -> "TopKSAE":
-        sae = cls(d_in, int(recipe["expansion"] * d_in), int(recipe["k"]), int(recipe.get("seed", 0)))
+        sae = cls(
+            d_in, int(recipe["expansion"] * d_in), int(recipe["k"]), int(recipe.get("seed", 0))
+        )
         sae.aux_k = int(recipe.get("aux_k") or max(1, d_in // 2))
         sae.aux_coef = float(recipe.get("aux_coef", 1 / 32))
         return sae
@@ -94,8 +96,13 @@ class BatchTopKSAE(AuxKMixin, SAE):
 
     @classmethod
     def from_recipe(cls, recipe: dict, d_in: int) -> "BatchTopKSAE":
-        sae = cls(d_in, int(recipe["expansion"] * d_in), int(recipe["k"]), int(recipe.get("seed", 0)),
-                  float(recipe.get("threshold_momentum", 0.99)))
+        sae = cls(
+            d_in,
+            int(recipe["expansion"] * d_in),
+            int(recipe["k"]),
+            int(recipe.get("seed", 0)),
+            float(recipe.get("threshold_momentum", 0.99)),
+        )
         sae.aux_k = int(recipe.get("aux_k") or max(1, d_in // 2))
         sae.aux_coef = float(recipe.get("aux_coef", 1 / 32))
         return sae

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils import SaeflowError, atomic_path, seed_everything, write_json
-from . import build_sae
-from .data import BatchStream, RowReader, RowSet
+from saeflow.sae import build_sae
+from saeflow.sae.data import BatchStream, RowReader, RowSet
+from saeflow.utils import SaeflowError, atomic_path, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,14 @@ def geometric_median(x: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> tor
 
 
 @torch.no_grad()
-def evaluate(sae, arr: np.ndarray, rowset: RowSet, scale: float = 1.0, block: int = 16384,
-             path: str = "activations") -> dict:
+def evaluate(
+    sae,
+    arr: np.ndarray,
+    rowset: RowSet,
+    scale: float = 1.0,
+    block: int = 16384,
+    path: str = "activations",
+) -> dict:
     """Explained variance, L0, dead/dense latents and firing frequencies on the rows of ``rowset``."""
     sae.eval()
     n = rowset.n
@@ -90,7 +96,9 @@ def evaluate(sae, arr: np.ndarray, rowset: RowSet, scale: float = 1.0, block: in
 
 def _lr_lambda(steps: int, warm: int):
     def f(s: int) -> float:
-        return min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))) * 0.9 + 0.1)
+        return min(1.0, (s + 1) / warm) * (
+            0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))) * 0.9 + 0.1
+        )
 
     return f
 
@@ -99,7 +107,11 @@ def make_optimizer(params, lr: float, device: torch.device):
     """Adam; the fused implementation when this torch has it for the device (it is ~4x cheaper on CPU)."""
     try:
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=True)
-    except (RuntimeError, TypeError, ValueError):  # pragma: no cover - old torch / unsupported device
+    except (
+        RuntimeError,
+        TypeError,
+        ValueError,
+    ):  # pragma: no cover - old torch / unsupported device
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), foreach=True)
 
 
@@ -120,9 +132,22 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def fit(sae, stream: BatchStream, recipe: dict, steps: int, *, device: torch.device, scale: float = 1.0,
-        checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, fingerprint: str = "",
-        on_step=None, desc: str = "SAE", log_every: int | None = None, amp: bool | None = None) -> FitResult:
+def fit(
+    sae,
+    stream: BatchStream,
+    recipe: dict,
+    steps: int,
+    *,
+    device: torch.device,
+    scale: float = 1.0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    fingerprint: str = "",
+    on_step=None,
+    desc: str = "SAE",
+    log_every: int | None = None,
+    amp: bool | None = None,
+) -> FitResult:
     """The training loop. ``stream`` yields (scaled) batches; returns the SAE still in the scaled space."""
     from tqdm.auto import tqdm
 
@@ -177,15 +202,31 @@ def fit(sae, stream: BatchStream, recipe: dict, steps: int, *, device: torch.dev
             stats.update({k: float(v) for k, v in losses.items()})
             stats.update(dead=float(dead.float().mean()), lr=sched.get_last_lr()[0])
             if not math.isfinite(stats["fvu"]):
-                raise SaeflowError(f"{desc}: training diverged at step {step} (loss {stats['fvu']}); lower the lr")
+                raise SaeflowError(
+                    f"{desc}: training diverged at step {step} (loss {stats['fvu']}); lower the lr"
+                )
             result.curve.append(stats)
         if on_step is not None:
             on_step(step, losses)
-        if ckpt is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+        if (
+            ckpt is not None
+            and checkpoint_every
+            and (step + 1) % checkpoint_every == 0
+            and step + 1 < steps
+        ):
             _atomic_torch_save(
-                {"fingerprint": fingerprint, "steps": steps, "step": step + 1, "sae": sae.state_dict(),
-                 "opt": opt.state_dict(), "sched": sched.state_dict(), "stream": stream.state_dict(),
-                 "last_fired": last_fired.cpu(), "seen": seen, "curve": result.curve},
+                {
+                    "fingerprint": fingerprint,
+                    "steps": steps,
+                    "step": step + 1,
+                    "sae": sae.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "stream": stream.state_dict(),
+                    "last_fired": last_fired.cpu(),
+                    "seen": seen,
+                    "curve": result.curve,
+                },
                 ckpt,
             )
     result.n_outliers = stream.n_outliers
@@ -206,8 +247,17 @@ def input_scale_and_init(sae, sample: torch.Tensor, recipe: dict) -> float:
     return scale
 
 
-def fit_array(x: np.ndarray, recipe: dict, *, steps: int, batch_size: int, seed: int = 0, threads: int = 2,
-              device: str = "cpu", on_step=None) -> FitResult:
+def fit_array(
+    x: np.ndarray,
+    recipe: dict,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int = 0,
+    threads: int = 2,
+    device: str = "cpu",
+    on_step=None,
+) -> FitResult:
     """Train on a plain (N, d) array (used by benchmarks). ``recipe["shuffle"]=False`` keeps row order."""
     torch.set_num_threads(max(1, threads))
     seed_everything(seed)
@@ -217,8 +267,19 @@ def fit_array(x: np.ndarray, recipe: dict, *, steps: int, batch_size: int, seed:
     rows = RowSet(np.array([[0, len(x)]]))
     sample = torch.from_numpy(np.asarray(x[: min(len(x), 20000)], dtype=np.float32))
     scale = input_scale_and_init(sae, sample, recipe)
-    stream = BatchStream(x, rows, batch_size, seed, shuffle=recipe.get("shuffle", True), scale=scale)
-    res = fit(sae, stream, recipe, steps, device=dev, scale=scale, on_step=on_step, desc=recipe.get("arch", "sae"))
+    stream = BatchStream(
+        x, rows, batch_size, seed, shuffle=recipe.get("shuffle", True), scale=scale
+    )
+    res = fit(
+        sae,
+        stream,
+        recipe,
+        steps,
+        device=dev,
+        scale=scale,
+        on_step=on_step,
+        desc=recipe.get("arch", "sae"),
+    )
     sae.cpu()
     sae.fold_input_scale(scale)
     sae.eval()
@@ -226,19 +287,30 @@ def fit_array(x: np.ndarray, recipe: dict, *, steps: int, batch_size: int, seed:
 
 
 def _fingerprint(recipe: dict, store_manifest: dict, layer: int) -> str:
-    key = json.dumps({"recipe": recipe, "layer": layer, "files": store_manifest.get("files", {})}, sort_keys=True)
+    key = json.dumps(
+        {"recipe": recipe, "layer": layer, "files": store_manifest.get("files", {})}, sort_keys=True
+    )
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def train_sae(store, layer: int, recipe: dict, train_ranges: np.ndarray, test_ranges: np.ndarray, out_dir,
-              threads: int = 1, device: str = "auto", checkpoint: str | os.PathLike | None = None,
-              on_step=None) -> dict:
+def train_sae(
+    store,
+    layer: int,
+    recipe: dict,
+    train_ranges: np.ndarray,
+    test_ranges: np.ndarray,
+    out_dir,
+    threads: int = 1,
+    device: str = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    on_step=None,
+) -> dict:
     """Train, evaluate on the held-out rows and save (cfg.json, sae_weights.safetensors, metrics.json, log).
 
     ``train_ranges``/``test_ranges``: (n, 2) row ranges, one per sequence. A checkpoint file (default:
     ``<out_dir>.ckpt``) is written every ``recipe["checkpoint_every"]`` steps and removed at the end.
     """
-    from ..utils import torch_device
+    from saeflow.utils import torch_device
 
     torch.set_num_threads(max(1, threads))
     seed = int(recipe.get("seed", 0))
@@ -256,34 +328,61 @@ def train_sae(store, layer: int, recipe: dict, train_ranges: np.ndarray, test_ra
     sample = torch.from_numpy(RowReader(arr, path).rows(sample_rows))
     scale = input_scale_and_init(sae, sample, recipe)
     outlier = recipe.get("outlier_norm_factor")
-    outlier_norm = float(outlier) * float((sample * scale).norm(dim=1).median()) if outlier else None
+    outlier_norm = (
+        float(outlier) * float((sample * scale).norm(dim=1).median()) if outlier else None
+    )
     del sample
     bs = int(recipe["batch_size"])
     n_vec = min(train.n, int(recipe.get("max_vectors") or train.n))
     steps = int(recipe.get("steps") or 0) or max(1, int(float(recipe["epochs"]) * n_vec / bs))
-    stream = BatchStream(arr, train, bs, seed, max_vectors=n_vec, scale=scale, outlier_norm=outlier_norm, path=path)
+    stream = BatchStream(
+        arr, train, bs, seed, max_vectors=n_vec, scale=scale, outlier_norm=outlier_norm, path=path
+    )
     ckpt = Path(checkpoint) if checkpoint else Path(str(out_dir).rstrip("/") + ".ckpt")
     fp = _fingerprint(recipe, store.manifest, layer)
     t0 = time.time()
-    res = fit(sae, stream, recipe, steps, device=dev, scale=scale, checkpoint=ckpt,
-              checkpoint_every=int(recipe.get("checkpoint_every") or 0), fingerprint=fp, desc=f"SAE layer {layer}",
-              on_step=on_step)
+    res = fit(
+        sae,
+        stream,
+        recipe,
+        steps,
+        device=dev,
+        scale=scale,
+        checkpoint=ckpt,
+        checkpoint_every=int(recipe.get("checkpoint_every") or 0),
+        fingerprint=fp,
+        desc=f"SAE layer {layer}",
+        on_step=on_step,
+    )
     sae.cpu()
     sae.fold_input_scale(scale)
     ev = evaluate(sae, arr, test, 1.0, path=path)
     freq = ev.pop("frequency", np.zeros(sae.d_sae))
     times = np.array(res.step_times[5:] or res.step_times)
-    metrics = dict(ev, layer=layer, arch=sae.architecture, steps=steps, train_tokens=n_vec, input_scale=scale,
-                   train_seconds=round(time.time() - t0, 1), step_ms=round(1e3 * float(np.median(times)), 3),
-                   final_train_fvu=res.curve[-1]["fvu"], resumed_from_step=res.resumed_from,
-                   outliers_dropped=res.n_outliers)
+    metrics = dict(
+        ev,
+        layer=layer,
+        arch=sae.architecture,
+        steps=steps,
+        train_tokens=n_vec,
+        input_scale=scale,
+        train_seconds=round(time.time() - t0, 1),
+        step_ms=round(1e3 * float(np.median(times)), 3),
+        final_train_fvu=res.curve[-1]["fvu"],
+        resumed_from_step=res.resumed_from,
+        outliers_dropped=res.n_outliers,
+    )
     if getattr(sae, "target_l0", None):
         metrics["target_l0"] = float(sae.target_l0)
     if hasattr(sae, "coef"):
         metrics["sparsity_coef"] = float(sae.coef)
     log.info("layer %d: %s", layer, metrics)
-    meta = dict(layer=layer, recipe=recipe, input_scale=scale,
-                **{k: store.manifest.get(k) for k in ("model", "dataset")})
+    meta = dict(
+        layer=layer,
+        recipe=recipe,
+        input_scale=scale,
+        **{k: store.manifest.get(k) for k in ("model", "dataset")},
+    )
     with atomic_path(out_dir) as tmp:
         sae.save(tmp, metadata=meta)
         write_json(tmp / "metrics.json", metrics)

@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .activations import ActivationStore
+from saeflow.activations import ActivationStore
 
 log = logging.getLogger(__name__)
 
 #: Per-layer summary columns, as in the Geneformer results of the seeds (plus layer and L0).
-from .columns import CATALOG_SUMMARY_COLUMNS as SUMMARY_COLUMNS  # noqa: E402,F401  (re-exported)
 
 
 def sequence_bounds(tokens: pd.DataFrame) -> np.ndarray:
@@ -30,13 +29,14 @@ def encode_chunks(sae, store: ActivationStore, layer: int, chunk: int = 8192):
 
 
 @torch.no_grad()
-def feature_statistics(sae, store: ActivationStore, layer: int, top_n: int = 20,
-                       hist: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def feature_statistics(
+    sae, store: ActivationStore, layer: int, top_n: int = 20, hist: np.ndarray | None = None
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """One streaming pass: frequency, mean/max activation, and the top-N activating token rows per feature.
 
     ``hist``: optional (d_sae x :data:`saeflow.histogram.N_BINS`) counts, filled in place with each
     feature's activation histogram."""
-    from . import histogram
+    from saeflow import histogram
 
     F = sae.d_sae
     fires = torch.zeros(F, dtype=torch.float64)
@@ -58,12 +58,20 @@ def feature_statistics(sae, store: ActivationStore, layer: int, top_n: int = 20,
         best_v, best_r = v, idx.gather(0, i)
     freq = (fires / max(n, 1)).numpy()
     mean_act = (total / fires.clamp_min(1)).numpy()
-    df = pd.DataFrame({"feature": np.arange(F), "frequency": freq, "mean_activation": mean_act,
-                       "max_activation": best_v[0].numpy().clip(min=0)})
+    df = pd.DataFrame(
+        {
+            "feature": np.arange(F),
+            "frequency": freq,
+            "mean_activation": mean_act,
+            "max_activation": best_v[0].numpy().clip(min=0),
+        }
+    )
     return df, best_v.numpy(), best_r.numpy()
 
 
-def svd_alignment(decoder: np.ndarray, acts: np.ndarray, n_components: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def svd_alignment(
+    decoder: np.ndarray, acts: np.ndarray, n_components: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
     """Max |cos| of each decoder row with the top right singular vectors of centred activations."""
     x = acts - acts.mean(0)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
@@ -75,13 +83,22 @@ def svd_alignment(decoder: np.ndarray, acts: np.ndarray, n_components: int = 50)
 def mark_context(seq: str, start: int, end: int, fire_mask: np.ndarray, context: int) -> str:
     """The window around [start, end) with bases where the feature fires in UPPER case, others lower."""
     lo, hi = max(0, start - context), min(len(seq), end + context)
-    return "".join(c.upper() if fire_mask[i] else c.lower() for i, c in zip(range(lo, hi), seq[lo:hi]))
+    return "".join(
+        c.upper() if fire_mask[i] else c.lower() for i, c in zip(range(lo, hi), seq[lo:hi])
+    )
 
 
 @torch.no_grad()
-def build_catalog(sae, store: ActivationStore, layer: int, sequences: pd.DataFrame, tokenizer_vocab: dict[int, str],
-                  params: dict, sae_metrics: dict, hist: np.ndarray | None = None
-                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray]:
+def build_catalog(
+    sae,
+    store: ActivationStore,
+    layer: int,
+    sequences: pd.DataFrame,
+    tokenizer_vocab: dict[int, str],
+    params: dict,
+    sae_metrics: dict,
+    hist: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray]:
     """Returns (features, contexts, summary, singular values); ``hist`` as in :func:`feature_statistics`."""
     top_n, n_ctx = int(params["top_n"]), int(params["n_contexts"])
     feats, best_v, best_r = feature_statistics(sae, store, layer, top_n, hist=hist)
@@ -92,7 +109,9 @@ def build_catalog(sae, store: ActivationStore, layer: int, sequences: pd.DataFra
     top_tokens = []
     for f in range(sae.d_sae):
         r = best_r[:, f][best_v[:, f] > 0]
-        names, counts = np.unique([tokenizer_vocab.get(int(t), str(t)) for t in tok_ids[r]], return_counts=True)
+        names, counts = np.unique(
+            [tokenizer_vocab.get(int(t), str(t)) for t in tok_ids[r]], return_counts=True
+        )
         order = np.argsort(-counts)[:5]
         top_tokens.append(",".join(f"{names[i]}:{counts[i]}" for i in order))
     feats["top_tokens"] = top_tokens
@@ -114,10 +133,22 @@ def build_catalog(sae, store: ActivationStore, layer: int, sequences: pd.DataFra
                 if zz > 0:
                     mask[a:b] = True
             ts, te = int(tokens.start.iat[r]), int(tokens.end.iat[r])
-            rows_ctx.append(dict(feature=int(f), rank=rank, activation=float(v), sequence=sequences.name.iat[s],
-                                 token=tokenizer_vocab.get(int(tok_ids[r]), "?"), start=ts, end=te,
-                                 context=mark_context(seq, ts, te, mask, int(params["context"]))))
-    contexts = pd.DataFrame(rows_ctx, columns=["feature", "rank", "activation", "sequence", "token", "start", "end", "context"])
+            rows_ctx.append(
+                dict(
+                    feature=int(f),
+                    rank=rank,
+                    activation=float(v),
+                    sequence=sequences.name.iat[s],
+                    token=tokenizer_vocab.get(int(tok_ids[r]), "?"),
+                    start=ts,
+                    end=te,
+                    context=mark_context(seq, ts, te, mask, int(params["context"])),
+                )
+            )
+    contexts = pd.DataFrame(
+        rows_ctx,
+        columns=["feature", "rank", "activation", "sequence", "token", "start", "end", "context"],
+    )
     # SVD comparison on a sample of rows
     rng = np.random.default_rng(0)
     n = arr.shape[0]

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 BASES = "ACGT"
 _COMP = str.maketrans("ACGTNacgtn", "TGCANtgcan")

@@ -52,12 +52,11 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError, atomic_path, write_json
+from saeflow.utils import SaeflowError, atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +74,18 @@ def write_pbmc(out_h5ad, out_gmt, n_markers: int = 25) -> dict:
     X = np.expm1(raw.toarray() if sp.issparse(raw) else np.asarray(raw)).astype(np.float32)
     X[X < 0] = 0
     symbols = np.asarray(a.raw.var_names).astype(str)
-    obs = pd.DataFrame({"bulk_labels": a.obs["bulk_labels"].astype(str).to_numpy(),
-                        "louvain": a.obs["louvain"].astype(str).to_numpy()},
-                       index=pd.Index(np.asarray(a.obs_names).astype(str)))
+    obs = pd.DataFrame(
+        {
+            "bulk_labels": a.obs["bulk_labels"].astype(str).to_numpy(),
+            "louvain": a.obs["louvain"].astype(str).to_numpy(),
+        },
+        index=pd.Index(np.asarray(a.obs_names).astype(str)),
+    )
     var = pd.DataFrame({"gene_symbol": symbols}, index=pd.Index(symbols))
     out = anndata.AnnData(X=sp.csr_matrix(X), obs=obs, var=var)
-    out.uns["saeflow_note"] = "expm1(raw.X) of scanpy's pbmc68k_reduced: normalised expression, not raw counts"
+    out.uns["saeflow_note"] = (
+        "expm1(raw.X) of scanpy's pbmc68k_reduced: normalised expression, not raw counts"
+    )
     with atomic_path(out_h5ad) as tmp:
         out.write_h5ad(tmp)
     names = a.uns["rank_genes_groups"]["names"]
@@ -88,22 +93,51 @@ def write_pbmc(out_h5ad, out_gmt, n_markers: int = 25) -> dict:
     lines = []
     for g in groups:
         genes = [str(x) for x in names[g][:n_markers]]
-        lines.append("\t".join([g, f"pbmc68k_reduced rank_genes_groups ({a.uns['rank_genes_groups']['params']['method']})", *genes]))
+        lines.append(
+            "\t".join(
+                [
+                    g,
+                    f"pbmc68k_reduced rank_genes_groups ({a.uns['rank_genes_groups']['params']['method']})",
+                    *genes,
+                ]
+            )
+        )
     with atomic_path(out_gmt) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    log.info("pbmc68k_reduced: %d cells x %d genes; %d marker sets of %d genes", *X.shape, len(groups), n_markers)
+    log.info(
+        "pbmc68k_reduced: %d cells x %d genes; %d marker sets of %d genes",
+        *X.shape,
+        len(groups),
+        n_markers,
+    )
     return {"cells": int(X.shape[0]), "genes": int(X.shape[1]), "marker_sets": len(groups)}
 
 
-CRISPRI_DESIGN = {"SPI1": True, "IRF8": True, "JUNB": True, "EGR1": False}  # TF -> targets knocked down too
+CRISPRI_DESIGN = {
+    "SPI1": True,
+    "IRF8": True,
+    "JUNB": True,
+    "EGR1": False,
+}  # TF -> targets knocked down too
 SHAM_TARGET = "SHAM"
 CONTROL_LABEL = "non-targeting"
 
 
-def write_pbmc_crispri(pbmc_h5ad, out_h5ad, out_trrust, *, cells_per_target: int = 60, n_targets: int = 20,
-                       tf_knockdown: float = 0.05, target_knockdown: float = 0.1, min_expressed: float = 0.1,
-                       top_ranked: int = 64, target_induction: float = 8.0,
-                       design: dict | None = None, seed: int = 0) -> dict:
+def write_pbmc_crispri(
+    pbmc_h5ad,
+    out_h5ad,
+    out_trrust,
+    *,
+    cells_per_target: int = 60,
+    n_targets: int = 20,
+    tf_knockdown: float = 0.05,
+    target_knockdown: float = 0.1,
+    min_expressed: float = 0.1,
+    top_ranked: int = 64,
+    target_induction: float = 8.0,
+    design: dict | None = None,
+    seed: int = 0,
+) -> dict:
     """``pbmc_h5ad`` (from :func:`write_pbmc`) + simulated CRISPRi cells -> ``out_h5ad`` and a
     TRRUST-format ``out_trrust``; see the module docstring for the planted design.
 
@@ -131,12 +165,23 @@ def write_pbmc_crispri(pbmc_h5ad, out_h5ad, out_trrust, *, cells_per_target: int
     score = np.where(norm > 0, norm / med, -np.inf)
     ranks = np.argsort(np.argsort(-score, axis=1), axis=1)
     frac = ((ranks < top_ranked) & (norm > 0)).mean(axis=0)
-    pool = np.array([j for j in np.argsort(-frac, kind="stable") if genes[j] not in design][: 2 * n_targets * len(design)])
-    if len(pool) < n_targets * len(design) or frac[pool[n_targets * len(design) - 1]] < min_expressed:
-        raise SaeflowError(f"{pbmc_h5ad}: too few genes within the top {top_ranked} ranks of >= {min_expressed:.0%} "
-                           f"of cells for {n_targets * len(design)} simulated targets")
+    pool = np.array(
+        [j for j in np.argsort(-frac, kind="stable") if genes[j] not in design][
+            : 2 * n_targets * len(design)
+        ]
+    )
+    if (
+        len(pool) < n_targets * len(design)
+        or frac[pool[n_targets * len(design) - 1]] < min_expressed
+    ):
+        raise SaeflowError(
+            f"{pbmc_h5ad}: too few genes within the top {top_ranked} ranks of >= {min_expressed:.0%} "
+            f"of cells for {n_targets * len(design)} simulated targets"
+        )
     drawn = rng.permutation(pool)[: n_targets * len(design)].reshape(len(design), n_targets)
-    regulons = {tf: list(genes[drawn[i]]) for i, tf in enumerate(design)}  # first half activated, then repressed
+    regulons = {
+        tf: list(genes[drawn[i]]) for i, tf in enumerate(design)
+    }  # first half activated, then repressed
     blocks, obs_rows = [X], []
     obs = a.obs.copy()
     obs["perturbation"] = CONTROL_LABEL
@@ -148,8 +193,12 @@ def write_pbmc_crispri(pbmc_h5ad, out_h5ad, out_trrust, *, cells_per_target: int
             block[:, col[tf]] *= tf_knockdown
             if design[tf]:
                 half = n_targets // 2
-                block[:, [col[g] for g in regulons[tf][:half]]] *= target_knockdown  # activated by the TF
-                block[:, [col[g] for g in regulons[tf][half:]]] *= target_induction  # repressed by it
+                block[:, [col[g] for g in regulons[tf][:half]]] *= (
+                    target_knockdown  # activated by the TF
+                )
+                block[:, [col[g] for g in regulons[tf][half:]]] *= (
+                    target_induction  # repressed by it
+                )
         blocks.append(sp.csr_matrix(block))
         o = a.obs.iloc[src].copy()
         o["perturbation"] = tf
@@ -158,22 +207,47 @@ def write_pbmc_crispri(pbmc_h5ad, out_h5ad, out_trrust, *, cells_per_target: int
         obs_rows.append(o)
     obs = pd.concat([obs, *obs_rows])
     out = anndata.AnnData(X=sp.vstack(blocks).tocsr(), obs=obs, var=a.var.copy())
-    out.uns["saeflow_note"] = (f"{a.uns.get('saeflow_note', '')}; plus SIMULATED CRISPRi cells (copies of real cells "
-                               f"with knocked-down genes: TF x{tf_knockdown}, planted targets x{target_knockdown})")
+    out.uns["saeflow_note"] = (
+        f"{a.uns.get('saeflow_note', '')}; plus SIMULATED CRISPRi cells (copies of real cells "
+        f"with knocked-down genes: TF x{tf_knockdown}, planted targets x{target_knockdown})"
+    )
     with atomic_path(out_h5ad) as tmp:
         out.write_h5ad(tmp)
-    edges = pd.DataFrame([(tf, g, "Activation" if i < n_targets // 2 else "Repression", "simulated")
-                          for tf, gs in regulons.items() for i, g in enumerate(gs)],
-                         columns=["source", "target", "mode", "pmids"])
+    edges = pd.DataFrame(
+        [
+            (tf, g, "Activation" if i < n_targets // 2 else "Repression", "simulated")
+            for tf, gs in regulons.items()
+            for i, g in enumerate(gs)
+        ],
+        columns=["source", "target", "mode", "pmids"],
+    )
     with atomic_path(out_trrust) as tmp:
         edges.to_csv(tmp, sep="\t", index=False)
-    log.info("pbmc68k_crispri: %d control + %d perturbed cells (%s + %s, %d each)", X.shape[0],
-             out.n_obs - X.shape[0], ", ".join(design), SHAM_TARGET, cells_per_target)
-    return {"controls": int(X.shape[0]), "perturbed": int(out.n_obs - X.shape[0]), "regulons": regulons}
+    log.info(
+        "pbmc68k_crispri: %d control + %d perturbed cells (%s + %s, %d each)",
+        X.shape[0],
+        out.n_obs - X.shape[0],
+        ", ".join(design),
+        SHAM_TARGET,
+        cells_per_target,
+    )
+    return {
+        "controls": int(X.shape[0]),
+        "perturbed": int(out.n_obs - X.shape[0]),
+        "regulons": regulons,
+    }
 
 
-def write_pbmc_tissue(pbmc_h5ad, out_h5ad, *, n_cells: int = 1000, n_programme: int = 30, programme_gain: float = 4.0,
-                      label_column: str = "bulk_labels", seed: int = 1) -> dict:
+def write_pbmc_tissue(
+    pbmc_h5ad,
+    out_h5ad,
+    *,
+    n_cells: int = 1000,
+    n_programme: int = 30,
+    programme_gain: float = 4.0,
+    label_column: str = "bulk_labels",
+    seed: int = 1,
+) -> dict:
     """A SIMULATED second "tissue" from the cells of ``pbmc_h5ad`` (from :func:`write_pbmc`): the
     offline stand-in for Tabula Sapiens in a pooled dataset (the default's ``pbmc_pooled``).
 
@@ -205,16 +279,25 @@ def write_pbmc_tissue(pbmc_h5ad, out_h5ad, *, n_cells: int = 1000, n_programme: 
     Y = np.vstack(out).astype(np.float32)
     programme = np.sort(rng.choice(X.shape[1], n_programme, replace=False))
     Y[:, programme] *= programme_gain
-    obs = pd.DataFrame({label_column: lab}, index=pd.Index([f"tissue_{i}" for i in range(len(lab))]))
+    obs = pd.DataFrame(
+        {label_column: lab}, index=pd.Index([f"tissue_{i}" for i in range(len(lab))])
+    )
     res = anndata.AnnData(X=sp.csr_matrix(Y), obs=obs, var=a.var.copy())
     genes = np.asarray(a.var_names).astype(str)
-    res.uns["saeflow_note"] = (f"SIMULATED second tissue from {a.uns.get('saeflow_note', 'pbmc68k_reduced')}: "
-                               f"cell types in equal shares, per-type gene-wise bootstrap, tissue programme "
-                               f"x{programme_gain}: {', '.join(genes[programme])}")
+    res.uns["saeflow_note"] = (
+        f"SIMULATED second tissue from {a.uns.get('saeflow_note', 'pbmc68k_reduced')}: "
+        f"cell types in equal shares, per-type gene-wise bootstrap, tissue programme "
+        f"x{programme_gain}: {', '.join(genes[programme])}"
+    )
     with atomic_path(out_h5ad) as tmp:
         res.write_h5ad(tmp)
-    log.info("pbmc68k_tissue: %d simulated cells (%d types), programme of %d genes x%g", len(lab), len(types),
-             n_programme, programme_gain)
+    log.info(
+        "pbmc68k_tissue: %d simulated cells (%d types), programme of %d genes x%g",
+        len(lab),
+        len(types),
+        n_programme,
+        programme_gain,
+    )
     return {"cells": len(lab), "types": int(len(types)), "programme": list(genes[programme])}
 
 
@@ -232,7 +315,7 @@ def build_dictionaries(cells) -> tuple[dict[str, int], dict[str, float]]:
     norm = norm.tocsc()
     medians = {}
     for j, g in enumerate(genes):
-        col = norm.data[norm.indptr[j]:norm.indptr[j + 1]]
+        col = norm.data[norm.indptr[j] : norm.indptr[j + 1]]
         col = col[col > 0]
         if len(col):
             medians[str(g)] = float(np.median(col))
@@ -254,36 +337,62 @@ def train_toy_geneformer(cells, out_dir, params: dict, metrics_path=None) -> dic
     from tqdm.auto import tqdm
     from transformers import BertConfig, BertForMaskedLM
 
-    from .models.geneformer import GeneformerTokenizer
+    from saeflow.models.geneformer import GeneformerTokenizer
 
-    p = dict(seed=0, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, steps=800,
-             batch_size=16, lr=1e-3, mask_prob=0.15, test_fraction=0.2, max_length=128)
+    p = dict(
+        seed=0,
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=128,
+        steps=800,
+        batch_size=16,
+        lr=1e-3,
+        mask_prob=0.15,
+        test_fraction=0.2,
+        max_length=128,
+    )
     p.update(params or {})
     torch.manual_seed(p["seed"])
     rng = np.random.default_rng(p["seed"])
     token_dict, medians = build_dictionaries(cells)
     gene_ids = cells.gene_ids if cells.gene_ids is not None else cells.gene_symbols
-    from .models.base import CellMatrix
+    from saeflow.models.base import CellMatrix
 
     cells = CellMatrix(cells.X, np.asarray(gene_ids).astype(str), cells.gene_symbols, cells.names)
     # Like Geneformer, the input is truncated to the model's size: the top-ranked genes of each cell.
     max_len = int(p["max_length"])
-    tok = GeneformerTokenizer(token_dict, medians, max_len, special_tokens=True, source="toy geneformer")
+    tok = GeneformerTokenizer(
+        token_dict, medians, max_len, special_tokens=True, source="toy geneformer"
+    )
     enc = tok.encode(cells)
     ids, attn, special = enc.input_ids, enc.attention_mask, torch.from_numpy(enc.special)
     n = ids.shape[0]
     order = rng.permutation(n)
     n_test = max(1, int(round(p["test_fraction"] * n)))
     test, train = order[:n_test], order[n_test:]
-    config = BertConfig(vocab_size=len(token_dict), hidden_size=p["hidden_size"], num_hidden_layers=p["num_layers"],
-                        num_attention_heads=p["num_heads"], intermediate_size=p["intermediate_size"],
-                        max_position_embeddings=max_len, pad_token_id=token_dict["<pad>"],
-                        hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.02, type_vocab_size=1)
+    config = BertConfig(
+        vocab_size=len(token_dict),
+        hidden_size=p["hidden_size"],
+        num_hidden_layers=p["num_layers"],
+        num_attention_heads=p["num_heads"],
+        intermediate_size=p["intermediate_size"],
+        max_position_embeddings=max_len,
+        pad_token_id=token_dict["<pad>"],
+        hidden_dropout_prob=0.02,
+        attention_probs_dropout_prob=0.02,
+        type_vocab_size=1,
+    )
     model = BertForMaskedLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=0.01)
     warm = max(1, p["steps"] // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / p["steps"])))))
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warm)
+            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / p["steps"]))))
+        ),
+    )
     mask_id = token_dict["<mask>"]
 
     def masked(batch_rows, gen):
@@ -311,21 +420,29 @@ def train_toy_geneformer(cells, out_dir, params: dict, metrics_path=None) -> dic
     model.eval()
     egen = torch.Generator().manual_seed(p["seed"] + 1)
     correct = total = 0
-    counts = np.bincount(ids[torch.from_numpy(train)][~special[torch.from_numpy(train)]].numpy(),
-                         minlength=len(token_dict))
+    counts = np.bincount(
+        ids[torch.from_numpy(train)][~special[torch.from_numpy(train)]].numpy(),
+        minlength=len(token_dict),
+    )
     base_guess = int(np.argmax(counts))
     base_correct = 0
     with torch.inference_mode():
         for i in range(0, n_test, 32):
-            x, a, y = masked(test[i:i + 32], egen)
+            x, a, y = masked(test[i : i + 32], egen)
             pred = model(input_ids=x, attention_mask=a).logits.argmax(-1)
             sel = y != -100
             correct += int((pred[sel] == y[sel]).sum())
             base_correct += int((y[sel] == base_guess).sum())
             total += int(sel.sum())
-    metrics = {"masked_gene_accuracy": correct / max(total, 1), "constant_guess_accuracy": base_correct / max(total, 1),
-               "n_masked_test_tokens": total, "final_train_loss": float(np.mean(losses[-50:])),
-               "n_genes": len(token_dict) - len(SPECIALS), "n_cells": int(n), "params": p}
+    metrics = {
+        "masked_gene_accuracy": correct / max(total, 1),
+        "constant_guess_accuracy": base_correct / max(total, 1),
+        "n_masked_test_tokens": total,
+        "final_train_loss": float(np.mean(losses[-50:])),
+        "n_genes": len(token_dict) - len(SPECIALS),
+        "n_cells": int(n),
+        "params": p,
+    }
     log.info("toy geneformer: %s", {k: v for k, v in metrics.items() if k != "params"})
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

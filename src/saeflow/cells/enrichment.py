@@ -60,18 +60,46 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import betaln
 
-from .utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
 GeneSets = Mapping[str, Sequence[str]]
 
 #: columns of :func:`overrepresentation` results, in order
-ORA_COLUMNS = ["feature", "library", "term", "k", "n", "K", "N", "expected", "fold", "odds_ratio",
-               "p", "q", "overlap_genes", "family_size"]
+ORA_COLUMNS = [
+    "feature",
+    "library",
+    "term",
+    "k",
+    "n",
+    "K",
+    "N",
+    "expected",
+    "fold",
+    "odds_ratio",
+    "p",
+    "q",
+    "overlap_genes",
+    "family_size",
+]
 #: columns of :func:`edge_enrichment` results, in order
-EDGE_COLUMNS = ["feature", "network", "n", "n_in_network", "edges", "null_mean", "null_sd", "z", "fold",
-                "p", "q", "n_perm", "family_size", "edge_list"]
+EDGE_COLUMNS = [
+    "feature",
+    "network",
+    "n",
+    "n_in_network",
+    "edges",
+    "null_mean",
+    "null_sd",
+    "z",
+    "fold",
+    "p",
+    "q",
+    "n_perm",
+    "family_size",
+    "edge_list",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -102,8 +130,10 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
                 continue
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) < 3 or not any(g.strip() for g in fields[2:]):
-                raise SaeflowError(f"{path}: line {lineno} is not 'term<TAB>description<TAB>gene...' "
-                                   f"({len(fields)} tab-separated field(s), no gene): {line[:80]!r}")
+                raise SaeflowError(
+                    f"{path}: line {lineno} is not 'term<TAB>description<TAB>gene...' "
+                    f"({len(fields)} tab-separated field(s), no gene): {line[:80]!r}"
+                )
             term = fields[0].strip()
             if not term:
                 raise SaeflowError(f"{path}: line {lineno} has an empty term name")
@@ -124,9 +154,11 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
     return sets
 
 
-def read_edges(path: str | os.PathLike, required: Sequence[str] = ("source", "target")) -> pd.DataFrame:
+def read_edges(
+    path: str | os.PathLike, required: Sequence[str] = ("source", "target")
+) -> pd.DataFrame:
     """An edge table written by the download rules (TSV or parquet with a header)."""
-    from .utils import read_table
+    from saeflow.utils import read_table
 
     path = Path(path)
     if not path.is_file():
@@ -173,7 +205,9 @@ def trrust_gene_sets(edges: pd.DataFrame, by_mode: bool = False) -> dict[str, li
     return {str(t): sorted(set(g)) for t, g in df.target.groupby(key.values)}
 
 
-def pool_libraries(libraries: Mapping[str, str | os.PathLike | GeneSets]) -> dict[str, dict[str, list[str]]]:
+def pool_libraries(
+    libraries: Mapping[str, str | os.PathLike | GeneSets],
+) -> dict[str, dict[str, list[str]]]:
     """Several libraries as one argument of :func:`overrepresentation`, hence one BH family.
 
     ``libraries`` maps a library name to a GMT path or to a dict term -> genes. The family of a
@@ -186,7 +220,9 @@ def pool_libraries(libraries: Mapping[str, str | os.PathLike | GeneSets]) -> dic
         elif isinstance(lib, Mapping):
             out[str(name)] = {str(t): list(g) for t, g in lib.items()}
         else:
-            raise SaeflowError(f"library {name!r}: expected a GMT path or a dict term -> genes, got {type(lib).__name__}")
+            raise SaeflowError(
+                f"library {name!r}: expected a GMT path or a dict term -> genes, got {type(lib).__name__}"
+            )
     if not out:
         raise SaeflowError("no gene-set library given")
     return out
@@ -233,18 +269,24 @@ def _as_hits(hits, universe, features) -> tuple[sp.csr_matrix, np.ndarray, np.nd
         col = universe.get_indexer(all_genes) if len(all_genes) else np.zeros(0, np.int64)
         if (col < 0).any():
             bad = sorted(set(all_genes[col < 0].tolist()))
-            raise SaeflowError(f"{len(bad)} hit gene(s) are not in the gene universe: "
-                               f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+            raise SaeflowError(
+                f"{len(bad)} hit gene(s) are not in the gene universe: "
+                f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}"
+            )
         rows = np.repeat(np.arange(len(lists)), [len(g) for g in lists])
-        H = sp.csr_matrix((np.ones(len(col), np.float64), (rows, col)), shape=(len(lists), len(universe)))
+        H = sp.csr_matrix(
+            (np.ones(len(col), np.float64), (rows, col)), shape=(len(lists), len(universe))
+        )
         return H, np.asarray(universe, dtype=object), labels
     if universe is None:
         raise SaeflowError("a hit matrix needs its universe: the gene of each column")
     universe = _gene_index(universe, "universe")
     H = sp.csr_matrix(hits) if not sp.issparse(hits) else hits.tocsr()
     if H.ndim != 2 or H.shape[1] != len(universe):
-        raise SaeflowError(f"the hit matrix has {H.shape[1] if H.ndim == 2 else '?'} gene columns but the "
-                           f"universe has {len(universe)} genes: columns must be the universe's genes, in order")
+        raise SaeflowError(
+            f"the hit matrix has {H.shape[1] if H.ndim == 2 else '?'} gene columns but the "
+            f"universe has {len(universe)} genes: columns must be the universe's genes, in order"
+        )
     H = H.astype(bool).astype(np.float64)
     H.eliminate_zeros()
     H.sum_duplicates()
@@ -255,8 +297,11 @@ def _as_hits(hits, universe, features) -> tuple[sp.csr_matrix, np.ndarray, np.nd
 
 
 def _gene_index(genes, what: str) -> pd.Index:
-    idx = pd.Index(np.asarray(list(genes) if not isinstance(genes, (np.ndarray, pd.Index)) else genes,
-                              dtype=object).astype(str))
+    idx = pd.Index(
+        np.asarray(
+            list(genes) if not isinstance(genes, (np.ndarray, pd.Index)) else genes, dtype=object
+        ).astype(str)
+    )
     if len(idx) == 0:
         raise SaeflowError(f"the {what} is empty: no gene to test against")
     if not idx.is_unique:
@@ -271,7 +316,9 @@ def _background(background) -> pd.Index:
         raise SaeflowError("the background is required: the genes the model saw in the data")
     genes = pd.Index(np.asarray(list(background), dtype=object).astype(str)).unique().sort_values()
     if len(genes) == 0:
-        raise SaeflowError("the background is empty: no gene the model saw, nothing to test against")
+        raise SaeflowError(
+            "the background is empty: no gene the model saw, nothing to test against"
+        )
     return genes
 
 
@@ -279,8 +326,10 @@ def _hits_on_background(H, universe, bg: pd.Index) -> sp.csr_matrix:
     """Re-index the hit matrix's columns from the universe onto the background (hits outside dropped)."""
     col = bg.get_indexer(np.asarray(universe, dtype=object))
     if not (col >= 0).any():
-        raise SaeflowError("no gene of the universe is in the background: are both the same kind of "
-                           "identifier (symbols vs Ensembl ids)?")
+        raise SaeflowError(
+            "no gene of the universe is in the background: are both the same kind of "
+            "identifier (symbols vs Ensembl ids)?"
+        )
     coo = H.tocoo()
     c = col[coo.col]
     ok = c >= 0
@@ -297,6 +346,7 @@ def _hits_on_background(H, universe, bg: pd.Index) -> sp.csr_matrix:
 
 def _log_pmf(x, N, K, n):
     """log P(X = x), X ~ Hypergeom(N, K, n), via betaln (accurate for large arguments; scipy does the same)."""
+
     def lchoose(a, b):
         return -np.log1p(a) - betaln(a - b + 1, b + 1)
 
@@ -313,10 +363,10 @@ def _decreasing_sum(x0, N, K, n, stop, up: bool, tol: float = 1e-18):
     Nf, Kf, nf = N.astype(np.float64), K.astype(np.float64), n.astype(np.float64)
     while act.size:
         xa, Ka, na, Na = x[act], Kf[act], nf[act], Nf[act]
-        if up:   # pmf(x+1)/pmf(x)
+        if up:  # pmf(x+1)/pmf(x)
             r = (Ka - xa) * (na - xa) / ((xa + 1) * (Na - Ka - na + xa + 1))
             x[act] = xa + 1
-        else:    # pmf(x-1)/pmf(x)
+        else:  # pmf(x-1)/pmf(x)
             r = xa * (Na - Ka - na + xa) / ((Ka - xa + 1) * (na - xa + 1))
             x[act] = xa - 1
         t = term[act] * r
@@ -464,19 +514,31 @@ def _set_matrix(libraries: Mapping[str, GeneSets], bg: pd.Index, min_size, max_s
         terms.extend(np.asarray(names, dtype=object)[keep].tolist())
         libs.extend([lib] * int(keep.sum()))
         j += int(keep.sum())
-        log.info("library %s: %d sets, %d tested after intersecting with the %d-gene background "
-                 "(size %s..%s)", lib, len(names), int(keep.sum()), len(bg), lo, hi)
+        log.info(
+            "library %s: %d sets, %d tested after intersecting with the %d-gene background "
+            "(size %s..%s)",
+            lib,
+            len(names),
+            int(keep.sum()),
+            len(bg),
+            lo,
+            hi,
+        )
     if j == 0:
-        raise SaeflowError(f"no gene set has between min_size={min_size} and max_size={max_size} genes in the "
-                           f"background ({len(bg)} genes; {n_drop_small} too small, {n_drop_large} too large): "
-                           "is the background in the same identifiers as the sets?")
+        raise SaeflowError(
+            f"no gene set has between min_size={min_size} and max_size={max_size} genes in the "
+            f"background ({len(bg)} genes; {n_drop_small} too small, {n_drop_large} too large): "
+            "is the background in the same identifiers as the sets?"
+        )
     r, c = np.concatenate(rows), np.concatenate(cols)
     S = sp.csc_matrix((np.ones(len(r)), (r, c)), shape=(len(bg), j))
     S.sort_indices()
     return S, np.asarray(libs, dtype=object), np.asarray(terms, dtype=object)
 
 
-def _overlap_genes(H: sp.csr_matrix, S: sp.csc_matrix, fi: np.ndarray, tj: np.ndarray, bg: pd.Index) -> list[str]:
+def _overlap_genes(
+    H: sp.csr_matrix, S: sp.csc_matrix, fi: np.ndarray, tj: np.ndarray, bg: pd.Index
+) -> list[str]:
     """';'-joined genes in hits(f) ∩ set(t) for each pair (fi[i], tj[i]); vectorised membership."""
     if fi.size == 0:
         return []
@@ -493,16 +555,24 @@ def _overlap_genes(H: sp.csr_matrix, S: sp.csc_matrix, fi: np.ndarray, tj: np.nd
     pos = np.searchsorted(mkeys, cand)
     pos = np.minimum(pos, mkeys.size - 1)
     hit = mkeys[pos] == cand
-    pair, gene = pair[hit], gene[hit]          # grouped by pair, genes ascending (= alphabetical)
+    pair, gene = pair[hit], gene[hit]  # grouped by pair, genes ascending (= alphabetical)
     names = np.asarray(bg, dtype=object)[gene]
     bounds = np.searchsorted(pair, np.arange(fi.size + 1))
-    return [";".join(names[bounds[i]:bounds[i + 1]]) for i in range(fi.size)]
+    return [";".join(names[bounds[i] : bounds[i + 1]]) for i in range(fi.size)]
 
 
-def overrepresentation(hits, libraries: Mapping[str, GeneSets], background: Iterable[str], *,
-                       universe: Sequence[str] | None = None, features: Sequence[Hashable] | None = None,
-                       min_size: int | Mapping[str, int] = 15, max_size: int | Mapping[str, int] = 500,
-                       q_max: float | None = None, genes_q_max: float | None = 0.05) -> pd.DataFrame:
+def overrepresentation(
+    hits,
+    libraries: Mapping[str, GeneSets],
+    background: Iterable[str],
+    *,
+    universe: Sequence[str] | None = None,
+    features: Sequence[Hashable] | None = None,
+    min_size: int | Mapping[str, int] = 15,
+    max_size: int | Mapping[str, int] = 500,
+    q_max: float | None = None,
+    genes_q_max: float | None = 0.05,
+) -> pd.DataFrame:
     """Hypergeometric over-representation of every gene set among every feature's hits; one BH family.
 
     Parameters
@@ -543,11 +613,15 @@ def overrepresentation(hits, libraries: Mapping[str, GeneSets], background: Iter
     family = F * T
     n_hits = np.asarray(Hb.sum(axis=1)).ravel().astype(np.int64)
     if (n_hits == 0).any():
-        log.warning("%d of %d features have no hit in the background; their tests (p = 1) are counted in the "
-                    "family", int((n_hits == 0).sum()), F)
+        log.warning(
+            "%d of %d features have no hit in the background; their tests (p = 1) are counted in the "
+            "family",
+            int((n_hits == 0).sum()),
+            F,
+        )
     K = np.asarray(S.sum(axis=0)).ravel().astype(np.int64)
 
-    O = (Hb @ S).tocoo()              # overlaps k > 0 only: (features x genes) @ (genes x sets)
+    O = (Hb @ S).tocoo()  # overlaps k > 0 only: (features x genes) @ (genes x sets)
     fi, tj = O.row.astype(np.int64), O.col.astype(np.int64)
     k = np.rint(O.data).astype(np.int64)
     del O
@@ -570,15 +644,34 @@ def overrepresentation(hits, libraries: Mapping[str, GeneSets], background: Iter
     want = np.ones(p.size, bool) if genes_q_max is None else q <= genes_q_max
     if want.any():
         genes[want] = _overlap_genes(Hb, S, fi[want], tj[want], bg)
-    df = pd.DataFrame({
-        "feature": _categorical(labels, fi), "library": _categorical(libs, tj), "term": _categorical(terms, tj),
-        "k": k, "n": n, "K": Kt, "N": np.full(p.size, N, np.int64),
-        "expected": expected, "fold": k / expected, "odds_ratio": odds, "p": p, "q": q,
-        "overlap_genes": genes, "family_size": np.full(p.size, family, np.int64),
-    }, copy=False)  # fresh arrays: no copy, no block consolidation (a second copy of every column)
+    df = pd.DataFrame(
+        {
+            "feature": _categorical(labels, fi),
+            "library": _categorical(libs, tj),
+            "term": _categorical(terms, tj),
+            "k": k,
+            "n": n,
+            "K": Kt,
+            "N": np.full(p.size, N, np.int64),
+            "expected": expected,
+            "fold": k / expected,
+            "odds_ratio": odds,
+            "p": p,
+            "q": q,
+            "overlap_genes": genes,
+            "family_size": np.full(p.size, family, np.int64),
+        },
+        copy=False,
+    )  # fresh arrays: no copy, no block consolidation (a second copy of every column)
     df.attrs.update(family_size=family, complete=q_max is None, n_features=F, n_sets=T, N=N)
-    log.info("over-representation: %d features x %d sets = %d tests; %d with k > 0; %d at q <= 0.05",
-             F, T, family, n_tested, int((q <= 0.05).sum()))
+    log.info(
+        "over-representation: %d features x %d sets = %d tests; %d with k > 0; %d at q <= 0.05",
+        F,
+        T,
+        family,
+        n_tested,
+        int((q <= 0.05).sum()),
+    )
     return df
 
 
@@ -598,11 +691,15 @@ def pool_results(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
         raise SaeflowError("no result to pool")
     for i, f in enumerate(frames):
         if not f.attrs.get("complete", False) or "family_size" not in f.attrs:
-            raise SaeflowError(f"result {i} is not complete (made with q_max set, or not by overrepresentation): "
-                               "pooling needs every k > 0 row; rerun with q_max=None")
+            raise SaeflowError(
+                f"result {i} is not complete (made with q_max set, or not by overrepresentation): "
+                "pooling needs every k > 0 row; rerun with q_max=None"
+            )
     family = int(sum(f.attrs["family_size"] for f in frames))
-    df = pd.concat([f.astype({c: object for c in ("feature", "library", "term")}) for f in frames],
-                   ignore_index=True)
+    df = pd.concat(
+        [f.astype({c: object for c in ("feature", "library", "term")}) for f in frames],
+        ignore_index=True,
+    )
     df["q"] = bh(df.p.to_numpy(), family)
     df["family_size"] = family
     df = df.sort_values("p", kind="mergesort").reset_index(drop=True)
@@ -615,7 +712,9 @@ def pool_results(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------
 
 
-def network_on_background(edges: pd.DataFrame, background, directed: bool) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+def network_on_background(
+    edges: pd.DataFrame, background, directed: bool
+) -> tuple[pd.Index, np.ndarray, np.ndarray]:
     """(background index, u, v): the simple graph of ``edges`` among background genes.
 
     Edges with an endpoint outside the background are dropped (the null rewires only what the
@@ -633,15 +732,29 @@ def network_on_background(edges: pd.DataFrame, background, directed: bool) -> tu
     key = np.unique(u * len(bg) + v)
     u, v = key // len(bg), key % len(bg)
     if u.size == 0:
-        raise SaeflowError(f"no network edge joins two background genes ({len(edges)} edges, {len(bg)} background "
-                           "genes): same identifiers?")
-    log.info("network: %d of %d edges among background genes (%s)", u.size, len(edges),
-             "directed" if directed else "undirected")
+        raise SaeflowError(
+            f"no network edge joins two background genes ({len(edges)} edges, {len(bg)} background "
+            "genes): same identifiers?"
+        )
+    log.info(
+        "network: %d of %d edges among background genes (%s)",
+        u.size,
+        len(edges),
+        "directed" if directed else "undirected",
+    )
     return bg, u, v
 
 
-def degree_preserving_swaps(u, v, n_nodes: int, *, directed: bool, rng: np.random.Generator,
-                            swaps_per_edge: float = 10.0, max_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def degree_preserving_swaps(
+    u,
+    v,
+    n_nodes: int,
+    *,
+    directed: bool,
+    rng: np.random.Generator,
+    swaps_per_edge: float = 10.0,
+    max_rounds: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """A random rewiring of the simple graph (u, v) by double-edge swaps that keeps every degree.
 
     A swap takes edges (a, b), (c, d) and makes (a, d), (c, b); undirected edges are oriented at
@@ -670,7 +783,7 @@ def degree_preserving_swaps(u, v, n_nodes: int, *, directed: bool, rng: np.rando
     while done < target and rounds < max_rounds:
         rounds += 1
         perm = rng.permutation(m)
-        i, j = perm[:h], perm[h:2 * h]
+        i, j = perm[:h], perm[h : 2 * h]
         a, b, c, d = u[i], v[i], u[j], v[j]
         if not directed:
             flip = rng.random(h) < 0.5
@@ -682,18 +795,25 @@ def degree_preserving_swaps(u, v, n_nodes: int, *, directed: bool, rng: np.rando
         new = np.concatenate([k1[idx], k2[idx]])
         _, inv, cnt = np.unique(new, return_inverse=True, return_counts=True)
         dup = cnt[inv] > 1
-        idx = idx[~(dup[:idx.size] | dup[idx.size:])]
+        idx = idx[~(dup[: idx.size] | dup[idx.size :])]
         idx = idx[: target - done]  # exactly the number of swaps asked for
-        edges.replace(np.concatenate([keyof(a[idx], b[idx]), keyof(u[j[idx]], v[j[idx]])]),
-                      np.concatenate([k1[idx], k2[idx]]))
+        edges.replace(
+            np.concatenate([keyof(a[idx], b[idx]), keyof(u[j[idx]], v[j[idx]])]),
+            np.concatenate([k1[idx], k2[idx]]),
+        )
         u[i[idx]], v[i[idx]] = a[idx], d[idx]
         u[j[idx]], v[j[idx]] = c[idx], b[idx]
         done += idx.size
     if not directed:
         u, v = np.minimum(u, v), np.maximum(u, v)
     if done < target:
-        log.warning("degree-preserving null: %d of %d swaps accepted in %d rounds (a dense graph?); the null is "
-                    "less mixed than asked", done, target, rounds)
+        log.warning(
+            "degree-preserving null: %d of %d swaps accepted in %d rounds (a dense graph?); the null is "
+            "less mixed than asked",
+            done,
+            target,
+            rounds,
+        )
     return u, v
 
 
@@ -707,7 +827,9 @@ class _EdgeSet:
         self.bits = None
         if n_nodes * n_nodes <= 8 * self.BITSET_MAX_BYTES:
             self.bits = np.zeros((n_nodes * n_nodes + 63) // 64, np.uint64)
-            np.bitwise_or.at(self.bits, keys >> 6, np.left_shift(np.uint64(1), (keys & 63).astype(np.uint64)))
+            np.bitwise_or.at(
+                self.bits, keys >> 6, np.left_shift(np.uint64(1), (keys & 63).astype(np.uint64))
+            )
         else:
             self.keys = np.sort(keys)
 
@@ -721,23 +843,32 @@ class _EdgeSet:
         """Remove the (present, distinct) keys ``old`` and add the (absent, distinct) keys ``new``."""
         if self.bits is not None:
             one = np.uint64(1)
-            np.bitwise_and.at(self.bits, old >> 6, ~np.left_shift(one, (old & 63).astype(np.uint64)))
+            np.bitwise_and.at(
+                self.bits, old >> 6, ~np.left_shift(one, (old & 63).astype(np.uint64))
+            )
             np.bitwise_or.at(self.bits, new >> 6, np.left_shift(one, (new & 63).astype(np.uint64)))
         else:
             keys = np.concatenate([self.keys[~np.isin(self.keys, old, assume_unique=True)], new])
             self.keys = np.sort(keys)
 
 
-def null_networks(u, v, n_nodes: int, n_perm: int, *, directed: bool, seed: int = 0,
-                  swaps_per_edge: float = 10.0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def null_networks(
+    u, v, n_nodes: int, n_perm: int, *, directed: bool, seed: int = 0, swaps_per_edge: float = 10.0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``n_perm`` independent degree-preserving rewirings of (u, v), each from the observed network.
 
     Seeded: permutation ``i`` uses ``np.random.default_rng([seed, i])``, so the null does not
     depend on how many permutations are drawn or in what order they are used.
     """
     for i in range(n_perm):
-        yield degree_preserving_swaps(u, v, n_nodes, directed=directed, rng=np.random.default_rng([seed, i]),
-                                      swaps_per_edge=swaps_per_edge)
+        yield degree_preserving_swaps(
+            u,
+            v,
+            n_nodes,
+            directed=directed,
+            rng=np.random.default_rng([seed, i]),
+            swaps_per_edge=swaps_per_edge,
+        )
 
 
 def _edge_counts(Hb: sp.csr_matrix, u, v, n_nodes: int) -> np.ndarray:
@@ -746,11 +877,21 @@ def _edge_counts(Hb: sp.csr_matrix, u, v, n_nodes: int) -> np.ndarray:
     return np.rint(np.asarray((Hb @ B).multiply(Hb).sum(axis=1)).ravel()).astype(np.int64)
 
 
-def edge_enrichment(hits, edges: pd.DataFrame, background: Iterable[str], *, directed: bool,
-                    network: str = "network", universe: Sequence[str] | None = None,
-                    features: Sequence[Hashable] | None = None, n_perm: int = 1000, seed: int = 0,
-                    swaps_per_edge: float = 10.0, nulls: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
-                    list_q_max: float | None = 0.05) -> pd.DataFrame:
+def edge_enrichment(
+    hits,
+    edges: pd.DataFrame,
+    background: Iterable[str],
+    *,
+    directed: bool,
+    network: str = "network",
+    universe: Sequence[str] | None = None,
+    features: Sequence[Hashable] | None = None,
+    n_perm: int = 1000,
+    seed: int = 0,
+    swaps_per_edge: float = 10.0,
+    nulls: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+    list_q_max: float | None = 0.05,
+) -> pd.DataFrame:
     """Are there more network edges among each feature's hits than in degree-preserving random networks?
 
     The statistic is the number of edges of ``edges`` (source, target; ``directed`` for TRRUST's
@@ -781,7 +922,9 @@ def edge_enrichment(hits, edges: pd.DataFrame, background: Iterable[str], *, dir
     if nulls is None:
         if n_perm < 1:
             raise SaeflowError(f"n_perm must be at least 1, got {n_perm}")
-        nulls = null_networks(u, v, N, n_perm, directed=directed, seed=seed, swaps_per_edge=swaps_per_edge)
+        nulls = null_networks(
+            u, v, N, n_perm, directed=directed, seed=seed, swaps_per_edge=swaps_per_edge
+        )
     for nu, nv in nulls:
         c = _edge_counts(Hb, nu, nv, N)
         ge += c >= obs
@@ -791,13 +934,19 @@ def edge_enrichment(hits, edges: pd.DataFrame, background: Iterable[str], *, dir
     if count == 0:
         raise SaeflowError("no null network given")
     if count < F / 0.05:
-        log.info("%s: %d permutations: the smallest p is %.2g, so a single feature among %d cannot reach "
-                 "q <= 0.05 on its own", network, count, 1 / (1 + count), F)
+        log.info(
+            "%s: %d permutations: the smallest p is %.2g, so a single feature among %d cannot reach "
+            "q <= 0.05 on its own",
+            network,
+            count,
+            1 / (1 + count),
+            F,
+        )
     p = (1.0 + ge) / (1.0 + count)
     p[obs == 0] = 1.0
     q = bh(p)
     null_mean = s1 / count
-    null_sd = np.sqrt(np.maximum(s2 / count - null_mean ** 2, 0.0))
+    null_sd = np.sqrt(np.maximum(s2 / count - null_mean**2, 0.0))
     deg = np.bincount(np.concatenate([u, v]), minlength=N)
     n_in = np.asarray(Hb @ (deg > 0).astype(np.float64)).ravel().astype(np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -807,11 +956,24 @@ def edge_enrichment(hits, edges: pd.DataFrame, background: Iterable[str], *, dir
     want = np.ones(F, bool) if list_q_max is None else q <= list_q_max
     if want.any():
         lists[want] = _edge_lists(Hb, u, v, N, np.flatnonzero(want), bg, directed)
-    df = pd.DataFrame({
-        "feature": labels, "network": network, "n": np.asarray(Hb.sum(axis=1)).ravel().astype(np.int64),
-        "n_in_network": n_in, "edges": obs, "null_mean": null_mean, "null_sd": null_sd, "z": z, "fold": fold,
-        "p": p, "q": q, "n_perm": count, "family_size": F, "edge_list": lists,
-    })
+    df = pd.DataFrame(
+        {
+            "feature": labels,
+            "network": network,
+            "n": np.asarray(Hb.sum(axis=1)).ravel().astype(np.int64),
+            "n_in_network": n_in,
+            "edges": obs,
+            "null_mean": null_mean,
+            "null_sd": null_sd,
+            "z": z,
+            "fold": fold,
+            "p": p,
+            "q": q,
+            "n_perm": count,
+            "family_size": F,
+            "edge_list": lists,
+        }
+    )
     df = df.iloc[np.lexsort((np.arange(F), p))].reset_index(drop=True)
     df.attrs.update(family_size=F, n_perm=count, directed=directed, n_edges=int(u.size), N=N)
     return df
@@ -823,7 +985,7 @@ def _edge_lists(Hb, u, v, N, rows, bg, directed) -> list[str]:
     sep = "->" if directed else "-"
     out = []
     for r in rows:
-        g = Hb.indices[Hb.indptr[r]:Hb.indptr[r + 1]]
+        g = Hb.indices[Hb.indptr[r] : Hb.indptr[r + 1]]
         inside = np.zeros(N, bool)
         inside[g] = True
         sel = inside[u] & inside[v]

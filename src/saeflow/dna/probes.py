@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .toy import gc_content
-from .utils import SaeflowError
+from saeflow.dna.toy import gc_content
+from saeflow.utils import SaeflowError
 
 COLUMNS = ["control", "auroc", "ci_low", "ci_high", "accuracy", "n_train", "n_test", "note"]
 #: controls scored on the same test items as ``features`` (paired deltas apply)
@@ -44,7 +44,9 @@ def _as_features(X, name: str) -> np.ndarray:
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
-        raise SaeflowError(f"{name}: features must be a 2-D array (items x features), got shape {X.shape}")
+        raise SaeflowError(
+            f"{name}: features must be a 2-D array (items x features), got shape {X.shape}"
+        )
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise SaeflowError(f"{name}: features are empty (shape {X.shape})")
     bad = ~np.isfinite(X)
@@ -66,9 +68,13 @@ def _as_labels(y, name: str) -> np.ndarray:
     try:
         yf = y.astype(float)
     except (TypeError, ValueError):
-        raise SaeflowError(f"{name}: labels must be 0/1, got values like {y[:3].tolist()}") from None
+        raise SaeflowError(
+            f"{name}: labels must be 0/1, got values like {y[:3].tolist()}"
+        ) from None
     if not np.isin(yf, (0.0, 1.0)).all():
-        raise SaeflowError(f"{name}: labels must be 0/1, got {sorted(set(np.unique(yf).tolist()))[:5]}")
+        raise SaeflowError(
+            f"{name}: labels must be 0/1, got {sorted(set(np.unique(yf).tolist()))[:5]}"
+        )
     return yf.astype(int)
 
 
@@ -114,7 +120,7 @@ def _boot_aurocs(y: np.ndarray, scores: list[np.ndarray], n_boot: int, seed: int
         idx = rng.integers(0, n, size=(m, n))
         yb = y[idx]
         for j, s in enumerate(scores):
-            out[start:start + m, j] = _auroc_rows(yb, s[idx])
+            out[start : start + m, j] = _auroc_rows(yb, s[idx])
     return out
 
 
@@ -138,7 +144,9 @@ def bootstrap_auroc(y, score, *, n_boot: int = 1000, seed: int = 0) -> tuple[flo
     return _auroc(y, score), lo, hi
 
 
-def paired_bootstrap_delta(y, score_a, score_b, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap_delta(
+    y, score_a, score_b, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
     """AUROC(a) - AUROC(b) on the same items, with a paired percentile 95% CI.
 
     Both scores are evaluated on the same resample of items each round, so the
@@ -160,7 +168,9 @@ def paired_bootstrap_delta(y, score_a, score_b, n_boot: int = 1000, seed: int = 
 # --------------------------------------------------------------------------- probe
 
 
-def probe(X_train, y_train, X_test, y_test, *, C: float = 1.0, seed: int = 0, n_boot: int = 1000) -> dict:
+def probe(
+    X_train, y_train, X_test, y_test, *, C: float = 1.0, seed: int = 0, n_boot: int = 1000
+) -> dict:
     """Standardise, fit an L2 logistic regression, score the test items.
 
     Returns auroc, ci_low, ci_high (percentile bootstrap 95% over test items),
@@ -176,11 +186,15 @@ def probe(X_train, y_train, X_test, y_test, *, C: float = 1.0, seed: int = 0, n_
     y_train = _as_labels(y_train, "probe (train)")
     y_test = _as_labels(y_test, "probe (test)")
     if X_train.shape[0] != y_train.size:
-        raise SaeflowError(f"probe: {X_train.shape[0]} training items but {y_train.size} training labels")
+        raise SaeflowError(
+            f"probe: {X_train.shape[0]} training items but {y_train.size} training labels"
+        )
     if X_test.shape[0] != y_test.size:
         raise SaeflowError(f"probe: {X_test.shape[0]} test items but {y_test.size} test labels")
     if X_train.shape[1] != X_test.shape[1]:
-        raise SaeflowError(f"probe: {X_train.shape[1]} training features but {X_test.shape[1]} test features")
+        raise SaeflowError(
+            f"probe: {X_train.shape[1]} training features but {X_test.shape[1]} test features"
+        )
     _need_two_classes(y_train, "probe (training set)")
     _need_two_classes(y_test, "probe (test set)")
 
@@ -234,13 +248,22 @@ def gc_matched_subset(gc, y, *, bins: int = 10, seed: int = 0) -> np.ndarray:
 
 def _row(control: str, res: dict | None, note: str = "") -> dict:
     if res is None:
-        return {"control": control, "auroc": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-                "accuracy": np.nan, "n_train": 0, "n_test": 0, "note": note}
+        return {
+            "control": control,
+            "auroc": np.nan,
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+            "accuracy": np.nan,
+            "n_train": 0,
+            "n_test": 0,
+            "note": note,
+        }
     return {"control": control, **{k: res[k] for k in COLUMNS[1:-1]}, "note": note}
 
 
-def probe_with_controls(X, y, seqs, split, *, positions=None, seed: int = 0, n_boot: int = 1000,
-                        gc_bins: int = 10) -> pd.DataFrame:
+def probe_with_controls(
+    X, y, seqs, split, *, positions=None, seed: int = 0, n_boot: int = 1000, gc_bins: int = 10
+) -> pd.DataFrame:
     """The features probe and its controls, one row each (see the module doc).
 
     ``split`` holds "train"/"test" per item. A control that cannot be fitted
@@ -262,19 +285,29 @@ def probe_with_controls(X, y, seqs, split, *, positions=None, seed: int = 0, n_b
     tr = np.flatnonzero(split == "train")
     te = np.flatnonzero(split == "test")
     if tr.size == 0 or te.size == 0:
-        raise SaeflowError(f"probe_with_controls: {tr.size} training and {te.size} test items; need both")
+        raise SaeflowError(
+            f"probe_with_controls: {tr.size} training and {te.size} test items; need both"
+        )
     if positions is not None:
         positions = _as_features(positions, "probe_with_controls (positions)")
         if positions.shape[0] != n:
-            raise SaeflowError(f"probe_with_controls: {n} feature rows but {positions.shape[0]} position rows")
+            raise SaeflowError(
+                f"probe_with_controls: {n} feature rows but {positions.shape[0]} position rows"
+            )
 
     gc = gc_content([str(s).upper() for s in seqs])
     rows, scores = [], {}
 
     def run(control, Xa, tr_idx, te_idx, y_train=None, note=""):
         try:
-            res = probe(Xa[tr_idx], y[tr_idx] if y_train is None else y_train, Xa[te_idx], y[te_idx],
-                        seed=seed, n_boot=n_boot)
+            res = probe(
+                Xa[tr_idx],
+                y[tr_idx] if y_train is None else y_train,
+                Xa[te_idx],
+                y[te_idx],
+                seed=seed,
+                n_boot=n_boot,
+            )
         except SaeflowError as e:
             if control == "features":
                 raise
@@ -284,7 +317,7 @@ def probe_with_controls(X, y, seqs, split, *, positions=None, seed: int = 0, n_b
         scores[control] = {"index": te_idx, "y": res["y_test"], "score": res["scores"]}
 
     run("features", X, tr, te)
-    run("gc_only", np.column_stack([gc, gc ** 2]), tr, te)
+    run("gc_only", np.column_stack([gc, gc**2]), tr, te)
     if positions is not None:
         run("position_only", positions, tr, te)
     perm = np.random.default_rng(seed).permutation(y[tr])
@@ -298,23 +331,40 @@ def probe_with_controls(X, y, seqs, split, *, positions=None, seed: int = 0, n_b
         _need_two_classes(y[te][sub], "gc_matched test subset")
         a, lo, hi = bootstrap_auroc(feat["y"][sub], feat["score"][sub], n_boot=n_boot, seed=seed)
         acc = float(np.mean((feat["score"][sub] > 0).astype(int) == feat["y"][sub]))
-        rows.append({"control": "gc_matched", "auroc": a, "ci_low": lo, "ci_high": hi, "accuracy": acc,
-                     "n_train": int(tr.size), "n_test": int(sub.size), "note": note})
+        rows.append(
+            {
+                "control": "gc_matched",
+                "auroc": a,
+                "ci_low": lo,
+                "ci_high": hi,
+                "accuracy": acc,
+                "n_train": int(tr.size),
+                "n_test": int(sub.size),
+                "note": note,
+            }
+        )
         scores["gc_matched"] = {"index": te[sub], "y": feat["y"][sub], "score": feat["score"][sub]}
     except SaeflowError as e:
         rows.append(_row("gc_matched", None, f"skipped: {e}; {note}"))
 
     lo_tr = tr[gc[tr] <= np.median(gc[tr])]
     hi_te = te[gc[te] > np.median(gc[te])]
-    run("gc_shift", X, lo_tr, hi_te,
-        note=f"train GC <= {np.median(gc[tr]):.3f}, test GC > {np.median(gc[te]):.3f}")
+    run(
+        "gc_shift",
+        X,
+        lo_tr,
+        hi_te,
+        note=f"train GC <= {np.median(gc[tr]):.3f}, test GC > {np.median(gc[te]):.3f}",
+    )
 
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs.update(scores=scores, seed=seed, n_boot=n_boot)
     return df
 
 
-def delta_vs_control(df: pd.DataFrame, *, n_boot: int | None = None, seed: int | None = None) -> pd.DataFrame:
+def delta_vs_control(
+    df: pd.DataFrame, *, n_boot: int | None = None, seed: int | None = None
+) -> pd.DataFrame:
     """Features AUROC minus each control's.
 
     For controls scored on the same test items as ``features`` (gc_only,
@@ -338,5 +388,7 @@ def delta_vs_control(df: pd.DataFrame, *, n_boot: int | None = None, seed: int |
             if np.array_equal(f["index"], g["index"]):
                 delta, lo, hi = paired_bootstrap_delta(f["y"], f["score"], g["score"], n_boot, seed)
                 paired = True
-        out.append({"control": c, "delta_auroc": delta, "ci_low": lo, "ci_high": hi, "paired": paired})
+        out.append(
+            {"control": c, "delta_auroc": delta, "ci_low": lo, "ci_high": hi, "paired": paired}
+        )
     return pd.DataFrame(out, columns=["control", "delta_auroc", "ci_low", "ci_high", "paired"])

@@ -10,7 +10,7 @@ beyond one chunk. The result, :class:`CellFeatureStats`, holds
 * per (gene, feature): sum of the activation and number of firing tokens, sparse (G x F);
 * per (cell, feature): sum, max and number of firing tokens, sparse (cells x F);
 * optionally token-level co-occurrence counts of feature pairs (F x F) for the modules of
-  :mod:`saeflow.modules`.
+  :mod:`saeflow.sae.modules`.
 
 From it, without touching the layer again:
 
@@ -48,13 +48,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError, atomic_path, read_json, write_json
+from saeflow.utils import SaeflowError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 #: Per-layer summary columns; one column per gene-set library goes between "Enrichments" and "Modules".
-CELL_SUMMARY_COLUMNS = ["layer", "Features", "Alive", "Annotated", "Ann%", "Enrichments", "Modules",
-                        "Persistent", "Moderate", "Transient"]
+CELL_SUMMARY_COLUMNS = [
+    "layer",
+    "Features",
+    "Alive",
+    "Annotated",
+    "Ann%",
+    "Enrichments",
+    "Modules",
+    "Persistent",
+    "Moderate",
+    "Transient",
+]
 
 
 # --- small shared helpers ------------------------------------------------------------
@@ -97,14 +107,22 @@ class _SparseAccumulator:
     memory is proportional to the distinct (row, col) pairs seen, i.e. sparse where the codes are.
     """
 
-    def __init__(self, shape: tuple[int, int], ops: tuple[str, ...], dtype=np.float64, min_merge: int = 1 << 22):
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        ops: tuple[str, ...],
+        dtype=np.float64,
+        min_merge: int = 1 << 22,
+    ):
         self.shape, self.ops, self.dtype, self.min_merge = shape, ops, dtype, min_merge
         self.keys = np.empty(0, np.int64)
         self.vals = np.empty((len(ops), 0), dtype)  # one contiguous row per value column
         self._buf: list[tuple[np.ndarray, np.ndarray]] = []
         self._nbuf = 0
 
-    def _reduce(self, keys: np.ndarray, vals: np.ndarray, kind: str = "quicksort") -> tuple[np.ndarray, np.ndarray]:
+    def _reduce(
+        self, keys: np.ndarray, vals: np.ndarray, kind: str = "quicksort"
+    ) -> tuple[np.ndarray, np.ndarray]:
         if len(keys) == 0:
             return keys, vals
         order = np.argsort(keys, kind=kind)
@@ -129,8 +147,11 @@ class _SparseAccumulator:
         if not self._buf:
             return
         # every piece is already sorted: timsort ("stable") merges the runs in near-linear time
-        self.keys, self.vals = self._reduce(np.concatenate([self.keys] + [b[0] for b in self._buf]),
-                                            np.concatenate([self.vals] + [b[1] for b in self._buf], axis=1), "stable")
+        self.keys, self.vals = self._reduce(
+            np.concatenate([self.keys] + [b[0] for b in self._buf]),
+            np.concatenate([self.vals] + [b[1] for b in self._buf], axis=1),
+            "stable",
+        )
         self._buf, self._nbuf = [], 0
 
     def csr(self, column: int, dtype=None):
@@ -217,7 +238,9 @@ class CellFeatureStats:
     cell_sum: object  # csr (n_cells, F) float32
     cell_max: object  # csr (n_cells, F) float32
     cell_fires: object  # csr (n_cells, F) int32: tokens of the cell where the feature fires
-    cooc: np.ndarray | None = None  # (F, F) int64 token-level co-occurrence counts (diagonal = fire counts)
+    cooc: np.ndarray | None = (
+        None  # (F, F) int64 token-level co-occurrence counts (diagonal = fire counts)
+    )
     cooc_units: int = 0  # tokens the co-occurrence counts were taken over
     meta: dict = field(default_factory=dict)
     act_hist: np.ndarray | None = None  # (F, saeflow.histogram.N_BINS) activation histogram counts
@@ -235,7 +258,9 @@ class CellFeatureStats:
         """csr (n_cells, F) float32: mean activation over each cell's tokens (zeros included)."""
         import scipy.sparse as sp
 
-        inv = np.divide(1.0, self.cell_tokens, out=np.zeros(self.n_cells), where=self.cell_tokens > 0)
+        inv = np.divide(
+            1.0, self.cell_tokens, out=np.zeros(self.n_cells), where=self.cell_tokens > 0
+        )
         return (sp.diags(inv.astype(np.float32)) @ self.cell_sum).tocsr()
 
     # -- persistence: one directory of npz/json files ----------------------------------
@@ -247,13 +272,26 @@ class CellFeatureStats:
 
         with atomic_path(directory) as tmp:
             tmp.mkdir()
-            np.savez(tmp / "arrays.npz", **{k: getattr(self, k) for k in self._ARRAYS},
-                     **({"cooc": self.cooc} if self.cooc is not None else {}))
+            np.savez(
+                tmp / "arrays.npz",
+                **{k: getattr(self, k) for k in self._ARRAYS},
+                **({"cooc": self.cooc} if self.cooc is not None else {}),
+            )
             for k in self._SPARSE:
                 sp.save_npz(tmp / f"{k}.npz", getattr(self, k))
-            pd.DataFrame({"gene": self.genes.astype(str)}).to_parquet(tmp / "genes.parquet", index=False)
-            write_json(tmp / "stats.json", dict(layer=self.layer, n_features=self.n_features, n_tokens=self.n_tokens,
-                                                cooc_units=self.cooc_units, meta=self.meta))
+            pd.DataFrame({"gene": self.genes.astype(str)}).to_parquet(
+                tmp / "genes.parquet", index=False
+            )
+            write_json(
+                tmp / "stats.json",
+                dict(
+                    layer=self.layer,
+                    n_features=self.n_features,
+                    n_tokens=self.n_tokens,
+                    cooc_units=self.cooc_units,
+                    meta=self.meta,
+                ),
+            )
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "CellFeatureStats":
@@ -261,15 +299,26 @@ class CellFeatureStats:
 
         d = Path(directory)
         if not (d / "stats.json").exists():
-            raise SaeflowError(f"{d}: no stats.json; not a directory written by CellFeatureStats.save")
+            raise SaeflowError(
+                f"{d}: no stats.json; not a directory written by CellFeatureStats.save"
+            )
         info = read_json(d / "stats.json")
         with np.load(d / "arrays.npz") as z:
             arrays = {k: z[k] for k in cls._ARRAYS}
             cooc = z["cooc"] if "cooc" in z.files else None
         sparse = {k: sp.load_npz(d / f"{k}.npz").tocsr() for k in cls._SPARSE}
         genes = pd.read_parquet(d / "genes.parquet").gene.to_numpy().astype(str)
-        return cls(layer=info["layer"], n_features=info["n_features"], n_tokens=info["n_tokens"], genes=genes,
-                   cooc=cooc, cooc_units=info["cooc_units"], meta=info.get("meta", {}), **arrays, **sparse)
+        return cls(
+            layer=info["layer"],
+            n_features=info["n_features"],
+            n_tokens=info["n_tokens"],
+            genes=genes,
+            cooc=cooc,
+            cooc_units=info["cooc_units"],
+            meta=info.get("meta", {}),
+            **arrays,
+            **sparse,
+        )
 
 
 def gene_codes(store) -> tuple[np.ndarray, np.ndarray]:
@@ -284,19 +333,29 @@ def gene_codes(store) -> tuple[np.ndarray, np.ndarray]:
         raise SaeflowError(f"{path}: no such file (the token index of the activation store)")
     schema = pq.read_schema(path)
     if "gene" not in schema.names:
-        raise SaeflowError(f"{path}: no column 'gene' (it has: {', '.join(schema.names)}); "
-                           "not the activation store of a cell model")
+        raise SaeflowError(
+            f"{path}: no column 'gene' (it has: {', '.join(schema.names)}); "
+            "not the activation store of a cell model"
+        )
     if pa_is_string(schema.field("gene").type):
-        col = pq.read_table(path, columns=["gene"], read_dictionary=["gene"]).column("gene").to_pandas()
+        col = (
+            pq.read_table(path, columns=["gene"], read_dictionary=["gene"])
+            .column("gene")
+            .to_pandas()
+        )
     else:  # numeric gene ids: categorise their string form
         col = pq.read_table(path, columns=["gene"]).column("gene").to_pandas().astype(str)
     cat = col.array if isinstance(col.dtype, pd.CategoricalDtype) else pd.Categorical(col)
     codes = np.asarray(cat.codes, dtype=np.int32)
     if (codes < 0).any():
-        raise SaeflowError(f"{path}: column 'gene' has missing values (rows {np.flatnonzero(codes < 0)[:5].tolist()}...)")
+        raise SaeflowError(
+            f"{path}: column 'gene' has missing values (rows {np.flatnonzero(codes < 0)[:5].tolist()}...)"
+        )
     genes = np.asarray(cat.categories, dtype=object).astype(str)
     if len(codes) != int(store.manifest["n_tokens"]):
-        raise SaeflowError(f"{path}: {len(codes)} rows but the manifest says {store.manifest['n_tokens']} tokens")
+        raise SaeflowError(
+            f"{path}: {len(codes)} rows but the manifest says {store.manifest['n_tokens']} tokens"
+        )
     # Sorted gene ids, whatever order the dictionary came in.
     order = np.argsort(genes, kind="stable")
     remap = np.empty(len(genes), np.int32)
@@ -330,7 +389,9 @@ def _cell_blocks(arr, offsets: np.ndarray, cells: np.ndarray, chunk: int, path: 
             yield a, x, np.searchsorted(offsets, rows, side="right") - 1
 
 
-def _sparse_codes(sae, x: np.ndarray, device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _sparse_codes(
+    sae, x: np.ndarray, device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(row, feature, value) of the nonzero codes of one block, and each feature's max over the block.
 
     The dense (block x d_sae) codes exist only inside this function.
@@ -379,9 +440,17 @@ def _add_cooc(cooc: np.ndarray, buf: list, n_rows: int, F: int) -> int:
     return 0
 
 
-def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = None, chunk: int = 4096,
-                         cooccurrence: bool = False, cooccurrence_max_tokens: int | None = None,
-                         seed: int = 0) -> CellFeatureStats:
+def stream_cell_features(
+    sae,
+    store,
+    layer: int,
+    *,
+    cells: np.ndarray | None = None,
+    chunk: int = 4096,
+    cooccurrence: bool = False,
+    cooccurrence_max_tokens: int | None = None,
+    seed: int = 0,
+) -> CellFeatureStats:
     """One pass over a cell-model layer: every accumulator of :class:`CellFeatureStats`.
 
     ``cells``: boolean mask over the store's cells (rows of the cell table) or sorted cell ids;
@@ -393,13 +462,13 @@ def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = N
     (a dense (d_sae x d_sae) int64 matrix; 170 MB at 4608 latents). Its cost grows with tokens x L0^2,
     so ``cooccurrence_max_tokens`` restricts it to a seeded random subset of whole cells holding at most
     that many tokens (``None`` = all streamed tokens). Co-occurrence *within cells* needs no pass of
-    its own: :func:`saeflow.modules.cooccurrence` of ``stats.cell_fires >= m`` (features firing on at
+    its own: :func:`saeflow.sae.modules.cooccurrence` of ``stats.cell_fires >= m`` (features firing on at
     least m tokens of the same cell).
 
     Memory: the (cell, feature) accumulator costs 20 bytes per distinct pair that fires (twice that
     while merging), the (gene, feature) one 24; the chunk's dense codes 4 x chunk x d_sae bytes.
     """
-    from . import histogram
+    from saeflow import histogram
 
     arr = store.layer(layer)
     path = f"{store.dir}/layer{layer}.npy"
@@ -415,7 +484,9 @@ def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = N
         cells = np.asarray(cells)
         if cells.dtype == bool:
             if len(cells) != n_cells:
-                raise SaeflowError(f"{store.dir}: cell mask has {len(cells)} entries but the store has {n_cells} cells")
+                raise SaeflowError(
+                    f"{store.dir}: cell mask has {len(cells)} entries but the store has {n_cells} cells"
+                )
             cell_ids = np.flatnonzero(cells)
         else:
             cell_ids = np.unique(cells.astype(np.int64))
@@ -428,7 +499,9 @@ def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = N
     selected[cell_ids] = True
     # token counts per cell and per gene come from the index alone, not from the pass
     cell_tokens = np.where(selected, cell_len, 0).astype(np.int64)
-    gene_tokens = np.bincount(codes if selected.all() else codes[np.repeat(selected, cell_len)], minlength=G).astype(np.int64)
+    gene_tokens = np.bincount(
+        codes if selected.all() else codes[np.repeat(selected, cell_len)], minlength=G
+    ).astype(np.int64)
     cooc_cell = None
     if cooccurrence:
         cooc_cell = np.zeros(n_cells, bool)
@@ -473,13 +546,33 @@ def stream_cell_features(sae, store, layer: int, *, cells: np.ndarray | None = N
                     cooc_rows = _add_cooc(cooc, cooc_buf, cooc_rows, F)
     if cooc_cell is not None:
         _add_cooc(cooc, cooc_buf, cooc_rows, F)
-    log.info("layer %d: streamed %d tokens of %d cells, %d features", layer, n_tokens, int((cell_tokens > 0).sum()), F)
+    log.info(
+        "layer %d: streamed %d tokens of %d cells, %d features",
+        layer,
+        n_tokens,
+        int((cell_tokens > 0).sum()),
+        F,
+    )
     return CellFeatureStats(
-        layer=int(layer), n_features=F, n_tokens=n_tokens, fire_count=fire_count, act_sum=act_sum, act_max=act_max,
-        genes=genes, gene_tokens=gene_tokens, gene_sum=gene_acc.csr(0), gene_fires=gene_acc.csr(1, np.int64),
-        cell_tokens=cell_tokens, cell_sum=cell_acc.csr(0), cell_max=cell_acc.csr(1), cell_fires=cell_acc.csr(2, np.int32),
-        cooc=cooc if cooc_cell is not None else None, cooc_units=cooc_units if cooc_cell is not None else 0,
-        meta={"store": str(store.dir), "chunk": chunk}, act_hist=act_hist)
+        layer=int(layer),
+        n_features=F,
+        n_tokens=n_tokens,
+        fire_count=fire_count,
+        act_sum=act_sum,
+        act_max=act_max,
+        genes=genes,
+        gene_tokens=gene_tokens,
+        gene_sum=gene_acc.csr(0),
+        gene_fires=gene_acc.csr(1, np.int64),
+        cell_tokens=cell_tokens,
+        cell_sum=cell_acc.csr(0),
+        cell_max=cell_acc.csr(1),
+        cell_fires=cell_acc.csr(2, np.int32),
+        cooc=cooc if cooc_cell is not None else None,
+        cooc_units=cooc_units if cooc_cell is not None else 0,
+        meta={"store": str(store.dir), "chunk": chunk},
+        act_hist=act_hist,
+    )
 
 
 # --- tables from the accumulators ------------------------------------------------------------
@@ -491,14 +584,16 @@ def feature_table(stats: CellFeatureStats) -> pd.DataFrame:
     tokens where it fires, as in the DNA catalog), ``max_activation``, ``alive`` (fires at all)."""
     n_cells = max(int(stats.cells_used.sum()), 1)
     fc = stats.fire_count
-    return pd.DataFrame({
-        "feature": np.arange(stats.n_features),
-        "frequency": fc / max(stats.n_tokens, 1),
-        "cell_frequency": stats.cell_fires.getnnz(axis=0) / n_cells,
-        "mean_activation": stats.act_sum / np.maximum(fc, 1),
-        "max_activation": stats.act_max,
-        "alive": fc > 0,
-    })
+    return pd.DataFrame(
+        {
+            "feature": np.arange(stats.n_features),
+            "frequency": fc / max(stats.n_tokens, 1),
+            "cell_frequency": stats.cell_fires.getnnz(axis=0) / n_cells,
+            "mean_activation": stats.act_sum / np.maximum(fc, 1),
+            "max_activation": stats.act_max,
+            "alive": fc > 0,
+        }
+    )
 
 
 def top_genes(stats: CellFeatureStats, *, top_n: int = 20, min_count: int = 10) -> pd.DataFrame:
@@ -513,19 +608,30 @@ def top_genes(stats: CellFeatureStats, *, top_n: int = 20, min_count: int = 10) 
     fire_fraction (fraction of those tokens where the feature fires).
     """
     eligible = stats.gene_tokens >= min_count
-    inv = np.divide(1.0, stats.gene_tokens, out=np.zeros(len(stats.gene_tokens)), where=stats.gene_tokens > 0)
+    inv = np.divide(
+        1.0, stats.gene_tokens, out=np.zeros(len(stats.gene_tokens)), where=stats.gene_tokens > 0
+    )
     import scipy.sparse as sp
 
     means = (sp.diags(inv) @ stats.gene_sum).tocsc()
     g, f, v, rank = _top_per_column(means, top_n, eligible)
     fires = np.asarray(stats.gene_fires[g, f]).ravel() if len(g) else np.zeros(0)
-    out = pd.DataFrame({"feature": f.astype(np.int64), "rank": rank.astype(np.int64), "gene": stats.genes[g],
-                        "mean_activation": v, "count": stats.gene_tokens[g],
-                        "fire_fraction": fires / np.maximum(stats.gene_tokens[g], 1)})
+    out = pd.DataFrame(
+        {
+            "feature": f.astype(np.int64),
+            "rank": rank.astype(np.int64),
+            "gene": stats.genes[g],
+            "mean_activation": v,
+            "count": stats.gene_tokens[g],
+            "fire_fraction": fires / np.maximum(stats.gene_tokens[g], 1),
+        }
+    )
     return out.sort_values(["feature", "rank"], kind="stable").reset_index(drop=True)
 
 
-def top_cells(stats: CellFeatureStats, *, top_n: int = 20, by: str = "mean", names=None, labels=None) -> pd.DataFrame:
+def top_cells(
+    stats: CellFeatureStats, *, top_n: int = 20, by: str = "mean", names=None, labels=None
+) -> pd.DataFrame:
     """Per feature, the ``top_n`` cells with the largest per-cell ``mean`` (over all the cell's tokens)
     or ``max`` activation. Columns: feature, rank, cell (row of the cell table), activation, and
     ``name`` / ``label`` when given (arrays over all cells of the table)."""
@@ -533,13 +639,21 @@ def top_cells(stats: CellFeatureStats, *, top_n: int = 20, by: str = "mean", nam
         raise SaeflowError(f"top_cells: by must be 'mean' or 'max' (got {by!r})")
     m = stats.cell_mean() if by == "mean" else stats.cell_max
     c, f, v, rank = _top_per_column(m.tocsc(), top_n)
-    out = pd.DataFrame({"feature": f.astype(np.int64), "rank": rank.astype(np.int64), "cell": c.astype(np.int64),
-                        "activation": v.astype(np.float64)})
+    out = pd.DataFrame(
+        {
+            "feature": f.astype(np.int64),
+            "rank": rank.astype(np.int64),
+            "cell": c.astype(np.int64),
+            "activation": v.astype(np.float64),
+        }
+    )
     for col, arr in (("name", names), ("label", labels)):
         if arr is not None:
             arr = np.asarray(arr)
             if len(arr) != stats.n_cells:
-                raise SaeflowError(f"top_cells: {col} has {len(arr)} entries but the store has {stats.n_cells} cells")
+                raise SaeflowError(
+                    f"top_cells: {col} has {len(arr)} entries but the store has {stats.n_cells} cells"
+                )
             out[col] = arr[out.cell.to_numpy()]
     return out.sort_values(["feature", "rank"], kind="stable").reset_index(drop=True)
 
@@ -562,14 +676,24 @@ def top_cell_sets(cell_values, top_fraction: float, universe: np.ndarray | None 
         universe = np.ones(n_cells, bool)
     universe = np.asarray(universe, bool)
     k = max(1, int(np.ceil(top_fraction * universe.sum())))
-    cut = _column_cutoffs(m, k, universe)  # 0 where a feature fires in fewer than k cells: all of them are top
+    cut = _column_cutoffs(
+        m, k, universe
+    )  # 0 where a feature fires in fewer than k cells: all of them are top
     coo = m.tocoo()
     sel = (coo.data > 0) & universe[coo.row] & (coo.data >= cut[coo.col])
-    return sp.csr_matrix((np.ones(int(sel.sum()), bool), (coo.row[sel], coo.col[sel])), shape=m.shape)
+    return sp.csr_matrix(
+        (np.ones(int(sel.sum()), bool), (coo.row[sel], coo.col[sel])), shape=m.shape
+    )
 
 
-def celltype_enrichment(cell_values, labels, *, top_fraction: float = 0.05, universe: np.ndarray | None = None,
-                        missing: tuple = ("", "nan", "None")) -> pd.DataFrame:
+def celltype_enrichment(
+    cell_values,
+    labels,
+    *,
+    top_fraction: float = 0.05,
+    universe: np.ndarray | None = None,
+    missing: tuple = ("", "nan", "None"),
+) -> pd.DataFrame:
     """Fisher's exact test (one-sided, greater) of each feature's top cells against each cell label.
 
     ``cell_values``: (cells x F) per-cell activations, normally :meth:`CellFeatureStats.cell_mean`;
@@ -603,9 +727,13 @@ def celltype_enrichment(cell_values, labels, *, top_fraction: float = 0.05, univ
         ok &= np.asarray(universe, bool)
     names, lab = np.unique(labels[ok], return_inverse=True)
     if len(names) == 0:
-        raise SaeflowError("celltype_enrichment: no cell has a label (is the dataset's label_column set?)")
+        raise SaeflowError(
+            "celltype_enrichment: no cell has a label (is the dataset's label_column set?)"
+        )
     top = top_cell_sets(m, top_fraction, ok)
-    onehot = sp.csr_matrix((np.ones(len(lab)), (np.flatnonzero(ok), lab)), shape=(m.shape[0], len(names)))
+    onehot = sp.csr_matrix(
+        (np.ones(len(lab)), (np.flatnonzero(ok), lab)), shape=(m.shape[0], len(names))
+    )
     a = np.asarray((top.T.astype(np.float64) @ onehot).todense())  # (F, L) overlaps
     K = np.asarray(top.sum(axis=0)).ravel()[:, None]  # (F, 1)
     n_l = np.bincount(lab, minlength=len(names))[None, :].astype(np.float64)  # (1, L)
@@ -616,23 +744,27 @@ def celltype_enrichment(cell_values, labels, *, top_fraction: float = 0.05, univ
     F, L = a.shape
     b, c = K - a, n_l - a
     d = N - K - n_l + a
-    return pd.DataFrame({
-        "feature": np.repeat(np.arange(F), L),
-        "label": np.tile(names, F),
-        "n_top": np.repeat(K.ravel(), L).astype(np.int64),
-        "n_label": np.tile(n_l.ravel(), F).astype(np.int64),
-        "overlap": a.ravel().astype(np.int64),
-        "expected": (K * n_l / N).ravel(),
-        "odds_ratio": _sample_odds_ratio(a, b, c, d).ravel(),
-        "p": p.ravel(),
-        "q": q.ravel(),
-    })
+    return pd.DataFrame(
+        {
+            "feature": np.repeat(np.arange(F), L),
+            "label": np.tile(names, F),
+            "n_top": np.repeat(K.ravel(), L).astype(np.int64),
+            "n_label": np.tile(n_l.ravel(), F).astype(np.int64),
+            "overlap": a.ravel().astype(np.int64),
+            "expected": (K * n_l / N).ravel(),
+            "odds_ratio": _sample_odds_ratio(a, b, c, d).ravel(),
+            "p": p.ravel(),
+            "q": q.ravel(),
+        }
+    )
 
 
 # --- SVD vs SAE ---------------------------------------------------------------------------
 
 
-def sample_rows(store, layer: int, n: int, seed: int = 0, rows: np.ndarray | None = None) -> np.ndarray:
+def sample_rows(
+    store, layer: int, n: int, seed: int = 0, rows: np.ndarray | None = None
+) -> np.ndarray:
     """float32 (min(n, N), d): a seeded random sample of token rows (sorted), read row by row from the map."""
     arr = store.layer(layer)
     pool = np.arange(arr.shape[0]) if rows is None else np.asarray(rows)
@@ -643,8 +775,14 @@ def sample_rows(store, layer: int, n: int, seed: int = 0, rows: np.ndarray | Non
     return x
 
 
-def svd_comparison(sae, x: np.ndarray, *, n_components: int = 50, threshold: float = 0.5,
-                   alive: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
+def svd_comparison(
+    sae,
+    x: np.ndarray,
+    *,
+    n_components: int = 50,
+    threshold: float = 0.5,
+    alive: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """Top right singular vectors of the (centred) sample ``x`` vs the SAE on the same rows.
 
     * ``svd_var_explained``: fraction of the sample's total variance (sum of squared deviations from
@@ -664,7 +802,7 @@ def svd_comparison(sae, x: np.ndarray, *, n_components: int = 50, threshold: flo
     xc = (x - mu).astype(np.float64)
     _, s, vt = np.linalg.svd(xc, full_matrices=False)
     k = min(n_components, len(s))
-    total = float((s ** 2).sum())
+    total = float((s**2).sum())
     device = _sae_device(sae)
     with torch.no_grad():
         xt = torch.from_numpy(x).to(device)
@@ -676,13 +814,24 @@ def svd_comparison(sae, x: np.ndarray, *, n_components: int = 50, threshold: flo
     maxcos = np.abs(w @ vt[:k].T).max(axis=1) if k else np.zeros(len(w))
     alive = np.ones(len(w), bool) if alive is None else np.asarray(alive, bool)
     aligned = alive & (maxcos > threshold)
-    feats = pd.DataFrame({"feature": np.arange(len(w)), "svd_max_cos": maxcos, "svd_aligned": aligned,
-                          "novel": alive & ~aligned})
-    summary = {"n_sample": int(len(x)), "n_components": int(k),
-               "svd_var_explained": float((s[:k] ** 2).sum() / total) if total > 0 else float("nan"),
-               "sae_var_explained": 1.0 - sse / total if total > 0 else float("nan"),
-               "alive": int(alive.sum()), "svd_aligned": int(aligned.sum()), "novel": int((alive & ~aligned).sum()),
-               "threshold": float(threshold)}
+    feats = pd.DataFrame(
+        {
+            "feature": np.arange(len(w)),
+            "svd_max_cos": maxcos,
+            "svd_aligned": aligned,
+            "novel": alive & ~aligned,
+        }
+    )
+    summary = {
+        "n_sample": int(len(x)),
+        "n_components": int(k),
+        "svd_var_explained": float((s[:k] ** 2).sum() / total) if total > 0 else float("nan"),
+        "sae_var_explained": 1.0 - sse / total if total > 0 else float("nan"),
+        "alive": int(alive.sum()),
+        "svd_aligned": int(aligned.sum()),
+        "novel": int((alive & ~aligned).sum()),
+        "threshold": float(threshold),
+    }
     return feats, summary
 
 
@@ -697,15 +846,24 @@ def annotation_by_alignment(aligned, annotated, alive=None) -> dict:
     aligned = np.asarray(aligned, bool)
     annotated = np.asarray(annotated, bool)
     if aligned.shape != annotated.shape:
-        raise SaeflowError(f"annotation_by_alignment: {len(aligned)} aligned flags but {len(annotated)} annotated flags")
+        raise SaeflowError(
+            f"annotation_by_alignment: {len(aligned)} aligned flags but {len(annotated)} annotated flags"
+        )
     alive = np.ones_like(aligned) if alive is None else np.asarray(alive, bool)
     al, nv = alive & aligned, alive & ~aligned
     a, b = int((al & annotated).sum()), int((al & ~annotated).sum())
     c, d = int((nv & annotated).sum()), int((nv & ~annotated).sum())
     p = fisher_exact([[a, b], [c, d]])[1] if (a + b) and (c + d) else float("nan")
-    return {"aligned": a + b, "aligned_annotated": a, "aligned_rate": a / (a + b) if a + b else float("nan"),
-            "novel": c + d, "novel_annotated": c, "novel_rate": c / (c + d) if c + d else float("nan"),
-            "odds_ratio": float(_sample_odds_ratio(a, b, c, d)), "p": float(p)}
+    return {
+        "aligned": a + b,
+        "aligned_annotated": a,
+        "aligned_rate": a / (a + b) if a + b else float("nan"),
+        "novel": c + d,
+        "novel_annotated": c,
+        "novel_rate": c / (c + d) if c + d else float("nan"),
+        "odds_ratio": float(_sample_odds_ratio(a, b, c, d)),
+        "p": float(p),
+    }
 
 
 # --- perturbation response (Perturb-seq, e.g. Replogle) ----------------------------------------
@@ -720,9 +878,18 @@ def _dense_rows(m, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarr
     return np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float64)
 
 
-def perturbation_response(cell_acts, perturbation, control: str, *, targets=None, min_cells: int = 10,
-                          max_control_cells: int | None = None, features: np.ndarray | None = None,
-                          seed: int = 0, z: float = 1.959963984540054) -> pd.DataFrame:
+def perturbation_response(
+    cell_acts,
+    perturbation,
+    control: str,
+    *,
+    targets=None,
+    min_cells: int = 10,
+    max_control_cells: int | None = None,
+    features: np.ndarray | None = None,
+    seed: int = 0,
+    z: float = 1.959963984540054,
+) -> pd.DataFrame:
     """Features whose per-cell activation shifts in the cells of each CRISPRi target vs control cells.
 
     ``cell_acts``: (cells x F) per-cell activations (mean over each cell's tokens, e.g.
@@ -754,12 +921,18 @@ def perturbation_response(cell_acts, perturbation, control: str, *, targets=None
     m = _as_csr(cell_acts)
     pert = np.asarray(perturbation).astype(str)
     if len(pert) != m.shape[0]:
-        raise SaeflowError(f"perturbation_response: {len(pert)} perturbation labels for {m.shape[0]} cells")
+        raise SaeflowError(
+            f"perturbation_response: {len(pert)} perturbation labels for {m.shape[0]} cells"
+        )
     ctrl_rows = np.flatnonzero(pert == control)
     if len(ctrl_rows) < 2:
-        raise SaeflowError(f"perturbation_response: {len(ctrl_rows)} control cells labelled {control!r}; need >= 2")
+        raise SaeflowError(
+            f"perturbation_response: {len(ctrl_rows)} control cells labelled {control!r}; need >= 2"
+        )
     if max_control_cells and len(ctrl_rows) > max_control_cells:
-        ctrl_rows = np.sort(np.random.default_rng(seed).choice(ctrl_rows, max_control_cells, replace=False))
+        ctrl_rows = np.sort(
+            np.random.default_rng(seed).choice(ctrl_rows, max_control_cells, replace=False)
+        )
     feats = np.arange(m.shape[1]) if features is None else np.asarray(features, dtype=np.int64)
     y = _dense_rows(m, ctrl_rows, feats)
     if targets is None:
@@ -769,7 +942,12 @@ def perturbation_response(cell_acts, perturbation, control: str, *, targets=None
     for t in targets:
         rows = np.flatnonzero(pert == t)
         if len(rows) < min_cells:
-            log.info("perturbation_response: target %s has %d cells (< %d); skipped", t, len(rows), min_cells)
+            log.info(
+                "perturbation_response: target %s has %d cells (< %d); skipped",
+                t,
+                len(rows),
+                min_cells,
+            )
             continue
         x = _dense_rows(m, rows, feats)
         both = np.concatenate([x, y])
@@ -781,14 +959,45 @@ def perturbation_response(cell_acts, perturbation, control: str, *, targets=None
             res = mannwhitneyu(x[:, tested], y[:, tested], alternative="two-sided", axis=0)
             U[tested], p[tested] = res.statistic, res.pvalue
         mx, my = x.mean(0), y.mean(0)
-        se = np.sqrt(x.var(0, ddof=1) / nt + y.var(0, ddof=1) / nc) if nt > 1 else np.full(len(feats), np.nan)
+        se = (
+            np.sqrt(x.var(0, ddof=1) / nt + y.var(0, ddof=1) / nc)
+            if nt > 1
+            else np.full(len(feats), np.nan)
+        )
         diff = mx - my
-        frames.append(pd.DataFrame({"target": t, "feature": feats, "n_cells": nt, "n_control": nc,
-                                    "mean_perturbed": mx, "mean_control": my, "diff": diff,
-                                    "ci_low": diff - z * se, "ci_high": diff + z * se, "U": U,
-                                    "rank_biserial": 2 * U / (nt * nc) - 1, "p": p}))
-    cols = ["target", "feature", "n_cells", "n_control", "mean_perturbed", "mean_control", "diff", "ci_low",
-            "ci_high", "U", "rank_biserial", "p", "q"]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "target": t,
+                    "feature": feats,
+                    "n_cells": nt,
+                    "n_control": nc,
+                    "mean_perturbed": mx,
+                    "mean_control": my,
+                    "diff": diff,
+                    "ci_low": diff - z * se,
+                    "ci_high": diff + z * se,
+                    "U": U,
+                    "rank_biserial": 2 * U / (nt * nc) - 1,
+                    "p": p,
+                }
+            )
+        )
+    cols = [
+        "target",
+        "feature",
+        "n_cells",
+        "n_control",
+        "mean_perturbed",
+        "mean_control",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "U",
+        "rank_biserial",
+        "p",
+        "q",
+    ]
     if not frames:
         return pd.DataFrame(columns=cols)
     out = pd.concat(frames, ignore_index=True)
@@ -801,14 +1010,24 @@ def _gene_sets(obj, key: str, value: str, what: str) -> dict:
     if isinstance(obj, pd.DataFrame):
         missing = [c for c in (key, value) if c not in obj.columns]
         if missing:
-            raise SaeflowError(f"{what}: no column {missing[0]!r} (it has: {', '.join(map(str, obj.columns))})")
+            raise SaeflowError(
+                f"{what}: no column {missing[0]!r} (it has: {', '.join(map(str, obj.columns))})"
+            )
         return {k: set(map(str, v)) for k, v in obj.groupby(key)[value]}
     return {k: set(map(str, v)) for k, v in dict(obj).items()}
 
 
-def regulatory_logic(response: pd.DataFrame, feature_genes, tf_targets, *, alpha: float = 0.05,
-                     min_shared_genes: int = 1, n_perm: int = 10000, seed: int = 0,
-                     tfs=None) -> pd.DataFrame:
+def regulatory_logic(
+    response: pd.DataFrame,
+    feature_genes,
+    tf_targets,
+    *,
+    alpha: float = 0.05,
+    min_shared_genes: int = 1,
+    n_perm: int = 10000,
+    seed: int = 0,
+    tfs=None,
+) -> pd.DataFrame:
     """For each perturbed TF with TRRUST targets: are its responding features annotated to its targets?
 
     Inputs: ``response`` (:func:`perturbation_response`: target, feature, q); ``feature_genes``: each
@@ -837,12 +1056,16 @@ def regulatory_logic(response: pd.DataFrame, feature_genes, tf_targets, *, alpha
 
     for c in ("target", "feature", "p", "q"):
         if c not in response.columns:
-            raise SaeflowError(f"regulatory_logic: response table has no column {c!r} (it has: {', '.join(response.columns)})")
+            raise SaeflowError(
+                f"regulatory_logic: response table has no column {c!r} (it has: {', '.join(response.columns)})"
+            )
     fg = _gene_sets(feature_genes, "feature", "gene", "regulatory_logic feature_genes")
     try:
         fg = {int(k): v for k, v in fg.items()}
     except (TypeError, ValueError):
-        raise SaeflowError("regulatory_logic: feature_genes must be keyed by integer feature ids") from None
+        raise SaeflowError(
+            "regulatory_logic: feature_genes must be keyed by integer feature ids"
+        ) from None
     tt = _gene_sets(tf_targets, "tf", "target", "regulatory_logic tf_targets")
     rng = np.random.default_rng(seed)
     tested = response[np.isfinite(response.p.to_numpy(dtype=float))]
@@ -857,7 +1080,9 @@ def regulatory_logic(response: pd.DataFrame, feature_genes, tf_targets, *, alpha
         feats = sub.feature.to_numpy()
         resp = sub.q.to_numpy(dtype=float) < alpha
         targets = tt.get(t, set())
-        ann = np.array([len(fg.get(int(f), set()) & targets) >= min_shared_genes for f in feats], bool)
+        ann = np.array(
+            [len(fg.get(int(f), set()) & targets) >= min_shared_genes for f in feats], bool
+        )
         nU, nR, nA = len(feats), int(resp.sum()), int(ann.sum())
         obs = int((resp & ann).sum())
         expected = nR * nA / nU if nU else float("nan")
@@ -867,9 +1092,31 @@ def regulatory_logic(response: pd.DataFrame, feature_genes, tf_targets, *, alpha
             draws = rng.hypergeometric(nA, nU - nA, nR, size=n_perm)
             p = (1 + int((draws >= obs).sum())) / (1 + n_perm)
             p_exact = float(hypergeom.sf(obs - 1, nU, nA, nR))
-        rows.append(dict(tf=t, n_features=nU, n_responding=nR, n_annotated=nA, overlap=obs, expected=expected,
-                         fold=obs / expected if expected and expected > 0 else float("nan"), p=p, p_exact=p_exact))
-    cols = ["tf", "n_features", "n_responding", "n_annotated", "overlap", "expected", "fold", "p", "p_exact", "q"]
+        rows.append(
+            dict(
+                tf=t,
+                n_features=nU,
+                n_responding=nR,
+                n_annotated=nA,
+                overlap=obs,
+                expected=expected,
+                fold=obs / expected if expected and expected > 0 else float("nan"),
+                p=p,
+                p_exact=p_exact,
+            )
+        )
+    cols = [
+        "tf",
+        "n_features",
+        "n_responding",
+        "n_annotated",
+        "overlap",
+        "expected",
+        "fold",
+        "p",
+        "p_exact",
+        "q",
+    ]
     out = pd.DataFrame(rows, columns=cols[:-1])
     out["q"] = bh(out.p.to_numpy(dtype=float)) if len(out) else np.zeros(0)
     return out[cols]
@@ -878,9 +1125,16 @@ def regulatory_logic(response: pd.DataFrame, feature_genes, tf_targets, *, alpha
 # --- per-layer summary ------------------------------------------------------------------------
 
 
-def layer_summary(layer: int, features: pd.DataFrame, *, enrichment: pd.DataFrame | None = None,
-                  libraries: list[str] | None = None, modules: pd.DataFrame | None = None,
-                  tracking: pd.DataFrame | None = None, alpha: float = 0.05) -> dict:
+def layer_summary(
+    layer: int,
+    features: pd.DataFrame,
+    *,
+    enrichment: pd.DataFrame | None = None,
+    libraries: list[str] | None = None,
+    modules: pd.DataFrame | None = None,
+    tracking: pd.DataFrame | None = None,
+    alpha: float = 0.05,
+) -> dict:
     """One row of the per-layer table.
 
     * ``features``: :func:`feature_table` (columns feature, alive);
@@ -888,8 +1142,8 @@ def layer_summary(layer: int, features: pd.DataFrame, *, enrichment: pd.DataFram
       it is alive and has at least one term with q < ``alpha``; ``Enrichments`` counts the
       significant (feature, term) rows; one column per library (``libraries``, default: those in
       the table) counts the annotated features of that library. ``Ann%`` = 100 Annotated / Alive.
-    * ``modules``: :func:`saeflow.modules.coactivation_modules` table (one row per module);
-    * ``tracking``: rows of :func:`saeflow.modules.track_features` for this layer (column ``class``).
+    * ``modules``: :func:`saeflow.sae.modules.coactivation_modules` table (one row per module);
+    * ``tracking``: rows of :func:`saeflow.sae.modules.track_features` for this layer (column ``class``).
       The last layer has no next layer: its Persistent/Moderate/Transient are NaN.
     """
     for c in ("feature", "alive"):
@@ -901,12 +1155,24 @@ def layer_summary(layer: int, features: pd.DataFrame, *, enrichment: pd.DataFram
     if enrichment is not None:
         for c in ("feature", "library", "q"):
             if c not in enrichment.columns:
-                raise SaeflowError(f"layer_summary: enrichment table has no column {c!r} "
-                                   f"(it has: {', '.join(map(str, enrichment.columns))})")
-        sig = enrichment[(enrichment.q.to_numpy(dtype=float) < alpha) & enrichment.feature.isin(alive_ids)]
+                raise SaeflowError(
+                    f"layer_summary: enrichment table has no column {c!r} "
+                    f"(it has: {', '.join(map(str, enrichment.columns))})"
+                )
+        sig = enrichment[
+            (enrichment.q.to_numpy(dtype=float) < alpha) & enrichment.feature.isin(alive_ids)
+        ]
         ann = sig.feature.nunique()
-        row.update({"Annotated": int(ann), "Ann%": 100.0 * ann / max(1, row["Alive"]), "Enrichments": int(len(sig))})
-        libs = libraries if libraries is not None else sorted(enrichment.library.astype(str).unique())
+        row.update(
+            {
+                "Annotated": int(ann),
+                "Ann%": 100.0 * ann / max(1, row["Alive"]),
+                "Enrichments": int(len(sig)),
+            }
+        )
+        libs = (
+            libraries if libraries is not None else sorted(enrichment.library.astype(str).unique())
+        )
         per = sig.groupby(sig.library.astype(str)).feature.nunique()
         for lib in libs:
             row[str(lib)] = int(per.get(str(lib), 0))

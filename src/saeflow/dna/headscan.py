@@ -1,7 +1,7 @@
 """CTCF-style attention-head scans: does a head attend to motif tokens more than to matched background?
 
 Inputs per layer: attention probabilities ``attn`` (B, H, T, T: batch, heads, query, key), the
-motif evidence of each token ``motif`` (B, T; e.g. :func:`saeflow.motifscan.token_scores`, the best
+motif evidence of each token ``motif`` (B, T; e.g. :func:`saeflow.dna.motifscan.token_scores`, the best
 site score overlapping the token, ``-inf`` where no site overlaps) and a mask of the real tokens
 ``valid`` (B, T; False for padding and special tokens).
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 R_MIN, RHO_MIN, ALPHA = 0.5, 2.0, 0.05
 
@@ -37,7 +37,9 @@ R_MIN, RHO_MIN, ALPHA = 0.5, 2.0, 0.05
 def _check(attn, motif, valid, gc):
     attn = np.asarray(attn, dtype=np.float64)
     if attn.ndim != 4 or attn.shape[2] != attn.shape[3]:
-        raise SaeflowError(f"attention must be (batch, heads, query, key) with query == key, got {attn.shape}")
+        raise SaeflowError(
+            f"attention must be (batch, heads, query, key) with query == key, got {attn.shape}"
+        )
     B, _, T, _ = attn.shape
     motif = np.asarray(motif, dtype=np.float64)
     valid = np.asarray(valid, dtype=bool)
@@ -66,17 +68,24 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = y.size
     xc = x - x.mean(axis=1, keepdims=True)
     yc = y - y.mean()
-    den = np.sqrt((xc ** 2).sum(1) * (yc ** 2).sum())
+    den = np.sqrt((xc**2).sum(1) * (yc**2).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(den > 0, (xc @ yc) / den, np.nan)
         r = np.clip(r, -1.0, 1.0)
-        tstat = r * np.sqrt((n - 2) / np.maximum(1 - r ** 2, 1e-300))
+        tstat = r * np.sqrt((n - 2) / np.maximum(1 - r**2, 1e-300))
     p = np.where(np.isfinite(r), 2 * tdist.sf(np.abs(tstat), n - 2), np.nan)
     return r, p
 
 
-def gc_matched_background(gc: np.ndarray, is_motif: np.ndarray, candidates: np.ndarray, *, bins: int = 10,
-                          per_motif: int = 1, seed: int = 0) -> np.ndarray:
+def gc_matched_background(
+    gc: np.ndarray,
+    is_motif: np.ndarray,
+    candidates: np.ndarray,
+    *,
+    bins: int = 10,
+    per_motif: int = 1,
+    seed: int = 0,
+) -> np.ndarray:
     """Indices (into the flat token arrays) of background tokens whose GC histogram matches the motif
     tokens': within each GC bin (quantile edges of all candidate and motif tokens), ``per_motif``
     background tokens per motif token are drawn without replacement (fewer when the bin runs out)."""
@@ -97,9 +106,21 @@ def gc_matched_background(gc: np.ndarray, is_motif: np.ndarray, candidates: np.n
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
-def scan_heads(attn, motif, valid, gc, *, layer: int = 0, threshold: float, r_min: float = R_MIN,
-               rho_min: float = RHO_MIN, alpha: float = ALPHA, gc_bins: int = 10, n_boot: int = 1000,
-               seed: int = 0) -> pd.DataFrame:
+def scan_heads(
+    attn,
+    motif,
+    valid,
+    gc,
+    *,
+    layer: int = 0,
+    threshold: float,
+    r_min: float = R_MIN,
+    rho_min: float = RHO_MIN,
+    alpha: float = ALPHA,
+    gc_bins: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Both statistics for every head of one layer (see the module docstring).
 
     ``gc``: GC fraction of each token's bases (B, T). ``threshold``: motif score of a motif token.
@@ -107,13 +128,37 @@ def scan_heads(attn, motif, valid, gc, *, layer: int = 0, threshold: float, r_mi
     attn_motif, attn_background, passes_r, passes_rho, passes.
     """
     attn, motif, valid, gc = _check(attn, motif, valid, gc)
-    return scan_received(received_attention(attn, valid), motif, valid, gc, layer=layer, threshold=threshold,
-                         r_min=r_min, rho_min=rho_min, alpha=alpha, gc_bins=gc_bins, n_boot=n_boot, seed=seed)
+    return scan_received(
+        received_attention(attn, valid),
+        motif,
+        valid,
+        gc,
+        layer=layer,
+        threshold=threshold,
+        r_min=r_min,
+        rho_min=rho_min,
+        alpha=alpha,
+        gc_bins=gc_bins,
+        n_boot=n_boot,
+        seed=seed,
+    )
 
 
-def scan_received(recv, motif, valid, gc, *, layer: int = 0, threshold: float, r_min: float = R_MIN,
-                  rho_min: float = RHO_MIN, alpha: float = ALPHA, gc_bins: int = 10, n_boot: int = 1000,
-                  seed: int = 0) -> pd.DataFrame:
+def scan_received(
+    recv,
+    motif,
+    valid,
+    gc,
+    *,
+    layer: int = 0,
+    threshold: float,
+    r_min: float = R_MIN,
+    rho_min: float = RHO_MIN,
+    alpha: float = ALPHA,
+    gc_bins: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """:func:`scan_heads` from the attention each token receives, (B, H, T) as
     :func:`received_attention` gives it: a caller can reduce each batch's (B, H, T, T) attention to
     that as it goes, so long sequences and many of them never hold the full attention in memory."""
@@ -163,10 +208,25 @@ def scan_received(recv, motif, valid, gc, *, layer: int = 0, threshold: float, r
                 lo, hi = np.percentile(boot, [2.5, 97.5])
         passes_r = bool(np.isfinite(r[h]) and r[h] >= r_min and p[h] < alpha)
         passes_rho = bool(np.isfinite(rho) and rho >= rho_min)
-        rows.append(dict(layer=int(layer), head=h, r=r[h], p=p[h], n_tokens=int(flat_valid.sum()), rho=rho,
-                         rho_low=lo, rho_high=hi, n_motif=len(mot), n_background=len(bg), attn_motif=am,
-                         attn_background=ab, passes_r=passes_r, passes_rho=passes_rho,
-                         passes=passes_r and passes_rho))
+        rows.append(
+            dict(
+                layer=int(layer),
+                head=h,
+                r=r[h],
+                p=p[h],
+                n_tokens=int(flat_valid.sum()),
+                rho=rho,
+                rho_low=lo,
+                rho_high=hi,
+                n_motif=len(mot),
+                n_background=len(bg),
+                attn_motif=am,
+                attn_background=ab,
+                passes_r=passes_r,
+                passes_rho=passes_rho,
+                passes=passes_r and passes_rho,
+            )
+        )
     return pd.DataFrame(rows)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 
 def _codes(sources, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +61,14 @@ def source_weights(sources, sizes=None) -> np.ndarray:
     return sizes / (S * tot[codes])
 
 
-def balanced_index(sources, *, per_source: int | None = None, cap: int | None = None, replace: bool = False,
-                   seed: int = 0) -> np.ndarray:
+def balanced_index(
+    sources,
+    *,
+    per_source: int | None = None,
+    cap: int | None = None,
+    replace: bool = False,
+    seed: int = 0,
+) -> np.ndarray:
     """Row indices of one balanced epoch (module doc), sorted (read order; shuffle when batching)."""
     codes, uniq = _codes(sources, "balanced_index")
     if per_source is not None and cap is not None:
@@ -81,9 +87,11 @@ def balanced_index(sources, *, per_source: int | None = None, cap: int | None = 
             raise SaeflowError(f"balanced_index: per_source must be >= 1 (got {per_source})")
         small = uniq[counts < k]
         if small.size and not replace:
-            raise SaeflowError(f"balanced_index: sources {small[:5].tolist()} have fewer than {k} rows "
-                               f"({counts[counts < k][:5].tolist()}); pass replace=True to repeat their rows, "
-                               "or a smaller per_source, or cap")
+            raise SaeflowError(
+                f"balanced_index: sources {small[:5].tolist()} have fewer than {k} rows "
+                f"({counts[counts < k][:5].tolist()}); pass replace=True to repeat their rows, "
+                "or a smaller per_source, or cap"
+            )
         take = np.full(len(uniq), k)
     out = []
     for j in range(len(uniq)):

@@ -54,20 +54,21 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .activations import ActivationStore, split_ranges
-from .utils import SaeflowError
+from saeflow.activations import ActivationStore, split_ranges
+from saeflow.utils import SaeflowError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 #: A latent is "dense" when it fires on more than this fraction of held-out tokens.
 DENSE_THRESHOLD = 0.1
-
-#: Scalar columns of the per-layer evaluation, in the order of the summary table.
-from .columns import EVAL_SUMMARY_COLUMNS as SUMMARY_COLUMNS  # noqa: E402  (re-exported)
 
 
 # --- activation metrics -------------------------------------------------------------
@@ -92,20 +93,26 @@ def activation_metrics(sae, store: ActivationStore, layer: int, rows, chunk: int
     1-D array of row indices. Streams blocks of at most ``chunk`` consecutive rows of the memory map;
     never the whole layer in RAM. NaN/inf in the rows read raise a :class:`SaeflowError` naming the file.
     """
-    from .sae.data import RowSet
-    from .sae.train import evaluate
+    from saeflow.sae.data import RowSet
+    from saeflow.sae.train import evaluate
 
     rowset = RowSet(_as_ranges(rows))
     if rowset.n == 0:
         raise SaeflowError(f"{store.dir}: no token rows to evaluate on (empty held-out split?)")
     arr = store.layer(layer)
     if sae.d_in != arr.shape[1]:
-        raise SaeflowError(f"{store.dir}/layer{layer}.npy: width {arr.shape[1]} but the SAE expects d_in={sae.d_in}")
+        raise SaeflowError(
+            f"{store.dir}/layer{layer}.npy: width {arr.shape[1]} but the SAE expects d_in={sae.d_in}"
+        )
     ev = evaluate(sae, arr, rowset, 1.0, block=chunk, path=str(store.dir / f"layer{layer}.npy"))
     freq = ev["frequency"]
     ev["dense_fraction"] = float((freq > DENSE_THRESHOLD).mean())
-    ev.update(n_latents=int(sae.d_sae), n_dead=int((freq == 0).sum()), n_dense=int((freq > DENSE_THRESHOLD).sum()),
-              dense_threshold=DENSE_THRESHOLD)
+    ev.update(
+        n_latents=int(sae.d_sae),
+        n_dead=int((freq == 0).sum()),
+        n_dense=int((freq > DENSE_THRESHOLD).sum()),
+        dense_threshold=DENSE_THRESHOLD,
+    )
     return ev
 
 
@@ -116,14 +123,21 @@ def frequency_histogram(freq: np.ndarray, n_tokens: int, step: float = 0.1) -> d
     lo = min(-1.0, math.floor(math.log10(1.0 / max(1, n_tokens))))
     edges = np.linspace(lo, 0.0, int(round(-lo / step)) + 1)
     counts, _ = np.histogram(np.log10(alive), bins=edges)
-    return {"log10_edges": edges.round(6).tolist(), "counts": counts.tolist(), "n_dead": int((freq == 0).sum()),
-            "n_latents": int(len(freq)), "dense_threshold": DENSE_THRESHOLD}
+    return {
+        "log10_edges": edges.round(6).tolist(),
+        "counts": counts.tolist(),
+        "n_dead": int((freq == 0).sum()),
+        "n_latents": int(len(freq)),
+        "dense_threshold": DENSE_THRESHOLD,
+    }
 
 
 # --- masked-LM loss with a layer substituted -------------------------------------------
 
 
-def mask_positions(special: np.ndarray, mask_prob: float, seed: int, seq_ids: Sequence[int]) -> np.ndarray:
+def mask_positions(
+    special: np.ndarray, mask_prob: float, seed: int, seq_ids: Sequence[int]
+) -> np.ndarray:
     """(B, T) bool: ``max(1, round(mask_prob * n))`` of each row's ``n`` non-special positions.
 
     Row b's positions come from ``default_rng([seed, seq_ids[b]])``: independent of batching.
@@ -155,7 +169,9 @@ def _blocks(model) -> list:
     for _, mod in model.base_model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
             return list(mod)
-    raise SaeflowError(f"{type(model).__name__}: cannot find its {n} transformer blocks (no ModuleList of that length)")
+    raise SaeflowError(
+        f"{type(model).__name__}: cannot find its {n} transformer blocks (no ModuleList of that length)"
+    )
 
 
 class _Site:
@@ -169,12 +185,12 @@ class _Site:
         """While active, ``fn(h)`` sees this site's (B, T, d) tensor; a tensor it returns replaces ``h``."""
         import torch
 
-
         def swap(h):
             new = fn(h)
             return h if new is None else new
 
         if self.kind == "input":
+
             def pre(mod, args, kwargs):
                 if args:
                     return (swap(args[0]), *args[1:]), kwargs
@@ -182,6 +198,7 @@ class _Site:
 
             handle = self.module.register_forward_pre_hook(pre, with_kwargs=True)
         else:
+
             def post(mod, args, out):
                 if isinstance(out, torch.Tensor):
                     return swap(out)
@@ -201,13 +218,21 @@ class _Site:
 def _candidate_sites(model, layer: int) -> list[_Site]:
     n = int(model.config.num_hidden_layers)
     if not 0 <= layer <= n:
-        raise SaeflowError(f"layer {layer} out of range: {type(model).__name__} has hidden states 0..{n}")
+        raise SaeflowError(
+            f"layer {layer} out of range: {type(model).__name__} has hidden states 0..{n}"
+        )
     blocks = _blocks(model)
     if layer == 0:
         return [_Site(blocks[0], "input", "input of block 0 (embeddings)")]
     sites = []
     if layer == n and model.base_model is not model:
-        sites.append(_Site(model.base_model, "output", f"{type(model.base_model).__name__} output (last_hidden_state)"))
+        sites.append(
+            _Site(
+                model.base_model,
+                "output",
+                f"{type(model.base_model).__name__} output (last_hidden_state)",
+            )
+        )
     sites.append(_Site(blocks[layer - 1], "output", f"output of block {layer - 1}"))
     return sites
 
@@ -225,7 +250,9 @@ def locate_layer(model, layer: int, input_ids: torch.Tensor, attention_mask: tor
 
     def record(i):
         def f(h):
-            seen.setdefault(i, h.detach().clone())  # returns None: the forward pass is left unchanged
+            seen.setdefault(
+                i, h.detach().clone()
+            )  # returns None: the forward pass is left unchanged
 
         return f
 
@@ -233,13 +260,17 @@ def locate_layer(model, layer: int, input_ids: torch.Tensor, attention_mask: tor
         for i, s in enumerate(sites):
             stack.enter_context(s.hook(record(i)))
         with torch.inference_mode():
-            ref = _forward(model, input_ids, attention_mask, output_hidden_states=True).hidden_states[layer]
+            ref = _forward(
+                model, input_ids, attention_mask, output_hidden_states=True
+            ).hidden_states[layer]
     for i, s in enumerate(sites):
         if i in seen and seen[i].shape == ref.shape and torch.equal(seen[i], ref):
             log.info("layer %d = %s", layer, s.label)
             return s
-    raise SaeflowError(f"{type(model).__name__}: none of {[s.label for s in sites]} reproduces hidden_states[{layer}]; "
-                       "the SAE cannot be substituted at the place its activations came from")
+    raise SaeflowError(
+        f"{type(model).__name__}: none of {[s.label for s in sites]} reproduces hidden_states[{layer}]; "
+        "the SAE cannot be substituted at the place its activations came from"
+    )
 
 
 def _replace_at(positions: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -256,12 +287,21 @@ def _replace_at(positions: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tens
 def _masked_ce_sum(logits: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor) -> float:
     import torch
 
-    return float(torch.nn.functional.cross_entropy(logits[masked].float(), labels[masked], reduction="sum"))
+    return float(
+        torch.nn.functional.cross_entropy(logits[masked].float(), labels[masked], reduction="sum")
+    )
 
 
-def lm_loss_recovered(adapter, sae: Callable[[torch.Tensor], torch.Tensor], sequences: Sequence[str], layer: int,
-                      mask_prob: float = 0.15, seed: int = 0, batch_size: int = 16,
-                      max_length: int | None = None) -> dict:
+def lm_loss_recovered(
+    adapter,
+    sae: Callable[[torch.Tensor], torch.Tensor],
+    sequences: Sequence[str],
+    layer: int,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> dict:
     """Masked-LM cross-entropy at masked positions: clean, layer zero-ablated, layer replaced by ``sae(x)``.
 
     ``sae`` is any callable mapping (n, d) float32 activations to (n, d) (an SAE module's ``forward``);
@@ -275,7 +315,9 @@ def lm_loss_recovered(adapter, sae: Callable[[torch.Tensor], torch.Tensor], sequ
     model, dev = adapter.model.eval(), adapter.device
     mask_id = adapter.tokenizer.mask_token_id
     if mask_id is None:
-        raise SaeflowError(f"{type(model).__name__}: the tokenizer has no mask token; masked-LM loss is undefined")
+        raise SaeflowError(
+            f"{type(model).__name__}: the tokenizer has no mask token; masked-LM loss is undefined"
+        )
     if isinstance(sae, torch.nn.Module):
         sae = sae.to(dev).eval()
     sequences = list(sequences)
@@ -284,7 +326,9 @@ def lm_loss_recovered(adapter, sae: Callable[[torch.Tensor], torch.Tensor], sequ
     sums = {"clean": 0.0, "zero": 0.0, "sae": 0.0}
     n_masked = 0
     site = None
-    for i in tqdm(range(0, len(sequences), batch_size), desc=f"LM loss layer {layer}", mininterval=5):
+    for i in tqdm(
+        range(0, len(sequences), batch_size), desc=f"LM loss layer {layer}", mininterval=5
+    ):
         tb = adapter.tokenize(sequences[i : i + batch_size], max_length=max_length)
         masked_np = mask_positions(tb.special, mask_prob, seed, range(i, i + len(tb.special)))
         genuine = torch.from_numpy(~tb.special).to(dev)
@@ -294,7 +338,9 @@ def lm_loss_recovered(adapter, sae: Callable[[torch.Tensor], torch.Tensor], sequ
         am = tb.attention_mask.to(dev)
         if site is None:
             site = locate_layer(model, layer, ids, am)
-        with torch.inference_mode():  # the hooks run inside it too: nothing is recorded for autograd
+        with (
+            torch.inference_mode()
+        ):  # the hooks run inside it too: nothing is recorded for autograd
             sums["clean"] += _masked_ce_sum(_forward(model, ids, am).logits, labels, masked)
             with site.hook(_replace_at(genuine, torch.zeros_like)):
                 sums["zero"] += _masked_ce_sum(_forward(model, ids, am).logits, labels, masked)
@@ -304,20 +350,40 @@ def lm_loss_recovered(adapter, sae: Callable[[torch.Tensor], torch.Tensor], sequ
     loss = {k: v / n_masked for k, v in sums.items()}
     denom = loss["zero"] - loss["clean"]
     if denom == 0:
-        log.warning("layer %d: L_zero == L_clean (%.6g); loss recovered is undefined", layer, loss["clean"])
+        log.warning(
+            "layer %d: L_zero == L_clean (%.6g); loss recovered is undefined", layer, loss["clean"]
+        )
     recovered = (loss["zero"] - loss["sae"]) / denom if denom != 0 else float("nan")
-    return {"loss_clean": loss["clean"], "loss_zero": loss["zero"], "loss_sae": loss["sae"],
-            "loss_recovered": recovered, "n_masked_tokens": n_masked, "n_sequences": len(sequences),
-            "mask_prob": mask_prob, "mask_seed": seed, "site": site.label}
+    return {
+        "loss_clean": loss["clean"],
+        "loss_zero": loss["zero"],
+        "loss_sae": loss["sae"],
+        "loss_recovered": recovered,
+        "n_masked_tokens": n_masked,
+        "n_sequences": len(sequences),
+        "mask_prob": mask_prob,
+        "mask_seed": seed,
+        "site": site.label,
+    }
 
 
 # --- the rule's entry point ------------------------------------------------------------------
 
 
-def evaluate_sae(sae_dir: str | os.PathLike, acts_dir: str | os.PathLike, sequences_path: str | os.PathLike,
-                 model_dir: str | os.PathLike, layer: int, mask_prob: float = 0.15, seed: int = 0,
-                 batch_size: int = 16, max_sequences: int | None = None, device=None,
-                 family: str | None = None, cells_path: str | os.PathLike | None = None) -> tuple[dict, np.ndarray]:
+def evaluate_sae(
+    sae_dir: str | os.PathLike,
+    acts_dir: str | os.PathLike,
+    sequences_path: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    layer: int,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_sequences: int | None = None,
+    device=None,
+    family: str | None = None,
+    cells_path: str | os.PathLike | None = None,
+) -> tuple[dict, np.ndarray]:
     """All held-out metrics of the SAE in ``sae_dir`` on ``layer``; returns (metrics, per-latent frequency).
 
     ``max_sequences`` caps the held-out sequences used for the LM loss (a seeded sample); the
@@ -327,17 +393,19 @@ def evaluate_sae(sae_dir: str | os.PathLike, acts_dir: str | os.PathLike, sequen
     ``loss_note``): Geneformer's masked-gene objective and scGPT's expression regression need
     their own masking and loss, which the single-cell analyses will bring.
     """
-    from .models import load_model
-    from .sae import load_sae
+    from saeflow.models import load_model
+    from saeflow.sae import load_sae
 
     store = ActivationStore(acts_dir)
     seqs = pd.read_parquet(sequences_path)
-    for col in (("split",) if cells_path else ("sequence", "split")):
+    for col in ("split",) if cells_path else ("sequence", "split"):
         if col not in seqs.columns:
             raise SaeflowError(f"{sequences_path}: no {col!r} column")
     if len(seqs) != store.manifest.get("n_sequences", len(seqs)):
-        raise SaeflowError(f"{sequences_path}: {len(seqs)} sequences, but {acts_dir} was extracted from "
-                           f"{store.manifest['n_sequences']}; re-run extract_activations")
+        raise SaeflowError(
+            f"{sequences_path}: {len(seqs)} sequences, but {acts_dir} was extracted from "
+            f"{store.manifest['n_sequences']}; re-run extract_activations"
+        )
     if not (seqs.split == "test").any():
         raise SaeflowError(f"{sequences_path}: no held-out sequences (split == 'test')")
     _, test_ranges = split_ranges(store.seq_offsets, seqs)
@@ -347,24 +415,52 @@ def evaluate_sae(sae_dir: str | os.PathLike, acts_dir: str | os.PathLike, sequen
     act["n_tokens"] = int(act["n_tokens"])
 
     # ``family`` (config models.<name>.family) goes to the loader except for the generic (toy) one.
-    adapter = load_model(model_dir, device=device, **({"family": family} if family and family != "toy" else {}))
+    adapter = load_model(
+        model_dir, device=device, **({"family": family} if family and family != "toy" else {})
+    )
     if adapter.d_model != sae.d_in:
-        raise SaeflowError(f"{sae_dir}/cfg.json: d_in={sae.d_in}, but the model in {model_dir} has width "
-                           f"{adapter.d_model}")
+        raise SaeflowError(
+            f"{sae_dir}/cfg.json: d_in={sae.d_in}, but the model in {model_dir} has width "
+            f"{adapter.d_model}"
+        )
     if cells_path:
-        lm = {"loss_clean": None, "loss_zero": None, "loss_sae": None, "loss_recovered": None,
-              "n_masked_tokens": 0, "n_sequences": int((seqs.split == "test").sum()),
-              "loss_note": f"not computed for cell models ({adapter.family})"}
-        metrics = {"layer": int(layer), **act, **lm, "frequency_histogram": frequency_histogram(freq, act["n_tokens"])}
-        log.info("layer %d: %s", layer, {k: v for k, v in metrics.items() if k != "frequency_histogram"})
+        lm = {
+            "loss_clean": None,
+            "loss_zero": None,
+            "loss_sae": None,
+            "loss_recovered": None,
+            "n_masked_tokens": 0,
+            "n_sequences": int((seqs.split == "test").sum()),
+            "loss_note": f"not computed for cell models ({adapter.family})",
+        }
+        metrics = {
+            "layer": int(layer),
+            **act,
+            **lm,
+            "frequency_histogram": frequency_histogram(freq, act["n_tokens"]),
+        }
+        log.info(
+            "layer %d: %s", layer, {k: v for k, v in metrics.items() if k != "frequency_histogram"}
+        )
         return metrics, freq
     held_out = seqs.sequence[seqs.split == "test"].tolist()
     if max_sequences and len(held_out) > max_sequences:
-        pick = np.sort(np.random.default_rng(seed).choice(len(held_out), max_sequences, replace=False))
+        pick = np.sort(
+            np.random.default_rng(seed).choice(len(held_out), max_sequences, replace=False)
+        )
         held_out = [held_out[j] for j in pick]
-    lm = lm_loss_recovered(adapter, sae, held_out, layer, mask_prob=mask_prob, seed=seed, batch_size=batch_size)
-    metrics = {"layer": int(layer), **act, **lm, "frequency_histogram": frequency_histogram(freq, act["n_tokens"])}
+    lm = lm_loss_recovered(
+        adapter, sae, held_out, layer, mask_prob=mask_prob, seed=seed, batch_size=batch_size
+    )
+    metrics = {
+        "layer": int(layer),
+        **act,
+        **lm,
+        "frequency_histogram": frequency_histogram(freq, act["n_tokens"]),
+    }
     if math.isnan(metrics["loss_recovered"]):
         metrics["loss_recovered"] = None  # JSON has no NaN
-    log.info("layer %d: %s", layer, {k: v for k, v in metrics.items() if k != "frequency_histogram"})
+    log.info(
+        "layer %d: %s", layer, {k: v for k, v in metrics.items() if k != "frequency_histogram"}
+    )
     return metrics, freq

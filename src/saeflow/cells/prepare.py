@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError, atomic_path
+from saeflow.utils import SaeflowError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def _read(path):
 
 def _column(df: pd.DataFrame, col: str, what: str, path) -> pd.Series:
     if col not in df.columns:
-        raise SaeflowError(f"{path}: {what} has no column {col!r} (it has: {', '.join(map(str, df.columns)) or 'none'})")
+        raise SaeflowError(
+            f"{path}: {what} has no column {col!r} (it has: {', '.join(map(str, df.columns)) or 'none'})"
+        )
     return df[col]
 
 
@@ -62,18 +64,41 @@ def strip_ensembl_versions(ids, what="") -> np.ndarray:
     """``ENSG00000243485.5`` -> ``ENSG00000243485`` (Tabula Sapiens' ``ensemblid``; the models'
     dictionaries are unversioned); other ids unchanged. Logged when anything changed."""
     ids = np.asarray(ids).astype(str)
-    out = pd.Series(ids).str.replace(r"^(ENS[A-Z]*G\d{11})\.\d+$", r"\1", regex=True).to_numpy().astype(str)
+    out = (
+        pd.Series(ids)
+        .str.replace(r"^(ENS[A-Z]*G\d{11})\.\d+$", r"\1", regex=True)
+        .to_numpy()
+        .astype(str)
+    )
     n = int((out != ids).sum())
     if n:
-        log.info("%s: %d versioned Ensembl ids stripped of their version (e.g. %s -> %s)", what, n,
-                 ids[out != ids][0], out[out != ids][0])
+        log.info(
+            "%s: %d versioned Ensembl ids stripped of their version (e.g. %s -> %s)",
+            what,
+            n,
+            ids[out != ids][0],
+            out[out != ids][0],
+        )
     return out
 
 
-def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_column: str = "",
-                  control_label: str = "", label_column: str = "", gene_id_column: str = "",
-                  gene_symbol_column: str = "", n_cells: int = 0, test_fraction: float = 0.3,
-                  seed: int = 0, perturbed_per_target: int = 0, perturbation_targets=()) -> pd.DataFrame:
+def prepare_cells(
+    h5ad,
+    out_h5ad,
+    out_table,
+    *,
+    layer: str = "",
+    perturbation_column: str = "",
+    control_label: str = "",
+    label_column: str = "",
+    gene_id_column: str = "",
+    gene_symbol_column: str = "",
+    n_cells: int = 0,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    perturbed_per_target: int = 0,
+    perturbation_targets=(),
+) -> pd.DataFrame:
     """Select, subsample and split the cells of ``h5ad``; see the module docstring.
 
     ``gene_id_column`` / ``gene_symbol_column``: ``var`` columns with Ensembl ids / symbols;
@@ -92,7 +117,9 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
         var.index = adata.raw.var_names
     elif layer:
         if layer not in adata.layers:
-            raise SaeflowError(f"{h5ad}: no layer {layer!r} (layers: {', '.join(adata.layers) or 'none'})")
+            raise SaeflowError(
+                f"{h5ad}: no layer {layer!r} (layers: {', '.join(adata.layers) or 'none'})"
+            )
         X, var = adata.layers[layer], adata.var.copy()
     else:
         X, var = adata.X, adata.var.copy()
@@ -105,8 +132,14 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
             keep = (pert == control_label).to_numpy()
             if not keep.any():
                 top = ", ".join(pert.value_counts().index[:5])
-                raise SaeflowError(f"{h5ad}: no cell has {perturbation_column} == {control_label!r} (most common: {top})")
-    labels = _column(obs, label_column, "obs", h5ad).astype(str) if label_column else pd.Series([""] * adata.n_obs, index=obs.index)
+                raise SaeflowError(
+                    f"{h5ad}: no cell has {perturbation_column} == {control_label!r} (most common: {top})"
+                )
+    labels = (
+        _column(obs, label_column, "obs", h5ad).astype(str)
+        if label_column
+        else pd.Series([""] * adata.n_obs, index=obs.index)
+    )
     idx = np.flatnonzero(keep)
     rng = np.random.default_rng(seed)
     if n_cells and len(idx) > n_cells:
@@ -116,16 +149,29 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
     pert_idx = np.zeros(0, dtype=np.int64)
     if perturbed_per_target:
         if not (perturbation_column and control_label):
-            raise SaeflowError(f"{h5ad}: perturbed_per_target needs perturbation_column and control_label")
+            raise SaeflowError(
+                f"{h5ad}: perturbed_per_target needs perturbation_column and control_label"
+            )
         pv = pert.to_numpy()
         wanted = [str(t) for t in perturbation_targets] or sorted(set(pv[~keep]))
         absent = [t for t in wanted if not (pv == t).any()]
         if absent and len(absent) == len(wanted):
-            raise SaeflowError(f"{h5ad}: no cell has {perturbation_column} == {absent[0]!r}"
-                               + (f" (nor any of the {len(absent) - 1} other targets asked for)" if len(absent) > 1 else ""))
+            raise SaeflowError(
+                f"{h5ad}: no cell has {perturbation_column} == {absent[0]!r}"
+                + (
+                    f" (nor any of the {len(absent) - 1} other targets asked for)"
+                    if len(absent) > 1
+                    else ""
+                )
+            )
         if absent:  # a curated list may name genes this screen did not target
-            log.warning("%s: %d of %d perturbation targets have no cells and are skipped: %s", h5ad, len(absent),
-                        len(wanted), ", ".join(absent[:20]))
+            log.warning(
+                "%s: %d of %d perturbation targets have no cells and are skipped: %s",
+                h5ad,
+                len(absent),
+                len(wanted),
+                ", ".join(absent[:20]),
+            )
             wanted = [t for t in wanted if t not in absent]
         chosen = []
         for t in wanted:
@@ -142,11 +188,16 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
             return np.asarray(var.index, dtype=object).astype(str)
         return _column(var, col, "var", h5ad).astype(str).to_numpy()
 
-    gene_ids, symbols = gene_col(gene_id_column, "gene ids"), gene_col(gene_symbol_column, "gene symbols")
+    gene_ids, symbols = (
+        gene_col(gene_id_column, "gene ids"),
+        gene_col(gene_symbol_column, "gene symbols"),
+    )
     if gene_ids is not None:
         gene_ids = strip_ensembl_versions(gene_ids, h5ad)
     if gene_ids is None and symbols is None:
-        raise SaeflowError(f"{h5ad}: neither gene ids nor gene symbols configured (gene_id_column / gene_symbol_column)")
+        raise SaeflowError(
+            f"{h5ad}: neither gene ids nor gene symbols configured (gene_id_column / gene_symbol_column)"
+        )
     n_atlas = len(idx)
     idx = np.concatenate([idx, pert_idx])
     X = X[idx]
@@ -155,40 +206,71 @@ def prepare_cells(h5ad, out_h5ad, out_table, *, layer: str = "", perturbation_co
     if data.size and not np.isfinite(data).all():
         raise SaeflowError(f"{h5ad}: the count matrix contains NaN/inf")
     if data.size and data.min() < 0:
-        raise SaeflowError(f"{h5ad}: the count matrix has negative values (scaled data?); cell models need raw counts "
-                           "(set the dataset's `layer` to the counts layer, or 'raw')")
+        raise SaeflowError(
+            f"{h5ad}: the count matrix has negative values (scaled data?); cell models need raw counts "
+            "(set the dataset's `layer` to the counts layer, or 'raw')"
+        )
     if data.size and not np.allclose(data, np.round(data)):
-        log.warning("%s: counts are not integers (normalised data?); the models expect raw counts", h5ad)
+        log.warning(
+            "%s: counts are not integers (normalised data?); the models expect raw counts", h5ad
+        )
     n_test = int(round(test_fraction * n_atlas))
     split = np.array(["train"] * n_atlas + ["perturbed"] * len(pert_idx), dtype=object)
     split[rng.permutation(n_atlas)[:n_test]] = "test"
-    table = pd.DataFrame({"name": np.asarray(obs.index[idx]).astype(str), "label": labels.to_numpy()[idx],
-                          "perturbation": pert.to_numpy()[idx], "split": split})
+    table = pd.DataFrame(
+        {
+            "name": np.asarray(obs.index[idx]).astype(str),
+            "label": labels.to_numpy()[idx],
+            "perturbation": pert.to_numpy()[idx],
+            "split": split,
+        }
+    )
     import anndata
 
     out_var = pd.DataFrame(index=pd.Index(np.asarray(var.index).astype(str), name=None))
     out_var["gene_id"] = gene_ids if gene_ids is not None else ""
     out_var["gene_symbol"] = symbols if symbols is not None else ""
-    out = anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(table.name.to_numpy(), name=None)), var=out_var)
-    out.uns["saeflow"] = {"has_gene_ids": gene_ids is not None, "has_gene_symbols": symbols is not None,
-                          "source": os.fspath(h5ad)}
+    out = anndata.AnnData(
+        X=X, obs=pd.DataFrame(index=pd.Index(table.name.to_numpy(), name=None)), var=out_var
+    )
+    out.uns["saeflow"] = {
+        "has_gene_ids": gene_ids is not None,
+        "has_gene_symbols": symbols is not None,
+        "source": os.fspath(h5ad),
+    }
     with atomic_path(out_h5ad) as tmp:
         out.write_h5ad(tmp)
     with atomic_path(out_table) as tmp:
         table.to_parquet(tmp, index=False)
-    log.info("%s: %d of %d cells kept (%d atlas, %d test; %d perturbed), %d genes", h5ad, len(idx), adata.n_obs,
-             n_atlas, n_test, len(pert_idx), X.shape[1])
+    log.info(
+        "%s: %d of %d cells kept (%d atlas, %d test; %d perturbed), %d genes",
+        h5ad,
+        len(idx),
+        adata.n_obs,
+        n_atlas,
+        n_test,
+        len(pert_idx),
+        X.shape[1],
+    )
     return table
 
 
 def load_cells(path):
     """``cells.h5ad`` written by :func:`prepare_cells` -> CellMatrix (counts stay sparse)."""
-    from .models.base import CellMatrix
+    from saeflow.models.base import CellMatrix
 
     a = _read(path)
     meta = a.uns.get("saeflow", {})
-    ids = a.var["gene_id"].to_numpy().astype(str) if meta.get("has_gene_ids", "gene_id" in a.var) else None
-    syms = a.var["gene_symbol"].to_numpy().astype(str) if meta.get("has_gene_symbols", "gene_symbol" in a.var) else None
+    ids = (
+        a.var["gene_id"].to_numpy().astype(str)
+        if meta.get("has_gene_ids", "gene_id" in a.var)
+        else None
+    )
+    syms = (
+        a.var["gene_symbol"].to_numpy().astype(str)
+        if meta.get("has_gene_symbols", "gene_symbol" in a.var)
+        else None
+    )
     import scipy.sparse as sp
 
     X = a.X.tocsr() if sp.issparse(a.X) else sp.csr_matrix(a.X)
@@ -217,23 +299,40 @@ def pool_cells(sources: dict, out_h5ad, out_table, out_sources=None) -> pd.DataF
         t = pd.read_parquet(table_path)
         for c in ("name", "split", "label", "perturbation"):
             if c not in t.columns:
-                raise SaeflowError(f"{table_path}: no column {c!r}; prepare the cells of {src!r} again")
+                raise SaeflowError(
+                    f"{table_path}: no column {c!r}; prepare the cells of {src!r} again"
+                )
         if len(t) != a.n_obs:
             raise SaeflowError(f"{table_path}: {len(t)} rows but {h5ad} holds {a.n_obs} cells")
         meta = a.uns.get("saeflow", {})
-        parts[src] = (a, t, bool(meta.get("has_gene_ids", False)), bool(meta.get("has_gene_symbols", False)))
+        parts[src] = (
+            a,
+            t,
+            bool(meta.get("has_gene_ids", False)),
+            bool(meta.get("has_gene_symbols", False)),
+        )
     by_id = all(p[2] for p in parts.values())
     if not by_id and not all(p[3] for p in parts.values()):
-        raise SaeflowError("pool: the sources share neither gene ids nor gene symbols: "
-                           + ", ".join(f"{s} ({'ids' if p[2] else ''}{'+' if p[2] and p[3] else ''}"
-                                       f"{'symbols' if p[3] else ''})" for s, p in parts.items()))
+        raise SaeflowError(
+            "pool: the sources share neither gene ids nor gene symbols: "
+            + ", ".join(
+                f"{s} ({'ids' if p[2] else ''}{'+' if p[2] and p[3] else ''}"
+                f"{'symbols' if p[3] else ''})"
+                for s, p in parts.items()
+            )
+        )
     key = "gene_id" if by_id else "gene_symbol"
     keys = {}
     for src, (a, *_rest) in parts.items():
         k = a.var[key].astype(str).to_numpy()
         dup = pd.Index(k).duplicated()
         if dup.any():
-            log.warning("%s: %d duplicated %s values; the first of each is pooled", sources[src][0], int(dup.sum()), key)
+            log.warning(
+                "%s: %d duplicated %s values; the first of each is pooled",
+                sources[src][0],
+                int(dup.sum()),
+                key,
+            )
         keys[src] = pd.Index(k[~dup]), np.flatnonzero(~dup)
     first = next(iter(parts))
     common = keys[first][0]
@@ -243,12 +342,26 @@ def pool_cells(sources: dict, out_h5ad, out_table, out_sources=None) -> pd.DataF
         raise SaeflowError(f"pool: the sources have no {key} in common ({', '.join(parts)})")
     rows = []
     for src, (a, t, *_rest) in parts.items():
-        rows.append({"source": src, "cells": int(a.n_obs), "atlas_cells": int((t.split != "perturbed").sum()),
-                     "train_cells": int((t.split == "train").sum()), "perturbed_cells": int((t.split == "perturbed").sum()),
-                     "genes": int(a.n_vars), "genes_pooled": int(len(common)),
-                     "genes_dropped": int(a.n_vars - len(common))})
-        log.info("%s: %d cells, %d of its %d genes pooled (%s shared by all sources)", src, a.n_obs, len(common),
-                 a.n_vars, key)
+        rows.append(
+            {
+                "source": src,
+                "cells": int(a.n_obs),
+                "atlas_cells": int((t.split != "perturbed").sum()),
+                "train_cells": int((t.split == "train").sum()),
+                "perturbed_cells": int((t.split == "perturbed").sum()),
+                "genes": int(a.n_vars),
+                "genes_pooled": int(len(common)),
+                "genes_dropped": int(a.n_vars - len(common)),
+            }
+        )
+        log.info(
+            "%s: %d cells, %d of its %d genes pooled (%s shared by all sources)",
+            src,
+            a.n_obs,
+            len(common),
+            a.n_vars,
+            key,
+        )
     blocks = {"atlas": [], "perturbed": []}
     for src, (a, t, *_rest) in parts.items():
         idx, cols = keys[src]
@@ -266,10 +379,15 @@ def pool_cells(sources: dict, out_h5ad, out_table, out_sources=None) -> pd.DataF
     sel0 = keys[first][1][keys[first][0].get_indexer(common)]
     var = a0.var.iloc[sel0][["gene_id", "gene_symbol"]].copy()
     var.index = pd.Index(np.asarray(var.index).astype(str), name=None)
-    out = anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(table.name.to_numpy(), name=None)), var=var)
-    out.uns["saeflow"] = {"has_gene_ids": all(p[2] for p in parts.values()),
-                          "has_gene_symbols": all(p[3] for p in parts.values()),
-                          "source": ",".join(os.fspath(v[0]) for v in sources.values()), "pool": list(parts)}
+    out = anndata.AnnData(
+        X=X, obs=pd.DataFrame(index=pd.Index(table.name.to_numpy(), name=None)), var=var
+    )
+    out.uns["saeflow"] = {
+        "has_gene_ids": all(p[2] for p in parts.values()),
+        "has_gene_symbols": all(p[3] for p in parts.values()),
+        "source": ",".join(os.fspath(v[0]) for v in sources.values()),
+        "pool": list(parts),
+    }
     with atomic_path(out_h5ad) as tmp:
         out.write_h5ad(tmp)
     with atomic_path(out_table) as tmp:

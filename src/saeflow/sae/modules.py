@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ TRACK_THRESHOLDS = (0.7, 0.9)
 def _decoder(obj) -> np.ndarray:
     """Unit-norm float32 decoder rows from an array, a tensor, an SAE object or a saved SAE directory."""
     if isinstance(obj, (str, os.PathLike)):
-        from .sae import load_sae
+        from saeflow.sae import load_sae
 
         obj = load_sae(obj)
     if hasattr(obj, "W_dec"):
@@ -47,8 +47,9 @@ def _decoder(obj) -> np.ndarray:
     return w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
 
 
-def best_matches(w_a: np.ndarray, w_b: np.ndarray, *, block: int = 1024, alive_b: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def best_matches(
+    w_a: np.ndarray, w_b: np.ndarray, *, block: int = 1024, alive_b: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """For each row of unit-norm ``w_a``, the row of ``w_b`` with the largest cosine: (index, cosine).
 
     Signed cosine: SAE codes are non-negative, so a decoder row and its negation write opposite
@@ -56,7 +57,9 @@ def best_matches(w_a: np.ndarray, w_b: np.ndarray, *, block: int = 1024, alive_b
     matrix at a time). Rows of ``w_b`` not in ``alive_b`` cannot be matched.
     """
     if w_a.shape[1] != w_b.shape[1]:
-        raise SaeflowError(f"decoders of different widths ({w_a.shape[1]} vs {w_b.shape[1]}) cannot be compared")
+        raise SaeflowError(
+            f"decoders of different widths ({w_a.shape[1]} vs {w_b.shape[1]}) cannot be compared"
+        )
     idx = np.zeros(len(w_a), np.int64)
     cos = np.full(len(w_a), -np.inf, np.float32)
     if alive_b is not None:
@@ -77,8 +80,9 @@ def best_matches(w_a: np.ndarray, w_b: np.ndarray, *, block: int = 1024, alive_b
     return idx, cos
 
 
-def track_features(decoders, *, thresholds: tuple[float, float] = TRACK_THRESHOLDS, alive=None,
-                   block: int = 1024) -> tuple[pd.DataFrame, pd.DataFrame]:
+def track_features(
+    decoders, *, thresholds: tuple[float, float] = TRACK_THRESHOLDS, alive=None, block: int = 1024
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Follow features through consecutive layers by decoder cosine.
 
     ``decoders``: {layer: decoder} (or (layer, decoder) pairs) where a decoder is a (d_sae, d_in)
@@ -97,9 +101,13 @@ def track_features(decoders, *, thresholds: tuple[float, float] = TRACK_THRESHOL
     Returns (features, counts): one row per (layer, feature) of every layer but the last, and one
     row per layer pair with the number of features per class and the mean persistence.
     """
-    items = sorted(decoders.items() if isinstance(decoders, Mapping) else list(decoders), key=lambda kv: kv[0])
+    items = sorted(
+        decoders.items() if isinstance(decoders, Mapping) else list(decoders), key=lambda kv: kv[0]
+    )
     if len(items) < 2:
-        raise SaeflowError(f"track_features needs decoders of at least two layers (got {len(items)})")
+        raise SaeflowError(
+            f"track_features needs decoders of at least two layers (got {len(items)})"
+        )
     lo, hi = thresholds
     if not lo <= hi:
         raise SaeflowError(f"track_features: thresholds must be increasing (got {thresholds})")
@@ -112,7 +120,9 @@ def track_features(decoders, *, thresholds: tuple[float, float] = TRACK_THRESHOL
         alive_b = np.asarray(alive.get(lb, np.ones(len(w_next), bool)), bool)
         for l, a, w in ((la, alive_a, w_a), (lb, alive_b, w_next)):
             if len(a) != len(w):
-                raise SaeflowError(f"track_features: alive mask of layer {l} has {len(a)} entries for {len(w)} features")
+                raise SaeflowError(
+                    f"track_features: alive mask of layer {l} has {len(a)} entries for {len(w)} features"
+                )
         idx, cos = best_matches(w_a, w_next, block=block, alive_b=alive_b)
         pairs.append((la, lb, idx, cos, alive_a))
         log.info("layers %s -> %s: %d features compared", la, lb, len(w_a))
@@ -120,10 +130,20 @@ def track_features(decoders, *, thresholds: tuple[float, float] = TRACK_THRESHOL
     frames = []
     nxt = {t: None for t in thresholds}
     for la, lb, idx, cos, alive_a in reversed(pairs):
-        cls = np.where(cos >= hi, "persistent", np.where(cos >= lo, "moderate", "transient")).astype(object)
+        cls = np.where(
+            cos >= hi, "persistent", np.where(cos >= lo, "moderate", "transient")
+        ).astype(object)
         cls[~alive_a] = "dead"
-        df = pd.DataFrame({"layer": la, "feature": np.arange(len(idx)), "next_layer": lb, "match": idx,
-                           "cosine": cos.astype(np.float64), "class": cls})
+        df = pd.DataFrame(
+            {
+                "layer": la,
+                "feature": np.arange(len(idx)),
+                "next_layer": lb,
+                "match": idx,
+                "cosine": cos.astype(np.float64),
+                "class": cls,
+            }
+        )
         for t in thresholds:
             matched = alive_a & (np.nan_to_num(cos, nan=-np.inf) >= t)
             chain = matched.astype(np.int64)
@@ -133,12 +153,19 @@ def track_features(decoders, *, thresholds: tuple[float, float] = TRACK_THRESHOL
             nxt[t] = chain
         frames.append(df)
     features = pd.concat(frames[::-1], ignore_index=True)
-    counts = (features.groupby(["layer", "next_layer"])["class"].value_counts().unstack(fill_value=0)
-              .reindex(columns=["persistent", "moderate", "transient", "dead"], fill_value=0).reset_index())
+    counts = (
+        features.groupby(["layer", "next_layer"])["class"]
+        .value_counts()
+        .unstack(fill_value=0)
+        .reindex(columns=["persistent", "moderate", "transient", "dead"], fill_value=0)
+        .reset_index()
+    )
     live = features[features["class"] != "dead"].groupby(["layer", "next_layer"])
     for t in thresholds:  # over the alive features of the layer
         mean = live[f"persistence_{t:g}"].mean()
-        counts[f"mean_persistence_{t:g}"] = [mean.get((a, b), np.nan) for a, b in zip(counts.layer, counts.next_layer)]
+        counts[f"mean_persistence_{t:g}"] = [
+            mean.get((a, b), np.nan) for a, b in zip(counts.layer, counts.next_layer)
+        ]
     counts.columns.name = None
     return features, counts
 
@@ -167,7 +194,9 @@ def cooccurrence(binary, block: int = 65536) -> tuple[np.ndarray, int]:
     return c, n
 
 
-def pmi_edges(cooc: np.ndarray, n_units: int, *, min_count: int = 5, threshold: float = 0.0) -> pd.DataFrame:
+def pmi_edges(
+    cooc: np.ndarray, n_units: int, *, min_count: int = 5, threshold: float = 0.0
+) -> pd.DataFrame:
     """Feature pairs i < j with positive pointwise mutual information above ``threshold``.
 
     PMI(i, j) = log( C_ij n / (C_ii C_jj) ), natural log: how many times more often i and j fire
@@ -183,13 +212,22 @@ def pmi_edges(cooc: np.ndarray, n_units: int, *, min_count: int = 5, threshold: 
     iu, ju = np.nonzero(np.triu(cooc >= max(1, min_count), k=1))
     cij = cooc[iu, ju].astype(np.float64)
     pmi = np.log(cij * n_units / (diag[iu] * diag[ju]))
-    keep = (pmi > max(threshold, 0.0))
-    return pd.DataFrame({"a": iu[keep], "b": ju[keep], "count": cij[keep].astype(np.int64), "pmi": pmi[keep]})
+    keep = pmi > max(threshold, 0.0)
+    return pd.DataFrame(
+        {"a": iu[keep], "b": ju[keep], "count": cij[keep].astype(np.int64), "pmi": pmi[keep]}
+    )
 
 
-def coactivation_modules(cooc: np.ndarray, n_units: int, *, min_count: int = 5, pmi_threshold: float = 1.0,
-                         min_size: int = 3, resolution: float = 1.0, seed: int = 0
-                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def coactivation_modules(
+    cooc: np.ndarray,
+    n_units: int,
+    *,
+    min_count: int = 5,
+    pmi_threshold: float = 1.0,
+    min_size: int = 3,
+    resolution: float = 1.0,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Modules of co-activating features: Leiden communities of the PMI graph.
 
     Graph: one vertex per feature, an edge for each pair of :func:`pmi_edges` (count >= ``min_count``,
@@ -211,17 +249,27 @@ def coactivation_modules(cooc: np.ndarray, n_units: int, *, min_count: int = 5, 
     if len(edges):
         g = ig.Graph(n=F, edges=list(zip(edges.a.tolist(), edges.b.tolist())))
         g.es["weight"] = edges.pmi.tolist()
-        part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
-                                        resolution_parameter=resolution, seed=seed, n_iterations=-1)
+        part = leidenalg.find_partition(
+            g,
+            leidenalg.RBConfigurationVertexPartition,
+            weights="weight",
+            resolution_parameter=resolution,
+            seed=seed,
+            n_iterations=-1,
+        )
         comms = [sorted(c) for c in part if len(c) >= min_size]
         comms.sort(key=lambda c: (-len(c), c[0]))
         for m, c in enumerate(comms):
             member[c] = m
     else:
         comms = []
-    modules = pd.DataFrame({"module": np.arange(len(comms), dtype=np.int64),
-                            "size": np.array([len(c) for c in comms], dtype=np.int64),
-                            "features": [",".join(map(str, c)) for c in comms]})
+    modules = pd.DataFrame(
+        {
+            "module": np.arange(len(comms), dtype=np.int64),
+            "size": np.array([len(c) for c in comms], dtype=np.int64),
+            "features": [",".join(map(str, c)) for c in comms],
+        }
+    )
     membership = pd.DataFrame({"feature": np.arange(F), "module": member})
     log.info("%d PMI edges, %d modules of >= %d features", len(edges), len(comms), min_size)
     return modules, membership, edges
@@ -238,16 +286,23 @@ def module_terms(membership: pd.DataFrame, feature_terms) -> pd.DataFrame:
     if isinstance(feature_terms, pd.DataFrame):
         for c in ("feature", "term"):
             if c not in feature_terms.columns:
-                raise SaeflowError(f"module_terms: term table has no column {c!r} "
-                                   f"(it has: {', '.join(map(str, feature_terms.columns))})")
+                raise SaeflowError(
+                    f"module_terms: term table has no column {c!r} "
+                    f"(it has: {', '.join(map(str, feature_terms.columns))})"
+                )
         ft = feature_terms[["feature", "term"]].drop_duplicates()
     else:
-        ft = pd.DataFrame([(f, t) for f, ts in dict(feature_terms).items() for t in set(ts)], columns=["feature", "term"])
+        ft = pd.DataFrame(
+            [(f, t) for f, ts in dict(feature_terms).items() for t in set(ts)],
+            columns=["feature", "term"],
+        )
     mem = membership[membership.module >= 0]
     sizes = mem.groupby("module").size()
     j = mem.merge(ft, on="feature")
     counts = j.groupby(["module", "term"]).size().reset_index(name="count")
-    counts = counts.sort_values(["module", "count", "term"], ascending=[True, False, True], kind="stable")
+    counts = counts.sort_values(
+        ["module", "count", "term"], ascending=[True, False, True], kind="stable"
+    )
     best = counts.drop_duplicates("module").set_index("module")
     out = pd.DataFrame({"module": sizes.index.to_numpy(), "size": sizes.to_numpy()})
     out["term"] = out.module.map(best["term"]).fillna("").astype(str)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 _COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")
 
@@ -32,14 +32,23 @@ def gc_fraction(seq: str) -> float:
 
 
 def _max_site(seq: str, matrix) -> float:
-    from .motifscan import scan
+    from saeflow.dna.motifscan import scan
 
     r = scan([seq], matrix)[0]
     return float(r.score.max()) if len(r.score) else -np.inf
 
 
-def destroy_motif(seq: str, start: int, end: int, matrix, threshold: float, *, seed: int = 0,
-                  max_tries: int = 200, accept=None) -> str | None:
+def destroy_motif(
+    seq: str,
+    start: int,
+    end: int,
+    matrix,
+    threshold: float,
+    *,
+    seed: int = 0,
+    max_tries: int = 200,
+    accept=None,
+) -> str | None:
     """The corrupted partner of ``seq`` with the site ``[start, end)`` destroyed (see the module
     docstring), or None when no variant within ``max_tries`` clears every site below ``threshold``
     (and, given ``accept(candidate) -> bool``, is accepted by it: e.g. tokenises to the same spans as
@@ -67,8 +76,9 @@ def destroy_motif(seq: str, start: int, end: int, matrix, threshold: float, *, s
     return None
 
 
-def counterfactual_pairs(seqs, matrix, threshold: float, *, names=None, seed: int = 0,
-                         accept=None) -> pd.DataFrame:
+def counterfactual_pairs(
+    seqs, matrix, threshold: float, *, names=None, seed: int = 0, accept=None
+) -> pd.DataFrame:
     """For each sequence with at least one site >= ``threshold``: its best site destroyed
     (``accept(clean, corrupted, start, end) -> bool``: an extra condition on the corrupted copy, see
     :func:`destroy_motif`).
@@ -76,7 +86,7 @@ def counterfactual_pairs(seqs, matrix, threshold: float, *, names=None, seed: in
     Returns name, clean, corrupted (None when it could not be made), start, end, clean_score,
     corrupted_max_score, gc_clean, gc_corrupted.
     """
-    from .motifscan import scan
+    from saeflow.dna.motifscan import scan
 
     seqs = list(seqs)
     names = list(range(len(seqs))) if names is None else list(names)
@@ -88,13 +98,42 @@ def counterfactual_pairs(seqs, matrix, threshold: float, *, names=None, seed: in
         if not len(sc) or sc.max() < threshold:
             continue
         st = int(np.argmax(sc))
-        c = destroy_motif(s, st, st + L, matrix, threshold, seed=seed + i,
-                          accept=None if accept is None else (lambda x, s=s, st=st: accept(s, x, st, st + L)))
-        rows.append(dict(name=names[i], clean=s, corrupted=c, start=st, end=st + L, clean_score=float(sc.max()),
-                         corrupted_max_score=_max_site(c, matrix) if c is not None else np.nan,
-                         gc_clean=gc_fraction(s), gc_corrupted=gc_fraction(c) if c is not None else np.nan))
-    return pd.DataFrame(rows, columns=["name", "clean", "corrupted", "start", "end", "clean_score",
-                                       "corrupted_max_score", "gc_clean", "gc_corrupted"])
+        c = destroy_motif(
+            s,
+            st,
+            st + L,
+            matrix,
+            threshold,
+            seed=seed + i,
+            accept=None if accept is None else (lambda x, s=s, st=st: accept(s, x, st, st + L)),
+        )
+        rows.append(
+            dict(
+                name=names[i],
+                clean=s,
+                corrupted=c,
+                start=st,
+                end=st + L,
+                clean_score=float(sc.max()),
+                corrupted_max_score=_max_site(c, matrix) if c is not None else np.nan,
+                gc_clean=gc_fraction(s),
+                gc_corrupted=gc_fraction(c) if c is not None else np.nan,
+            )
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "name",
+            "clean",
+            "corrupted",
+            "start",
+            "end",
+            "clean_score",
+            "corrupted_max_score",
+            "gc_clean",
+            "gc_corrupted",
+        ],
+    )
 
 
 def patching_metric(patched, corrupted, clean, *, min_gap: float = 1e-3) -> tuple[np.ndarray, int]:
@@ -107,8 +146,12 @@ def patching_metric(patched, corrupted, clean, *, min_gap: float = 1e-3) -> tupl
     corrupted = np.asarray(corrupted, dtype=np.float64)
     clean = np.asarray(clean, dtype=np.float64)
     if clean.shape != corrupted.shape:
-        raise SaeflowError(f"clean {clean.shape} and corrupted {corrupted.shape} must have the same shape")
-    if not (np.isfinite(patched).all() and np.isfinite(clean).all() and np.isfinite(corrupted).all()):
+        raise SaeflowError(
+            f"clean {clean.shape} and corrupted {corrupted.shape} must have the same shape"
+        )
+    if not (
+        np.isfinite(patched).all() and np.isfinite(clean).all() and np.isfinite(corrupted).all()
+    ):
         raise SaeflowError("NaN or inf among the model outputs given to the patching metric")
     gap = clean - corrupted
     small = np.abs(gap) < min_gap

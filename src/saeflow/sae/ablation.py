@@ -22,14 +22,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 
 @torch.no_grad()
 def ablate(sae, x: torch.Tensor, features) -> torch.Tensor:
     """x with the contribution of ``features`` (an index or a list) removed, the error term kept."""
     if x.shape[-1] != sae.W_dec.shape[1]:
-        raise SaeflowError(f"activations have width {x.shape[-1]}, the SAE reads {sae.W_dec.shape[1]}")
+        raise SaeflowError(
+            f"activations have width {x.shape[-1]}, the SAE reads {sae.W_dec.shape[1]}"
+        )
     if not torch.isfinite(x).all():
         raise SaeflowError("NaN or inf in the activations to ablate")
     f = torch.as_tensor(np.atleast_1d(features), dtype=torch.long)
@@ -41,8 +43,9 @@ def ablate(sae, x: torch.Tensor, features) -> torch.Tensor:
     return out.reshape(x.shape)
 
 
-def matched_null_features(freq, feature: int, n: int, *, tol: float = 1.5, seed: int = 0,
-                          exclude=(), fill: bool = False) -> np.ndarray:
+def matched_null_features(
+    freq, feature: int, n: int, *, tol: float = 1.5, seed: int = 0, exclude=(), fill: bool = False
+) -> np.ndarray:
     """Up to ``n`` other features whose firing frequency is within a factor ``tol`` of ``feature``'s
     (dead features never qualify), drawn without replacement (seeded).
 

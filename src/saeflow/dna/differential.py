@@ -20,12 +20,23 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from .cellfeatures import bh  # noqa: E402
-from .utils import SaeflowError, atomic_path  # noqa: E402
+from saeflow.cells.features import bh  # noqa: E402
+from saeflow.utils import SaeflowError, atomic_path  # noqa: E402
 
 COLUMNS = [
-    "feature", "n_a", "n_b", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
-    "rank_biserial", "hedges_g", "statistic", "p", "q",
+    "feature",
+    "n_a",
+    "n_b",
+    "mean_a",
+    "mean_b",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "rank_biserial",
+    "hedges_g",
+    "statistic",
+    "p",
+    "q",
 ]
 TESTS = ("mannwhitney", "welch")
 _CHUNK = 4096  # features densified at a time (sparse input)
@@ -34,14 +45,18 @@ _CHUNK = 4096  # features densified at a time (sparse input)
 def _group_rows(groups, n: int, group_a, group_b) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(groups, dtype=object)
     if labels.ndim != 1:
-        raise SaeflowError(f"differential_features: groups must be one label per sequence, got shape {labels.shape}")
+        raise SaeflowError(
+            f"differential_features: groups must be one label per sequence, got shape {labels.shape}"
+        )
     if len(labels) != n:
         raise SaeflowError(
             f"differential_features: shape mismatch: activations have {n} sequences (rows) "
             f"but groups has {len(labels)} labels"
         )
     if group_a == group_b:
-        raise SaeflowError(f"differential_features: group_a and group_b are the same label {group_a!r}")
+        raise SaeflowError(
+            f"differential_features: group_a and group_b are the same label {group_a!r}"
+        )
     lab = pd.Series(labels)
     if lab.isna().any():
         raise SaeflowError(
@@ -66,7 +81,9 @@ def _as_matrix(acts):
     else:
         m = np.asarray(acts)
         if m.dtype == object or not (np.issubdtype(m.dtype, np.number) or m.dtype == bool):
-            raise SaeflowError(f"differential_features: activations must be numeric, got dtype {m.dtype}")
+            raise SaeflowError(
+                f"differential_features: activations must be numeric, got dtype {m.dtype}"
+            )
         data = m
     if m.ndim != 2:
         raise SaeflowError(
@@ -168,7 +185,9 @@ def differential_features(
         out["ci_low"][sl], out["ci_high"][sl] = d - z * se, d + z * se
         sd = np.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
         with np.errstate(divide="ignore", invalid="ignore"):
-            g = np.where(sd > 0, d / np.where(sd > 0, sd, 1.0), np.nan) * (1 - 3 / (4 * (na + nb) - 9))
+            g = np.where(sd > 0, d / np.where(sd > 0, sd, 1.0), np.nan) * (
+                1 - 3 / (4 * (na + nb) - 9)
+            )
         tested = x.max(0) > x.min(0)
         g[~tested] = np.nan
         out["hedges_g"][sl] = g
@@ -199,8 +218,12 @@ def volcano(df: pd.DataFrame, path, alpha: float = 0.05, label_top: int = 10) ->
     """
     for c in ("feature", "p", "q"):
         if c not in df:
-            raise SaeflowError(f"volcano: table has no {c!r} column (expected differential_features output)")
-    xcol = "rank_biserial" if "rank_biserial" in df and df["rank_biserial"].notna().any() else "diff"
+            raise SaeflowError(
+                f"volcano: table has no {c!r} column (expected differential_features output)"
+            )
+    xcol = (
+        "rank_biserial" if "rank_biserial" in df and df["rank_biserial"].notna().any() else "diff"
+    )
     t = df[df["p"].notna()]
     p = t["p"].to_numpy(dtype=np.float64)
     y = -np.log10(np.clip(p, np.finfo(np.float64).tiny, None))
@@ -208,15 +231,31 @@ def volcano(df: pd.DataFrame, path, alpha: float = 0.05, label_top: int = 10) ->
     sig = (t["q"] < alpha).to_numpy()
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.scatter(x[~sig], y[~sig], s=6, c="0.6", alpha=0.6, linewidths=0, label=f"q ≥ {alpha:g}")
-    ax.scatter(x[sig], y[sig], s=10, c="tab:red", alpha=0.8, linewidths=0, label=f"q < {alpha:g} ({sig.sum()})")
+    ax.scatter(
+        x[sig],
+        y[sig],
+        s=10,
+        c="tab:red",
+        alpha=0.8,
+        linewidths=0,
+        label=f"q < {alpha:g} ({sig.sum()})",
+    )
     if label_top > 0 and sig.any():
         top = np.flatnonzero(sig)[np.argsort(p[sig], kind="stable")[:label_top]]
         for i in top:
-            ax.annotate(str(t["feature"].iloc[i]), (x[i], y[i]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                str(t["feature"].iloc[i]),
+                (x[i], y[i]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.axvline(0, color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("rank-biserial correlation (>0: higher in group a)" if xcol == "rank_biserial"
-                  else "difference of means (a - b)")
+    ax.set_xlabel(
+        "rank-biserial correlation (>0: higher in group a)"
+        if xcol == "rank_biserial"
+        else "difference of means (a - b)"
+    )
     ax.set_ylabel("-log10 p")
     ax.set_title(f"differential features: {len(t)} tested, {int(sig.sum())} at q < {alpha:g}")
     ax.legend(fontsize=8, loc="upper left")

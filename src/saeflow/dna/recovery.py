@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .activations import ActivationStore
-from .catalog import sequence_bounds
+from saeflow.activations import ActivationStore
+from saeflow.dna.catalog import sequence_bounds
 
 
 def auroc_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -52,16 +52,36 @@ def planted_in_windows(sequences: pd.DataFrame, planted: pd.DataFrame, motif_id:
 
 
 RECOVERY_COLUMNS = [
-    "layer", "motif_id", "motif_name", "feature", "threshold", "threshold_fraction", "precision", "recall", "f1",
-    "auroc", "f1_any", "f1_null", "best_auroc_feature", "best_auroc", "n_motif_bases_test",
-    "n_windows_with_motif_test", "n_windows_test",
+    "layer",
+    "motif_id",
+    "motif_name",
+    "feature",
+    "threshold",
+    "threshold_fraction",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "f1_any",
+    "f1_null",
+    "best_auroc_feature",
+    "best_auroc",
+    "n_motif_bases_test",
+    "n_windows_with_motif_test",
+    "n_windows_test",
 ]
 THRESHOLD_FRACTIONS = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
 
 
 @torch.no_grad()
-def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFrame, planted: pd.DataFrame,
-                   seed: int = 0) -> pd.DataFrame:
+def recovery_table(
+    sae,
+    store: ActivationStore,
+    layer: int,
+    sequences: pd.DataFrame,
+    planted: pd.DataFrame,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Best single feature per planted motif (see the module docstring).
 
     A feature "fires" on a token when its activation exceeds a threshold
@@ -79,12 +99,18 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
     n_seq, F = len(sequences), sae.d_sae
     is_test = (sequences.split == "test").to_numpy()
     rng = np.random.default_rng(seed)
-    motifs = list(planted.drop_duplicates("motif_id")[["motif_id", "motif_name"]].itertuples(index=False))
+    motifs = list(
+        planted.drop_duplicates("motif_id")[["motif_id", "motif_name"]].itertuples(index=False)
+    )
     spans = {m.motif_id: planted_in_windows(sequences, planted, m.motif_id) for m in motifs}
 
     def encode(s):
         lo, hi = bounds[s], bounds[s + 1]
-        return sae.encode(torch.from_numpy(np.asarray(arr[lo:hi], dtype=np.float32))).numpy(), lo, hi
+        return (
+            sae.encode(torch.from_numpy(np.asarray(arr[lo:hi], dtype=np.float32))).numpy(),
+            lo,
+            hi,
+        )
 
     # pass 1: window scores (max activation per sequence), hence each feature's training maximum.
     # Pass 2 encodes again rather than caching codes: memory stays O(tokens of one sequence x d_sae).
@@ -96,7 +122,12 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
     thr = THRESHOLD_FRACTIONS[:, None] * fmax[None, :]  # (n_thr, F)
     n_thr = len(THRESHOLD_FRACTIONS)
     # pass 2: base-level counts for every (threshold, feature), per split; also against the null truth
-    acc = {(m.motif_id, kind, split): np.zeros(n_thr * F) for m in motifs for kind in ("tp", "tp_null") for split in (0, 1)}
+    acc = {
+        (m.motif_id, kind, split): np.zeros(n_thr * F)
+        for m in motifs
+        for kind in ("tp", "tp_null")
+        for split in (0, 1)
+    }
     pp = {split: np.zeros(n_thr * F) for split in (0, 1)}
     npos = {(m.motif_id, split): 0 for m in motifs for split in (0, 1)}
     for s in range(n_seq):
@@ -127,7 +158,10 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
         whole = spans[m.motif_id][1]
         if npos[(m.motif_id, 0)] + npos[(m.motif_id, 1)] == 0:
             continue  # the motif is planted, but in none of this dataset's windows
-        auc = {split: auroc_matrix(win_score[is_test == bool(split)], whole[is_test == bool(split)]) for split in (0, 1)}
+        auc = {
+            split: auroc_matrix(win_score[is_test == bool(split)], whole[is_test == bool(split)])
+            for split in (0, 1)
+        }
 
         def prf(kind, split):
             tp = acc[(m.motif_id, kind, split)]
@@ -141,13 +175,25 @@ def recovery_table(sae, store: ActivationStore, layer: int, sequences: pd.DataFr
         best_null = int(np.argmax(prf("tp_null", 0)[2]))
         f1_null = prf("tp_null", 1)[2][best_null]
         best_auc = int(np.nanargmax(auc[0])) if np.isfinite(auc[0]).any() else feat
-        rows.append(dict(
-            layer=layer, motif_id=m.motif_id, motif_name=m.motif_name, feature=feat,
-            threshold=float(thr[t_idx, feat]), threshold_fraction=float(THRESHOLD_FRACTIONS[t_idx]),
-            precision=float(p[best]), recall=float(r[best]), f1=float(f1[best]), auroc=float(auc[1][feat]),
-            f1_any=float(f1[feat]), f1_null=float(f1_null),
-            best_auroc_feature=best_auc, best_auroc=float(auc[1][best_auc]),
-            n_motif_bases_test=npos[(m.motif_id, 1)], n_windows_with_motif_test=int(whole[is_test].sum()),
-            n_windows_test=int(is_test.sum()),
-        ))
+        rows.append(
+            dict(
+                layer=layer,
+                motif_id=m.motif_id,
+                motif_name=m.motif_name,
+                feature=feat,
+                threshold=float(thr[t_idx, feat]),
+                threshold_fraction=float(THRESHOLD_FRACTIONS[t_idx]),
+                precision=float(p[best]),
+                recall=float(r[best]),
+                f1=float(f1[best]),
+                auroc=float(auc[1][feat]),
+                f1_any=float(f1[feat]),
+                f1_null=float(f1_null),
+                best_auroc_feature=best_auc,
+                best_auroc=float(auc[1][best_auc]),
+                n_motif_bases_test=npos[(m.motif_id, 1)],
+                n_windows_with_motif_test=int(whole[is_test].sum()),
+                n_windows_test=int(is_test.sum()),
+            )
+        )
     return pd.DataFrame(rows, columns=RECOVERY_COLUMNS)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError, atomic_path, write_table
+from saeflow.utils import SaeflowError, write_table
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,23 @@ def validate_fasta(path: str | os.PathLike) -> dict[str, int]:
                 body = line.rstrip(b"\r\n")
                 if body.startswith(b">"):
                     if name is not None and lengths[name] == 0:
-                        raise SaeflowError(f"{path}: record {name!r} has no sequence (line {lineno})")
+                        raise SaeflowError(
+                            f"{path}: record {name!r} has no sequence (line {lineno})"
+                        )
                     name = body[1:].split()[0].decode() if body[1:].strip() else ""
                     if not name:
                         raise SaeflowError(f"{path}: empty record name at line {lineno}")
                     if name in lengths:
-                        raise SaeflowError(f"{path}: duplicated record name {name!r} at line {lineno}")
+                        raise SaeflowError(
+                            f"{path}: duplicated record name {name!r} at line {lineno}"
+                        )
                     lengths[name] = 0
                     continue
                 if name is None:
                     if body.strip():
-                        raise SaeflowError(f"{path}: line {lineno} comes before the first '>' header")
+                        raise SaeflowError(
+                            f"{path}: line {lineno} comes before the first '>' header"
+                        )
                     continue
                 bad = set(body) - _VALID
                 if bad:
@@ -115,7 +121,18 @@ def bgzip_and_index(src: str | os.PathLike, dest: str | os.PathLike) -> dict[str
     return lengths
 
 
-NARROWPEAK = ["chrom", "start", "end", "name", "score", "strand", "signalValue", "pValue", "qValue", "peak"]
+NARROWPEAK = [
+    "chrom",
+    "start",
+    "end",
+    "name",
+    "score",
+    "strand",
+    "signalValue",
+    "pValue",
+    "qValue",
+    "peak",
+]
 
 
 def read_peaks(path: str | os.PathLike) -> pd.DataFrame:
@@ -126,7 +143,9 @@ def read_peaks(path: str | os.PathLike) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise SaeflowError(f"{path}: peak file is empty")
     if df.shape[1] < 3:
-        raise SaeflowError(f"{path}: a BED file needs at least 3 tab-separated columns, found {df.shape[1]}")
+        raise SaeflowError(
+            f"{path}: a BED file needs at least 3 tab-separated columns, found {df.shape[1]}"
+        )
     df = df.iloc[:, : len(NARROWPEAK)]
     df.columns = NARROWPEAK[: df.shape[1]]
     if not (pd.api.types.is_integer_dtype(df.start) and pd.api.types.is_integer_dtype(df.end)):
@@ -157,7 +176,9 @@ def peak_windows(
     rng = np.random.default_rng(seed)
     pk = peaks[peaks.chrom.isin(chrom_lengths.keys())]
     if len(pk) == 0:
-        raise SaeflowError("no peak lies on a chromosome of the reference FASTA (check chromosome names)")
+        raise SaeflowError(
+            "no peak lies on a chromosome of the reference FASTA (check chromosome names)"
+        )
     if max_peaks and len(pk) > max_peaks:
         pk = pk.iloc[np.sort(rng.choice(len(pk), max_peaks, replace=False))]
     half = window // 2
@@ -181,7 +202,9 @@ def peak_windows(
         if iv is not None and ((iv[:, 0] < s + window) & (iv[:, 1] > s)).any():
             continue
         bg.append((c, s, s + window, 0))
-    out = pd.concat([pos, pd.DataFrame(bg, columns=["chrom", "start", "end", "label"])], ignore_index=True)
+    out = pd.concat(
+        [pos, pd.DataFrame(bg, columns=["chrom", "start", "end", "label"])], ignore_index=True
+    )
     out = out.sort_values(["chrom", "start"], ignore_index=True)
     out.insert(0, "name", [f"{r.chrom}:{r.start}-{r.end}" for r in out.itertuples()])
     return out
@@ -211,13 +234,17 @@ def prepare_sequences(kind: str, params: dict, fasta, peaks_path, task_table, ou
         with pysam.FastaFile(str(fasta)) as fa:
             lengths = dict(zip(fa.references, fa.lengths))
         win = peak_windows(
-            read_peaks(peaks_path), lengths, params["window"], params["background_ratio"],
-            params["max_peaks"], params["seed"],
+            read_peaks(peaks_path),
+            lengths,
+            params["window"],
+            params["background_ratio"],
+            params["max_peaks"],
+            params["seed"],
         )
         win["sequence"] = fetch_sequences(fasta, win)
         win["split"] = split_by_sequence(len(win), params["test_fraction"], params["seed"])
     elif kind == "task":
-        from .utils import read_table
+        from saeflow.utils import read_table
 
         win = read_table(task_table)
         missing = {"sequence", "label"} - set(win.columns)
@@ -236,7 +263,9 @@ def prepare_sequences(kind: str, params: dict, fasta, peaks_path, task_table, ou
         win["sequence"] = win.sequence.str.upper()
     else:
         raise SaeflowError(f"unknown dataset kind {kind!r} (expected 'peaks' or 'task')")
-    table = win[["name", "sequence", "label", "split", "chrom", "start", "end"]].reset_index(drop=True)
+    table = win[["name", "sequence", "label", "split", "chrom", "start", "end"]].reset_index(
+        drop=True
+    )
     write_table(table, out)
     log.info("prepared %d sequences (%d labelled 1)", len(table), int(table.label.sum()))
     return table

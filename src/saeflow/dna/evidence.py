@@ -3,21 +3,21 @@
 Each function reads what a rule has (the sequence table, the activation store, a model adapter, an
 SAE) and returns tidy tables; the statistics live in the modules they call:
 
-* :func:`motif_tokens` -- JASPAR sites on both strands (:mod:`saeflow.motifscan`) mapped onto every
+* :func:`motif_tokens` -- JASPAR sites on both strands (:mod:`saeflow.dna.motifscan`) mapped onto every
   token of the activation store through its base spans, with each token's GC content;
 * :func:`run_probes` -- per layer, a sequence-level probe (mean-pooled activations -> the dataset's
   label) and a token-level probe per motif (token activation -> token overlaps a hit), each with the
-  controls of :func:`saeflow.probes.probe_with_controls` and the paired AUROC deltas;
+  controls of :func:`saeflow.dna.probes.probe_with_controls` and the paired AUROC deltas;
 * :func:`head_scan` -- every layer x head: QK correlation and GC-matched attention enrichment
-  (:mod:`saeflow.headscan`), computed from the attention each token receives, batch by batch;
-* :func:`patching` -- counterfactual pairs (:mod:`saeflow.counterfactual`), a readout trained on the
+  (:mod:`saeflow.dna.headscan`), computed from the attention each token receives, batch by batch;
+* :func:`patching` -- counterfactual pairs (:mod:`saeflow.dna.counterfactual`), a readout trained on the
   clean model (a logistic probe of the dataset's label on the last layer, mean-pooled), then one
   forward pass per (layer, head) over a whole batch of corrupted sequences with that head's clean
   output patched in, and one per layer with the clean residual stream patched in at the site's tokens;
 * :func:`feature_pass` -- one pass of an SAE over a layer: firing frequency, per-sequence mean
-  activations (for :func:`saeflow.differential.differential_features`) and per-feature motif AUROCs
+  activations (for :func:`saeflow.dna.differential.differential_features`) and per-feature motif AUROCs
   (the best feature per motif is selected on training sequences and reported on held-out ones);
-* :func:`feature_ablation` -- a motif feature's ablation (error term kept, :mod:`saeflow.ablation`),
+* :func:`feature_ablation` -- a motif feature's ablation (error term kept, :mod:`saeflow.sae.ablation`),
   its effect on the masked-LM output distribution (KL per token) at the tokens where it fires vs
   elsewhere, against frequency-matched random features.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .utils import SaeflowError
+from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,12 @@ class ScoredMotif:
         return self.pssm.shape[0]
 
 
-def load_motifs(ids, release: str = "JASPAR2024", pseudocount: float = 0.8, frac: float = 0.8) -> list[ScoredMotif]:
+def load_motifs(
+    ids, release: str = "JASPAR2024", pseudocount: float = 0.8, frac: float = 0.8
+) -> list[ScoredMotif]:
     """The JASPAR matrices ``ids`` as PSSMs with their hit thresholds (a fraction of the score range)."""
-    from .motifs import load_jaspar
-    from .motifscan import pssm, relative_threshold
+    from saeflow.dna.motifs import load_jaspar
+    from saeflow.dna.motifscan import pssm, relative_threshold
 
     out = []
     for mid in ids:
@@ -96,17 +98,21 @@ def _padded_offsets(tokens: pd.DataFrame, n_seq: int) -> tuple[np.ndarray, np.nd
     return off, seq, col
 
 
-def motif_tokens(sequences: pd.DataFrame, tokens: pd.DataFrame, motifs: list[ScoredMotif]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def motif_tokens(
+    sequences: pd.DataFrame, tokens: pd.DataFrame, motifs: list[ScoredMotif]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per token of the activation store: its GC and, per motif, the best overlapping site score and hit flag.
 
     Returns (token table with columns seq, pos, start, end, gc, ``<id>_score``, ``<id>_hit``; rows in the
     store's order) and the hits (motif, seq, name, start, end, strand, score, rel_score).
     """
-    from .motifscan import hits, scan, token_scores
+    from saeflow.dna.motifscan import hits, scan, token_scores
 
     _check_sequences(sequences)
     if len(tokens) and tokens.seq.max() >= len(sequences):
-        raise SaeflowError(f"token index refers to sequence {tokens.seq.max()} but the table has {len(sequences)}")
+        raise SaeflowError(
+            f"token index refers to sequence {tokens.seq.max()} but the table has {len(sequences)}"
+        )
     seqs = sequences.sequence.astype(str).tolist()
     off, seq, col = _padded_offsets(tokens, len(seqs))
     out = tokens[["seq", "pos", "start", "end"]].copy().reset_index(drop=True)
@@ -119,10 +125,20 @@ def motif_tokens(sequences: pd.DataFrame, tokens: pd.DataFrame, motifs: list[Sco
         out[f"{m.matrix_id}_hit"] = ts >= np.float32(m.threshold)
         h = hits(res, m.pssm, threshold=m.threshold, best_strand=True)
         h.insert(0, "motif", m.matrix_id)
-        h.insert(2, "name", sequences.name.to_numpy()[h.seq.to_numpy()] if "name" in sequences else h.seq)
+        h.insert(
+            2, "name", sequences.name.to_numpy()[h.seq.to_numpy()] if "name" in sequences else h.seq
+        )
         site_tables.append(h)
-        log.info("%s (%s): %d hits in %d of %d sequences; %d of %d tokens overlap one", m.matrix_id, m.name,
-                 len(h), h.seq.nunique(), len(seqs), int(out[f"{m.matrix_id}_hit"].sum()), len(out))
+        log.info(
+            "%s (%s): %d hits in %d of %d sequences; %d of %d tokens overlap one",
+            m.matrix_id,
+            m.name,
+            len(h),
+            h.seq.nunique(),
+            len(seqs),
+            int(out[f"{m.matrix_id}_hit"].sum()),
+            len(out),
+        )
     return out, pd.concat(site_tables, ignore_index=True)
 
 
@@ -150,7 +166,9 @@ def pooled_means(store, layer: int, n_seq: int, transform=None, chunk: int = 163
     return sums / np.maximum(counts, 1)[:, None]
 
 
-def _sample_sequences(n_seq: int, counts: np.ndarray, max_tokens: int, seed: int, eligible=None) -> np.ndarray:
+def _sample_sequences(
+    n_seq: int, counts: np.ndarray, max_tokens: int, seed: int, eligible=None
+) -> np.ndarray:
     """A seeded sample of whole sequences holding at most ``max_tokens`` tokens (sorted)."""
     order = np.random.default_rng(seed).permutation(n_seq)
     if eligible is not None:
@@ -162,38 +180,87 @@ def _sample_sequences(n_seq: int, counts: np.ndarray, max_tokens: int, seed: int
 # --------------------------------------------------------------------------------- probes
 
 
-PROBE_COLUMNS = ["layer", "level", "target", "control", "auroc", "ci_low", "ci_high", "accuracy", "n_train",
-                 "n_test", "delta_auroc", "delta_ci_low", "delta_ci_high", "note"]
+PROBE_COLUMNS = [
+    "layer",
+    "level",
+    "target",
+    "control",
+    "auroc",
+    "ci_low",
+    "ci_high",
+    "accuracy",
+    "n_train",
+    "n_test",
+    "delta_auroc",
+    "delta_ci_low",
+    "delta_ci_high",
+    "note",
+]
 
 
-def _probe_rows(X, y, seqs, split, positions, *, layer, level, target, seed, n_boot, items=None,
-                preds=None) -> list[dict]:
-    from .probes import delta_vs_control, probe_with_controls
+def _probe_rows(
+    X, y, seqs, split, positions, *, layer, level, target, seed, n_boot, items=None, preds=None
+) -> list[dict]:
+    from saeflow.dna.probes import delta_vs_control, probe_with_controls
 
     base = dict(layer=int(layer), level=level, target=target)
     ytr, yte = y[split == "train"], y[split == "test"]
     if len(np.unique(ytr)) < 2 or len(np.unique(yte)) < 2 or min(ytr.sum(), yte.sum()) < 5:
-        return [dict(base, control="features", auroc=np.nan, n_train=len(ytr), n_test=len(yte),
-                     note=f"skipped: {int(ytr.sum())} train / {int(yte.sum())} test positives (need >= 5 each)")]
+        return [
+            dict(
+                base,
+                control="features",
+                auroc=np.nan,
+                n_train=len(ytr),
+                n_test=len(yte),
+                note=f"skipped: {int(ytr.sum())} train / {int(yte.sum())} test positives (need >= 5 each)",
+            )
+        ]
     df = probe_with_controls(X, y, seqs, split, positions=positions, seed=seed, n_boot=n_boot)
-    if preds is not None and items is not None:  # test-set scores, for paired comparisons across runs
+    if (
+        preds is not None and items is not None
+    ):  # test-set scores, for paired comparisons across runs
         for control, sc in df.attrs["scores"].items():
-            preds.append(pd.DataFrame({"layer": int(layer), "level": level, "target": target, "control": control,
-                                       "item": np.asarray(items)[sc["index"]], "label": sc["y"],
-                                       "score": sc["score"]}))
+            preds.append(
+                pd.DataFrame(
+                    {
+                        "layer": int(layer),
+                        "level": level,
+                        "target": target,
+                        "control": control,
+                        "item": np.asarray(items)[sc["index"]],
+                        "label": sc["y"],
+                        "score": sc["score"],
+                    }
+                )
+            )
     d = delta_vs_control(df).set_index("control")
     rows = []
     for r in df.to_dict("records"):
         c = r["control"]
         dd = d.loc[c] if c in d.index else None
-        rows.append(dict(base, **r, delta_auroc=np.nan if dd is None else dd.delta_auroc,
-                         delta_ci_low=np.nan if dd is None else dd.ci_low,
-                         delta_ci_high=np.nan if dd is None else dd.ci_high))
+        rows.append(
+            dict(
+                base,
+                **r,
+                delta_auroc=np.nan if dd is None else dd.delta_auroc,
+                delta_ci_low=np.nan if dd is None else dd.ci_low,
+                delta_ci_high=np.nan if dd is None else dd.ci_high,
+            )
+        )
     return rows
 
 
-def run_probes(store, sequences: pd.DataFrame, mtok: pd.DataFrame, layers, *, max_tokens: int = 50000,
-               n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_probes(
+    store,
+    sequences: pd.DataFrame,
+    mtok: pd.DataFrame,
+    layers,
+    *,
+    max_tokens: int = 50000,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sequence-level (label) and token-level (per motif: overlaps a hit) probes with controls, per layer.
 
     Returns (the AUROC table, one row per probe x control; the sequence-level test predictions: layer,
@@ -203,7 +270,9 @@ def run_probes(store, sequences: pd.DataFrame, mtok: pd.DataFrame, layers, *, ma
     n_seq = len(sequences)
     tokens = store.tokens
     if len(tokens) != len(mtok):
-        raise SaeflowError(f"motif token table has {len(mtok)} rows but the activation store {len(tokens)} tokens")
+        raise SaeflowError(
+            f"motif token table has {len(mtok)} rows but the activation store {len(tokens)} tokens"
+        )
     y_seq = sequences.label.to_numpy().astype(int)
     split_seq = sequences.split.astype(str).to_numpy()
     seqs = sequences.sequence.astype(str).tolist()
@@ -213,29 +282,61 @@ def run_probes(store, sequences: pd.DataFrame, mtok: pd.DataFrame, layers, *, ma
         positions = np.column_stack([chrom, sequences.start.to_numpy(dtype=float) / 1e6])
     # token probes: a seeded sample of whole train/test sequences
     counts = np.bincount(tokens.seq.to_numpy(), minlength=n_seq)
-    picked = _sample_sequences(n_seq, counts, max_tokens, seed, eligible=np.isin(split_seq, ["train", "test"]))
+    picked = _sample_sequences(
+        n_seq, counts, max_tokens, seed, eligible=np.isin(split_seq, ["train", "test"])
+    )
     rows_tok = np.flatnonzero(np.isin(tokens.seq.to_numpy(), picked))
     tseq = tokens.seq.to_numpy()[rows_tok]
     tsplit = split_seq[tseq]
-    tstrings = [seqs[s][a:b] for s, a, b in zip(tseq, tokens.start.to_numpy()[rows_tok], tokens.end.to_numpy()[rows_tok])]
+    tstrings = [
+        seqs[s][a:b]
+        for s, a, b in zip(tseq, tokens.start.to_numpy()[rows_tok], tokens.end.to_numpy()[rows_tok])
+    ]
     tpos = tokens.pos.to_numpy()[rows_tok].astype(float)[:, None]
     out, preds = [], []
     use = np.isin(split_seq, ["train", "test"])
-    names = (sequences.name if "name" in sequences else pd.Series(np.arange(n_seq))).astype(str).to_numpy()[use]
+    names = (
+        (sequences.name if "name" in sequences else pd.Series(np.arange(n_seq)))
+        .astype(str)
+        .to_numpy()[use]
+    )
     for layer in layers:
         X = pooled_means(store, layer, n_seq)
-        out += _probe_rows(X[use], y_seq[use], [s for s, u in zip(seqs, use) if u], split_seq[use],
-                           None if positions is None else positions[use], layer=layer, level="sequence",
-                           target="label", seed=seed, n_boot=n_boot, items=names, preds=preds)
+        out += _probe_rows(
+            X[use],
+            y_seq[use],
+            [s for s, u in zip(seqs, use) if u],
+            split_seq[use],
+            None if positions is None else positions[use],
+            layer=layer,
+            level="sequence",
+            target="label",
+            seed=seed,
+            n_boot=n_boot,
+            items=names,
+            preds=preds,
+        )
         Xt = np.asarray(store.layer(layer)[rows_tok], dtype=np.float32)
         for mid in motif_ids(mtok):
             yt = mtok[f"{mid}_hit"].to_numpy()[rows_tok].astype(int)
-            out += _probe_rows(Xt, yt, tstrings, tsplit, tpos, layer=layer, level="token", target=mid, seed=seed,
-                               n_boot=n_boot)
+            out += _probe_rows(
+                Xt,
+                yt,
+                tstrings,
+                tsplit,
+                tpos,
+                layer=layer,
+                level="token",
+                target=mid,
+                seed=seed,
+                n_boot=n_boot,
+            )
         log.info("layer %d probed", layer)
     pred_cols = ["layer", "level", "target", "control", "item", "label", "score"]
-    return (pd.DataFrame(out).reindex(columns=PROBE_COLUMNS),
-            pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=pred_cols))
+    return (
+        pd.DataFrame(out).reindex(columns=PROBE_COLUMNS),
+        pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=pred_cols),
+    )
 
 
 # --------------------------------------------------------------------------------- model passes
@@ -253,9 +354,17 @@ def _seeded_subset(n: int, k: int, seed: int, eligible=None) -> np.ndarray:
     return idx
 
 
-def head_scan(adapter, sequences: pd.DataFrame, motifs: list[ScoredMotif], *, n_sequences: int = 1000,
-              batch_size: int = 32, seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
-    """Every layer x head x motif: r, p, rho (+ CI) and the registered criteria (see :mod:`saeflow.headscan`).
+def head_scan(
+    adapter,
+    sequences: pd.DataFrame,
+    motifs: list[ScoredMotif],
+    *,
+    n_sequences: int = 1000,
+    batch_size: int = 32,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> pd.DataFrame:
+    """Every layer x head x motif: r, p, rho (+ CI) and the registered criteria (see :mod:`saeflow.dna.headscan`).
 
     Reads a seeded sample of ``n_sequences`` sequences; each batch's attention is reduced at once to
     the attention each token receives, so memory is O(sequences x heads x tokens) per layer.
@@ -263,9 +372,9 @@ def head_scan(adapter, sequences: pd.DataFrame, motifs: list[ScoredMotif], *, n_
     import torch
     from tqdm.auto import tqdm
 
-    from .headscan import scan_received
-    from .models.base import Capture
-    from .motifscan import scan, token_scores
+    from saeflow.dna.headscan import scan_received
+    from saeflow.dna.motifscan import scan, token_scores
+    from saeflow.models.base import Capture
 
     _check_sequences(sequences)
     pick = _seeded_subset(len(sequences), n_sequences, seed)
@@ -287,7 +396,15 @@ def head_scan(adapter, sequences: pd.DataFrame, motifs: list[ScoredMotif], *, n_
             recv[l].append(((a * q[:, None, :, None]).sum(2) / n).cpu().numpy())
         off = tb.offsets
         bi = np.repeat(np.arange(len(batch)), off.shape[1]).reshape(off.shape[:2])
-        gcs.append(np.where(v, token_gc(batch, bi.ravel(), off[..., 0].ravel(), off[..., 1].ravel()).reshape(v.shape), 0.0))
+        gcs.append(
+            np.where(
+                v,
+                token_gc(batch, bi.ravel(), off[..., 0].ravel(), off[..., 1].ravel()).reshape(
+                    v.shape
+                ),
+                0.0,
+            )
+        )
         valid.append(v)
         for m in motifs:
             mscore[m.matrix_id].append(token_scores(scan(batch, m.pssm), off))
@@ -307,8 +424,16 @@ def head_scan(adapter, sequences: pd.DataFrame, motifs: list[ScoredMotif], *, n_
     for m in motifs:
         ms = cat(mscore[m.matrix_id], -np.inf, np.float64)
         for l in layers:
-            df = scan_received(cat(recv[l], 0.0, np.float64), ms, valid_all, gc_all, layer=l, threshold=m.threshold,
-                               n_boot=n_boot, seed=seed)
+            df = scan_received(
+                cat(recv[l], 0.0, np.float64),
+                ms,
+                valid_all,
+                gc_all,
+                layer=l,
+                threshold=m.threshold,
+                n_boot=n_boot,
+                seed=seed,
+            )
             df.insert(0, "motif", m.matrix_id)
             rows.append(df)
     out = pd.concat(rows, ignore_index=True)
@@ -317,14 +442,19 @@ def head_scan(adapter, sequences: pd.DataFrame, motifs: list[ScoredMotif], *, n_
 
 
 def _mean_pool(h, valid):
-    import torch
 
     v = valid.to(h.dtype)[..., None]
     return (h * v).sum(1) / v.sum(1).clamp_min(1)
 
 
-def train_readout(adapter, sequences: pd.DataFrame, *, max_sequences: int = 2000, batch_size: int = 32,
-                  seed: int = 0):
+def train_readout(
+    adapter,
+    sequences: pd.DataFrame,
+    *,
+    max_sequences: int = 2000,
+    batch_size: int = 32,
+    seed: int = 0,
+):
     """A logistic probe of the label on the last layer's mean-pooled residual stream (training sequences).
 
     Returns (w, b, held-out AUROC): the readout ``h @ w + b`` the patching metric is computed on.
@@ -332,13 +462,15 @@ def train_readout(adapter, sequences: pd.DataFrame, *, max_sequences: int = 2000
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from .models.base import Capture
-    from .probes import _auroc
+    from saeflow.dna.probes import _auroc
+    from saeflow.models.base import Capture
 
     L = adapter.n_layers
     feats = {}
     for part in ("train", "test"):
-        idx = _seeded_subset(len(sequences), max_sequences, seed, sequences.split.astype(str).to_numpy() == part)
+        idx = _seeded_subset(
+            len(sequences), max_sequences, seed, sequences.split.astype(str).to_numpy() == part
+        )
         seqs = sequences.sequence.astype(str).to_numpy()[idx].tolist()
         xs = []
         for sl in _batches(len(seqs), batch_size):
@@ -346,8 +478,10 @@ def train_readout(adapter, sequences: pd.DataFrame, *, max_sequences: int = 2000
             with torch.inference_mode():
                 h = adapter.run(tb, Capture(resid=[L])).resid[L].float()
             xs.append(_mean_pool(h, torch.from_numpy(~tb.special).to(h.device)).cpu().numpy())
-        feats[part] = (np.concatenate(xs) if xs else np.zeros((0, adapter.d_model)),
-                       sequences.label.to_numpy()[idx].astype(int))
+        feats[part] = (
+            np.concatenate(xs) if xs else np.zeros((0, adapter.d_model)),
+            sequences.label.to_numpy()[idx].astype(int),
+        )
     (Xtr, ytr), (Xte, yte) = feats["train"], feats["test"]
     if len(np.unique(ytr)) < 2:
         raise SaeflowError("patching readout: the training sequences hold one label only")
@@ -359,8 +493,16 @@ def train_readout(adapter, sequences: pd.DataFrame, *, max_sequences: int = 2000
     return w.astype(np.float32), b, float(auc)
 
 
-def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_size: int = 32,
-             min_gap: float = 0.05, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def patching(
+    adapter,
+    pairs: pd.DataFrame,
+    w: np.ndarray,
+    b: float,
+    *,
+    batch_size: int = 32,
+    min_gap: float = 0.05,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Activation patching of every (layer, head) and every layer's residual stream at the site's tokens.
 
     Components: ``head`` (one head's clean output into the corrupted run), ``resid_at_site`` (the
@@ -369,7 +511,7 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
     per-pair seed): where the motif's information sits at its own tokens, the first restores the
     readout and the second does not.
 
-    ``pairs``: rows of :func:`saeflow.counterfactual.counterfactual_pairs` (clean, corrupted, start, end).
+    ``pairs``: rows of :func:`saeflow.dna.counterfactual.counterfactual_pairs` (clean, corrupted, start, end).
     The readout is ``mean-pooled last layer @ w + b``. Pairs whose clean and corrupted sequences do not
     tokenise to the same spans are dropped (patching by position would be meaningless). Returns
     (per-pair table: pair, component, layer, head, clean, corrupted, patched, pm) and the pair table
@@ -378,8 +520,8 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
     import torch
     from tqdm.auto import tqdm
 
-    from .counterfactual import patching_metric
-    from .models.base import Capture, Patch
+    from saeflow.dna.counterfactual import patching_metric
+    from saeflow.models.base import Capture, Patch
 
     L, H = adapter.n_layers, adapter.n_heads
     pairs = pairs[pairs.corrupted.notna()].reset_index(drop=True)
@@ -407,8 +549,13 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
         v = torch.from_numpy(~tc.special).to(adapter.device)
         st, en = part.start.to_numpy()[ok], part.end.to_numpy()[ok]
         # the site's tokens: those over the site in either sequence (a BPE tokeniser may split it differently)
-        site = torch.from_numpy(((tc.offsets[..., 0] < en[:, None]) & (tc.offsets[..., 1] > st[:, None])
-                                 | (tx.offsets[..., 0] < en[:, None]) & (tx.offsets[..., 1] > st[:, None])) & ~tc.special)
+        site = torch.from_numpy(
+            (
+                (tc.offsets[..., 0] < en[:, None]) & (tc.offsets[..., 1] > st[:, None])
+                | (tx.offsets[..., 0] < en[:, None]) & (tx.offsets[..., 1] > st[:, None])
+            )
+            & ~tc.special
+        )
         # control: as many tokens elsewhere in the sequence (seeded per pair), clean there too
         off = np.zeros_like(site.numpy())
         for j, i in enumerate(np.arange(sl.start, sl.stop)[ok]):
@@ -417,7 +564,9 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
             off[j, np.random.default_rng(seed + int(i)).choice(cand, k, replace=False)] = True
         site, off = site.to(adapter.device), torch.from_numpy(off).to(adapter.device)
         with torch.inference_mode():
-            rc = adapter.run(tc, Capture(resid=list(range(0, L + 1)), head_out=list(range(1, L + 1))))
+            rc = adapter.run(
+                tc, Capture(resid=list(range(0, L + 1)), head_out=list(range(1, L + 1)))
+            )
             clean = readout(rc, v)
             corrupted = readout(adapter.run(tx, Capture(resid=[L])), v)
             outs = []
@@ -440,7 +589,9 @@ def patching(adapter, pairs: pd.DataFrame, w: np.ndarray, b: float, *, batch_siz
             pm, _ = patching_metric(patched, corrupted, clean, min_gap=min_gap)
             for j, i in enumerate(np.arange(sl.start, sl.stop)[ok]):
                 recs.append((int(i), comp, layer, h, clean[j], corrupted[j], patched[j], pm[j]))
-    per_pair = pd.DataFrame(recs, columns=["pair", "component", "layer", "head", "clean", "corrupted", "patched", "pm"])
+    per_pair = pd.DataFrame(
+        recs, columns=["pair", "component", "layer", "head", "clean", "corrupted", "patched", "pm"]
+    )
     pairs = pairs.assign(kept=kept, gap=gaps)
     return per_pair, pairs
 
@@ -467,7 +618,11 @@ def same_spans(tc, tx, starts=None, ends=None) -> np.ndarray:
     same_tok = (oc == ox).all(axis=2)
     if starts is not None:
         st, en = np.asarray(starts)[:, None], np.asarray(ends)[:, None]
-        at_site = ((oc[..., 0] < en) & (oc[..., 1] > st) | (ox[..., 0] < en) & (ox[..., 1] > st)) & ~sc & ~sx
+        at_site = (
+            ((oc[..., 0] < en) & (oc[..., 1] > st) | (ox[..., 0] < en) & (ox[..., 1] > st))
+            & ~sc
+            & ~sx
+        )
         same_tok |= at_site
     return same_tok.all(axis=1) & (sc == sx).all(axis=1) & (mc == mx).all(axis=1)
 
@@ -475,28 +630,49 @@ def same_spans(tc, tx, starts=None, ends=None) -> np.ndarray:
 def _subset(tb, idx):
     from dataclasses import replace
 
-    return replace(tb, input_ids=tb.input_ids[idx], attention_mask=tb.attention_mask[idx], offsets=tb.offsets[idx],
-                   special=tb.special[idx], genes=None if tb.genes is None else tb.genes[idx],
-                   extra={k: v[idx] for k, v in tb.extra.items()})
+    return replace(
+        tb,
+        input_ids=tb.input_ids[idx],
+        attention_mask=tb.attention_mask[idx],
+        offsets=tb.offsets[idx],
+        special=tb.special[idx],
+        genes=None if tb.genes is None else tb.genes[idx],
+        extra={k: v[idx] for k, v in tb.extra.items()},
+    )
 
 
 def summarise_patching(per_pair: pd.DataFrame) -> pd.DataFrame:
     """Distribution of PM per component: mean, median, quartiles, fraction of pairs > 0.5, pairs with a PM."""
+
     def q(p):
         return lambda s: s.quantile(p) if s.notna().any() else np.nan
 
     g = per_pair.groupby(["motif", "component", "layer", "head"], sort=True)["pm"]
-    out = g.agg(mean_pm="mean", median_pm="median", q25=q(0.25), q75=q(0.75),
-                frac_above_half=lambda s: float((s > 0.5).mean()) if s.notna().any() else np.nan,
-                n_pairs="count").reset_index()
+    out = g.agg(
+        mean_pm="mean",
+        median_pm="median",
+        q25=q(0.25),
+        q75=q(0.75),
+        frac_above_half=lambda s: float((s > 0.5).mean()) if s.notna().any() else np.nan,
+        n_pairs="count",
+    ).reset_index()
     return out
 
 
 # --------------------------------------------------------------------------------- SAE features
 
 
-def feature_pass(sae, store, layer: int, sequences: pd.DataFrame, mtok: pd.DataFrame | None, *,
-                 max_tokens: int = 50000, seed: int = 0, chunk: int = 8192):
+def feature_pass(
+    sae,
+    store,
+    layer: int,
+    sequences: pd.DataFrame,
+    mtok: pd.DataFrame | None,
+    *,
+    max_tokens: int = 50000,
+    seed: int = 0,
+    chunk: int = 8192,
+):
     """One pass of the SAE over the layer.
 
     Returns (features table: feature, frequency, and per motif ``<id>_auroc_train`` / ``<id>_auroc_test``
@@ -505,7 +681,7 @@ def feature_pass(sae, store, layer: int, sequences: pd.DataFrame, mtok: pd.DataF
     """
     import torch
 
-    from .recovery import auroc_matrix
+    from saeflow.dna.recovery import auroc_matrix
 
     n_seq = len(sequences)
     tokens = store.tokens
@@ -513,7 +689,11 @@ def feature_pass(sae, store, layer: int, sequences: pd.DataFrame, mtok: pd.DataF
     split_seq = sequences.split.astype(str).to_numpy()
     counts = np.bincount(seq, minlength=n_seq)
     picked = np.zeros(n_seq, bool)
-    picked[_sample_sequences(n_seq, counts, max_tokens, seed, eligible=np.isin(split_seq, ["train", "test"]))] = True
+    picked[
+        _sample_sequences(
+            n_seq, counts, max_tokens, seed, eligible=np.isin(split_seq, ["train", "test"])
+        )
+    ] = True
     fires = None
     sampled, sampled_rows = [], []
 
@@ -547,7 +727,7 @@ def feature_pass(sae, store, layer: int, sequences: pd.DataFrame, mtok: pd.DataF
                 m = sp == part
                 aucs = np.full(F, np.nan)
                 for lo in range(0, F, 512):
-                    aucs[lo:lo + 512] = auroc_matrix(Z[m, lo:lo + 512], y[m])
+                    aucs[lo : lo + 512] = auroc_matrix(Z[m, lo : lo + 512], y[m])
                 feats[f"{mid}_auroc_{part}"] = aucs
     return feats, means
 
@@ -563,14 +743,34 @@ def best_motif_features(feats: pd.DataFrame, motifs) -> pd.DataFrame:
         if t.empty:
             continue
         r = t.loc[t[col].idxmax()]
-        rows.append(dict(motif=mid, feature=int(r.feature), auroc_train=float(r[col]),
-                         auroc_test=float(r[f"{mid}_auroc_test"]), frequency=float(r.frequency)))
-    return pd.DataFrame(rows, columns=["motif", "feature", "auroc_train", "auroc_test", "frequency"])
+        rows.append(
+            dict(
+                motif=mid,
+                feature=int(r.feature),
+                auroc_train=float(r[col]),
+                auroc_test=float(r[f"{mid}_auroc_test"]),
+                frequency=float(r.frequency),
+            )
+        )
+    return pd.DataFrame(
+        rows, columns=["motif", "feature", "auroc_train", "auroc_test", "frequency"]
+    )
 
 
-def feature_ablation(adapter, sae, layer: int, sequences, targets: pd.DataFrame, freq: np.ndarray, *,
-                     n_null: int = 50, batch_size: int = 32, seed: int = 0, alpha: float = 0.05,
-                     mask_prob: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def feature_ablation(
+    adapter,
+    sae,
+    layer: int,
+    sequences,
+    targets: pd.DataFrame,
+    freq: np.ndarray,
+    *,
+    n_null: int = 50,
+    batch_size: int = 32,
+    seed: int = 0,
+    alpha: float = 0.05,
+    mask_prob: float | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ablate each target feature (and its frequency-matched null features) at ``layer``.
 
     The effect at a token is KL(clean || ablated) of the model's output distribution there (nats);
@@ -585,32 +785,46 @@ def feature_ablation(adapter, sae, layer: int, sequences, targets: pd.DataFrame,
     import torch.nn.functional as Fn
     from tqdm.auto import tqdm
 
-    from .ablation import ablate, matched_null_features, null_p
-    from .models.base import Capture, Patch
+    from saeflow.models.base import Capture, Patch
+    from saeflow.sae.ablation import ablate, matched_null_features, null_p
 
     if targets.empty:
-        return pd.DataFrame(columns=ABLATION_COLUMNS), pd.DataFrame(columns=["motif", "feature", "specificity"])
+        return pd.DataFrame(columns=ABLATION_COLUMNS), pd.DataFrame(
+            columns=["motif", "feature", "specificity"]
+        )
     nulls = {}
     for r in targets.itertuples():
-        nulls[r.feature] = matched_null_features(freq, int(r.feature), n_null, seed=seed + int(r.feature),
-                                                 exclude=targets.feature.tolist(), fill=True)
+        nulls[r.feature] = matched_null_features(
+            freq,
+            int(r.feature),
+            n_null,
+            seed=seed + int(r.feature),
+            exclude=targets.feature.tolist(),
+            fill=True,
+        )
     feats = sorted(set(targets.feature.astype(int)) | {int(f) for v in nulls.values() for f in v})
     fi = {f: i for i, f in enumerate(feats)}
     s_act, n_act = np.zeros(len(feats)), np.zeros(len(feats))
     s_in, n_in = np.zeros(len(feats)), np.zeros(len(feats))
     sae = sae.to(adapter.device).eval()
     seqs = list(sequences)
-    for sl in tqdm(list(_batches(len(seqs), batch_size)), desc=f"ablation layer {layer}", mininterval=5):
+    for sl in tqdm(
+        list(_batches(len(seqs), batch_size)), desc=f"ablation layer {layer}", mininterval=5
+    ):
         tb = adapter.tokenize(seqs[sl])
         g = ~tb.special
         if mask_prob:
             from dataclasses import replace
 
-            from .evaluation import mask_positions
+            from saeflow.sae.evaluation import mask_positions
 
             masked = mask_positions(tb.special, mask_prob, seed, range(sl.start, sl.stop))
-            tb = replace(tb, input_ids=tb.input_ids.masked_fill(torch.from_numpy(masked),
-                                                                adapter.tokenizer.mask_token_id))
+            tb = replace(
+                tb,
+                input_ids=tb.input_ids.masked_fill(
+                    torch.from_numpy(masked), adapter.tokenizer.mask_token_id
+                ),
+            )
             g = masked
         g = torch.from_numpy(g).to(adapter.device)
         with torch.inference_mode():
@@ -619,7 +833,9 @@ def feature_ablation(adapter, sae, layer: int, sequences, targets: pd.DataFrame,
             x = rc.resid[layer]
             z = sae.encode(x.reshape(-1, x.shape[-1]).to(sae.W_dec.dtype)).reshape(*x.shape[:2], -1)
             for f in feats:
-                r = adapter.run(tb, None, Patch(resid={layer: lambda t, f=f: ablate(sae, t, f).to(t.dtype)}))
+                r = adapter.run(
+                    tb, None, Patch(resid={layer: lambda t, f=f: ablate(sae, t, f).to(t.dtype)})
+                )
                 kl = (logp.exp() * (logp - Fn.log_softmax(r.logits.float(), -1))).sum(-1)
                 act = (z[..., f] > 0) & g
                 ina = ~(z[..., f] > 0) & g
@@ -638,16 +854,43 @@ def feature_ablation(adapter, sae, layer: int, sequences, targets: pd.DataFrame,
         nv = np.array([spec[fi[int(g)]] for g in nulls[f]])
         p, n = null_p(spec[fi[f]], nv)
         fin = nv[np.isfinite(nv)]
-        rows.append(dict(motif=r.motif, feature=f, frequency=float(freq[f]), specificity=spec[fi[f]],
-                         effect_active=e_act[fi[f]], effect_inactive=e_in[fi[f]],
-                         null_mean=fin.mean() if len(fin) else np.nan, null_sd=fin.std(ddof=1) if len(fin) > 1 else np.nan,
-                         null_q95=np.quantile(fin, 0.95) if len(fin) else np.nan, n_null=n,
-                         null_freq_ratio=float(np.exp(np.abs(np.log(freq[nulls[f]] / freq[f]))).max())
-                         if len(nulls[f]) else np.nan, p=p,
-                         specific=bool(np.isfinite(p) and p < alpha)))
-        null_rows += [dict(motif=r.motif, feature=int(g), specificity=spec[fi[int(g)]]) for g in nulls[f]]
+        rows.append(
+            dict(
+                motif=r.motif,
+                feature=f,
+                frequency=float(freq[f]),
+                specificity=spec[fi[f]],
+                effect_active=e_act[fi[f]],
+                effect_inactive=e_in[fi[f]],
+                null_mean=fin.mean() if len(fin) else np.nan,
+                null_sd=fin.std(ddof=1) if len(fin) > 1 else np.nan,
+                null_q95=np.quantile(fin, 0.95) if len(fin) else np.nan,
+                n_null=n,
+                null_freq_ratio=float(np.exp(np.abs(np.log(freq[nulls[f]] / freq[f]))).max())
+                if len(nulls[f])
+                else np.nan,
+                p=p,
+                specific=bool(np.isfinite(p) and p < alpha),
+            )
+        )
+        null_rows += [
+            dict(motif=r.motif, feature=int(g), specificity=spec[fi[int(g)]]) for g in nulls[f]
+        ]
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS), pd.DataFrame(null_rows)
 
 
-ABLATION_COLUMNS = ["motif", "feature", "frequency", "specificity", "effect_active", "effect_inactive", "null_mean",
-                    "null_sd", "null_q95", "n_null", "null_freq_ratio", "p", "specific"]
+ABLATION_COLUMNS = [
+    "motif",
+    "feature",
+    "frequency",
+    "specificity",
+    "effect_active",
+    "effect_inactive",
+    "null_mean",
+    "null_sd",
+    "null_q95",
+    "n_null",
+    "null_freq_ratio",
+    "p",
+    "specific",
+]

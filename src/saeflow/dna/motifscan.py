@@ -42,8 +42,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from .motifs import Motif
-from .utils import SaeflowError
+from saeflow.dna.motifs import Motif
+from saeflow.utils import SaeflowError
 
 BASES = "ACGT"
 _MAX_K = 8
@@ -63,7 +63,7 @@ def pssm(
     pseudocount: float | Sequence[float] = 0.8,
     background: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
 ) -> np.ndarray:
-    """(L, 4) log2-odds matrix in ACGT order from a :class:`~saeflow.motifs.Motif` or (L, 4) counts.
+    """(L, 4) log2-odds matrix in ACGT order from a :class:`~saeflow.dna.motifs.Motif` or (L, 4) counts.
 
     ``pseudocount`` is added to each letter of each column (a number, or 4 numbers in ACGT order,
     like Biopython's ``normalize(pseudocounts=...)``); ``background`` (ACGT) is renormalised to sum
@@ -76,7 +76,9 @@ def pssm(
     except (TypeError, ValueError) as e:
         raise SaeflowError(f"{name}: counts are not numeric ({e})") from None
     if counts.ndim != 2 or counts.shape[1] != 4 or counts.shape[0] == 0:
-        raise SaeflowError(f"{name}: counts must have shape (L, 4) in ACGT order with L >= 1, got {counts.shape}")
+        raise SaeflowError(
+            f"{name}: counts must have shape (L, 4) in ACGT order with L >= 1, got {counts.shape}"
+        )
     if not np.isfinite(counts).all() or (counts < 0).any():
         raise SaeflowError(f"{name}: counts must be finite and >= 0")
     try:
@@ -84,10 +86,14 @@ def pssm(
     except (TypeError, ValueError):
         pc = np.full(1, np.nan)
     if pc.shape not in ((), (4,)) or not np.isfinite(pc).all() or (pc < 0).any():
-        raise SaeflowError(f"{name}: pseudocount must be a number >= 0 or 4 of them (ACGT), got {pseudocount!r}")
+        raise SaeflowError(
+            f"{name}: pseudocount must be a number >= 0 or 4 of them (ACGT), got {pseudocount!r}"
+        )
     bg = np.asarray(background, dtype=float)
     if bg.shape != (4,) or not np.isfinite(bg).all() or (bg <= 0).any():
-        raise SaeflowError(f"{name}: background must be 4 positive numbers (ACGT), got {background!r}")
+        raise SaeflowError(
+            f"{name}: background must be 4 positive numbers (ACGT), got {background!r}"
+        )
     bg = bg / bg.sum()
     c = counts + pc
     total = c.sum(axis=1, keepdims=True)
@@ -100,7 +106,9 @@ def pssm(
 
 def _check_pssm(matrix) -> np.ndarray:
     if isinstance(matrix, Motif):
-        raise SaeflowError(f"pass a log-odds matrix, e.g. pssm({matrix.matrix_id!r} motif), not the Motif itself")
+        raise SaeflowError(
+            f"pass a log-odds matrix, e.g. pssm({matrix.matrix_id!r} motif), not the Motif itself"
+        )
     try:
         m = np.asarray(matrix, dtype=float)
     except (TypeError, ValueError) as e:
@@ -124,8 +132,10 @@ def relative_threshold(matrix, frac: float) -> float:
         raise SaeflowError(f"relative threshold must be in [0, 1], got {frac}")
     lo, hi = score_range(matrix)
     if not np.isfinite(lo):
-        raise SaeflowError("PSSM has -inf entries, so the score range is infinite: use a pseudocount > 0 "
-                           "or an absolute threshold")
+        raise SaeflowError(
+            "PSSM has -inf entries, so the score range is infinite: use a pseudocount > 0 "
+            "or an absolute threshold"
+        )
     return lo + frac * (hi - lo)
 
 
@@ -136,7 +146,9 @@ class SiteScores(NamedTuple):
     """One sequence's sites, one entry per start position ``0 .. len(seq) - L``."""
 
     score: np.ndarray  # float32, max over strands (forward only if one strand was scanned)
-    strand: np.ndarray  # int8: +1 forward, -1 reverse (reverse only when strictly higher), 0 if -inf
+    strand: (
+        np.ndarray
+    )  # int8: +1 forward, -1 reverse (reverse only when strictly higher), 0 if -inf
     forward: np.ndarray
     reverse: np.ndarray | None
 
@@ -166,7 +178,9 @@ class ScanResult:
     def score(self) -> np.ndarray:
         """(N, P) float32: max over strands."""
         if self._score is None:
-            self._score = self.forward if self.reverse is None else np.maximum(self.forward, self.reverse)
+            self._score = (
+                self.forward if self.reverse is None else np.maximum(self.forward, self.reverse)
+            )
         return self._score
 
     @property
@@ -195,7 +209,9 @@ class ScanResult:
 def _encode(seqs) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated base codes (uint8: 0..3 = ACGT, 4 = anything else) and the lengths."""
     if isinstance(seqs, (str, bytes)):
-        raise SaeflowError("scan() takes a list of sequences, got a single string (wrap it in a list)")
+        raise SaeflowError(
+            "scan() takes a list of sequences, got a single string (wrap it in a list)"
+        )
     seqs = list(seqs)
     if not seqs:
         raise SaeflowError("no sequences to scan (empty list)")
@@ -236,11 +252,13 @@ def _kmers(codes: np.ndarray, k: int) -> np.ndarray:
     km = codes[:n].astype(np.uint16)  # k <= 8: 4**8 - 1 fits
     for j in range(1, k):
         km <<= 2
-        km |= codes[j:j + n]
+        km |= codes[j : j + n]
     return km.astype(np.intp)
 
 
-def scan(seqs: Sequence[str], matrix, both_strands: bool = True, chunk_positions: int = 1 << 16) -> ScanResult:
+def scan(
+    seqs: Sequence[str], matrix, both_strands: bool = True, chunk_positions: int = 1 << 16
+) -> ScanResult:
     """Score every site of every sequence with the (L, 4) PSSM ``matrix`` (from :func:`pssm`).
 
     Sequences may differ in length; ones shorter than the motif have no sites. Rows are processed
@@ -267,23 +285,27 @@ def scan(seqs: Sequence[str], matrix, both_strands: bool = True, chunk_positions
     k, offsets, tables = _block_tables(m)
     strands = [(tables, fwd)]
     if both_strands:
-        strands.append((_block_tables(m[::-1, ::-1])[2], rev))  # reverse complement: ACGT -> TGCA, columns reversed
+        strands.append(
+            (_block_tables(m[::-1, ::-1])[2], rev)
+        )  # reverse complement: ACGT -> TGCA, columns reversed
     rows_per_chunk = max(1, chunk_positions // width)
     tail = np.zeros(L - 1, np.uint8)
     for r0 in range(0, N, rows_per_chunk):
         r1 = min(N, r0 + rows_per_chunk)
-        flat = np.concatenate([padded[r0:r1].ravel(), tail])  # windows past a row's end are dropped below
+        flat = np.concatenate(
+            [padded[r0:r1].ravel(), tail]
+        )  # windows past a row's end are dropped below
         n = (r1 - r0) * width
         if invalid:
             bad = flat == _INVALID
             flat = np.where(bad, 0, flat).astype(np.uint8)
             nbad = np.concatenate([[0], np.cumsum(bad, dtype=np.int32)])
-            window_bad = (nbad[L:L + n] - nbad[:n] > 0).reshape(r1 - r0, width)[:, :P]
+            window_bad = (nbad[L : L + n] - nbad[:n] > 0).reshape(r1 - r0, width)[:, :P]
         km = _kmers(flat, k)
         for tabs, out in strands:
-            acc = np.take(tabs[0], km[offsets[0]:offsets[0] + n])
+            acc = np.take(tabs[0], km[offsets[0] : offsets[0] + n])
             for tab, o in zip(tabs[1:], offsets[1:]):
-                acc += np.take(tab, km[o:o + n])
+                acc += np.take(tab, km[o : o + n])
             block = out[r0:r1]
             block[:] = acc.reshape(r1 - r0, width)[:, :P]
             if invalid:
@@ -321,7 +343,9 @@ def hits(
     thr = relative_threshold(m, frac) if threshold is None else float(threshold)
     res = seqs if isinstance(seqs, ScanResult) else scan(seqs, m, both_strands=both_strands)
     if res.motif_length != m.shape[0]:
-        raise SaeflowError(f"the ScanResult is for a motif of length {res.motif_length}, the PSSM has {m.shape[0]}")
+        raise SaeflowError(
+            f"the ScanResult is for a motif of length {res.motif_length}, the PSSM has {m.shape[0]}"
+        )
     if names is not None and len(names) != len(res):
         raise SaeflowError(f"{len(names)} names for {len(res)} sequences")
     if best_strand or res.reverse is None:
@@ -337,7 +361,9 @@ def hits(
         i, s = np.divmod(np.flatnonzero(mask), max(scores.shape[1], 1))
         cols["seq"].append(i)
         cols["start"].append(s)
-        cols["strand"].append(strand[i, s] if isinstance(strand, np.ndarray) else np.full(len(i), strand, np.int8))
+        cols["strand"].append(
+            strand[i, s] if isinstance(strand, np.ndarray) else np.full(len(i), strand, np.int8)
+        )
         cols["score"].append(scores[i, s])
     seq = np.concatenate(cols["seq"])
     start = np.concatenate(cols["start"])
@@ -346,14 +372,18 @@ def hits(
     order = np.lexsort((-strand, start, seq))
     seq, start, strand, score = seq[order], start[order], strand[order], score[order]
     rel = (score - lo) / (hi - lo) if np.isfinite(lo) and hi > lo else np.full(len(score), np.nan)
-    return pd.DataFrame({
-        "seq": np.asarray(names, dtype=object)[seq] if names is not None else seq.astype(np.int64),
-        "start": start.astype(np.int64),
-        "end": start.astype(np.int64) + m.shape[0],
-        "strand": np.where(strand > 0, "+", "-"),
-        "score": score,
-        "rel_score": rel,
-    })
+    return pd.DataFrame(
+        {
+            "seq": np.asarray(names, dtype=object)[seq]
+            if names is not None
+            else seq.astype(np.int64),
+            "start": start.astype(np.int64),
+            "end": start.astype(np.int64) + m.shape[0],
+            "strand": np.where(strand > 0, "+", "-"),
+            "score": score,
+            "rel_score": rel,
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------- tokens
@@ -365,7 +395,7 @@ def _pad_rows(rows) -> np.ndarray:
         raise SaeflowError("site scores must be one 1-D array per sequence")
     out = np.full((len(rows), max((len(r) for r in rows), default=0)), -np.inf, np.float32)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return out
 
 
@@ -389,8 +419,10 @@ def token_scores(
     """
     if isinstance(site_scores, ScanResult):
         if motif_length not in (None, site_scores.motif_length):
-            raise SaeflowError(f"motif_length={motif_length} but the ScanResult is for motif length "
-                               f"{site_scores.motif_length}")
+            raise SaeflowError(
+                f"motif_length={motif_length} but the ScanResult is for motif length "
+                f"{site_scores.motif_length}"
+            )
         motif_length, x = site_scores.motif_length, site_scores.score
     elif isinstance(site_scores, np.ndarray):
         x = site_scores if site_scores.dtype.kind == "f" else site_scores.astype(np.float32)
@@ -409,7 +441,9 @@ def token_scores(
             raise SaeflowError("offsets must be integers")
         off = off.astype(np.int64)
     if off.shape[0] != x.shape[0]:
-        raise SaeflowError(f"offsets are for {off.shape[0]} sequences, site scores for {x.shape[0]}")
+        raise SaeflowError(
+            f"offsets are for {off.shape[0]} sequences, site scores for {x.shape[0]}"
+        )
     a, b = off[..., 0].astype(np.int64), off[..., 1].astype(np.int64)
     if (a < 0).any():
         raise SaeflowError("offsets have negative starts")
@@ -427,7 +461,7 @@ def token_scores(
     table[0] = x
     for j in range(1, levels):
         h = 1 << (j - 1)
-        np.maximum(table[j - 1][:, :P - h], table[j - 1][:, h:], out=table[j][:, :P - h])
+        np.maximum(table[j - 1][:, : P - h], table[j - 1][:, h:], out=table[j][:, : P - h])
     bi = np.broadcast_to(np.arange(B)[:, None], a.shape)[ok]
     l, r = lo[ok], hi[ok]
     j = np.frexp(span[ok].astype(np.float64))[1] - 1  # floor(log2(span))

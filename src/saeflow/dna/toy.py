@@ -11,13 +11,12 @@ recovered them.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .motifs import load_jaspar, revcomp
-from .utils import atomic_path, write_table
+from saeflow.dna.motifs import load_jaspar, revcomp
+from saeflow.utils import atomic_path, write_table
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,9 @@ def build_toy_genome(params: dict, out_fasta, out_peaks, out_signal, out_planted
             start = slot + int(rng.integers(0, spacing - motif.length))
             strand = "+" if rng.random() < 0.5 else "-"
             seq = inst if strand == "+" else revcomp(inst)
-            chroms[chrom][start : start + motif.length] = np.frombuffer(seq.encode(), dtype=np.uint8)
+            chroms[chrom][start : start + motif.length] = np.frombuffer(
+                seq.encode(), dtype=np.uint8
+            )
             rows.append(
                 dict(
                     chrom=chrom,
@@ -70,11 +71,17 @@ def build_toy_genome(params: dict, out_fasta, out_peaks, out_signal, out_planted
                     strand=strand,
                     motif_id=motif.matrix_id,
                     motif_name=motif.name,
-                    site="peak" if spec.get("peaks") else "promoter" if spec.get("promoter") else "background",
+                    site="peak"
+                    if spec.get("peaks")
+                    else "promoter"
+                    if spec.get("promoter")
+                    else "background",
                     sequence=seq,
                 )
             )
-    planted = pd.DataFrame(rows, columns=PLANTED_COLUMNS).sort_values(["chrom", "start"], ignore_index=True)
+    planted = pd.DataFrame(rows, columns=PLANTED_COLUMNS).sort_values(
+        ["chrom", "start"], ignore_index=True
+    )
 
     _write_fasta(chroms, out_fasta)
     peaks = _peaks_from_sites(planted[planted.site == "peak"], rng, params["peak_halfwidth"], L)
@@ -82,7 +89,13 @@ def build_toy_genome(params: dict, out_fasta, out_peaks, out_signal, out_planted
         peaks.to_csv(tmp, sep="\t", header=False, index=False)
     _write_signal(chroms, peaks, out_signal, rng)
     write_table(planted, out_planted)
-    log.info("toy genome: %d chromosomes x %d bp, %d planted sites, %d peaks", n_chr, L, len(planted), len(peaks))
+    log.info(
+        "toy genome: %d chromosomes x %d bp, %d planted sites, %d peaks",
+        n_chr,
+        L,
+        len(planted),
+        len(peaks),
+    )
     return planted
 
 
@@ -104,8 +117,32 @@ def _peaks_from_sites(sites: pd.DataFrame, rng, halfwidth: int, chrom_len: int) 
         right = int(rng.integers(halfwidth // 2, halfwidth + 1))
         start, end = max(0, centre - left), min(chrom_len, centre + right)
         signal = float(rng.gamma(4.0, 10.0))
-        rows.append((s.chrom, start, end, f"peak{i}", min(1000, int(signal * 10)), ".", signal, -1, -1, centre - start))
-    cols = ["chrom", "start", "end", "name", "score", "strand", "signalValue", "pValue", "qValue", "peak"]
+        rows.append(
+            (
+                s.chrom,
+                start,
+                end,
+                f"peak{i}",
+                min(1000, int(signal * 10)),
+                ".",
+                signal,
+                -1,
+                -1,
+                centre - start,
+            )
+        )
+    cols = [
+        "chrom",
+        "start",
+        "end",
+        "name",
+        "score",
+        "strand",
+        "signalValue",
+        "pValue",
+        "qValue",
+        "peak",
+    ]
     return pd.DataFrame(rows, columns=cols).sort_values(["chrom", "start"], ignore_index=True)
 
 
@@ -151,7 +188,9 @@ def build_toy_task(fasta, planted: pd.DataFrame, params: dict, out_table) -> pd.
             continue
         rows.append(dict(name=f"pos{i}", chrom=s.chrom, start=start, end=start + length, label=1))
     positives = pd.DataFrame(rows)
-    positives["sequence"] = [fa.fetch(r.chrom, r.start, r.end).upper() for r in positives.itertuples()]
+    positives["sequence"] = [
+        fa.fetch(r.chrom, r.start, r.end).upper() for r in positives.itertuples()
+    ]
 
     # Candidate negatives: random windows that overlap no planted site.
     cands = []
@@ -160,7 +199,9 @@ def build_toy_task(fasta, planted: pd.DataFrame, params: dict, out_table) -> pd.
         tries += 1
         chrom = fa.references[int(rng.integers(len(fa.references)))]
         start = int(rng.integers(0, fa.get_reference_length(chrom) - length))
-        hit = planted[(planted.chrom == chrom) & (planted.end > start) & (planted.start < start + length)]
+        hit = planted[
+            (planted.chrom == chrom) & (planted.end > start) & (planted.start < start + length)
+        ]
         if len(hit):
             continue
         cands.append((chrom, start, fa.fetch(chrom, start, start + length).upper()))
@@ -177,11 +218,24 @@ def build_toy_task(fasta, planted: pd.DataFrame, params: dict, out_table) -> pd.
                 i = pool[int(rng.integers(len(pool)))]
                 used.add(i)
                 c = cands[i]
-                negs.append(dict(name=f"neg{j}", chrom=c[0], start=c[1], end=c[1] + length, label=0, sequence=c[2]))
+                negs.append(
+                    dict(
+                        name=f"neg{j}",
+                        chrom=c[0],
+                        start=c[1],
+                        end=c[1] + length,
+                        label=0,
+                        sequence=c[2],
+                    )
+                )
                 break
     table = pd.concat([positives, pd.DataFrame(negs)], ignore_index=True)
     table["split"] = np.where(rng.random(len(table)) < params["test_fraction"], "test", "train")
     table = table[["name", "sequence", "label", "split", "chrom", "start", "end"]]
     write_table(table, out_table)
-    log.info("toy task: %d positives, %d GC-matched negatives", int(table.label.sum()), int((table.label == 0).sum()))
+    log.info(
+        "toy task: %d positives, %d GC-matched negatives",
+        int(table.label.sum()),
+        int((table.label == 0).sum()),
+    )
     return table

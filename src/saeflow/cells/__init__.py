@@ -1,0 +1,1 @@
+"""Single-cell models' side: cells in, gene-level features, perturbations."""

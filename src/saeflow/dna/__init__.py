@@ -1,0 +1,1 @@
+"""DNA language models' side: genomes, motifs, catalogs, recovery and mechanistic evidence."""
