@@ -7,11 +7,11 @@ import torch
 
 from saeflow import plots
 from saeflow.activations import ActivationStore, extract_activations, split_rows
+from saeflow.columns import EVAL_SUMMARY_COLUMNS as SUMMARY_COLUMNS
 from saeflow.models import load_model
 from saeflow.sae import build_sae
 from saeflow.sae.evaluation import (
     DENSE_THRESHOLD,
-    SUMMARY_COLUMNS,
     activation_metrics,
     evaluate_sae,
     frequency_histogram,
