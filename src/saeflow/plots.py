@@ -33,9 +33,7 @@ def save_figure(fig, path, *, dpi: int = 120) -> None:
             matplotlib.rc_context({"svg.hashsalt": "saeflow"}),
             atomic_path(path, suffix=f".{fmt}") as tmp,
         ):
-            fig.savefig(
-                tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=_NO_STAMP.get(fmt)
-            )
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=_NO_STAMP.get(fmt))
     finally:
         plt.close(fig)
 

@@ -60,7 +60,7 @@ def bh(p, m: int | None = None) -> np.ndarray:
 
 
 def as_binary_labels(y, name: str) -> np.ndarray:
-    """``y`` as a 1-D int array of 0/1 (bools accepted); anything else is an error naming ``name``."""
+    """``y`` as a 1-D int array of 0/1 (bools accepted); anything else raises, naming ``name``."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise SaeflowError(f"{name}: labels must be 1-D, got shape {y.shape}")
@@ -113,7 +113,7 @@ def auroc_rows(y, s) -> np.ndarray:
 
 
 def auroc(y, s) -> float:
-    """AUROC of one score vector ``s`` for the 0/1 labels ``y`` (ties count half; NaN if one class)."""
+    """AUROC of one score vector ``s`` for 0/1 labels ``y`` (ties count half; NaN if one class)."""
     return float(auroc_rows(np.asarray(y), np.asarray(s, dtype=float))[0])
 
 

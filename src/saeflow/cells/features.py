@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from saeflow.stats import bh, mann_whitney, rank_biserial
 from saeflow.utils import SaeflowError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -68,26 +69,6 @@ CELL_SUMMARY_COLUMNS = [
 
 
 # --- small shared helpers ------------------------------------------------------------
-
-
-def bh(p) -> np.ndarray:
-    """Benjamini-Hochberg q-values of ``p`` (any shape); NaN entries are not tested and stay NaN.
-
-    The family is every finite entry of ``p``; q is monotone in p and capped at 1.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    q = np.full(p.shape, np.nan)
-    flat = p.reshape(-1)
-    ok = np.flatnonzero(np.isfinite(flat))
-    m = len(ok)
-    if m == 0:
-        return q
-    order = ok[np.argsort(flat[ok], kind="stable")]
-    ranked = flat[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
-    qf = q.reshape(-1)
-    qf[order] = ranked
-    return qf.reshape(p.shape)
 
 
 def _sample_odds_ratio(a, b, c, d) -> np.ndarray:
@@ -899,10 +880,10 @@ def perturbation_response(
     not streamed the label "" so their all-zero rows stay out).
 
     Test: two-sided Mann-Whitney U of perturbed vs control cells, per feature
-    (``scipy.stats.mannwhitneyu(..., axis=0)``, all features of a target in one call; ``method="auto"``:
-    exact for tiny tie-free samples, otherwise the normal approximation with tie and continuity
-    correction -- per-cell activations have many exact zeros, hence ties). Rank-based because per-cell
-    means are zero-inflated and heavy-tailed; the cell is the unit (tokens of a cell are not
+    (:func:`saeflow.stats.mann_whitney`: all features of a target in one call, scipy's ``"auto"``
+    method chosen per feature -- exact for tiny tie-free samples, otherwise the normal approximation
+    with tie and continuity correction -- per-cell activations have many exact zeros, hence ties).
+    Rank-based because per-cell means are zero-inflated and heavy-tailed; the cell is the unit (tokens of a cell are not
     independent). A feature constant over both groups (e.g. never fires) is not tested.
 
     Effect sizes: ``rank_biserial`` = 2 U / (n_t n_c) - 1 (the probability that a perturbed cell
@@ -916,8 +897,6 @@ def perturbation_response(
     Columns: target, feature, n_cells, n_control, mean_perturbed, mean_control, diff, ci_low, ci_high,
     U, rank_biserial, p, q.
     """
-    from scipy.stats import mannwhitneyu
-
     m = _as_csr(cell_acts)
     pert = np.asarray(perturbation).astype(str)
     if len(pert) != m.shape[0]:
@@ -950,14 +929,8 @@ def perturbation_response(
             )
             continue
         x = _dense_rows(m, rows, feats)
-        both = np.concatenate([x, y])
-        tested = both.max(axis=0) > both.min(axis=0)
         nt, nc = len(x), len(y)
-        U = np.full(len(feats), np.nan)
-        p = np.full(len(feats), np.nan)
-        if tested.any():
-            res = mannwhitneyu(x[:, tested], y[:, tested], alternative="two-sided", axis=0)
-            U[tested], p[tested] = res.statistic, res.pvalue
+        U, p = mann_whitney(x, y)
         mx, my = x.mean(0), y.mean(0)
         se = (
             np.sqrt(x.var(0, ddof=1) / nt + y.var(0, ddof=1) / nc)
@@ -978,7 +951,7 @@ def perturbation_response(
                     "ci_low": diff - z * se,
                     "ci_high": diff + z * se,
                     "U": U,
-                    "rank_biserial": 2 * U / (nt * nc) - 1,
+                    "rank_biserial": rank_biserial(U, nt, nc),
                     "p": p,
                 }
             )

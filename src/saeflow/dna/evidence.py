@@ -450,8 +450,8 @@ def train_readout(
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from saeflow.stats import auroc
     from saeflow.models.base import Capture
+    from saeflow.stats import auroc
 
     L = adapter.n_layers
     feats = {}

@@ -24,7 +24,7 @@ from saeflow.stats import auroc_rows
 
 
 def auroc_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """AUROC of each column of ``scores`` (n, F) for binary ``labels`` (:func:`saeflow.stats.auroc_rows`)."""
+    """AUROC of each column of ``scores`` (n, F) for binary ``labels`` (ties count one half)."""
     scores = np.asarray(scores)
     return auroc_rows(np.asarray(labels).astype(bool), scores.T).reshape(scores.shape[1])
 
