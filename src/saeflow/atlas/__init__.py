@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from saeflow.decoder import WEIGHTS_FILE, decoder_rows
 from saeflow.utils import SaeflowError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -199,16 +200,10 @@ def _drop_timing(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _decoder(sae_dir: Path) -> np.ndarray | None:
-    path = sae_dir / "sae_weights.safetensors"
-    if not path.exists():
+    """Unit-norm decoder rows of a saved SAE, or None when the directory has no weights."""
+    if not (sae_dir / WEIGHTS_FILE).exists():
         return None
-    from safetensors.numpy import load_file
-
-    try:
-        w = load_file(str(path))["W_dec"].astype(np.float32)
-    except Exception as e:
-        raise SaeflowError(f"{path}: cannot read W_dec ({e})") from None
-    return w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
+    return decoder_rows(sae_dir, unit_norm=True)
 
 
 def _top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

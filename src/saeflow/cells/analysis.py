@@ -224,7 +224,7 @@ def analyse_layer(
         else pd.DataFrame()
     )
     # SVD vs SAE on a sample of this layer's tokens
-    x = cf.sample_rows(
+    x = cf.sample_activations(
         store,
         layer,
         p["svd_sample"],

@@ -13,6 +13,7 @@ sparsity terms.
 | relu_l1     | ReLU                          | L1 penalty, optional target L0       | standard      |
 """
 
+from saeflow.decoder import decoder_rows  # noqa: F401  (the one decoder reader, torch-free)
 from saeflow.sae.base import SAE, load_sae  # noqa: F401
 from saeflow.sae.penalized import JumpReLUSAE, ReluL1SAE
 from saeflow.sae.topk import BatchTopKSAE, TopKSAE
