@@ -199,13 +199,6 @@ def _drop_timing(df: pd.DataFrame) -> pd.DataFrame:
 # --- decoders: nearest features in the neighbouring layers --------------------------------------
 
 
-def _decoder(sae_dir: Path) -> np.ndarray | None:
-    """Unit-norm decoder rows of a saved SAE, or None when the directory has no weights."""
-    if not (sae_dir / WEIGHTS_FILE).exists():
-        return None
-    return decoder_rows(sae_dir, unit_norm=True)
-
-
 def _top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k largest values (descending; ties by index) and their columns."""
     k = min(k, s.shape[1])
@@ -626,7 +619,11 @@ def _build_sae(
     sizes: Counter,
     run_evidence: list[dict],
 ) -> dict:
-    decoders = {L: _decoder(run / "sae" / sae / f"layer{L}") for L in layers}
+    dirs = {L: run / "sae" / sae / f"layer{L}" for L in layers}
+    decoders = {  # None where an SAE has no weights
+        L: decoder_rows(d, unit_norm=True) if (d / WEIGHTS_FILE).exists() else None
+        for L, d in dirs.items()
+    }
     near = nearest_features(decoders)
     del decoders
     built = {}

@@ -190,4 +190,4 @@ def plot_specificity(table: pd.DataFrame, path, *, title: str | None = None) -> 
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)

@@ -333,7 +333,7 @@ def plot_probe_comparison(table: pd.DataFrame, path, *, title: str | None = None
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- organisation
@@ -397,7 +397,7 @@ def plot_matching(table: pd.DataFrame, path, *, title: str | None = None) -> Non
         ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- OV / QK audit
