@@ -885,7 +885,8 @@ def perturbation_response(
     method chosen per feature -- exact for tiny tie-free samples, otherwise the normal approximation
     with tie and continuity correction -- per-cell activations have many exact zeros, hence ties).
     Rank-based because per-cell means are zero-inflated and heavy-tailed; the cell is the unit
-    (tokens of a cell are not independent). A feature constant over both groups (e.g. never fires) is not tested.
+    (tokens of a cell are not independent). A feature constant over both groups (e.g. never fires)
+    is not tested.
 
     Effect sizes: ``rank_biserial`` = 2 U / (n_t n_c) - 1 (the probability that a perturbed cell
     exceeds a control cell minus the reverse; > 0 = up in perturbed cells) and ``diff`` = difference
