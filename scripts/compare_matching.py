@@ -2,7 +2,7 @@ import pandas as pd
 import torch
 
 from saeflow.activations import ActivationStore
-from saeflow.compare.codes import gene_codes, sequence_codes
+from saeflow.compare.codes import gene_mean_codes, sequence_codes
 from saeflow.compare.matching import shared_rows
 from saeflow.compare.runs import (
     MATCH_SUMMARY_COLUMNS,
@@ -34,7 +34,7 @@ def codes(label, layer, rows, seq_idx=None):
         ):  # the sample depends on the dataset only: the same for every run on it
             cache[label, layer, rows] = sequence_codes(stores[label], sae, layer, seq_idx)
         else:
-            c, names = gene_codes(stores[label], sae, layer)
+            c, names = gene_mean_codes(stores[label], sae, layer)
             cache[label, layer, rows] = pd.DataFrame(c, index=names)
     return cache[label, layer, rows]
 

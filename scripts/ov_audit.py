@@ -5,8 +5,8 @@ import torch
 
 from saeflow.compare.circuits import audit_heatmap
 from saeflow.compare.runs import audit_run, motif_directions, read_layer_table, select_audit_heads
+from saeflow.decoder import decoder_rows
 from saeflow.models.adapter import load_model
-from saeflow.sae.base import load_sae
 from saeflow.utils import SaeflowError, setup_job, write_table
 
 setup_job(snakemake)
@@ -27,11 +27,7 @@ for r in runs:
         raise SaeflowError(
             f"{', '.join(f['ablation'])}: no motif feature in any layer's ablation table; nothing to audit"
         )
-    decoders = {
-        l: load_sae(p).W_dec.detach().float().numpy()
-        for l, p in zip(r["layers"], f["saes"])
-        if l in ablation
-    }
+    decoders = {l: decoder_rows(p) for l, p in zip(r["layers"], f["saes"]) if l in ablation}
     directions = motif_directions(ablation, decoders)
     heads = select_audit_heads(
         scan, sorted(ablation), r["n_layers"], mode=s["heads"], top=s["top_heads"]

@@ -19,7 +19,7 @@ from saeflow.cells.features import (
     layer_summary,
     perturbation_response,
     regulatory_logic,
-    sample_rows,
+    sample_activations,
     stream_cell_features,
     summary_table,
     svd_comparison,
@@ -317,7 +317,7 @@ def test_svd_comparison_on_low_rank_data(tmp_path):
     store = write_cell_store(
         tmp_path / "acts", x, np.arange(4000) // 20, np.array(["g"] * 4000, dtype=object), 200
     )
-    sample = sample_rows(store, 1, 1000, seed=1)
+    sample = sample_activations(store, 1, 1000, seed=1)
     assert sample.shape == (1000, d)
     w = np.vstack([axes, -axes[:1], rng.normal(size=(6, d))])
     sae = StubSAE(w)

@@ -226,9 +226,9 @@ def test_delong_se_agrees_with_bootstrap_and_is_calibrated_under_the_null():
     shared = rng.normal(0, 1, y.size)
     a = 0.8 * y + shared + rng.normal(0, 0.7, y.size)
     b = 0.6 * y + shared + rng.normal(0, 0.7, y.size)
-    from saeflow.dna.probes import _boot_aurocs
+    from saeflow.stats import bootstrap_aurocs
 
-    boots = _boot_aurocs(y, [a, b], 2000, 0)
+    boots = bootstrap_aurocs(y, [a, b], 2000, 0)
     sd_boot = np.std(boots[:, 0] - boots[:, 1])
     assert delong_test(y, a, b)["se"] == pytest.approx(sd_boot, rel=0.15)
     # under H0 (two exchangeable correlated scorers) DeLong rejects at ~ the nominal 5%

@@ -181,7 +181,7 @@ def test_group_mean_codes_equal_the_dense_computation(tmp_path):
     torch = pytest.importorskip("torch")
     from conftest import make_store
 
-    from saeflow.compare.codes import gene_codes, sequence_codes
+    from saeflow.compare.codes import gene_mean_codes, sequence_codes
     from saeflow.sae.topk import TopKSAE
 
     store, _ = make_store(tmp_path, n=600, d=16)
@@ -198,7 +198,7 @@ def test_group_mean_codes_equal_the_dense_computation(tmp_path):
     )
     tok.to_parquet(store.dir / "tokens.parquet")
     store._tokens = None
-    codes, names = gene_codes(store, sae, 1)
+    codes, names = gene_mean_codes(store, sae, 1)
     assert names.tolist() == ["G1", "G2"]
     np.testing.assert_allclose(codes[1], z[np.arange(600) % 3 == 1].mean(0), rtol=1e-5, atol=1e-6)
 

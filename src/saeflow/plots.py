@@ -1,4 +1,4 @@
-"""Figures for the report (matplotlib, Agg backend; PNG written atomically)."""
+"""Figures for the report (matplotlib, Agg backend), written by :func:`save_figure` only."""
 
 from __future__ import annotations
 
@@ -10,11 +10,32 @@ import pandas as pd  # noqa: E402
 
 from saeflow.utils import atomic_path  # noqa: E402
 
+#: metadata that would make a figure's bytes depend on when or with what it was drawn, per format
+_NO_STAMP = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
 
-def _save(fig, path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+
+def save_figure(fig, path, *, dpi: int = 120) -> None:
+    """Write ``fig`` to ``path`` atomically and byte-deterministically, then close it.
+
+    The format is ``path``'s suffix (PNG when it has none). Timestamps and software versions are
+    left out of the file's metadata (and SVG ids are salted with a constant), so the same figure
+    drawn twice gives the same bytes. The one way saeflow writes a figure.
+    """
+    from pathlib import Path
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    try:
+        with (
+            matplotlib.rc_context({"svg.hashsalt": "saeflow"}),
+            atomic_path(path, suffix=f".{fmt}") as tmp,
+        ):
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=_NO_STAMP.get(fmt))
+    finally:
+        plt.close(fig)
 
 
 def training_curves(curves: dict[int, pd.DataFrame], path) -> None:
@@ -42,7 +63,7 @@ def training_curves(curves: dict[int, pd.DataFrame], path) -> None:
     if extra == "coef":
         axes[3].set_yscale("log")
     axes[0].legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def catalog_summary(summary: pd.DataFrame, path) -> None:
@@ -61,7 +82,7 @@ def catalog_summary(summary: pd.DataFrame, path) -> None:
     for ax in axes:
         ax.set_xlabel("layer")
         ax.set_xticks(list(x))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def recovery(table: pd.DataFrame, path) -> None:
@@ -82,7 +103,7 @@ def recovery(table: pd.DataFrame, path) -> None:
         ax.set_ylim(0, 1.02)
         ax.set_xticks(sorted(table.layer.unique()))
     axes[0].legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def toy_lm_accuracy(metrics: dict, path) -> None:
@@ -97,7 +118,7 @@ def toy_lm_accuracy(metrics: dict, path) -> None:
     ax.set_ylabel("masked-token accuracy")
     ax.set_title("toy LM: accuracy at planted-motif bases vs background")
     ax.tick_params(axis="x", rotation=30)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def frequency_histogram(hist: dict, path, title: str = "") -> None:
@@ -127,7 +148,7 @@ def frequency_histogram(hist: dict, path, title: str = "") -> None:
     ax.set_ylabel("latents")
     ax.set_title(title or f"{hist['n_latents']} latents")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def eval_summary(summary: pd.DataFrame, path) -> None:
@@ -164,7 +185,7 @@ def eval_summary(summary: pd.DataFrame, path) -> None:
     for ax in axes:
         ax.set_xlabel("layer")
         ax.set_xticks(list(x))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def cell_summary(summary: pd.DataFrame, path) -> None:
@@ -206,7 +227,7 @@ def cell_summary(summary: pd.DataFrame, path) -> None:
     for ax in axes:
         ax.set_xlabel("layer")
         ax.set_xticks(list(x))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _heatmap(
@@ -280,4 +301,4 @@ def perturbation_summary(
             fmt="{:.1f}x",
             vmax=max(2 * -np.log10(alpha), float(np.nanmax(lq.to_numpy())) if lq.size else 0),
         )
-    _save(fig, path)
+    save_figure(fig, path)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from saeflow.decoder import WEIGHTS_FILE, decoder_rows
 from saeflow.utils import SaeflowError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -196,19 +197,6 @@ def _drop_timing(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- decoders: nearest features in the neighbouring layers --------------------------------------
-
-
-def _decoder(sae_dir: Path) -> np.ndarray | None:
-    path = sae_dir / "sae_weights.safetensors"
-    if not path.exists():
-        return None
-    from safetensors.numpy import load_file
-
-    try:
-        w = load_file(str(path))["W_dec"].astype(np.float32)
-    except Exception as e:
-        raise SaeflowError(f"{path}: cannot read W_dec ({e})") from None
-    return w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
 
 
 def _top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -631,7 +619,11 @@ def _build_sae(
     sizes: Counter,
     run_evidence: list[dict],
 ) -> dict:
-    decoders = {L: _decoder(run / "sae" / sae / f"layer{L}") for L in layers}
+    dirs = {L: run / "sae" / sae / f"layer{L}" for L in layers}
+    decoders = {  # None where an SAE has no weights
+        L: decoder_rows(d, unit_norm=True) if (d / WEIGHTS_FILE).exists() else None
+        for L, d in dirs.items()
+    }
     near = nearest_features(decoders)
     del decoders
     built = {}

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from saeflow.stats import bh
 from saeflow.utils import SaeflowError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,10 @@ def joint_bh(ora: pd.DataFrame, ora_family: int, networks: dict[str, pd.DataFram
     :func:`saeflow.cells.enrichment.edge_enrichment` table per network (every feature tested, all rows
     stored). The ``q`` columns are replaced in place by the joint q; returns the family size.
     """
-    from saeflow.cells.enrichment import bh
 
     parts = [ora.p.to_numpy(float) if len(ora) else np.zeros(0)]
     parts += [df.p.to_numpy(float) for df in networks.values()]
-    family = int(ora_family) + sum(len(df) for df in networks.values())
+    family = int(ora_family) + sum(int(df.p.notna().sum()) for df in networks.values())
     if family == 0:
         return 0
     q = bh(np.concatenate(parts), m=family)
@@ -224,7 +224,7 @@ def analyse_layer(
         else pd.DataFrame()
     )
     # SVD vs SAE on a sample of this layer's tokens
-    x = cf.sample_rows(
+    x = cf.sample_activations(
         store,
         layer,
         p["svd_sample"],
@@ -546,9 +546,8 @@ def analyse_perturbations(
         )
     )
     if len(reg):
-        reg["q"] = cf.bh(
-            reg.p.to_numpy(float)
-        )  # one family over every (network, TF) tested (NaN: untested)
+        # one family over every (network, TF) tested (NaN: untested)
+        reg["q"] = bh(reg.p.to_numpy(float))
         reg["layer"] = int(layer)
     kept = "all"
     if len(resp) > max_rows:

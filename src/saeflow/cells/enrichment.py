@@ -60,6 +60,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import betaln
 
+from saeflow.stats import bh
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -449,35 +450,6 @@ def hypergeom_sf(k, N, K, n) -> np.ndarray:
     return p[inv].reshape(shape)
 
 
-def bh(p, m: int | None = None) -> np.ndarray:
-    """Benjamini–Hochberg q-values (step-up adjusted p-values) of ``p`` in a family of ``m`` tests.
-
-    ``m`` defaults to ``len(p)``; a larger ``m`` counts ``m - len(p)`` further tests with
-    ``p = 1`` (never stored), which gives exactly the q-values BH gives the stored ones when the
-    missing tests are listed with ``p = 1``. Equals statsmodels' ``multipletests(..., 'fdr_bh')``.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    n = p.size
-    m = n if m is None else int(m)
-    if m < n:
-        raise SaeflowError(f"family size {m} is smaller than the number of p-values {n}")
-    if n == 0:
-        return p.copy()
-    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
-        raise SaeflowError("p-values must lie in [0, 1] (NaN found or out of range)")
-    order = np.argsort(p, kind="stable")
-    q = np.empty(n)
-    q[order] = _bh_sorted(p[order], m)
-    return q
-
-
-def _bh_sorted(p_sorted: np.ndarray, m: int) -> np.ndarray:
-    """BH q-values of ascending p-values in a family of ``m`` tests (the rest at p = 1)."""
-    q = p_sorted * (m / np.arange(1, p_sorted.size + 1))
-    q = np.minimum.accumulate(q[::-1])[::-1]
-    return np.minimum(q, 1.0, out=q)
-
-
 # --------------------------------------------------------------------------------------
 # over-representation
 # --------------------------------------------------------------------------------------
@@ -632,7 +604,7 @@ def overrepresentation(
     # among ties, and the same order serves BH
     order = np.argsort(p, kind="stable")
     p = p[order]
-    q = _bh_sorted(p, family)
+    q = bh(p, family)
     if q_max is not None:
         order, p, q = order[q <= q_max], p[q <= q_max], q[q <= q_max]
     fi, tj, k, n, Kt = (a[order] for a in (fi, tj, k, n, Kt))

@@ -48,6 +48,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from saeflow.decoder import decoder_rows
+from saeflow.stats import bh, mann_whitney, rank_biserial, sample_rows
 from saeflow.utils import SaeflowError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -68,26 +70,6 @@ CELL_SUMMARY_COLUMNS = [
 
 
 # --- small shared helpers ------------------------------------------------------------
-
-
-def bh(p) -> np.ndarray:
-    """Benjamini-Hochberg q-values of ``p`` (any shape); NaN entries are not tested and stay NaN.
-
-    The family is every finite entry of ``p``; q is monotone in p and capped at 1.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    q = np.full(p.shape, np.nan)
-    flat = p.reshape(-1)
-    ok = np.flatnonzero(np.isfinite(flat))
-    m = len(ok)
-    if m == 0:
-        return q
-    order = ok[np.argsort(flat[ok], kind="stable")]
-    ranked = flat[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
-    qf = q.reshape(-1)
-    qf[order] = ranked
-    return qf.reshape(p.shape)
 
 
 def _sample_odds_ratio(a, b, c, d) -> np.ndarray:
@@ -321,10 +303,12 @@ class CellFeatureStats:
         )
 
 
-def gene_codes(store) -> tuple[np.ndarray, np.ndarray]:
-    """(codes per token row (int32), gene ids): the ``gene`` column of the token index, dictionary-encoded.
+def gene_codes(store, *, allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(codes per token row (int32), sorted gene ids): the token index's ``gene`` column, encoded.
 
-    Read as a pyarrow dictionary column, so memory is 4 bytes per token, not one Python string each.
+    The one reader of a cell model's token genes. Read as a pyarrow dictionary column, so memory is
+    4 bytes per token, not one Python string each. A token without a gene (null, or the empty
+    string when ``allow_missing``) is an error unless ``allow_missing``, which gives it code -1.
     """
     import pyarrow.parquet as pq
 
@@ -347,7 +331,11 @@ def gene_codes(store) -> tuple[np.ndarray, np.ndarray]:
         col = pq.read_table(path, columns=["gene"]).column("gene").to_pandas().astype(str)
     cat = col.array if isinstance(col.dtype, pd.CategoricalDtype) else pd.Categorical(col)
     codes = np.asarray(cat.codes, dtype=np.int32)
-    if (codes < 0).any():
+    if allow_missing:
+        empty = np.flatnonzero(np.asarray(cat.categories, dtype=object).astype(str) == "")
+        if len(empty):
+            codes[np.isin(codes, empty)] = -1
+    elif (codes < 0).any():
         raise SaeflowError(
             f"{path}: column 'gene' has missing values (rows {np.flatnonzero(codes < 0)[:5].tolist()}...)"
         )
@@ -358,9 +346,10 @@ def gene_codes(store) -> tuple[np.ndarray, np.ndarray]:
         )
     # Sorted gene ids, whatever order the dictionary came in.
     order = np.argsort(genes, kind="stable")
-    remap = np.empty(len(genes), np.int32)
-    remap[order] = np.arange(len(genes), dtype=np.int32)
-    return remap[codes], genes[order]
+    keep = order[genes[order] != ""] if allow_missing else order
+    remap = np.full(len(genes) + 1, -1, np.int32)  # the last entry maps code -1 to -1
+    remap[keep] = np.arange(len(keep), dtype=np.int32)
+    return remap[codes], genes[keep]
 
 
 def pa_is_string(t) -> bool:
@@ -418,14 +407,6 @@ def _sae_device(sae):
         return torch.device("cpu")
 
 
-def decoder_matrix(sae) -> np.ndarray:
-    """W_dec (d_sae, d_in) as float32 numpy, from an SAE module or anything with ``W_dec``."""
-    w = sae.W_dec
-    if hasattr(w, "detach"):
-        w = w.detach().float().cpu().numpy()
-    return np.asarray(w, dtype=np.float32)
-
-
 def _add_cooc(cooc: np.ndarray, buf: list, n_rows: int, F: int) -> int:
     """cooc += B^T B for the buffered (row, feature) pairs; empties ``buf``; returns 0 (the new row count)."""
     import scipy.sparse as sp
@@ -472,7 +453,7 @@ def stream_cell_features(
 
     arr = store.layer(layer)
     path = f"{store.dir}/layer{layer}.npy"
-    w_dec = decoder_matrix(sae)
+    w_dec = decoder_rows(sae)
     F, d_in = w_dec.shape
     if arr.shape[1] != d_in:
         raise SaeflowError(f"{path}: width {arr.shape[1]} but the SAE expects d_in={d_in}")
@@ -762,13 +743,14 @@ def celltype_enrichment(
 # --- SVD vs SAE ---------------------------------------------------------------------------
 
 
-def sample_rows(
+def sample_activations(
     store, layer: int, n: int, seed: int = 0, rows: np.ndarray | None = None
 ) -> np.ndarray:
-    """float32 (min(n, N), d): a seeded random sample of token rows (sorted), read row by row from the map."""
+    """float32 (min(n, N), d): a seeded sample (:func:`saeflow.stats.sample_rows`) of the token rows
+    (or of ``rows``), sorted, read row by row from the map."""
     arr = store.layer(layer)
     pool = np.arange(arr.shape[0]) if rows is None else np.asarray(rows)
-    take = np.sort(np.random.default_rng(seed).choice(pool, min(n, len(pool)), replace=False))
+    take = np.sort(pool[sample_rows(len(pool), n, seed)])
     x = np.asarray(arr[take], dtype=np.float32)
     if not np.isfinite(x).all():
         raise SaeflowError(f"{store.dir}/layer{layer}.npy: NaN or inf among the sampled rows")
@@ -793,7 +775,7 @@ def svd_comparison(
       (absolute: a singular vector's sign is arbitrary); ``svd_aligned`` = alive and max |cos| >
       ``threshold``, ``novel`` = alive and not aligned.
 
-    ``x``: a sample of rows (:func:`sample_rows`), small enough for an exact SVD (n x d).
+    ``x``: a sample of rows (:func:`sample_activations`), small enough for an exact SVD (n x d).
     """
     import torch
 
@@ -809,7 +791,7 @@ def svd_comparison(
         xh = sae.decode(sae.encode(xt))
     xh = xh.float().cpu().numpy() if isinstance(xh, torch.Tensor) else np.asarray(xh, np.float32)
     sse = float(((x.astype(np.float64) - xh) ** 2).sum())
-    w = decoder_matrix(sae).astype(np.float64)
+    w = decoder_rows(sae).astype(np.float64)
     w /= np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
     maxcos = np.abs(w @ vt[:k].T).max(axis=1) if k else np.zeros(len(w))
     alive = np.ones(len(w), bool) if alive is None else np.asarray(alive, bool)
@@ -899,11 +881,12 @@ def perturbation_response(
     not streamed the label "" so their all-zero rows stay out).
 
     Test: two-sided Mann-Whitney U of perturbed vs control cells, per feature
-    (``scipy.stats.mannwhitneyu(..., axis=0)``, all features of a target in one call; ``method="auto"``:
-    exact for tiny tie-free samples, otherwise the normal approximation with tie and continuity
-    correction -- per-cell activations have many exact zeros, hence ties). Rank-based because per-cell
-    means are zero-inflated and heavy-tailed; the cell is the unit (tokens of a cell are not
-    independent). A feature constant over both groups (e.g. never fires) is not tested.
+    (:func:`saeflow.stats.mann_whitney`: all features of a target in one call, scipy's ``"auto"``
+    method chosen per feature -- exact for tiny tie-free samples, otherwise the normal approximation
+    with tie and continuity correction -- per-cell activations have many exact zeros, hence ties).
+    Rank-based because per-cell means are zero-inflated and heavy-tailed; the cell is the unit
+    (tokens of a cell are not independent). A feature constant over both groups (e.g. never fires)
+    is not tested.
 
     Effect sizes: ``rank_biserial`` = 2 U / (n_t n_c) - 1 (the probability that a perturbed cell
     exceeds a control cell minus the reverse; > 0 = up in perturbed cells) and ``diff`` = difference
@@ -916,8 +899,6 @@ def perturbation_response(
     Columns: target, feature, n_cells, n_control, mean_perturbed, mean_control, diff, ci_low, ci_high,
     U, rank_biserial, p, q.
     """
-    from scipy.stats import mannwhitneyu
-
     m = _as_csr(cell_acts)
     pert = np.asarray(perturbation).astype(str)
     if len(pert) != m.shape[0]:
@@ -950,14 +931,8 @@ def perturbation_response(
             )
             continue
         x = _dense_rows(m, rows, feats)
-        both = np.concatenate([x, y])
-        tested = both.max(axis=0) > both.min(axis=0)
         nt, nc = len(x), len(y)
-        U = np.full(len(feats), np.nan)
-        p = np.full(len(feats), np.nan)
-        if tested.any():
-            res = mannwhitneyu(x[:, tested], y[:, tested], alternative="two-sided", axis=0)
-            U[tested], p[tested] = res.statistic, res.pvalue
+        U, p = mann_whitney(x, y)
         mx, my = x.mean(0), y.mean(0)
         se = (
             np.sqrt(x.var(0, ddof=1) / nt + y.var(0, ddof=1) / nc)
@@ -978,7 +953,7 @@ def perturbation_response(
                     "ci_low": diff - z * se,
                     "ci_high": diff + z * se,
                     "U": U,
-                    "rank_biserial": 2 * U / (nt * nc) - 1,
+                    "rank_biserial": rank_biserial(U, nt, nc),
                     "p": p,
                 }
             )

@@ -298,5 +298,5 @@ def audit_heatmap(
     ax.set_yticks(range(tab.shape[0]), [f"L{l}.H{h}" for l, h in tab.index], fontsize=6)
     fig.colorbar(im, ax=ax, label=value)
     ax.set_title(title or value)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
     return tab

@@ -76,20 +76,19 @@ def sequence_codes(store, sae, layer: int, seq_index: np.ndarray) -> np.ndarray:
     return group_mean_codes(store, sae, layer, group, len(seq_index), rows=rows)
 
 
-def gene_codes(
+def gene_mean_codes(
     store, sae, layer: int, genes: pd.Index | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(codes (n_genes, d_sae), gene names): the mean code at each gene's tokens (cell models, whose
-    token index has a ``gene`` column); ``genes``: restrict to (and order by) these names."""
-    tok = store.tokens
-    if "gene" not in tok.columns:
-        raise SaeflowError(
-            f"{store.dir}/tokens.parquet: no 'gene' column; per-gene matching needs a cell model's "
-            "activations"
-        )
-    g = tok["gene"].astype(str)
-    valid = tok["gene"].notna().to_numpy() & (g.to_numpy() != "")
-    names = pd.Index(pd.unique(g[valid])) if genes is None else pd.Index(genes).astype(str)
-    ids = names.get_indexer(g)
-    ids[~valid] = -1
-    return group_mean_codes(store, sae, layer, ids, len(names)), names.to_numpy()
+    token index has a ``gene`` column; tokens without a gene are left out); ``genes``: restrict to
+    (and order by) these names, else every gene, sorted. The token genes are read by
+    :func:`saeflow.cells.features.gene_codes`.
+    """
+    from saeflow.cells.features import gene_codes
+
+    ids, names = gene_codes(store, allow_missing=True)
+    if genes is not None:
+        want = pd.Index(genes).astype(str)
+        remap = np.append(want.get_indexer(names), -1)  # code -1 (no gene) stays -1
+        ids, names = remap[ids], want.to_numpy()
+    return group_mean_codes(store, sae, layer, ids, len(names)), np.asarray(names)

@@ -246,4 +246,4 @@ def plot_by_depth(
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)

@@ -37,7 +37,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from saeflow.dna.probes import _as_labels, _auroc, _boot_aurocs, _need_two_classes, _percentile_ci
+from saeflow.stats import (
+    as_binary_labels,
+    auroc,
+    bootstrap_aurocs,
+    need_two_classes,
+    percentile_ci,
+)
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -63,7 +69,7 @@ COMPARISON_COLUMNS = [
 
 
 def _scores(y, *scores, name: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    y = _as_labels(y, name)
+    y = as_binary_labels(y, name)
     out = []
     for k, s in enumerate(scores):
         s = np.asarray(s, dtype=float)
@@ -76,7 +82,7 @@ def _scores(y, *scores, name: str) -> tuple[np.ndarray, list[np.ndarray]]:
                 f"{name}: score {k} holds {int((~np.isfinite(s)).sum())} NaN/inf values"
             )
         out.append(s)
-    _need_two_classes(y, name)
+    need_two_classes(y, name)
     return y, out
 
 
@@ -177,14 +183,14 @@ def paired_auroc_delta(y, score_a, score_b, *, n_boot: int = 1000, seed: int = 0
     y, (a, b) = _scores(y, score_a, score_b, name="paired_auroc_delta")
     if int(n_boot) < 1:
         raise SaeflowError(f"paired_auroc_delta: n_boot must be >= 1 (got {n_boot})")
-    boots = _boot_aurocs(y, [a, b], int(n_boot), seed)
+    boots = bootstrap_aurocs(y, [a, b], int(n_boot), seed)
     d = boots[:, 0] - boots[:, 1]
-    lo, hi = _percentile_ci(d)
+    lo, hi = percentile_ci(d)
     dl = delong_test(y, a, b)
     return {
-        "auroc_a": _auroc(y, a),
-        "auroc_b": _auroc(y, b),
-        "delta": _auroc(y, a) - _auroc(y, b),
+        "auroc_a": auroc(y, a),
+        "auroc_b": auroc(y, b),
+        "delta": auroc(y, a) - auroc(y, b),
         "ci_low": lo,
         "ci_high": hi,
         "p_boot": bootstrap_p(d),
@@ -207,10 +213,10 @@ def unpaired_bootstrap_delta(
     """
     ya, (a,) = _scores(y_a, score_a, name="unpaired_bootstrap_delta (a)")
     yb, (b,) = _scores(y_b, score_b, name="unpaired_bootstrap_delta (b)")
-    ba = _boot_aurocs(ya, [a], int(n_boot), seed)[:, 0]
-    bb = _boot_aurocs(yb, [b], int(n_boot), seed + 1_000_003)[:, 0]
-    lo, hi = _percentile_ci(ba - bb)
-    return _auroc(ya, a) - _auroc(yb, b), lo, hi
+    ba = bootstrap_aurocs(ya, [a], int(n_boot), seed)[:, 0]
+    bb = bootstrap_aurocs(yb, [b], int(n_boot), seed + 1_000_003)[:, 0]
+    lo, hi = percentile_ci(ba - bb)
+    return auroc(ya, a) - auroc(yb, b), lo, hi
 
 
 # --------------------------------------------------------------------------- prediction tables
@@ -294,8 +300,8 @@ def align_predictions(
         raise SaeflowError(
             f"align_predictions: runs {names[0]!r} and {names[1]!r} share no test items"
         )
-    la = _as_labels(m["label"].to_numpy(), f"align_predictions (run {names[0]!r})")
-    lb = _as_labels(m["label_b"].to_numpy(), f"align_predictions (run {names[1]!r})")
+    la = as_binary_labels(m["label"].to_numpy(), f"align_predictions (run {names[0]!r})")
+    lb = as_binary_labels(m["label_b"].to_numpy(), f"align_predictions (run {names[1]!r})")
     bad = la != lb
     if bad.any():
         raise SaeflowError(

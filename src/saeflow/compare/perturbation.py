@@ -129,7 +129,7 @@ def compare_specificity(
     max_gap: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per run and layer on the depth grid, per pair of runs and aligned layers); module doc."""
-    from saeflow.cells.features import bh
+    from saeflow.stats import bh
 
     per = {r: tf_specificity(regs[r], targets.get(r), alpha=alpha, layers=layers[r]) for r in regs}
     table = compare_layer_tables(per, n_layers, max_gap=max_gap)
@@ -158,7 +158,7 @@ def compare_specificity(
         row["delta"] = row["specificity_b"] - row["specificity_a"]
         rows.append(row)
     pairs = pd.DataFrame(rows, columns=[c for c in PAIR_COLUMNS if c != "q_mcnemar"])
-    pairs["q_mcnemar"] = bh(pairs.p_mcnemar.to_numpy(float)) if len(pairs) else []
+    pairs["q_mcnemar"] = bh(pairs.p_mcnemar.to_numpy(float))
     return table, pairs.reindex(columns=PAIR_COLUMNS)
 
 
@@ -190,4 +190,4 @@ def plot_specificity(table: pd.DataFrame, path, *, title: str | None = None) -> 
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from saeflow.compare.depth import align_depth
+from saeflow.stats import sample_rows  # noqa: F401  (re-exported for the rule scripts)
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ def plot_probe_comparison(table: pd.DataFrame, path, *, title: str | None = None
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- organisation
@@ -396,7 +397,7 @@ def plot_matching(table: pd.DataFrame, path, *, title: str | None = None) -> Non
         ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- OV / QK audit
@@ -525,13 +526,6 @@ def matching_rows(rows: str, run_a: Mapping, run_b: Mapping) -> str | None:
     if rows == "sequence" or (rows == "auto" and same):
         return "sequence" if same else None
     return "gene" if run_a["kind"] == "cells" and run_b["kind"] == "cells" else None
-
-
-def sample_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
-    """Sorted positions of at most ``max_rows`` of ``n`` rows (all when n <= max_rows; else seeded)."""
-    if n <= max_rows:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, int(max_rows), replace=False))
 
 
 MATCH_SUMMARY_COLUMNS = [

@@ -9,6 +9,8 @@ import pandas as pd
 import torch
 
 from saeflow.activations import ActivationStore
+from saeflow.decoder import decoder_rows
+from saeflow.stats import sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +152,9 @@ def build_catalog(
         columns=["feature", "rank", "activation", "sequence", "token", "start", "end", "context"],
     )
     # SVD comparison on a sample of rows
-    rng = np.random.default_rng(0)
-    n = arr.shape[0]
-    rows = np.sort(rng.choice(n, min(n, int(params["svd_sample"])), replace=False))
+    rows = sample_rows(arr.shape[0], int(params["svd_sample"]), 0)
     sample = np.asarray(arr[rows], dtype=np.float32)
-    decoder = sae.W_dec.detach().numpy()
+    decoder = decoder_rows(sae)
     maxcos, _sv = svd_alignment(decoder, sample, int(params["svd_components"]))
     feats["svd_max_cos"] = maxcos
     alive = feats.frequency.to_numpy() > 0

@@ -21,14 +21,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from saeflow.dna.sequence import gc_fraction
 from saeflow.utils import SaeflowError
 
 _COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")
-
-
-def gc_fraction(seq: str) -> float:
-    s = seq.upper()
-    return (s.count("G") + s.count("C")) / max(len(s), 1)
 
 
 def _max_site(seq: str, matrix) -> float:

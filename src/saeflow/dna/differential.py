@@ -20,8 +20,9 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from saeflow.cells.features import bh  # noqa: E402
-from saeflow.utils import SaeflowError, atomic_path  # noqa: E402
+from saeflow.plots import save_figure  # noqa: E402
+from saeflow.stats import bh, mann_whitney, rank_biserial  # noqa: E402
+from saeflow.utils import SaeflowError  # noqa: E402
 
 COLUMNS = [
     "feature",
@@ -105,30 +106,6 @@ def _dense_cols(m, lo: int, hi: int) -> np.ndarray:
     return np.asarray(block, dtype=np.float64)
 
 
-def _has_ties(x: np.ndarray) -> np.ndarray:
-    s = np.sort(x, axis=0)
-    return (np.diff(s, axis=0) == 0).any(axis=0)
-
-
-def _mannwhitney(xa: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised ``mannwhitneyu`` whose 'auto' method choice is made per feature, as a per-feature call would."""
-    na, nb = len(xa), len(xb)
-    u = np.full(xa.shape[1], np.nan)
-    p = np.full(xa.shape[1], np.nan)
-    if xa.shape[1] == 0:
-        return u, p
-    if na > 8 and nb > 8:
-        parts = [np.arange(xa.shape[1])]
-    else:  # scipy decides exact vs asymptotic from ties over the whole call: split tied / untied features
-        ties = _has_ties(np.vstack([xa, xb]))
-        parts = [np.flatnonzero(ties), np.flatnonzero(~ties)]
-    for cols in parts:
-        if len(cols):
-            r = stats.mannwhitneyu(xa[:, cols], xb[:, cols], alternative="two-sided", axis=0)
-            u[cols], p[cols] = r.statistic, r.pvalue
-    return u, p
-
-
 def differential_features(
     acts,
     groups,
@@ -196,9 +173,9 @@ def differential_features(
             continue
         ranks = stats.rankdata(x[:, cols], axis=0)
         u = ranks[:na].sum(0) - na * (na + 1) / 2
-        out["rank_biserial"][lo + cols] = 2 * u / (na * nb) - 1
+        out["rank_biserial"][lo + cols] = rank_biserial(u, na, nb)
         if test == "mannwhitney":
-            stat, p = _mannwhitney(xa[:, cols], xb[:, cols])
+            stat, p = mann_whitney(xa[:, cols], xb[:, cols])
         else:
             with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -259,6 +236,4 @@ def volcano(df: pd.DataFrame, path, alpha: float = 0.05, label_top: int = 10) ->
     ax.set_ylabel("-log10 p")
     ax.set_title(f"differential features: {len(t)} tested, {int(sig.sum())} at q < {alpha:g}")
     ax.legend(fontsize=8, loc="upper left")
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)

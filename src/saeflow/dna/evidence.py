@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from saeflow.dna.sequence import token_gc
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -69,19 +70,6 @@ def _check_sequences(sequences: pd.DataFrame, what: str = "sequence table") -> N
     missing = {"sequence", "label", "split"} - set(sequences.columns)
     if missing:
         raise SaeflowError(f"{what} lacks column(s) {sorted(missing)}")
-
-
-def token_gc(seqs, seq_index: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """GC fraction of each token's bases ``seqs[seq_index][start:end]`` (NaN for empty spans), vectorised."""
-    seqs = [str(s).upper() for s in seqs]
-    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    base0 = np.concatenate([[0], np.cumsum(lengths)])
-    allb = np.frombuffer("".join(seqs).encode("ascii", "replace"), dtype=np.uint8)
-    cum = np.concatenate([[0], np.cumsum((allb == ord("G")) | (allb == ord("C")))])
-    s = np.minimum(start, lengths[seq_index]) + base0[seq_index]
-    e = np.minimum(end, lengths[seq_index]) + base0[seq_index]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(e > s, (cum[e] - cum[s]) / np.maximum(e - s, 1), np.nan)
 
 
 def _padded_offsets(tokens: pd.DataFrame, n_seq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -462,8 +450,8 @@ def train_readout(
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from saeflow.dna.probes import _auroc
     from saeflow.models.base import Capture
+    from saeflow.stats import auroc
 
     L = adapter.n_layers
     feats = {}
@@ -489,7 +477,7 @@ def train_readout(
     clf = LogisticRegression(C=1.0, max_iter=5000, random_state=seed).fit((Xtr - mu) / sd, ytr)
     w = clf.coef_[0] / sd
     b = float(clf.intercept_[0] - (mu * w).sum())
-    auc = _auroc(yte, Xte @ w + b) if len(np.unique(yte)) == 2 else float("nan")
+    auc = auroc(yte, Xte @ w + b) if len(np.unique(yte)) == 2 else float("nan")
     return w.astype(np.float32), b, float(auc)
 
 

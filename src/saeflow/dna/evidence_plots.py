@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from saeflow.utils import SaeflowError, atomic_path, read_table
+from saeflow.plots import save_figure
+from saeflow.utils import SaeflowError, read_table
 
 
 def _plt():
@@ -15,13 +16,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _save(fig, path) -> None:
-    plt = _plt()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
 
 
 def _heat(ax, data: pd.DataFrame, *, vmin, vmax, cmap, fmt="{:.2f}", title="", mark=None):
@@ -59,7 +53,7 @@ def probe_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
         ax.set_ylabel("layer")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="AUROC (test)")
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def head_scan_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
@@ -111,7 +105,7 @@ def head_scan_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
     fig.suptitle(title + "  (* = passes both criteria)", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def patching_heatmap(summary: pd.DataFrame, path, title: str = "") -> None:
@@ -132,7 +126,7 @@ def patching_heatmap(summary: pd.DataFrame, path, title: str = "") -> None:
             fontsize=9,
         )
         fig.suptitle(title, fontsize=10)
-        _save(fig, path)
+        save_figure(fig, path, dpi=110)
         return
     motifs = list(summary.motif.unique())
     fig, axes = plt.subplots(
@@ -164,7 +158,7 @@ def patching_heatmap(summary: pd.DataFrame, path, title: str = "") -> None:
         row[1].legend(fontsize=7)
         row[1].set_title(f"{mid}: residual stream, {n} pairs", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 SUMMARY_COLUMNS = [
@@ -222,5 +216,5 @@ def evidence_summary(
             ax.legend(fontsize=7)
     axes[2].set_xlabel("layer")
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
     return table

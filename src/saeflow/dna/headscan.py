@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from saeflow.stats import percentile_ci
 from saeflow.utils import SaeflowError
 
 R_MIN, RHO_MIN, ALPHA = 0.5, 2.0, 0.05
@@ -203,9 +204,7 @@ def scan_received(
             idx = rng.integers(0, B, size=(n_boot, B))
             with np.errstate(invalid="ignore", divide="ignore"):
                 boot = (sm[idx].sum(1) / cm[idx].sum(1)) / (sb[idx].sum(1) / cb[idx].sum(1))
-            boot = boot[np.isfinite(boot)]
-            if len(boot):
-                lo, hi = np.percentile(boot, [2.5, 97.5])
+            lo, hi = percentile_ci(boot)
         passes_r = bool(np.isfinite(r[h]) and r[h] >= r_min and p[h] < alpha)
         passes_rho = bool(np.isfinite(rho) and rho >= rho_min)
         rows.append(

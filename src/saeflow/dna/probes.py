@@ -24,13 +24,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from saeflow.dna.toy import gc_content
+from saeflow.dna.sequence import gc_content
+from saeflow.stats import (
+    as_binary_labels,
+    auroc,
+    bootstrap_aurocs,
+    need_two_classes,
+    percentile_ci,
+)
 from saeflow.utils import SaeflowError
 
 COLUMNS = ["control", "auroc", "ci_low", "ci_high", "accuracy", "n_train", "n_test", "note"]
 #: controls scored on the same test items as ``features`` (paired deltas apply)
 SHARED_TEST = ("gc_only", "position_only", "random_labels")
-_CHUNK = 256
 
 
 # --------------------------------------------------------------------------- checks
@@ -59,89 +65,19 @@ def _as_features(X, name: str) -> np.ndarray:
     return X
 
 
-def _as_labels(y, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise SaeflowError(f"{name}: labels must be 1-D, got shape {y.shape}")
-    if y.dtype == bool:
-        return y.astype(int)
-    try:
-        yf = y.astype(float)
-    except (TypeError, ValueError):
-        raise SaeflowError(
-            f"{name}: labels must be 0/1, got values like {y[:3].tolist()}"
-        ) from None
-    if not np.isin(yf, (0.0, 1.0)).all():
-        raise SaeflowError(
-            f"{name}: labels must be 0/1, got {sorted(set(np.unique(yf).tolist()))[:5]}"
-        )
-    return yf.astype(int)
-
-
-def _need_two_classes(y: np.ndarray, name: str) -> None:
-    if y.size == 0:
-        raise SaeflowError(f"{name}: no items")
-    n1 = int(y.sum())
-    if n1 == 0 or n1 == y.size:
-        raise SaeflowError(
-            f"{name}: all {y.size} items have label {int(y[0])}; a probe needs both classes"
-        )
-
-
 # --------------------------------------------------------------------------- AUROC
-
-
-def _auroc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUROC of each row (ties count half); NaN where a row has one class."""
-    from scipy.stats import rankdata
-
-    y = np.atleast_2d(y)
-    s = np.atleast_2d(s)
-    ranks = rankdata(s, axis=1)
-    n1 = y.sum(axis=1).astype(float)
-    n0 = y.shape[1] - n1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * y).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    auc[(n1 == 0) | (n0 == 0)] = np.nan
-    return auc
-
-
-def _auroc(y, s) -> float:
-    return float(_auroc_rows(np.asarray(y), np.asarray(s, dtype=float))[0])
-
-
-def _boot_aurocs(y: np.ndarray, scores: list[np.ndarray], n_boot: int, seed: int) -> np.ndarray:
-    """AUROCs of each score on the same ``n_boot`` item resamples (rows: resamples)."""
-    rng = np.random.default_rng(seed)
-    n = y.size
-    out = np.empty((n_boot, len(scores)))
-    for start in range(0, n_boot, _CHUNK):
-        m = min(_CHUNK, n_boot - start)
-        idx = rng.integers(0, n, size=(m, n))
-        yb = y[idx]
-        for j, s in enumerate(scores):
-            out[start : start + m, j] = _auroc_rows(yb, s[idx])
-    return out
-
-
-def _percentile_ci(values: np.ndarray) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def bootstrap_auroc(y, score, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """AUROC and its percentile 95% CI over resampled items (one-class resamples skipped)."""
-    y = _as_labels(y, "bootstrap_auroc")
+    y = as_binary_labels(y, "bootstrap_auroc")
     score = np.asarray(score, dtype=float)
     if score.shape != y.shape:
         raise SaeflowError(f"bootstrap_auroc: {score.shape[0]} scores for {y.shape[0]} labels")
-    _need_two_classes(y, "bootstrap_auroc")
-    boots = _boot_aurocs(y, [score], n_boot, seed)[:, 0]
-    lo, hi = _percentile_ci(boots)
-    return _auroc(y, score), lo, hi
+    need_two_classes(y, "bootstrap_auroc")
+    boots = bootstrap_aurocs(y, [score], n_boot, seed)[:, 0]
+    lo, hi = percentile_ci(boots)
+    return auroc(y, score), lo, hi
 
 
 def paired_bootstrap_delta(
@@ -152,17 +88,17 @@ def paired_bootstrap_delta(
     Both scores are evaluated on the same resample of items each round, so the
     CI reflects the difference, not two independent uncertainties.
     """
-    y = _as_labels(y, "paired_bootstrap_delta")
+    y = as_binary_labels(y, "paired_bootstrap_delta")
     a = np.asarray(score_a, dtype=float)
     b = np.asarray(score_b, dtype=float)
     if a.shape != y.shape or b.shape != y.shape:
         raise SaeflowError(
             f"paired_bootstrap_delta: labels {y.shape}, score_a {a.shape}, score_b {b.shape} must match"
         )
-    _need_two_classes(y, "paired_bootstrap_delta")
-    boots = _boot_aurocs(y, [a, b], n_boot, seed)
-    lo, hi = _percentile_ci(boots[:, 0] - boots[:, 1])
-    return _auroc(y, a) - _auroc(y, b), lo, hi
+    need_two_classes(y, "paired_bootstrap_delta")
+    boots = bootstrap_aurocs(y, [a, b], n_boot, seed)
+    lo, hi = percentile_ci(boots[:, 0] - boots[:, 1])
+    return auroc(y, a) - auroc(y, b), lo, hi
 
 
 # --------------------------------------------------------------------------- probe
@@ -183,8 +119,8 @@ def probe(
 
     X_train = _as_features(X_train, "probe (train)")
     X_test = _as_features(X_test, "probe (test)")
-    y_train = _as_labels(y_train, "probe (train)")
-    y_test = _as_labels(y_test, "probe (test)")
+    y_train = as_binary_labels(y_train, "probe (train)")
+    y_test = as_binary_labels(y_test, "probe (test)")
     if X_train.shape[0] != y_train.size:
         raise SaeflowError(
             f"probe: {X_train.shape[0]} training items but {y_train.size} training labels"
@@ -195,8 +131,8 @@ def probe(
         raise SaeflowError(
             f"probe: {X_train.shape[1]} training features but {X_test.shape[1]} test features"
         )
-    _need_two_classes(y_train, "probe (training set)")
-    _need_two_classes(y_test, "probe (test set)")
+    need_two_classes(y_train, "probe (training set)")
+    need_two_classes(y_test, "probe (test set)")
 
     model = make_pipeline(
         StandardScaler(),
@@ -204,9 +140,9 @@ def probe(
     )
     model.fit(X_train, y_train)
     scores = model.decision_function(X_test)
-    auroc, lo, hi = bootstrap_auroc(y_test, scores, n_boot=n_boot, seed=seed)
+    auc, lo, hi = bootstrap_auroc(y_test, scores, n_boot=n_boot, seed=seed)
     return {
-        "auroc": auroc,
+        "auroc": auc,
         "ci_low": lo,
         "ci_high": hi,
         "accuracy": float(np.mean((scores > 0).astype(int) == y_test)),
@@ -229,7 +165,7 @@ def gc_matched_subset(gc, y, *, bins: int = 10, seed: int = 0) -> np.ndarray:
     bins missing either class are dropped.
     """
     gc = np.asarray(gc, dtype=float)
-    y = _as_labels(y, "gc_matched_subset")
+    y = as_binary_labels(y, "gc_matched_subset")
     if gc.shape != y.shape:
         raise SaeflowError(f"gc_matched_subset: {gc.size} GC values for {y.size} labels")
     rng = np.random.default_rng(seed)
@@ -272,7 +208,7 @@ def probe_with_controls(
     ``df.attrs["scores"]`` for :func:`delta_vs_control`.
     """
     X = _as_features(X, "probe_with_controls")
-    y = _as_labels(y, "probe_with_controls")
+    y = as_binary_labels(y, "probe_with_controls")
     seqs = list(seqs)
     split = np.asarray(split).astype(str)
     n = X.shape[0]
@@ -295,7 +231,7 @@ def probe_with_controls(
                 f"probe_with_controls: {n} feature rows but {positions.shape[0]} position rows"
             )
 
-    gc = gc_content([str(s).upper() for s in seqs])
+    gc = gc_content([str(s) for s in seqs])
     rows, scores = [], {}
 
     def run(control, Xa, tr_idx, te_idx, y_train=None, note=""):
@@ -328,7 +264,7 @@ def probe_with_controls(
     feat = scores["features"]
     note = f"kept {sub.size} of {te.size} test items ({int(y[te][sub].sum())} positives)"
     try:
-        _need_two_classes(y[te][sub], "gc_matched test subset")
+        need_two_classes(y[te][sub], "gc_matched test subset")
         a, lo, hi = bootstrap_auroc(feat["y"][sub], feat["score"][sub], n_boot=n_boot, seed=seed)
         acc = float(np.mean((feat["score"][sub] > 0).astype(int) == feat["y"][sub]))
         rows.append(

@@ -20,18 +20,13 @@ import torch
 
 from saeflow.activations import ActivationStore
 from saeflow.dna.catalog import sequence_bounds
+from saeflow.stats import auroc_rows
 
 
 def auroc_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """AUROC of each column of ``scores`` (n, F) for binary ``labels`` (ties count one half)."""
-    from scipy.stats import rankdata
-
-    labels = labels.astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return np.full(scores.shape[1], np.nan)
-    ranks = rankdata(scores, axis=0)
-    return (ranks[labels].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    scores = np.asarray(scores)
+    return auroc_rows(np.asarray(labels).astype(bool), scores.T).reshape(scores.shape[1])
 
 
 def planted_in_windows(sequences: pd.DataFrame, planted: pd.DataFrame, motif_id: str):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from saeflow.dna.motifs import load_jaspar, revcomp
+from saeflow.dna.sequence import gc_content
 from saeflow.utils import atomic_path, write_table
 
 log = logging.getLogger(__name__)
@@ -161,10 +162,6 @@ def _write_signal(chroms, peaks: pd.DataFrame, path, rng, step: int = 10) -> Non
                 y += p.signalValue * np.exp(-0.5 * ((x - summit) / 60.0) ** 2)
             bw.addEntries(c, 0, values=y.astype(float).tolist(), span=step, step=step)
         bw.close()
-
-
-def gc_content(seqs) -> np.ndarray:
-    return np.array([(s.count("G") + s.count("C")) / max(1, len(s)) for s in seqs])
 
 
 def build_toy_task(fasta, planted: pd.DataFrame, params: dict, out_table) -> pd.DataFrame:

@@ -13,7 +13,8 @@ sparsity terms.
 | relu_l1     | ReLU                          | L1 penalty, optional target L0       | standard      |
 """
 
-from saeflow.sae.base import SAE, load_sae  # noqa: F401
+from saeflow.decoder import decoder_rows  # noqa: F401  (the one decoder reader, torch-free)
+from saeflow.sae.base import RECIPE_DEFAULTS, SAE, load_sae  # noqa: F401
 from saeflow.sae.penalized import JumpReLUSAE, ReluL1SAE
 from saeflow.sae.topk import BatchTopKSAE, TopKSAE
 
@@ -28,7 +29,7 @@ ARCHITECTURES: dict[str, type[SAE]] = {
 def build_sae(recipe: dict, d_in: int) -> SAE:
     from saeflow.utils import SaeflowError
 
-    arch = recipe.get("arch", "topk")
+    arch = recipe.get("arch", RECIPE_DEFAULTS["arch"])
     if arch not in ARCHITECTURES:
         raise SaeflowError(f"unknown SAE architecture {arch!r}; available: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch].from_recipe(recipe, d_in)

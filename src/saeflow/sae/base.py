@@ -27,6 +27,25 @@ from torch import nn
 from saeflow.sae.kernels import SparseCodes
 from saeflow.utils import SaeflowError, atomic_path, write_json
 
+#: Defaults of the ``saes`` recipe keys the library reads when a recipe leaves them out. The config
+#: schema (``definitions.sae`` of workflow/schemas/config.schema.yaml) is where defaults are set;
+#: these are its values, for library callers that build recipes by hand, and
+#: tests/test_one_implementation.py checks that they agree. Read them as
+#: ``recipe.get(key, RECIPE_DEFAULTS[key])``, never with a literal.
+RECIPE_DEFAULTS = {
+    "arch": "topk",
+    "seed": 0,
+    "aux_coef": 0.03125,
+    "threshold_momentum": 0.99,
+    "sparsity_coef": 0.001,
+    "calibration_gain": 0.03,
+    "init_threshold": 0.1,
+    "bandwidth": 0.05,
+    "warmup_fraction": 0.05,
+    "dead_window": 20000,
+    "b_dec_init": "geometric_median",
+}
+
 
 class SAE(nn.Module):
     architecture = "base"  # saeflow's name (the recipe's ``arch``)

@@ -14,12 +14,12 @@ d_sae x d_sae count matrix (170 MB at 4608) or is computed from a sparse binary 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
+from saeflow.decoder import decoder_rows
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -29,22 +29,6 @@ TRACK_THRESHOLDS = (0.7, 0.9)
 
 
 # --- cross-layer tracking ----------------------------------------------------------------
-
-
-def _decoder(obj) -> np.ndarray:
-    """Unit-norm float32 decoder rows from an array, a tensor, an SAE object or a saved SAE directory."""
-    if isinstance(obj, (str, os.PathLike)):
-        from saeflow.sae import load_sae
-
-        obj = load_sae(obj)
-    if hasattr(obj, "W_dec"):
-        obj = obj.W_dec
-    if hasattr(obj, "detach"):
-        obj = obj.detach().float().cpu().numpy()
-    w = np.asarray(obj, dtype=np.float32)
-    if w.ndim != 2:
-        raise SaeflowError(f"decoder must be a 2-D (d_sae, d_in) matrix (got shape {w.shape})")
-    return w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
 
 
 def best_matches(
@@ -113,9 +97,9 @@ def track_features(
         raise SaeflowError(f"track_features: thresholds must be increasing (got {thresholds})")
     alive = dict(alive or {})
     pairs = []
-    w_next = _decoder(items[0][1])
+    w_next = decoder_rows(items[0][1], unit_norm=True)
     for (la, _), (lb, objb) in zip(items[:-1], items[1:]):
-        w_a, w_next = w_next, _decoder(objb)
+        w_a, w_next = w_next, decoder_rows(objb, unit_norm=True)
         alive_a = np.asarray(alive.get(la, np.ones(len(w_a), bool)), bool)
         alive_b = np.asarray(alive.get(lb, np.ones(len(w_next), bool)), bool)
         for l, a, w in ((la, alive_a, w_a), (lb, alive_b, w_next)):

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from saeflow.sae.base import SAE
+from saeflow.sae.base import RECIPE_DEFAULTS, SAE
 from saeflow.sae.kernels import SparseCodes
 
 
@@ -61,9 +61,9 @@ class PenalizedSAE(SAE):
     @staticmethod
     def _recipe_kwargs(recipe: dict) -> dict:
         return dict(
-            coef=float(recipe.get("sparsity_coef", 1e-3)),
+            coef=float(recipe.get("sparsity_coef", RECIPE_DEFAULTS["sparsity_coef"])),
             target_l0=recipe.get("target_l0"),
-            gain=float(recipe.get("calibration_gain", 0.03)),
+            gain=float(recipe.get("calibration_gain", RECIPE_DEFAULTS["calibration_gain"])),
         )
 
 
@@ -78,7 +78,7 @@ class ReluL1SAE(PenalizedSAE):
         return cls(
             d_in,
             int(recipe["expansion"] * d_in),
-            int(recipe.get("seed", 0)),
+            int(recipe.get("seed", RECIPE_DEFAULTS["seed"])),
             **cls._recipe_kwargs(recipe),
         )
 
@@ -139,9 +139,9 @@ class JumpReLUSAE(PenalizedSAE):
         return cls(
             d_in,
             int(recipe["expansion"] * d_in),
-            int(recipe.get("seed", 0)),
-            float(recipe.get("init_threshold", 0.1)),
-            float(recipe.get("bandwidth", 0.05)),
+            int(recipe.get("seed", RECIPE_DEFAULTS["seed"])),
+            float(recipe.get("init_threshold", RECIPE_DEFAULTS["init_threshold"])),
+            float(recipe.get("bandwidth", RECIPE_DEFAULTS["bandwidth"])),
             **cls._recipe_kwargs(recipe),
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from saeflow.sae.base import SAE
+from saeflow.sae.base import RECIPE_DEFAULTS, SAE
 from saeflow.sae.kernels import SparseCodes
 
 
@@ -50,10 +50,13 @@ class TopKSAE(AuxKMixin, SAE):
     @classmethod
     def from_recipe(cls, recipe: dict, d_in: int) -> "TopKSAE":
         sae = cls(
-            d_in, int(recipe["expansion"] * d_in), int(recipe["k"]), int(recipe.get("seed", 0))
+            d_in,
+            int(recipe["expansion"] * d_in),
+            int(recipe["k"]),
+            int(recipe.get("seed", RECIPE_DEFAULTS["seed"])),
         )
         sae.aux_k = int(recipe.get("aux_k") or max(1, d_in // 2))
-        sae.aux_coef = float(recipe.get("aux_coef", 1 / 32))
+        sae.aux_coef = float(recipe.get("aux_coef", RECIPE_DEFAULTS["aux_coef"]))
         return sae
 
     @classmethod
@@ -100,11 +103,11 @@ class BatchTopKSAE(AuxKMixin, SAE):
             d_in,
             int(recipe["expansion"] * d_in),
             int(recipe["k"]),
-            int(recipe.get("seed", 0)),
-            float(recipe.get("threshold_momentum", 0.99)),
+            int(recipe.get("seed", RECIPE_DEFAULTS["seed"])),
+            float(recipe.get("threshold_momentum", RECIPE_DEFAULTS["threshold_momentum"])),
         )
         sae.aux_k = int(recipe.get("aux_k") or max(1, d_in // 2))
-        sae.aux_coef = float(recipe.get("aux_coef", 1 / 32))
+        sae.aux_coef = float(recipe.get("aux_coef", RECIPE_DEFAULTS["aux_coef"]))
         return sae
 
     @classmethod

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from saeflow.sae import build_sae
+from saeflow.sae.base import RECIPE_DEFAULTS
 from saeflow.sae.data import BatchStream, RowReader, RowSet
 from saeflow.utils import SaeflowError, atomic_path, seed_everything, write_json
 
@@ -156,12 +157,14 @@ def fit(
         sae.W_enc.data = sae.W_enc.data.t().contiguous().t()
     sae.amp = (device.type == "cuda") if amp is None else amp
     opt = make_optimizer(sae.parameters(), float(recipe["lr"]), device)
-    warm = max(1, int(steps * float(recipe.get("warmup_fraction", 0.05))))
+    warm = max(
+        1, int(steps * float(recipe.get("warmup_fraction", RECIPE_DEFAULTS["warmup_fraction"])))
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warm))
     # A latent is "dead" for AuxK when it has not fired within the last `dead_window` tokens.
     last_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
     seen = 0
-    dead_window = int(recipe.get("dead_window", 20000))
+    dead_window = int(recipe.get("dead_window", RECIPE_DEFAULTS["dead_window"]))
     result = FitResult(sae, scale, steps)
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
@@ -237,7 +240,7 @@ def input_scale_and_init(sae, sample: torch.Tensor, recipe: dict) -> float:
     """Scale so that E||x * s|| = sqrt(d); b_dec at the geometric median (or mean) of the scaled sample."""
     d = sample.shape[1]
     scale = math.sqrt(d) / float(sample.norm(dim=1).mean().clamp_min(1e-8))
-    init = recipe.get("b_dec_init", "geometric_median")
+    init = recipe.get("b_dec_init", RECIPE_DEFAULTS["b_dec_init"])
     with torch.no_grad():
         if init == "geometric_median":
             sae.b_dec.copy_(geometric_median(sample * scale))
@@ -278,7 +281,7 @@ def fit_array(
         device=dev,
         scale=scale,
         on_step=on_step,
-        desc=recipe.get("arch", "sae"),
+        desc=recipe.get("arch", RECIPE_DEFAULTS["arch"]),
     )
     sae.cpu()
     sae.fold_input_scale(scale)
@@ -313,7 +316,7 @@ def train_sae(
     from saeflow.utils import torch_device
 
     torch.set_num_threads(max(1, threads))
-    seed = int(recipe.get("seed", 0))
+    seed = int(recipe.get("seed", RECIPE_DEFAULTS["seed"]))
     rng = seed_everything(seed)
     dev = torch_device(recipe.get("device") or device)
     arr = store.layer(layer)
