@@ -37,7 +37,7 @@ def test_mark_context_uppercases_firing_bases():
 
 
 def planted_setup(tmp_path):
-    """Activations whose dimension 0 is 1 exactly on planted motif bases; an SAE reading that dimension."""
+    """Activations whose dimension 0 is 1 exactly on planted motif bases; an SAE reading it."""
     rng = np.random.default_rng(0)
     n_seq, L = 40, 30
     seqs, planted, rows, acts = [], [], [], []
