@@ -1,4 +1,5 @@
-"""Trainer behaviour users rely on: streaming batches, resume after a kill, sparsity of every architecture."""
+"""Trainer behaviour users rely on: streaming batches, resume after a kill, sparsity of every
+architecture, metrics on the held-out rows."""
 
 import json
 import os
@@ -106,11 +107,12 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path):
         script.write_text(
             RESUME.format(tests=os.path.dirname(__file__), acts=str(store.dir), recipe=recipe)
         )
-        run = lambda out, kill: subprocess.run(
-            [sys.executable, str(script), str(out), str(kill)],  # noqa: E731
-            capture_output=True,
-            text=True,
-        )
+
+        def run(out, kill, script=script):
+            return subprocess.run(
+                [sys.executable, str(script), str(out), str(kill)], capture_output=True, text=True
+            )
+
         killed = run(tmp_path / arch / "resumed", 97)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         ckpt = tmp_path / arch / "resumed.ckpt"
@@ -140,7 +142,8 @@ def test_checkpoint_of_another_recipe_is_ignored(tmp_path):
 def test_every_architecture_meets_its_sparsity(tmp_path, arch):
     store, _ = make_store(tmp_path, n=8000, d=16, n_atoms=48, k=4)
     tr, te = split(store)
-    # ReLU+L1 shrinks codes: at L0 6 on this data its FVU is ~0.7 (0.37 at L0 12), so it gets a looser target
+    # ReLU+L1 shrinks codes: at L0 6 on this data its FVU is ~0.7 (0.37 at L0 12), so it gets a
+    # looser target
     target = 12 if arch == "relu_l1" else 6
     recipe = dict(BASE, arch=arch, expansion=4, k=6, target_l0=target, epochs=30, lr=3e-3)
     m = train_sae(store, 1, recipe, tr, te, tmp_path / "sae", threads=1)
@@ -156,3 +159,36 @@ def test_every_architecture_meets_its_sparsity(tmp_path, arch):
     assert m["explained_variance"] > (0.5 if arch == "relu_l1" else 0.8), m
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["saeflow_architecture"] == arch
+
+
+def test_metrics_are_computed_on_held_out_rows(tmp_path):
+    """metrics.json describes the held-out rows: here they are drawn from another distribution
+    (dense Gaussian, not sparse sums of atoms), so their FVU is far from the training rows'."""
+    store, _ = make_store(tmp_path, n=2000)
+    tr, te = split(store)
+    arr = np.load(store.dir / "layer1.npy", mmap_mode="r+")
+    rng = np.random.default_rng(1)
+    for a, b in te:
+        arr[a:b] = 5 * rng.normal(size=(b - a, arr.shape[1])) + 2.0
+    arr.flush()
+    del arr
+    m = train_sae(store, 1, dict(BASE, epochs=10), tr, te, tmp_path / "sae", threads=1)
+    sae = load_sae(tmp_path / "sae")
+    x_all = torch.from_numpy(np.asarray(store.layer(1), dtype=np.float32))
+
+    def fvu_l0(ranges):
+        x = torch.cat([x_all[a:b] for a, b in ranges]).double()
+        with torch.no_grad():
+            z = sae.encode(x.float())
+            err = (sae.decode(z).double() - x).pow(2).sum()
+        return float(err / (x - x.mean(0)).pow(2).sum()), float((z > 0).sum(1).double().mean()), z
+
+    fvu_te, l0_te, z_te = fvu_l0(te)
+    fvu_tr, _, _ = fvu_l0(tr)
+    assert fvu_te > 2 * fvu_tr  # the two splits are told apart by FVU
+    assert m["fvu"] == pytest.approx(fvu_te, rel=1e-3)
+    assert m["explained_variance"] == pytest.approx(1 - fvu_te, rel=1e-3)
+    assert m["l0"] == pytest.approx(l0_te, abs=0.05)
+    assert m["n_tokens"] == int((te[:, 1] - te[:, 0]).sum())
+    freq = np.load(tmp_path / "sae" / "feature_frequency.npy")
+    np.testing.assert_allclose(freq, (z_te > 0).double().mean(0).numpy(), atol=0.01)
