@@ -14,7 +14,8 @@ from conftest import make_store, split
 
 from saeflow.sae.base import load_sae
 from saeflow.sae.data import BatchStream, FeistelPermutation, RowSet
-from saeflow.sae.train import train_sae
+from saeflow.sae.topk import TopKSAE
+from saeflow.sae.train import fit, train_sae
 from saeflow.utils import SaeflowError
 
 BASE = dict(
@@ -192,3 +193,67 @@ def test_metrics_are_computed_on_held_out_rows(tmp_path):
     assert m["n_tokens"] == int((te[:, 1] - te[:, 0]).sum())
     freq = np.load(tmp_path / "sae" / "feature_frequency.npy")
     np.testing.assert_allclose(freq, (z_te > 0).double().mean(0).numpy(), atol=0.01)
+
+
+def _fit_with_dead_latents(aux_coef):
+    """TopK (k=2) on rows = 2 of 4 axis atoms (values 1-3) + Gaussian noise on 4 other axes.
+
+    Latents 0-3 are the atoms (encoder = decoder row). Latents 4-11 point into the noise axes with
+    encoders scaled by 0.05: their pre-activations stay far below the atoms' (>= 1), so they never
+    enter the top k, i.e. they are dead; only AuxK (dead latents reconstructing the residual, here
+    the noise) gives them a gradient. Returns (aux loss per step, |change| of each encoder column).
+    """
+    rng = np.random.default_rng(0)
+    n, d, s = 4096, 8, 12
+    x = np.zeros((n, d), np.float32)
+    for i in range(n):
+        x[i, rng.choice(4, 2, replace=False)] = rng.uniform(1, 3, 2)
+    x[:, 4:] = rng.normal(0, 0.5, (n, 4))
+    torch.manual_seed(0)
+    sae = TopKSAE(d, s, k=2)
+    with torch.no_grad():
+        w = torch.zeros(s, d)
+        w[:4, :4] = torch.eye(4)
+        w[4:, 4:] = torch.randn(s - 4, 4)
+        w /= w.norm(dim=1, keepdim=True)
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.t() * torch.cat([torch.ones(4), torch.full((s - 4,), 0.05)]))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    sae.aux_k, sae.aux_coef = 4, aux_coef
+    enc0 = sae.W_enc.detach().clone()
+    aux = []
+    stream = BatchStream(x, RowSet(np.array([[0, n]])), 64, 0)
+    recipe = dict(lr=1e-2, warmup_fraction=0.05, dead_window=256)
+    fit(
+        sae,
+        stream,
+        recipe,
+        60,
+        device=torch.device("cpu"),
+        on_step=lambda step, losses: aux.append(float(losses.get("aux", 0.0))),
+    )
+    with torch.no_grad():
+        assert (sae.encode(torch.from_numpy(x[:1000]))[:, 4:] == 0).all()  # still dead
+    return np.array(aux), (sae.W_enc.detach() - enc0).norm(dim=0).numpy()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread (more threads on a busy machine spin longer than they compute)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_auxk_trains_dead_latents_on_the_residual(one_thread):
+    aux, moved = _fit_with_dead_latents(1 / 32)
+    # dead after dead_window (256) tokens = 4 batches; from then on AuxK has a loss ...
+    assert (aux[:4] == 0).all() and (aux[5:] > 0).all()
+    # ... that the dead latents learn to lower (they reconstruct the noise residual) ...
+    assert aux[-5:].mean() < 0.5 * aux[5:10].mean()
+    # ... by moving their encoders (these get no other gradient: compare AuxK off)
+    assert (moved[4:] > 0.05).all(), moved
+    _, moved_off = _fit_with_dead_latents(0.0)
+    assert (moved_off[4:] < 1e-6).all(), moved_off
