@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_store, split
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from saeflow.sae.base import load_sae
 from saeflow.sae.data import BatchStream, FeistelPermutation, RowSet
@@ -257,3 +258,32 @@ def test_auxk_trains_dead_latents_on_the_residual(one_thread):
     assert (moved[4:] > 0.05).all(), moved
     _, moved_off = _fit_with_dead_latents(0.0)
     assert (moved_off[4:] < 1e-6).all(), moved_off
+
+
+def test_each_step_sees_unit_decoder_rows_and_an_orthogonal_decoder_gradient(tmp_path, one_thread):
+    """Before every optimiser step of train_sae the decoder rows have unit norm (renormalised after
+    the previous step) and the decoder gradient has no component along its row."""
+    store, _ = make_store(tmp_path, n=2000)
+    tr, te = split(store)
+    recipe = dict(BASE, epochs=3)  # d_in 16, d_sae 32: W_dec is the optimiser's (32, 16) tensor
+    seen = []
+
+    def check(opt, args, kwargs):
+        (w,) = [p for g in opt.param_groups for p in g["params"] if p.shape == (32, 16)]
+        g = w.grad.detach()
+        norm = w.detach().norm(dim=1)
+        along = (g * w.detach()).sum(1).abs().max() / g.norm(dim=1).max().clamp_min(1e-30)
+        seen.append(((norm - 1).abs().max().item(), along.item()))
+
+    handle = register_optimizer_step_pre_hook(check)
+    try:
+        m = train_sae(store, 1, recipe, tr, te, tmp_path / "sae", threads=1)
+    finally:
+        handle.remove()
+    off_norm, along = np.array(seen).T
+    assert len(seen) == m["steps"] > 10
+    assert off_norm.max() < 1e-5, off_norm
+    assert along.max() < 1e-4, along
+    # the saved decoder acts on raw activations: rows of norm 1 / input_scale
+    norms = load_sae(tmp_path / "sae").W_dec.detach().norm(dim=1).numpy()
+    np.testing.assert_allclose(norms, 1 / m["input_scale"], rtol=1e-5)
