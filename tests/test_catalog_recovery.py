@@ -37,7 +37,7 @@ def test_mark_context_uppercases_firing_bases():
 
 
 def planted_setup(tmp_path):
-    """Activations whose dimension 0 is 1 exactly on planted motif bases; an SAE reading that dimension."""
+    """Activations whose dimension 0 is 1 exactly on planted motif bases; an SAE reading it."""
     rng = np.random.default_rng(0)
     n_seq, L = 40, 30
     seqs, planted, rows, acts = [], [], [], []
@@ -121,3 +121,81 @@ def test_catalog_contexts_and_summary(tmp_path):
     top = ctx[ctx.feature == 0].iloc[0]
     expected = "".join("A" if 10 <= i < 19 else "a" for i in range(top.start - 3, top.end + 3))
     assert top.context == expected and 10 <= top.start < 19
+
+
+def _two_feature_setup(tmp_path):
+    """Two features whose quality swaps between splits; a known answer for each split.
+
+    Windows 0-3 are training, 4-7 held out; windows 0, 2, 4, 6 hold one planted instance at
+    bases 10-18 (9 bases). Activation dimension f feeds SAE feature f (code = value - 0.5):
+      training windows: feature 0 fires exactly on the motif, feature 1 on bases 10-13 only;
+      held-out windows: feature 1 fires exactly on the motif, feature 0 on bases 10-11 only,
+      plus bases 20-22 of window 5 (no motif there).
+    Selection on the training split must pick feature 0 and report its held-out numbers.
+    """
+    L, n_seq = 30, 8
+    seqs, planted, rows, acts = [], [], [], []
+    for s in range(n_seq):
+        test, has = s >= 4, s % 2 == 0
+        seqs.append(
+            dict(
+                name=f"s{s}",
+                sequence="A" * L,
+                label=int(has),
+                split="test" if test else "train",
+                chrom="c",
+                start=s * 100,
+                end=s * 100 + L,
+            )
+        )
+        x = np.zeros((L, 4))
+        if has:
+            planted.append(
+                dict(
+                    chrom="c",
+                    start=s * 100 + 10,
+                    end=s * 100 + 19,
+                    strand="+",
+                    motif_id="M1",
+                    motif_name="m1",
+                    site="peak",
+                    sequence="A" * 9,
+                )
+            )
+            if test:
+                x[10:19, 1] = x[10:12, 0] = 1.0
+            else:
+                x[10:19, 0] = x[10:14, 1] = 1.0
+        if s == 5:
+            x[20:23, 0] = 1.0
+        acts.append(x)
+        rows += [dict(seq=s, pos=i + 1, token_id=5, start=i, end=i + 1) for i in range(L)]
+    d = tmp_path / "acts"
+    d.mkdir()
+    np.save(d / "layer1.npy", np.concatenate(acts).astype(np.float16))
+    pd.DataFrame(rows).to_parquet(d / "tokens.parquet")
+    write_json(d / "manifest.json", {"n_tokens": n_seq * L, "d_model": 4, "layers": [1]})
+    sae = TopKSAE(4, 4, k=2)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0])))
+        sae.b_enc.copy_(torch.tensor([-0.5, -0.5, -10.0, -10.0]))
+        sae.W_dec.copy_(torch.eye(4))
+        sae.b_dec.zero_()
+    return ActivationStore(d), pd.DataFrame(seqs), pd.DataFrame(planted), sae
+
+
+def test_recovery_selects_on_training_split_and_reports_held_out_f1(tmp_path):
+    store, seqs, planted, sae = _two_feature_setup(tmp_path)
+    row = recovery_table(sae, store, 1, seqs, planted).iloc[0]
+    # feature 0 is perfect on training windows; feature 1 is perfect on held-out ones
+    assert row.feature == 0
+    # held-out counts of feature 0: 2 + 2 motif bases hit, 3 false bases (window 5), 7 + 7 missed
+    tp, fp, fn = 4, 3, 14
+    assert abs(row.precision - tp / (tp + fp)) < 1e-9
+    assert abs(row.recall - tp / (tp + fn)) < 1e-9
+    assert abs(row.f1 - 2 * tp / (2 * tp + fp + fn)) < 1e-9  # harmonic mean: 8/25, not their mean
+    assert abs(row.f1_any - 2 * tp / (2 * tp + fp + fn)) < 1e-9
+    # window AUROC of feature 0 on held-out windows: positives {0.5, 0.5}, negatives {0.5, 0}:
+    # two tied pairs count one half each -> (2 * 1 + 2 * 0.5) / 4
+    assert abs(row.auroc - 0.75) < 1e-9
+    assert row.n_motif_bases_test == 18 and row.n_windows_with_motif_test == 2

@@ -175,3 +175,30 @@ def test_errors():
         probe(X[::2], np.full(20, 2), X[1::2], y[1::2])
     with pytest.raises(SaeflowError, match="must match"):
         paired_bootstrap_delta(y, X[:, 0], X[:-1, 1], 10, 0)
+
+
+def _mann_whitney(y, s):
+    """P(score of a positive > score of a negative) + 1/2 P(equal), over all pairs."""
+    pos, neg = s[y == 1], s[y == 0]
+    gt = (pos[:, None] > neg[None, :]).sum()
+    eq = (pos[:, None] == neg[None, :]).sum()
+    return (gt + 0.5 * eq) / (pos.size * neg.size)
+
+
+def test_auroc_counts_ties_as_one_half():
+    rng = np.random.default_rng(8)
+    y = np.r_[np.ones(25, int), np.zeros(35, int)]  # positives first: order would matter
+    s = rng.integers(0, 4, size=60).astype(float) + y  # four or five values: many ties
+    a, lo, hi = bootstrap_auroc(y, s, n_boot=100, seed=0)
+    assert abs(a - _mann_whitney(y, s)) < 1e-12
+    assert lo <= a <= hi
+    # a constant score ties every pair: AUROC 1/2 on the data and on every bootstrap resample,
+    # whatever the order of the items
+    for yy in (y, y[::-1]):
+        a, lo, hi = bootstrap_auroc(yy, np.ones(60), n_boot=100, seed=0)
+        assert abs(a - 0.5) < 1e-12 and abs(lo - 0.5) < 1e-12 and abs(hi - 0.5) < 1e-12
+    # and so does the paired delta, whose bootstrap runs over the same AUROCs
+    d, lo, hi = paired_bootstrap_delta(y, s, np.zeros(60), 100, 0)
+    assert abs(d - (_mann_whitney(y, s) - 0.5)) < 1e-12 and lo <= d <= hi
+    d, lo, hi = paired_bootstrap_delta(y, np.ones(60), np.zeros(60), 100, 0)
+    assert abs(d) < 1e-12 and abs(lo) < 1e-12 and abs(hi) < 1e-12

@@ -1,4 +1,5 @@
-"""Trainer behaviour users rely on: streaming batches, resume after a kill, sparsity of every architecture."""
+"""Trainer behaviour users rely on: streaming batches, resume after a kill, sparsity of every
+architecture, metrics on the held-out rows."""
 
 import json
 import os
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_store, split
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from saeflow.sae.base import load_sae
 from saeflow.sae.data import BatchStream, FeistelPermutation, RowSet
-from saeflow.sae.train import train_sae
+from saeflow.sae.topk import TopKSAE
+from saeflow.sae.train import fit, train_sae
 from saeflow.utils import SaeflowError
 
 BASE = dict(
@@ -106,11 +109,12 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path):
         script.write_text(
             RESUME.format(tests=os.path.dirname(__file__), acts=str(store.dir), recipe=recipe)
         )
-        run = lambda out, kill: subprocess.run(
-            [sys.executable, str(script), str(out), str(kill)],  # noqa: E731
-            capture_output=True,
-            text=True,
-        )
+
+        def run(out, kill, script=script):
+            return subprocess.run(
+                [sys.executable, str(script), str(out), str(kill)], capture_output=True, text=True
+            )
+
         killed = run(tmp_path / arch / "resumed", 97)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         ckpt = tmp_path / arch / "resumed.ckpt"
@@ -140,7 +144,8 @@ def test_checkpoint_of_another_recipe_is_ignored(tmp_path):
 def test_every_architecture_meets_its_sparsity(tmp_path, arch):
     store, _ = make_store(tmp_path, n=8000, d=16, n_atoms=48, k=4)
     tr, te = split(store)
-    # ReLU+L1 shrinks codes: at L0 6 on this data its FVU is ~0.7 (0.37 at L0 12), so it gets a looser target
+    # ReLU+L1 shrinks codes: at L0 6 on this data its FVU is ~0.7 (0.37 at L0 12), so it gets a
+    # looser target
     target = 12 if arch == "relu_l1" else 6
     recipe = dict(BASE, arch=arch, expansion=4, k=6, target_l0=target, epochs=30, lr=3e-3)
     m = train_sae(store, 1, recipe, tr, te, tmp_path / "sae", threads=1)
@@ -156,3 +161,129 @@ def test_every_architecture_meets_its_sparsity(tmp_path, arch):
     assert m["explained_variance"] > (0.5 if arch == "relu_l1" else 0.8), m
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["saeflow_architecture"] == arch
+
+
+def test_metrics_are_computed_on_held_out_rows(tmp_path):
+    """metrics.json describes the held-out rows: here they are drawn from another distribution
+    (dense Gaussian, not sparse sums of atoms), so their FVU is far from the training rows'."""
+    store, _ = make_store(tmp_path, n=2000)
+    tr, te = split(store)
+    arr = np.load(store.dir / "layer1.npy", mmap_mode="r+")
+    rng = np.random.default_rng(1)
+    for a, b in te:
+        arr[a:b] = 5 * rng.normal(size=(b - a, arr.shape[1])) + 2.0
+    arr.flush()
+    del arr
+    m = train_sae(store, 1, dict(BASE, epochs=10), tr, te, tmp_path / "sae", threads=1)
+    sae = load_sae(tmp_path / "sae")
+    x_all = torch.from_numpy(np.asarray(store.layer(1), dtype=np.float32))
+
+    def fvu_l0(ranges):
+        x = torch.cat([x_all[a:b] for a, b in ranges]).double()
+        with torch.no_grad():
+            z = sae.encode(x.float())
+            err = (sae.decode(z).double() - x).pow(2).sum()
+        return float(err / (x - x.mean(0)).pow(2).sum()), float((z > 0).sum(1).double().mean()), z
+
+    fvu_te, l0_te, z_te = fvu_l0(te)
+    fvu_tr, _, _ = fvu_l0(tr)
+    assert fvu_te > 2 * fvu_tr  # the two splits are told apart by FVU
+    assert m["fvu"] == pytest.approx(fvu_te, rel=1e-3)
+    assert m["explained_variance"] == pytest.approx(1 - fvu_te, rel=1e-3)
+    assert m["l0"] == pytest.approx(l0_te, abs=0.05)
+    assert m["n_tokens"] == int((te[:, 1] - te[:, 0]).sum())
+    freq = np.load(tmp_path / "sae" / "feature_frequency.npy")
+    np.testing.assert_allclose(freq, (z_te > 0).double().mean(0).numpy(), atol=0.01)
+
+
+def _fit_with_dead_latents(aux_coef):
+    """TopK (k=2) on rows = 2 of 4 axis atoms (values 1-3) + Gaussian noise on 4 other axes.
+
+    Latents 0-3 are the atoms (encoder = decoder row). Latents 4-11 point into the noise axes with
+    encoders scaled by 0.05: their pre-activations stay far below the atoms' (>= 1), so they never
+    enter the top k, i.e. they are dead; only AuxK (dead latents reconstructing the residual, here
+    the noise) gives them a gradient. Returns (aux loss per step, |change| of each encoder column).
+    """
+    rng = np.random.default_rng(0)
+    n, d, s = 4096, 8, 12
+    x = np.zeros((n, d), np.float32)
+    for i in range(n):
+        x[i, rng.choice(4, 2, replace=False)] = rng.uniform(1, 3, 2)
+    x[:, 4:] = rng.normal(0, 0.5, (n, 4))
+    torch.manual_seed(0)
+    sae = TopKSAE(d, s, k=2)
+    with torch.no_grad():
+        w = torch.zeros(s, d)
+        w[:4, :4] = torch.eye(4)
+        w[4:, 4:] = torch.randn(s - 4, 4)
+        w /= w.norm(dim=1, keepdim=True)
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.t() * torch.cat([torch.ones(4), torch.full((s - 4,), 0.05)]))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    sae.aux_k, sae.aux_coef = 4, aux_coef
+    enc0 = sae.W_enc.detach().clone()
+    aux = []
+    stream = BatchStream(x, RowSet(np.array([[0, n]])), 64, 0)
+    recipe = dict(lr=1e-2, warmup_fraction=0.05, dead_window=256)
+    fit(
+        sae,
+        stream,
+        recipe,
+        60,
+        device=torch.device("cpu"),
+        on_step=lambda step, losses: aux.append(float(losses.get("aux", 0.0))),
+    )
+    with torch.no_grad():
+        assert (sae.encode(torch.from_numpy(x[:1000]))[:, 4:] == 0).all()  # still dead
+    return np.array(aux), (sae.W_enc.detach() - enc0).norm(dim=0).numpy()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread (more threads on a busy machine spin longer than they compute)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_auxk_trains_dead_latents_on_the_residual(one_thread):
+    aux, moved = _fit_with_dead_latents(1 / 32)
+    # dead after dead_window (256) tokens = 4 batches; from then on AuxK has a loss ...
+    assert (aux[:4] == 0).all() and (aux[5:] > 0).all()
+    # ... that the dead latents learn to lower (they reconstruct the noise residual) ...
+    assert aux[-5:].mean() < 0.5 * aux[5:10].mean()
+    # ... by moving their encoders (these get no other gradient: compare AuxK off)
+    assert (moved[4:] > 0.05).all(), moved
+    _, moved_off = _fit_with_dead_latents(0.0)
+    assert (moved_off[4:] < 1e-6).all(), moved_off
+
+
+def test_each_step_sees_unit_decoder_rows_and_an_orthogonal_decoder_gradient(tmp_path, one_thread):
+    """Before every optimiser step of train_sae the decoder rows have unit norm (renormalised after
+    the previous step) and the decoder gradient has no component along its row."""
+    store, _ = make_store(tmp_path, n=2000)
+    tr, te = split(store)
+    recipe = dict(BASE, epochs=3)  # d_in 16, d_sae 32: W_dec is the optimiser's (32, 16) tensor
+    seen = []
+
+    def check(opt, args, kwargs):
+        (w,) = [p for g in opt.param_groups for p in g["params"] if p.shape == (32, 16)]
+        g = w.grad.detach()
+        norm = w.detach().norm(dim=1)
+        along = (g * w.detach()).sum(1).abs().max() / g.norm(dim=1).max().clamp_min(1e-30)
+        seen.append(((norm - 1).abs().max().item(), along.item()))
+
+    handle = register_optimizer_step_pre_hook(check)
+    try:
+        m = train_sae(store, 1, recipe, tr, te, tmp_path / "sae", threads=1)
+    finally:
+        handle.remove()
+    off_norm, along = np.array(seen).T
+    assert len(seen) == m["steps"] > 10
+    assert off_norm.max() < 1e-5, off_norm
+    assert along.max() < 1e-4, along
+    # the saved decoder acts on raw activations: rows of norm 1 / input_scale
+    norms = load_sae(tmp_path / "sae").W_dec.detach().norm(dim=1).numpy()
+    np.testing.assert_allclose(norms, 1 / m["input_scale"], rtol=1e-5)
