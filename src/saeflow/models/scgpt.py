@@ -96,6 +96,7 @@ import torch
 from torch import nn
 
 from saeflow.models.base import CellMatrix, HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.models.registry import Family, register
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -883,3 +884,30 @@ def load_scgpt(
     if device is not None and not isinstance(device, torch.device):
         device = torch.device(device)
     return ScgptAdapter(model, tokenizer, device, checkpoint_keys={"used": used, "unused": unused})
+
+
+def is_scgpt(path: Path) -> bool:
+    """scGPT's released layout: no ``config.json``; ``args.json``, ``vocab.json`` and a ``*.pt``."""
+    return (
+        not (path / "config.json").is_file()
+        and (path / "args.json").is_file()
+        and (path / "vocab.json").is_file()
+        and any(path.glob("*.pt"))
+    )
+
+
+def scgpt_vocab(path: Path) -> dict[int, str]:
+    """id -> gene symbol of ``vocab.json`` (the specials appended as the adapter does)."""
+    return {i: t for t, i in read_vocab(path / "vocab.json").items()}
+
+
+register(
+    Family(
+        "scgpt",
+        detect=is_scgpt,
+        load=load_scgpt,
+        vocab=scgpt_vocab,
+        priority=10,
+        layout="an scGPT checkpoint (args.json, vocab.json, *.pt)",
+    )
+)
