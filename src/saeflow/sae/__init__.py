@@ -1,6 +1,7 @@
 """Sparse autoencoders: architectures, training, saving in the SAELens layout.
 
-``ARCHITECTURES`` maps a recipe's ``arch`` to its class. Each class shares the
+``ARCHITECTURES`` maps a recipe's ``arch`` to its class (each registers itself in
+:mod:`saeflow.sae.base` when defined; this package imports them all). Each class shares the
 encoder/decoder parameterisation and the sparse training step of
 :class:`~saeflow.sae.base.SAE` and adds only its activation function and
 sparsity terms.
@@ -13,16 +14,9 @@ sparsity terms.
 | relu_l1     | ReLU                          | L1 penalty, optional target L0       | standard      |
 """
 
-from saeflow.sae.base import SAE, load_sae  # noqa: F401
-from saeflow.sae.penalized import JumpReLUSAE, ReluL1SAE
-from saeflow.sae.topk import BatchTopKSAE, TopKSAE
-
-ARCHITECTURES: dict[str, type[SAE]] = {
-    "topk": TopKSAE,
-    "batchtopk": BatchTopKSAE,
-    "jumprelu": JumpReLUSAE,
-    "relu_l1": ReluL1SAE,
-}
+from saeflow.sae.base import ARCHITECTURES, SAE, load_sae  # noqa: F401
+from saeflow.sae.penalized import JumpReLUSAE, ReluL1SAE  # noqa: F401
+from saeflow.sae.topk import BatchTopKSAE, TopKSAE  # noqa: F401
 
 
 def build_sae(recipe: dict, d_in: int) -> SAE:
