@@ -3,24 +3,25 @@ import os
 import torch
 
 from saeflow import plots
+from saeflow.models import load_model
 from saeflow.sae.evaluation import evaluate_sae
 from saeflow.utils import setup_job, torch_device, write_json
 
 setup_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
+model_path = os.path.join(i.model, p.subfolder)
+adapter = load_model(model_path, device=torch_device(), family=p.family)
 metrics, _ = evaluate_sae(
     i.sae,
     i.acts,
     i.sequences,
-    os.path.join(i.model, p.subfolder),
+    adapter,
     int(w.layer),
     mask_prob=p.mask_prob,
     seed=p.seed,
     batch_size=p.batch_size,
     max_sequences=p.max_sequences,
-    device=torch_device(),
-    family=p.family,
     cells_path=i.get("cells"),
 )
 write_json(snakemake.output.json, dict(metrics, model=w.model, dataset=w.dataset, sae=w.sae))

@@ -12,10 +12,8 @@ torch.set_num_threads(snakemake.threads)
 i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
 seqs = pd.read_parquet(i.sequences)
 start, end = shard_bounds(len(seqs), p.n_shards)[int(w.shard)]
-# The family keyword goes to loaders that take it (the toy family is the generic loader's default).
-family = {"family": p.family} if p.family and p.family != "toy" else {}
 model_path = os.path.join(i.model, p.subfolder)  # models.<name>.subfolder ("" = the directory)
-adapter = load_model(model_path, device=torch_device(), **family)
+adapter = load_model(model_path, device=torch_device(), family=p.family)
 if "cells" in i.keys():  # cell datasets: the table's rows are the cells of cells.h5ad, in order
     from saeflow.cells.prepare import load_cells
 

@@ -4,7 +4,7 @@ import pandas as pd
 import torch
 
 from saeflow.dna.evidence import best_motif_features, feature_ablation
-from saeflow.models.adapter import load_model
+from saeflow.models import load_model
 from saeflow.sae.base import load_sae
 from saeflow.utils import read_table, setup_job, torch_device, write_table
 

@@ -7,7 +7,7 @@ import torch
 from saeflow import histogram
 from saeflow.activations import ActivationStore
 from saeflow.dna.catalog import build_catalog
-from saeflow.models.adapter import load_vocab
+from saeflow.models import load_vocab
 from saeflow.sae.base import load_sae
 from saeflow.utils import atomic_path, read_json, setup_logging, write_json
 
@@ -15,9 +15,10 @@ setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 i = snakemake.input
 sae = load_sae(i.sae)
-# the vocabulary of the family the model was extracted with (toy: detected from the files, as the loader does)
-family = snakemake.params.family if snakemake.params.family != "toy" else None
-vocab = load_vocab(os.path.join(i.model, snakemake.params.subfolder), family=family)
+# the vocabulary of the family the model was extracted with
+vocab = load_vocab(
+    os.path.join(i.model, snakemake.params.subfolder), family=snakemake.params.family
+)
 hist = histogram.empty(sae.d_sae)  # per-feature activation histograms (the atlas's feature pages)
 feats, contexts, summary, sv = build_catalog(
     sae,

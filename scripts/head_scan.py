@@ -5,7 +5,7 @@ import torch
 
 from saeflow.dna.evidence import head_scan, load_motifs
 from saeflow.dna.evidence_plots import head_scan_heatmap
-from saeflow.models.adapter import load_model
+from saeflow.models import load_model
 from saeflow.utils import setup_job, torch_device, write_table
 
 setup_job(snakemake)

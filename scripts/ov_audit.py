@@ -6,7 +6,7 @@ import torch
 from saeflow.compare.circuits import audit_heatmap
 from saeflow.compare.runs import audit_run, motif_directions, read_layer_table, select_audit_heads
 from saeflow.decoder import decoder_rows
-from saeflow.models.adapter import load_model
+from saeflow.models import load_model
 from saeflow.utils import SaeflowError, setup_job, write_table
 
 setup_job(snakemake)

@@ -15,7 +15,7 @@ from saeflow.dna.evidence import (
 )
 from saeflow.dna.evidence_plots import patching_heatmap
 from saeflow.dna.motifscan import scan
-from saeflow.models.adapter import load_model
+from saeflow.models import load_model
 from saeflow.utils import setup_job, torch_device, write_table
 
 setup_job(snakemake)

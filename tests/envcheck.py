@@ -67,11 +67,12 @@ IMPLICIT = {
 }
 
 #: Functions that import modules by name at run time (importlib), with the modules they may load:
-#: reaching the function reaches those modules whole. ``load_model`` picks a family's loader
-#: from ``saeflow.models.adapter.LOADERS``.
+#: reaching the function reaches those modules whole. ``lookup`` (behind ``load_model``,
+#: ``detect_family`` and ``load_vocab``) imports a family's module from
+#: ``saeflow.models.registry.FAMILY_MODULES``.
 DYNAMIC = {
-    ("saeflow.models.adapter", "load_model"): [
-        "saeflow.models.adapter",
+    ("saeflow.models.registry", "lookup"): [
+        "saeflow.models.hf",
         "saeflow.models.dnabert",
         "saeflow.models.nucleotide_transformer",
         "saeflow.models.geneformer",

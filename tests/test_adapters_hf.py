@@ -15,8 +15,8 @@ import scipy.sparse as sp
 import torch
 from tinymodels import gene, make_dnabert_dir, make_geneformer_dir, make_nt_dir, nt_config
 
-from saeflow.models import load_model
-from saeflow.models.adapter import FAMILIES, LOADERS, detect_family, load_vocab
+from saeflow.models import FAMILIES, detect_family, load_model, load_vocab
+from saeflow.models import registry as reg
 from saeflow.models.base import Capture, CellMatrix, Patch
 from saeflow.utils import SaeflowError
 
@@ -557,10 +557,24 @@ def test_registry_detects_and_refuses(dirs, tiny_model_dir, tmp_path):
         "dnabert2",
         "scgpt",
     )
-    assert LOADERS["dnabert2"] == ("saeflow.models.dnabert2", "load_dnabert2")
-    assert LOADERS["scgpt"] == ("saeflow.models.scgpt", "load_scgpt")
+    from saeflow.models.dnabert2 import load_dnabert2
+    from saeflow.models.scgpt import load_scgpt
+
+    assert reg.FAMILY_MODULES["dnabert2"] == "saeflow.models.dnabert2"
+    assert reg.FAMILY_MODULES["scgpt"] == "saeflow.models.scgpt"
+    assert reg.lookup("dnabert2").load is load_dnabert2 and reg.lookup("scgpt").load is load_scgpt
+    assert [reg.lookup(n).name for n in FAMILIES] == list(FAMILIES)
     assert detect_family(tiny_model_dir) == "toy"
     assert load_model(tiny_model_dir, family="toy").family == "hf_dna"
+    for auto in ("auto", ""):  # the config's "detect" values
+        assert load_model(tiny_model_dir, family=auto).family == "hf_dna"
+    vocab = load_vocab(tiny_model_dir, family="toy")
+    assert vocab == load_vocab(tiny_model_dir, family="auto") and "A" in vocab.values()
+    # "toy" is the toy family, not "detect": another family's checkpoint is refused, named
+    with pytest.raises(
+        SaeflowError, match="no tokenizer.json.*'nucleotide_transformer' checkpoint"
+    ):
+        load_model(dirs["nt"], family="toy")
     assert detect_family(dirs["nt"]) == "nucleotide_transformer"
     assert detect_family(dirs["geneformer_V1"]) == "geneformer"
     ad = load_model(dirs["nt"])  # auto-detected
@@ -574,3 +588,81 @@ def test_registry_detects_and_refuses(dirs, tiny_model_dir, tmp_path):
         load_model(tmp_path, family="bogus")
     with pytest.raises(SaeflowError, match="not a model directory"):
         load_model(tmp_path / "nope")
+    with pytest.raises(SaeflowError, match="not a model directory"):
+        load_vocab(tmp_path / "nope")
+    with pytest.raises(SaeflowError, match="cannot tell the model family"):
+        load_vocab(tmp_path)  # no guessing: the vocabulary of a family that loads, or an error
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SaeflowError, match="config.json: not valid JSON"):
+        detect_family(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(
+        SaeflowError,
+        match=r"no config.json\); expected a save_pretrained layout, or an scGPT checkpoint "
+        r"\(args.json, vocab.json, \*.pt\)$",
+    ):
+        detect_family(tmp_path)
+
+
+def test_detection_order_first_match_wins(dirs, tiny_model_dir, tmp_path):
+    """Layouts that satisfy two rules go to the earlier family: DNABERT-2 ships tokenizer.json
+    (toy's mark) and a BERT config; Geneformer's dictionary beats a vocab.txt; a fast tokenizer
+    beside DNABERT's vocab.txt is a toy-style directory."""
+    import shutil
+
+    d2 = tmp_path / "dnabert2_like"
+    shutil.copytree(tiny_model_dir, d2)
+    cfg = json.loads((d2 / "config.json").read_text())
+    (d2 / "config.json").write_text(json.dumps(cfg | {"alibi_starting_size": 512}))
+    assert detect_family(d2) == "dnabert2"
+    gf = tmp_path / "gf_like"
+    shutil.copytree(dirs["dnabert6"], gf)
+    shutil.copy(next(dirs["geneformer_V1"].glob("token_dictionary*.pkl")), gf)
+    assert detect_family(gf) == "geneformer"
+    toy = tmp_path / "toy_like"
+    shutil.copytree(dirs["dnabert6"], toy)
+    shutil.copy(tiny_model_dir / "tokenizer.json", toy)
+    assert detect_family(toy) == "toy"
+    assert [f.name for f in sorted(map(reg.lookup, FAMILIES), key=lambda f: f.priority)] == [
+        "scgpt",
+        "geneformer",
+        "dnabert2",
+        "toy",
+        "dnabert",
+        "nucleotide_transformer",
+    ]
+
+
+def test_a_family_plugs_in_through_register(dirs, monkeypatch, tmp_path):
+    """A family from outside saeflow: registered, it is detected (by priority), loaded, listed."""
+    monkeypatch.setattr(reg, "_registered", dict(reg._registered))
+    loaded = []
+
+    def load(path, device=None):
+        loaded.append((path, device))
+        return "adapter"
+
+    fam = reg.Family(
+        "mine",
+        detect=lambda p: (p / "MINE").is_file(),
+        load=load,
+        vocab=lambda p: {0: "x"},
+        priority=45,  # after toy, before dnabert
+    )
+    assert reg.register(fam) is fam
+    (tmp_path / "MINE").write_text("")
+    (tmp_path / "config.json").write_text("{}")
+    assert detect_family(tmp_path) == "mine"
+    assert load_model(tmp_path, device="cpu") == "adapter" and loaded == [(tmp_path, "cpu")]
+    assert load_vocab(tmp_path) == {0: "x"} and load_vocab(dirs["nt"], family="mine") == {0: "x"}
+    assert reg.known()[-1] == "mine" and "mine" not in FAMILIES
+    (dirs["dnabert6"] / "MINE").write_text("")
+    try:
+        assert detect_family(dirs["dnabert6"]) == "mine"  # 45 < dnabert's 50
+    finally:
+        (dirs["dnabert6"] / "MINE").unlink()
+    with pytest.raises(SaeflowError, match="cannot register"):
+        reg.register(reg.Family("auto", fam.detect, fam.load, fam.vocab, 1))
+    monkeypatch.setitem(reg.FAMILY_MODULES, "ghost", "saeflow.utils")
+    with pytest.raises(SaeflowError, match="saeflow.utils does not register it"):
+        load_model(tmp_path, family="ghost")

@@ -80,7 +80,7 @@ def ad(ckpt):
 
 
 def test_load_vocab_is_the_adapters_bpe_vocabulary(ad, ckpt):
-    from saeflow.models.adapter import detect_family, load_vocab
+    from saeflow.models import detect_family, load_vocab
 
     want = {i: t for t, i in ad.tokenizer.get_vocab().items()}
     assert detect_family(ckpt[0]) == "dnabert2"

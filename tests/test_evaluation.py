@@ -1,4 +1,5 @@
 import json
+import types
 
 import numpy as np
 import pandas as pd
@@ -176,7 +177,7 @@ def test_evaluate_sae_end_to_end(tiny_model_dir, tmp_path):
         tmp_path / "sae",
         tmp_path / "acts",
         tmp_path / "sequences.parquet",
-        tiny_model_dir,
+        ad,
         2,
         batch_size=3,
         max_sequences=4,
@@ -197,17 +198,18 @@ def test_evaluate_sae_end_to_end(tiny_model_dir, tmp_path):
         tmp_path / "summary.png"
     ).stat().st_size > 0
 
+    # the adapter passed in is the one checked against the SAE's width
+    other = types.SimpleNamespace(d_model=ad.d_model + 1, family="other")
+    with pytest.raises(SaeflowError, match=rf"d_in={ad.d_model}, but the model \(other\) has"):
+        evaluate_sae(tmp_path / "sae", tmp_path / "acts", tmp_path / "sequences.parquet", other, 2)
+
     arr = np.load(tmp_path / "acts" / "layer2.npy", mmap_mode="r+")
     arr[test_rows[2], 0] = np.inf
     arr.flush()
     with pytest.raises(
         SaeflowError, match=rf"{tmp_path}/acts/layer2\.npy: NaN or inf in activation rows"
     ):
-        evaluate_sae(
-            tmp_path / "sae", tmp_path / "acts", tmp_path / "sequences.parquet", tiny_model_dir, 2
-        )
+        evaluate_sae(tmp_path / "sae", tmp_path / "acts", tmp_path / "sequences.parquet", ad, 2)
     with pytest.raises(SaeflowError, match="no held-out sequences"):
         seqs.assign(split="train").to_parquet(tmp_path / "train_only.parquet")
-        evaluate_sae(
-            tmp_path / "sae", tmp_path / "acts", tmp_path / "train_only.parquet", tiny_model_dir, 2
-        )
+        evaluate_sae(tmp_path / "sae", tmp_path / "acts", tmp_path / "train_only.parquet", ad, 2)

@@ -94,7 +94,7 @@ def test_best_motif_features_selects_on_train_and_ignores_dead():
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir):
-    from saeflow.models.adapter import load_model
+    from saeflow.models import load_model
 
     torch.manual_seed(0)
     return load_model(tiny_model_dir, family="toy")

@@ -403,7 +403,7 @@ def test_vocab_without_specials_gets_them_appended(tmp_path, ref):
     assert ad.tokenizer.pad_id == len(GENES) and ad.tokenizer.cls_id == len(GENES) + 1
     assert ad.tokenizer.vocab["<eoc>"] == len(GENES) + 2
     # the feature catalog's vocabulary is the adapter's, specials included
-    from saeflow.models.adapter import load_vocab
+    from saeflow.models import load_vocab
 
     assert load_vocab(tmp_path / "v") == {i: t for t, i in ad.tokenizer.vocab.items()}
     assert load_vocab(tmp_path / "v", family="scgpt")[len(GENES) + 1] == "<cls>"

@@ -84,7 +84,7 @@ def _check_config():
     for name, m in models.items():
         if m["source"] == "local" and not m["path"]:
             errors.append(f"models.{name}.path: required when source is 'local'")
-        if m["source"] == "toy" and m["family"] == "toy" and m["reference"] not in refs:
+        if m["source"] == "toy" and m["family"] in ("toy", "auto") and m["reference"] not in refs:
             errors.append(f"models.{name}.reference: unknown reference {m['reference']!r}")
         if m["source"] == "hub":
             for key in ("repo_id", "revision"):
@@ -106,9 +106,9 @@ def _check_config():
             ds = m["toy_cells"]["dataset"]
             if ds not in dsets or dsets[ds]["kind"] != "cells":
                 errors.append(f"models.{name}.toy_cells.dataset: {ds!r} is not a cells dataset")
-        elif m["source"] == "toy" and m["family"] != "toy":
+        elif m["source"] == "toy" and m["family"] not in ("toy", "auto"):
             errors.append(
-                f"models.{name}.family: a toy model is the toy ESM (family toy) "
+                f"models.{name}.family: a toy model is the toy ESM (family toy or auto) "
                 "or the toy Geneformer (family geneformer)"
             )
     for name, d in dsets.items():

@@ -1,3 +1,10 @@
-"""Model loading and adapters: one interface over every model family."""
+"""Model loading and adapters: one interface over every model family (see :mod:`.registry`)."""
 
-from saeflow.models.adapter import DnaAdapter, load_model  # noqa: F401
+from saeflow.models.registry import (  # noqa: F401
+    FAMILIES,
+    Family,
+    detect_family,
+    load_model,
+    load_vocab,
+    register,
+)

@@ -57,6 +57,20 @@ def read_vocab_txt(path: str | os.PathLike) -> list[str]:
     return tokens
 
 
+def vocab_head(path: str | os.PathLike, n: int = 8) -> list[str]:
+    """The first ``n`` tokens of a ``vocab.txt`` ([] when unreadable): cheap family detection."""
+    try:
+        with open(path) as fh:
+            return [line.strip() for _, line in zip(range(n), fh)]
+    except OSError:
+        return []
+
+
+def vocab_txt_ids(model_dir: Path) -> dict[int, str]:
+    """id -> token of a model directory's ``vocab.txt`` (id = line number)."""
+    return dict(enumerate(read_vocab_txt(Path(model_dir) / "vocab.txt")))
+
+
 def kmer_length(tokens: list[str], specials: set[str], path, alphabet: str = "ACGT") -> int:
     """The k of the k-mer tokens of a vocabulary: the length of its longest all-``alphabet`` tokens.
 

@@ -26,9 +26,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from saeflow.models.adapter import HFMaskedLMAdapter, load_checked, read_config
 from saeflow.models.base import TokenBatch
-from saeflow.models.dna_tokens import VocabTokenizer, assemble, kmer_length, read_vocab_txt
+from saeflow.models.dna_tokens import (
+    VocabTokenizer,
+    assemble,
+    kmer_length,
+    read_vocab_txt,
+    vocab_head,
+    vocab_txt_ids,
+)
+from saeflow.models.hf import HFMaskedLMAdapter, load_checked, read_config
+from saeflow.models.registry import Family, register
 from saeflow.utils import SaeflowError
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -105,3 +113,11 @@ def load_dnabert(path: str | os.PathLike, device=None) -> DnaBertAdapter:
         )
     model = load_checked(BertForMaskedLM, path, config, f"DNABERT-{tok.k}")
     return DnaBertAdapter(model, tok, device)
+
+
+def is_dnabert(path: Path) -> bool:
+    """``config.json`` and a ``vocab.txt`` that starts ``[PAD] [UNK] [CLS] [SEP] [MASK]``."""
+    return (path / "config.json").is_file() and vocab_head(path / "vocab.txt", 5) == list(SPECIALS)
+
+
+register(Family("dnabert", detect=is_dnabert, load=load_dnabert, vocab=vocab_txt_ids, priority=50))

@@ -89,6 +89,8 @@ import torch
 from torch import nn
 
 from saeflow.models.base import HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.models.hf import read_config
+from saeflow.models.registry import Family, register
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -715,3 +717,23 @@ def load_dnabert2(path: str | os.PathLike, device=None) -> Dnabert2Adapter:
     return Dnabert2Adapter(
         model, tokenizer, torch.device(device) if isinstance(device, str) else device
     )
+
+
+def is_dnabert2(path: Path) -> bool:
+    """``config.json`` with ALiBi's ``alibi_starting_size`` or an ``auto_map`` into ``bert_layers``."""
+    if not (path / "config.json").is_file():
+        return False
+    cfg = read_config(path)
+    auto_map = cfg.get("auto_map") or {}
+    return "alibi_starting_size" in cfg or any("bert_layers" in str(v) for v in auto_map.values())
+
+
+def dnabert2_vocab(path: Path) -> dict[int, str]:
+    """id -> token of ``tokenizer.json``, read as the adapter reads it (BPE pieces)."""
+    tok = load_dnabert2_tokenizer(path / "tokenizer.json")
+    return {i: t for t, i in tok.get_vocab().items()}
+
+
+register(
+    Family("dnabert2", detect=is_dnabert2, load=load_dnabert2, vocab=dnabert2_vocab, priority=30)
+)

@@ -53,8 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-from saeflow.models.adapter import HFMaskedLMAdapter, load_checked, read_config
 from saeflow.models.base import CellMatrix, TokenBatch
+from saeflow.models.hf import HFMaskedLMAdapter, load_checked, read_config
+from saeflow.models.registry import Family, register
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -405,3 +406,29 @@ def load_geneformer(
     tok = GeneformerTokenizer(token_dict, medians, size, special, source=str(tok_file))
     model = load_checked(BertForMaskedLM, path, config, f"Geneformer {tok.version}")
     return GeneformerAdapter(model, tok, device)
+
+
+def is_geneformer(path: Path) -> bool:
+    """A BERT ``config.json`` with Geneformer's token dictionary near it (:func:`dictionary_candidates`)."""
+    if not (path / "config.json").is_file():
+        return False
+    return read_config(path).get("model_type") in (None, "bert") and bool(
+        dictionary_candidates(path)
+    )
+
+
+def geneformer_vocab(path: Path) -> dict[int, str]:
+    """id -> token: the token dictionary inverted (Ensembl ids and the special tokens)."""
+    tok_file, _ = find_dictionaries(path, vocab_size=read_config(path).get("vocab_size"))
+    return {i: t for t, i in read_token_dictionary(tok_file).items()}
+
+
+register(
+    Family(
+        "geneformer",
+        detect=is_geneformer,
+        load=load_geneformer,
+        vocab=geneformer_vocab,
+        priority=20,
+    )
+)

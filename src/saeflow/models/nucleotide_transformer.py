@@ -33,9 +33,17 @@ import json
 import os
 from pathlib import Path
 
-from saeflow.models.adapter import HFMaskedLMAdapter, load_checked, read_config
 from saeflow.models.base import TokenBatch
-from saeflow.models.dna_tokens import VocabTokenizer, assemble, kmer_length, read_vocab_txt
+from saeflow.models.dna_tokens import (
+    VocabTokenizer,
+    assemble,
+    kmer_length,
+    read_vocab_txt,
+    vocab_head,
+    vocab_txt_ids,
+)
+from saeflow.models.hf import HFMaskedLMAdapter, load_checked, read_config
+from saeflow.models.registry import Family, register
 from saeflow.utils import SaeflowError
 
 SPECIALS = ("<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>")
@@ -164,3 +172,21 @@ def load_nucleotide_transformer(
     limits = [n_pos, _model_max_length(path)]
     ad.max_tokens = min(n for n in limits if n)
     return ad
+
+
+def is_nucleotide_transformer(path: Path) -> bool:
+    """``config.json`` and a ``vocab.txt`` that starts ``<unk> <pad> <mask> <cls>``."""
+    return (path / "config.json").is_file() and vocab_head(path / "vocab.txt", 4) == list(
+        SPECIALS[:4]
+    )
+
+
+register(
+    Family(
+        "nucleotide_transformer",
+        detect=is_nucleotide_transformer,
+        load=load_nucleotide_transformer,
+        vocab=vocab_txt_ids,
+        priority=60,
+    )
+)

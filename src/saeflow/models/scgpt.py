@@ -84,7 +84,6 @@ and the batch-label / DSBN paths.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -93,8 +92,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from saeflow.models.base import CellMatrix, HookedAdapter, LayerSites, Site, TokenBatch
+from saeflow.models.registry import Family, register
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
@@ -319,8 +321,6 @@ class ScgptTokenizer:
         return keep, binned[keep]
 
     def __call__(self, cells: CellMatrix, max_length: int | None = None) -> TokenBatch:
-        import torch
-
         if not isinstance(cells, CellMatrix):
             raise SaeflowError(
                 f"scGPT tokenizes a CellMatrix (cells x genes counts), got {type(cells).__name__}"
@@ -385,7 +385,7 @@ class ScgptTokenizer:
         )
 
 
-# --- the model (torch modules, built on first use so importing this file stays cheap) -------
+# --- the model: torch modules (this module is imported only when the scgpt family is used) --
 @dataclass
 class ScgptOutput:
     logits: object  # (B, T) expression prediction of ExprDecoder
@@ -394,194 +394,191 @@ class ScgptOutput:
     attentions: tuple | None = None  # per block (B, H, T, T)
 
 
-@functools.lru_cache(maxsize=None)
-def _nn():
-    """The torch modules (defined lazily: torch is imported when a model is built, not at import)."""
-    import types
+class GeneEncoder(nn.Module):
+    """``scgpt.model.GeneEncoder``: embedding -> LayerNorm."""
 
-    import torch
-    from torch import nn
+    def __init__(self, n: int, d: int, eps: float):
+        super().__init__()
+        self.embedding = nn.Embedding(n, d)
+        self.enc_norm = nn.LayerNorm(d, eps=eps)
 
-    class GeneEncoder(nn.Module):
-        """``scgpt.model.GeneEncoder``: embedding -> LayerNorm."""
+    def forward(self, ids):
+        return self.enc_norm(self.embedding(ids))
 
-        def __init__(self, n: int, d: int, eps: float):
-            super().__init__()
-            self.embedding = nn.Embedding(n, d)
-            self.enc_norm = nn.LayerNorm(d, eps=eps)
 
-        def forward(self, ids):
-            return self.enc_norm(self.embedding(ids))
+class ContinuousValueEncoder(nn.Module):
+    """``scgpt.model.ContinuousValueEncoder``: clamp(max=512) -> Linear(1, d) -> ReLU -> Linear -> LayerNorm."""
 
-    class ContinuousValueEncoder(nn.Module):
-        """``scgpt.model.ContinuousValueEncoder``: clamp(max=512) -> Linear(1, d) -> ReLU -> Linear -> LayerNorm."""
+    def __init__(self, d: int, eps: float, max_value: float = VALUE_CLAMP):
+        super().__init__()
+        self.linear1 = nn.Linear(1, d)
+        self.activation = nn.ReLU()
+        self.linear2 = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d, eps=eps)
+        self.max_value = max_value
 
-        def __init__(self, d: int, eps: float, max_value: float = VALUE_CLAMP):
-            super().__init__()
-            self.linear1 = nn.Linear(1, d)
-            self.activation = nn.ReLU()
-            self.linear2 = nn.Linear(d, d)
-            self.norm = nn.LayerNorm(d, eps=eps)
-            self.max_value = max_value
+    def forward(self, x):
+        x = torch.clamp(x.unsqueeze(-1), max=self.max_value)
+        return self.norm(self.linear2(self.activation(self.linear1(x))))
 
-        def forward(self, x):
-            x = torch.clamp(x.unsqueeze(-1), max=self.max_value)
-            return self.norm(self.linear2(self.activation(self.linear1(x))))
 
-    class CategoryValueEncoder(nn.Module):
-        """``scgpt.model.CategoryValueEncoder``: bin index -> embedding -> LayerNorm."""
+class CategoryValueEncoder(nn.Module):
+    """``scgpt.model.CategoryValueEncoder``: bin index -> embedding -> LayerNorm."""
 
-        def __init__(self, n: int, d: int, eps: float):
-            super().__init__()
-            self.embedding = nn.Embedding(n, d)
-            self.enc_norm = nn.LayerNorm(d, eps=eps)
+    def __init__(self, n: int, d: int, eps: float):
+        super().__init__()
+        self.embedding = nn.Embedding(n, d)
+        self.enc_norm = nn.LayerNorm(d, eps=eps)
 
-        def forward(self, x):
-            return self.enc_norm(self.embedding(x.long()))
+    def forward(self, x):
+        return self.enc_norm(self.embedding(x.long()))
 
-    class SelfAttention(nn.Module):
-        """flash-attn 1.x ``FlashMHA`` written out: Wqkv -> per-head softmax(q k^T / sqrt(dh)) v -> out_proj.
 
-        ``hook_q``/``hook_k``/``hook_v`` see (B, T, H*dh) right after the projection, ``hook_attn``
-        the probabilities (B, H, T, T); the input of ``out_proj`` is the concatenated head outputs.
-        """
+class SelfAttention(nn.Module):
+    """flash-attn 1.x ``FlashMHA`` written out: Wqkv -> per-head softmax(q k^T / sqrt(dh)) v -> out_proj.
 
-        def __init__(self, d: int, h: int):
-            super().__init__()
-            self.n_heads, self.d_head = h, d // h
-            self.Wqkv = nn.Linear(d, 3 * d)
-            self.hook_q, self.hook_k, self.hook_v = nn.Identity(), nn.Identity(), nn.Identity()
-            self.hook_attn = nn.Identity()
-            self.out_proj = nn.Linear(d, d)
+    ``hook_q``/``hook_k``/``hook_v`` see (B, T, H*dh) right after the projection, ``hook_attn``
+    the probabilities (B, H, T, T); the input of ``out_proj`` is the concatenated head outputs.
+    """
 
-        def forward(self, x, key_pad):
-            B, T, d = x.shape
-            H, dh = self.n_heads, self.d_head
-            q, k, v = self.Wqkv(x).split(d, dim=-1)
-            q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.n_heads, self.d_head = h, d // h
+        self.Wqkv = nn.Linear(d, 3 * d)
+        self.hook_q, self.hook_k, self.hook_v = nn.Identity(), nn.Identity(), nn.Identity()
+        self.hook_attn = nn.Identity()
+        self.out_proj = nn.Linear(d, d)
 
-            def heads(t):
-                return t.reshape(B, T, H, dh).transpose(1, 2)
+    def forward(self, x, key_pad):
+        B, T, d = x.shape
+        H, dh = self.n_heads, self.d_head
+        q, k, v = self.Wqkv(x).split(d, dim=-1)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
-            scores = heads(q) @ heads(k).transpose(-1, -2) * (dh**-0.5)
-            if key_pad is not None:
-                scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
-            probs = self.hook_attn(torch.softmax(scores, dim=-1))
-            ctx = (probs @ heads(v)).transpose(1, 2).reshape(B, T, d)
-            return self.out_proj(ctx), probs
+        def heads(t):
+            return t.reshape(B, T, H, dh).transpose(1, 2)
 
-    class EncoderLayer(nn.Module):
-        """``FlashTransformerEncoderLayer`` (post- or scGPT's pre-norm), ReLU MLP, no dropout."""
+        scores = heads(q) @ heads(k).transpose(-1, -2) * (dh**-0.5)
+        if key_pad is not None:
+            scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
+        probs = self.hook_attn(torch.softmax(scores, dim=-1))
+        ctx = (probs @ heads(v)).transpose(1, 2).reshape(B, T, d)
+        return self.out_proj(ctx), probs
 
-        def __init__(self, d: int, h: int, d_hid: int, eps: float, pre_norm: bool):
-            super().__init__()
-            self.self_attn = SelfAttention(d, h)
-            self.linear1 = nn.Linear(d, d_hid)
-            self.activation = nn.ReLU()
-            self.linear2 = nn.Linear(d_hid, d)
-            self.norm1 = nn.LayerNorm(d, eps=eps)
-            self.norm2 = nn.LayerNorm(d, eps=eps)
-            self.pre_norm = pre_norm
-            self.last_attn = None
 
-        def mlp(self, x):
-            return self.linear2(self.activation(self.linear1(x)))
+class EncoderLayer(nn.Module):
+    """``FlashTransformerEncoderLayer`` (post- or scGPT's pre-norm), ReLU MLP, no dropout."""
 
-        def forward(self, x, key_pad=None):
-            if self.pre_norm:
-                x = self.norm1(x)
-                a, self.last_attn = self.self_attn(x, key_pad)
-                x = self.norm2(x + a)
-                return x + self.mlp(x)
+    def __init__(self, d: int, h: int, d_hid: int, eps: float, pre_norm: bool):
+        super().__init__()
+        self.self_attn = SelfAttention(d, h)
+        self.linear1 = nn.Linear(d, d_hid)
+        self.activation = nn.ReLU()
+        self.linear2 = nn.Linear(d_hid, d)
+        self.norm1 = nn.LayerNorm(d, eps=eps)
+        self.norm2 = nn.LayerNorm(d, eps=eps)
+        self.pre_norm = pre_norm
+        self.last_attn = None
+
+    def mlp(self, x):
+        return self.linear2(self.activation(self.linear1(x)))
+
+    def forward(self, x, key_pad=None):
+        if self.pre_norm:
+            x = self.norm1(x)
             a, self.last_attn = self.self_attn(x, key_pad)
-            x = self.norm1(x + a)
-            return self.norm2(x + self.mlp(x))
+            x = self.norm2(x + a)
+            return x + self.mlp(x)
+        a, self.last_attn = self.self_attn(x, key_pad)
+        x = self.norm1(x + a)
+        return self.norm2(x + self.mlp(x))
 
-    class TransformerEncoder(nn.Module):
-        """Holds ``layers`` (the published ``transformer_encoder.layers.N`` names); no final norm."""
 
-        def __init__(self, layers):
-            super().__init__()
-            self.layers = nn.ModuleList(layers)
+class TransformerEncoder(nn.Module):
+    """Holds ``layers`` (the published ``transformer_encoder.layers.N`` names); no final norm."""
 
-    class ExprDecoder(nn.Module):
-        """``scgpt.model.ExprDecoder`` without batch labels: fc = Linear, LeakyReLU, Linear, LeakyReLU, Linear(d, 1)."""
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
 
-        def __init__(self, d: int):
-            super().__init__()
-            self.fc = nn.Sequential(
-                nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, 1)
-            )
 
-        def forward(self, x):
-            return self.fc(x).squeeze(-1)
+class ExprDecoder(nn.Module):
+    """``scgpt.model.ExprDecoder`` without batch labels: fc = Linear, LeakyReLU, Linear, LeakyReLU, Linear(d, 1)."""
 
-    class ScgptModel(nn.Module):
-        """scGPT ``TransformerModel`` (perceptual forward) + expression decoder; see the module docstring."""
+    def __init__(self, d: int):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, 1)
+        )
 
-        def __init__(self, config: ScgptConfig):
-            super().__init__()
-            c = self.config = config
-            eps = c.layer_norm_eps
-            self.encoder = GeneEncoder(c.vocab_size, c.d_model, eps)
-            if c.input_emb_style == "continuous":
-                self.value_encoder = ContinuousValueEncoder(c.d_model, eps)
-            elif c.input_emb_style == "category":
-                self.value_encoder = CategoryValueEncoder(c.n_input_bins, c.d_model, eps)
-            elif c.input_emb_style == "scaling":
-                self.value_encoder = nn.Identity()
-            else:
-                raise SaeflowError(f"unknown scGPT input_emb_style {c.input_emb_style!r}")
-            self.hook_embed = nn.Identity()  # residual layer 0: the summed embeddings
-            self.transformer_encoder = TransformerEncoder(
-                [
-                    EncoderLayer(c.d_model, c.n_heads, c.d_hid, eps, c.pre_norm)
-                    for _ in range(c.n_layers)
-                ]
-            )
-            self.decoder = ExprDecoder(c.d_model)
+    def forward(self, x):
+        return self.fc(x).squeeze(-1)
 
-        def forward(
-            self,
-            input_ids,
-            values,
-            attention_mask=None,
-            output_hidden_states: bool = False,
-            output_attentions: bool = False,
-            **_,
-        ):
-            if attention_mask is None:
-                key_pad = input_ids.eq(self.config.pad_token_id)
-            else:
-                key_pad = attention_mask.eq(0)
-            genes = self.encoder(input_ids)
-            vals = self.value_encoder(values)
-            if self.config.input_emb_style == "scaling":
-                x = genes * vals.unsqueeze(-1)
-            else:
-                x = genes + vals
-            x = self.hook_embed(x)
-            hidden = [x]
-            attns = []
-            for layer in self.transformer_encoder.layers:
-                x = layer(x, key_pad)
-                hidden.append(x)
-                if output_attentions:
-                    attns.append(layer.last_attn)
-                layer.last_attn = None
-            return ScgptOutput(
-                logits=self.decoder(x),
-                last_hidden_state=x,
-                hidden_states=tuple(hidden) if output_hidden_states else None,
-                attentions=tuple(attns) if output_attentions else None,
-            )
 
-    return types.SimpleNamespace(ScgptModel=ScgptModel)
+class ScgptModel(nn.Module):
+    """scGPT ``TransformerModel`` (perceptual forward) + expression decoder; see the module docstring."""
+
+    def __init__(self, config: ScgptConfig):
+        super().__init__()
+        c = self.config = config
+        eps = c.layer_norm_eps
+        self.encoder = GeneEncoder(c.vocab_size, c.d_model, eps)
+        if c.input_emb_style == "continuous":
+            self.value_encoder = ContinuousValueEncoder(c.d_model, eps)
+        elif c.input_emb_style == "category":
+            self.value_encoder = CategoryValueEncoder(c.n_input_bins, c.d_model, eps)
+        elif c.input_emb_style == "scaling":
+            self.value_encoder = nn.Identity()
+        else:
+            raise SaeflowError(f"unknown scGPT input_emb_style {c.input_emb_style!r}")
+        self.hook_embed = nn.Identity()  # residual layer 0: the summed embeddings
+        self.transformer_encoder = TransformerEncoder(
+            [
+                EncoderLayer(c.d_model, c.n_heads, c.d_hid, eps, c.pre_norm)
+                for _ in range(c.n_layers)
+            ]
+        )
+        self.decoder = ExprDecoder(c.d_model)
+
+    def forward(
+        self,
+        input_ids,
+        values,
+        attention_mask=None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        **_,
+    ):
+        if attention_mask is None:
+            key_pad = input_ids.eq(self.config.pad_token_id)
+        else:
+            key_pad = attention_mask.eq(0)
+        genes = self.encoder(input_ids)
+        vals = self.value_encoder(values)
+        if self.config.input_emb_style == "scaling":
+            x = genes * vals.unsqueeze(-1)
+        else:
+            x = genes + vals
+        x = self.hook_embed(x)
+        hidden = [x]
+        attns = []
+        for layer in self.transformer_encoder.layers:
+            x = layer(x, key_pad)
+            hidden.append(x)
+            if output_attentions:
+                attns.append(layer.last_attn)
+            layer.last_attn = None
+        return ScgptOutput(
+            logits=self.decoder(x),
+            last_hidden_state=x,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attns) if output_attentions else None,
+        )
 
 
 def build_model(config: ScgptConfig):
     """An untrained :class:`ScgptModel` of ``config``'s sizes (weights come from :func:`load_scgpt`)."""
-    return _nn().ScgptModel(config)
+    return ScgptModel(config)
 
 
 # --- the adapter ----------------------------------------------------------------------------
@@ -643,8 +640,6 @@ class ScgptAdapter(HookedAdapter):
 
     def head_weights(self, layer: int) -> dict:
         """W_Q, W_K, W_V (H, d_model, d_head) from ``Wqkv`` (rows q | k | v), W_O (H, d_head, d_model)."""
-        import torch
-
         self._check_layer(layer, 1)
         att = self.blocks()[layer - 1].self_attn
         H, dh, d = self.n_heads, self.d_head, self.d_model
@@ -709,8 +704,6 @@ def read_vocab(path: Path) -> dict[str, int]:
 
 
 def _load_state_dict(path: Path) -> dict:
-    import torch
-
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch save, pickled objects beyond tensors
@@ -745,8 +738,6 @@ def load_scgpt(
     the tensors the forward pass uses; the others are listed in one log line
     (``adapter.checkpoint_keys`` has both lists, in the file's spelling).
     """
-    import torch
-
     path = Path(path)
     if not path.is_dir():
         raise SaeflowError(
@@ -893,3 +884,30 @@ def load_scgpt(
     if device is not None and not isinstance(device, torch.device):
         device = torch.device(device)
     return ScgptAdapter(model, tokenizer, device, checkpoint_keys={"used": used, "unused": unused})
+
+
+def is_scgpt(path: Path) -> bool:
+    """scGPT's released layout: no ``config.json``; ``args.json``, ``vocab.json`` and a ``*.pt``."""
+    return (
+        not (path / "config.json").is_file()
+        and (path / "args.json").is_file()
+        and (path / "vocab.json").is_file()
+        and any(path.glob("*.pt"))
+    )
+
+
+def scgpt_vocab(path: Path) -> dict[int, str]:
+    """id -> gene symbol of ``vocab.json`` (the specials appended as the adapter does)."""
+    return {i: t for t, i in read_vocab(path / "vocab.json").items()}
+
+
+register(
+    Family(
+        "scgpt",
+        detect=is_scgpt,
+        load=load_scgpt,
+        vocab=scgpt_vocab,
+        priority=10,
+        layout="an scGPT checkpoint (args.json, vocab.json, *.pt)",
+    )
+)

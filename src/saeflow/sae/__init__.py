@@ -1,6 +1,7 @@
 """Sparse autoencoders: architectures, training, saving in the SAELens layout.
 
-``ARCHITECTURES`` maps a recipe's ``arch`` to its class. Each class shares the
+``ARCHITECTURES`` maps a recipe's ``arch`` to its class (each registers itself in
+:mod:`saeflow.sae.base` when defined; this package imports them all). Each class shares the
 encoder/decoder parameterisation and the sparse training step of
 :class:`~saeflow.sae.base.SAE` and adds only its activation function and
 sparsity terms.
@@ -14,16 +15,9 @@ sparsity terms.
 """
 
 from saeflow.decoder import decoder_rows  # noqa: F401  (the one decoder reader, torch-free)
-from saeflow.sae.base import RECIPE_DEFAULTS, SAE, load_sae  # noqa: F401
-from saeflow.sae.penalized import JumpReLUSAE, ReluL1SAE
-from saeflow.sae.topk import BatchTopKSAE, TopKSAE
-
-ARCHITECTURES: dict[str, type[SAE]] = {
-    "topk": TopKSAE,
-    "batchtopk": BatchTopKSAE,
-    "jumprelu": JumpReLUSAE,
-    "relu_l1": ReluL1SAE,
-}
+from saeflow.sae.base import ARCHITECTURES, RECIPE_DEFAULTS, SAE, load_sae  # noqa: F401
+from saeflow.sae.penalized import JumpReLUSAE, ReluL1SAE  # noqa: F401
+from saeflow.sae.topk import BatchTopKSAE, TopKSAE  # noqa: F401
 
 
 def build_sae(recipe: dict, d_in: int) -> SAE:

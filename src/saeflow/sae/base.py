@@ -46,10 +46,20 @@ RECIPE_DEFAULTS = {
     "b_dec_init": "geometric_median",
 }
 
+#: recipe ``arch`` -> SAE class. A subclass that names its ``architecture`` registers itself when
+#: it is defined; ``saeflow.sae`` imports every architecture's module, so importing anything from
+#: the package (this module included) fills it.
+ARCHITECTURES: dict[str, type[SAE]] = {}
+
 
 class SAE(nn.Module):
     architecture = "base"  # saeflow's name (the recipe's ``arch``)
     saelens_architecture = "standard"  # the class SAELens instantiates from cfg.json
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "architecture" in cls.__dict__:
+            ARCHITECTURES[cls.architecture] = cls
 
     def __init__(self, d_in: int, d_sae: int, seed: int = 0):
         super().__init__()
@@ -233,8 +243,6 @@ class SAE(nn.Module):
 
 def load_sae(directory: str | os.PathLike) -> SAE:
     from safetensors.torch import load_file
-
-    from saeflow.sae import ARCHITECTURES
 
     directory = Path(directory)
     cfg_path = directory / "cfg.json"

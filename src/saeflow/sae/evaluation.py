@@ -374,18 +374,18 @@ def evaluate_sae(
     sae_dir: str | os.PathLike,
     acts_dir: str | os.PathLike,
     sequences_path: str | os.PathLike,
-    model_dir: str | os.PathLike,
+    adapter,
     layer: int,
     mask_prob: float = 0.15,
     seed: int = 0,
     batch_size: int = 16,
     max_sequences: int | None = None,
-    device=None,
-    family: str | None = None,
     cells_path: str | os.PathLike | None = None,
 ) -> tuple[dict, np.ndarray]:
     """All held-out metrics of the SAE in ``sae_dir`` on ``layer``; returns (metrics, per-latent frequency).
 
+    ``adapter`` is the model the activations were extracted from, loaded by the caller
+    (:func:`saeflow.models.load_model`; the SAE layer knows nothing of model families).
     ``max_sequences`` caps the held-out sequences used for the LM loss (a seeded sample); the
     activation metrics always use every held-out token. With ``cells_path`` (a cell dataset's
     ``cells.h5ad``; ``sequences_path`` is then its cell table) the activation metrics are the same,
@@ -393,7 +393,6 @@ def evaluate_sae(
     ``loss_note``): Geneformer's masked-gene objective and scGPT's expression regression need
     their own masking and loss, which the single-cell analyses will bring.
     """
-    from saeflow.models import load_model
     from saeflow.sae import load_sae
 
     store = ActivationStore(acts_dir)
@@ -414,13 +413,9 @@ def evaluate_sae(
     freq = act.pop("frequency")
     act["n_tokens"] = int(act["n_tokens"])
 
-    # ``family`` (config models.<name>.family) goes to the loader except for the generic (toy) one.
-    adapter = load_model(
-        model_dir, device=device, **({"family": family} if family and family != "toy" else {})
-    )
     if adapter.d_model != sae.d_in:
         raise SaeflowError(
-            f"{sae_dir}/cfg.json: d_in={sae.d_in}, but the model in {model_dir} has width "
+            f"{sae_dir}/cfg.json: d_in={sae.d_in}, but the model ({adapter.family}) has width "
             f"{adapter.d_model}"
         )
     if cells_path:
