@@ -36,17 +36,7 @@ ALLOWED = {
 #: Known violations outside models/ and sae/, being fixed elsewhere (the DNA / single-cell split and
 #: the move of the statistics helpers into saeflow.stats). Each is (rule, importer, imported) or
 #: ("private", importer, module, name); delete an entry with its fix (a stale entry fails).
-KNOWN_VIOLATIONS: set[tuple[str, ...]] = {
-    # layer: dna imports cells (differential expression reuses cells.features)
-    ("layer", "saeflow.dna.differential", "saeflow.cells.features"),
-    # private: probe statistics (AUROC, bootstrap CIs) used outside dna.probes
-    ("private", "saeflow.compare.paired", "saeflow.dna.probes", "_as_labels"),
-    ("private", "saeflow.compare.paired", "saeflow.dna.probes", "_auroc"),
-    ("private", "saeflow.compare.paired", "saeflow.dna.probes", "_boot_aurocs"),
-    ("private", "saeflow.compare.paired", "saeflow.dna.probes", "_need_two_classes"),
-    ("private", "saeflow.compare.paired", "saeflow.dna.probes", "_percentile_ci"),
-    ("private", "saeflow.dna.evidence", "saeflow.dna.probes", "_auroc"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, ...]] = set()
 
 
 # --- reading the source -----------------------------------------------------------------------
