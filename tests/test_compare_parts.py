@@ -1,0 +1,159 @@
+"""saeflow.compare.parts: what the comparison rule scripts decide, on small synthetic runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from saeflow.compare.parts import match_runs, sample_sequences, shared_gene_rows
+from saeflow.utils import SaeflowError
+
+# --------------------------------------------------------------------------- matching
+
+
+def _run(label, dataset, kind="peaks", layers=(1, 2), n_layers=2, tmp=None):
+    files = {"activations": f"{label}/acts", "saes": [f"{label}/l{layer}" for layer in layers]}
+    if tmp is not None:
+        files["sequences"] = str(tmp / f"{dataset}.parquet")
+    return dict(
+        label=label, dataset=dataset, kind=kind, layers=list(layers), n_layers=n_layers, files=files
+    )
+
+
+class FakeCodes:
+    """Codes of planted runs: run "b" holds run "a"'s features (columns permuted, rescaled) on every
+    row; "c" is independent. Records every call."""
+
+    def __init__(self, n_seq=80, n_feat=12, genes=None, seed=0):
+        rng = np.random.default_rng(seed)
+        self.base = np.maximum(rng.normal(size=(n_seq, n_feat)), 0) * (
+            rng.random((n_seq, n_feat)) < 0.4
+        )
+        self.other = np.maximum(rng.normal(size=(n_seq, n_feat)), 0)
+        self.perm = rng.permutation(n_feat)
+        self.genes = genes
+        self.n_seq = n_seq
+        self.calls = []
+
+    def n_sequences(self, label):
+        return self.n_seq
+
+    def __call__(self, label, layer, rows, seq_idx=None):
+        self.calls.append((label, layer, rows, None if seq_idx is None else seq_idx.tolist()))
+        X = {"a": self.base, "b": 2.0 * self.base[:, self.perm], "c": self.other}[label]
+        if rows == "sequence":
+            return X[seq_idx]
+        names = self.genes[label]  # the codes of gene g: row int(g[1:]) of X
+        return pd.DataFrame(X[[int(g[1:]) for g in names]], index=names)
+
+
+def test_match_runs_pairs_runs_on_shared_sequences(tmp_path):
+    pd.DataFrame({"name": [f"s{i}" for i in range(80)]}).to_parquet(tmp_path / "d.parquet")
+    pd.DataFrame({"name": [f"s{i}" for i in range(80)]}).to_parquet(tmp_path / "e.parquet")
+    runs = [
+        _run("a", "d", tmp=tmp_path),
+        _run("b", "d", tmp=tmp_path),
+        _run("c", "e", tmp=tmp_path),
+    ]
+    codes = FakeCodes()
+    table, feats = match_runs(runs, max_rows=50, seed=3, n_null=3, codes=codes)
+    # a-c and b-c are on different DNA datasets: not matched; a-b at both depths
+    assert table[["run_a", "layer_a", "run_b", "layer_b"]].values.tolist() == [
+        ["a", 1, "b", 1],
+        ["a", 2, "b", 2],
+    ]
+    assert (table.rows == "sequence").all() and (table.n_rows == 50).all()
+    assert (table.matched == table.alive_a).all() and (table.matched_fraction == 1.0).all()
+    # both runs read the same seeded sample of sequences
+    picks = {tuple(c[3]) for c in codes.calls}
+    assert len(picks) == 1 and len(next(iter(picks))) == 50
+    assert {c[0] for c in codes.calls} == {"a", "b"}
+    hit = feats[feats.matched & (feats.layer_a == 1)]
+    assert (codes.perm[hit.match.to_numpy()] == hit.feature.to_numpy()).all()
+    assert list(table.columns)[:8] == [
+        "grid_depth",
+        "run_a",
+        "layer_a",
+        "depth_a",
+        "run_b",
+        "layer_b",
+        "depth_b",
+        "rows",
+    ]
+    # nothing to match: empty tables with the summary's columns
+    table, feats = match_runs(runs[1:], codes=FakeCodes())
+    assert table.empty and list(table.columns) == list(
+        match_runs.__globals__["MATCH_SUMMARY_COLUMNS"]
+    )
+    assert feats.empty
+
+
+def test_match_runs_aligns_cell_runs_by_gene_name():
+    rng = np.random.default_rng(1)
+    genes = {"a": [f"g{i}" for i in range(60)], "b": [f"g{i}" for i in rng.permutation(70)]}
+    genes["b"] = [g for g in genes["b"] if g != "g5"]  # a gene only run a has
+    runs = [_run("a", "k562", kind="cells"), _run("b", "tissue", kind="cells")]
+    codes = FakeCodes(n_seq=70, genes=genes)
+    table, _ = match_runs(runs, n_null=2, max_rows=40, codes=codes)
+    assert (table.rows == "gene").all() and (table.n_rows == 40).all()
+    assert (table.matched_fraction == 1.0).all()  # only when row i is the same gene in both runs
+    table, _ = match_runs(runs, n_null=0, max_rows=1000, codes=codes)
+    assert (table.n_rows == 59).all()
+
+
+def test_shared_gene_rows_by_name_and_sampled():
+    A = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0]}, index=["G1", "G2", "G3", "G4"])
+    B = pd.DataFrame({"y": [30.0, 10.0, 50.0, 20.0]}, index=["G3", "G1", "G5", "G2"])
+    a, b = shared_gene_rows(A, B, max_rows=10, seed=0)
+    assert a[:, 0].tolist() == [1.0, 2.0, 3.0] and b[:, 0].tolist() == [10.0, 20.0, 30.0]
+    a, b = shared_gene_rows(A, B, max_rows=2, seed=0)
+    assert len(a) == 2 and (b[:, 0] == 10 * a[:, 0]).all()
+
+
+def test_sample_sequences_checks_every_store_against_the_table(tmp_path):
+    pd.DataFrame({"name": [f"s{i}" for i in range(30)]}).to_parquet(tmp_path / "d.parquet")
+    a, b = _run("a", "d", tmp=tmp_path), _run("b", "d", tmp=tmp_path)
+    assert sample_sequences(a, b, {"a": 30, "b": 30}, max_rows=50, seed=0).tolist() == list(
+        range(30)
+    )
+    pick = sample_sequences(a, b, {"a": 30, "b": 30}, max_rows=10, seed=0)
+    assert len(pick) == 10 and (np.diff(pick) > 0).all()
+    with pytest.raises(SaeflowError, match=r"b/acts: 29 sequences but .*d.parquet lists 30"):
+        sample_sequences(a, b, {"a": 30, "b": 29}, max_rows=10, seed=0)
+
+
+def test_run_codes_on_a_stored_run_match_itself(tmp_path):
+    """Two runs of the same stored activations and SAE: every alive feature matches its own copy."""
+    pytest.importorskip("torch")
+    from conftest import make_store
+
+    from saeflow.compare.codes import sequence_codes
+    from saeflow.compare.parts import RunCodes
+    from saeflow.sae.topk import TopKSAE
+
+    store, _ = make_store(tmp_path, n=600, d=16)
+    sae = TopKSAE(16, 32, k=4, seed=0)
+    sae.save(tmp_path / "sae1")
+    pd.DataFrame({"name": [f"s{i}" for i in range(60)]}).to_parquet(tmp_path / "d.parquet")
+    runs = [
+        dict(
+            _run(k, "d", layers=[1], n_layers=1, tmp=tmp_path),
+            files=dict(
+                activations=str(store.dir),
+                saes=[str(tmp_path / "sae1")],
+                sequences=str(tmp_path / "d.parquet"),
+            ),
+        )
+        for k in ("x", "y")
+    ]
+    codes = RunCodes(runs)
+    assert codes.n_sequences("x") == 60
+    pick = np.array([0, 5, 9])
+    got = codes("x", 1, "sequence", pick)
+    np.testing.assert_allclose(got, sequence_codes(store, sae, 1, pick), rtol=1e-6)
+    assert codes("x", 1, "sequence", pick) is got  # computed once
+    table, feats = match_runs(runs, n_null=2, codes=RunCodes(runs))
+    assert table.n_rows.tolist() == [60] and table.matched.item() == table.alive_a.item() > 0
+    alive = feats[feats.alive]
+    assert (alive.match == alive.feature).all()
