@@ -157,3 +157,139 @@ def test_run_codes_on_a_stored_run_match_itself(tmp_path):
     assert table.n_rows.tolist() == [60] and table.matched.item() == table.alive_a.item() > 0
     alive = feats[feats.alive]
     assert (alive.match == alive.feature).all()
+
+
+# --------------------------------------------------------------------------- per-layer tables
+
+
+def test_organisation_tables_per_run_with_every_fraction(tmp_path):
+    from saeflow.compare.parts import ORGANISATION_COLUMNS, organisation_tables
+
+    dirs = []
+    for layer, alive in ((1, [True, True, False, True]), (2, [True, False, False, False])):
+        d = tmp_path / f"layer{layer}"
+        d.mkdir()
+        pd.DataFrame(
+            {"feature": range(4), "alive": alive, "svd_aligned": [True, False, False, False]}
+        ).to_parquet(d / "features.parquet")
+        dirs.append(str(d))
+    runs = [dict(label="r", layers=[2, 1], n_layers=2, files={"features": dirs[::-1]})]
+    t = organisation_tables(runs)["r"]
+    assert t.layer.tolist() == [1, 2] and t.alive.tolist() == [3, 1]  # layers by their own dir
+    assert set(ORGANISATION_COLUMNS) <= set(t.columns) and t.module_fraction.isna().all()
+    pd.DataFrame({"feature": range(4)}).to_parquet(tmp_path / "layer1/features.parquet")
+    with pytest.raises(SaeflowError, match=r"layer1/features.parquet: the feature table .*'alive'"):
+        organisation_tables(runs)
+
+
+def test_annotation_columns_rates_of_any_run_then_shared_columns():
+    from saeflow.compare.parts import annotation_columns
+
+    dna = pd.DataFrame(
+        columns=["layer", "Alive", "Dead", "Novel", "alive_fraction", "novel_fraction"]
+    )
+    cells = pd.DataFrame(
+        columns=["layer", "Features", "Alive", "Annotated", "alive_fraction", "annotated_fraction"]
+    )
+    rates, shared = annotation_columns({"d": dna, "c": cells})
+    assert rates == ["alive_fraction", "annotated_fraction", "novel_fraction"]
+    assert shared == ["Alive"]
+    rates, shared = annotation_columns({"c": cells, "d": dna.assign(Features=0)})
+    assert rates == ["alive_fraction", "annotated_fraction", "novel_fraction"]
+    assert shared == ["Features", "Alive"]  # the first run's order
+
+
+def test_head_scan_depth_tables_one_line_per_run_and_motif():
+    from saeflow.compare.parts import head_scan_depth_tables
+
+    def scan(n_layers, motifs):
+        return pd.DataFrame(
+            [
+                dict(motif=m, layer=layer, head=h, r=0.1 * h + layer, rho=0.5, passes=h == 1)
+                for m in motifs
+                for layer in range(1, n_layers + 1)
+                for h in range(2)
+            ]
+        )
+
+    tables, n_layers = head_scan_depth_tables(
+        {"a": scan(4, ["M1", "M2"]), "b": scan(2, ["M2"])}, {"a": 4, "b": 2}, ["M2"]
+    )
+    assert list(tables) == ["a M2", "b M2"] and n_layers == {"a M2": 4, "b M2": 2}
+    assert tables["a M2"].layer.tolist() == [1, 2, 3, 4] and (tables["a M2"].motif == "M2").all()
+    assert tables["b M2"].best_r.tolist() == pytest.approx([1.1, 2.1])
+
+
+# --------------------------------------------------------------------------- OV / QK audit
+
+
+class HeadModel:
+    """Stand-in adapter: every block's head 0 copies d_model direction 1 (gain 2)."""
+
+    def __init__(self):
+        self.blocks = []
+
+    def head_weights(self, block):
+        self.blocks.append(block)
+        d, h = 8, 2
+        W_V, W_O = np.zeros((2, d, h)), np.zeros((2, h, d))
+        W_V[0, 1, 0], W_O[0, 0, 1] = 1.0, 2.0
+        return {"W_Q": np.ones((2, d, h)), "W_K": np.ones((2, d, h)), "W_V": W_V, "W_O": W_O}
+
+
+def _audit_run(tmp_path, label, ablation):
+    """A 4-block run with SAEs at layers 2 and 4; ``ablation``: layer -> (motif, feature) rows."""
+    from saeflow.sae.topk import TopKSAE
+
+    d = tmp_path / label
+    d.mkdir()
+    scan = pd.DataFrame(
+        [
+            dict(motif="M", layer=b, head=h, r=0.9 if (b, h) == (3, 0) else 0.1 * h)
+            for b in range(1, 5)
+            for h in range(2)
+        ]
+    )
+    scan.to_csv(d / "head_scan.tsv", sep="\t", index=False)
+    files = {"head_scan": str(d / "head_scan.tsv"), "saes": [], "ablation": []}
+    for layer in (2, 4):
+        sae = TopKSAE(8, 16, k=2, seed=layer)
+        with __import__("torch").no_grad():
+            sae.W_dec.zero_()
+            sae.W_dec[5, 1] = 1.0  # feature 5's decoder row: direction 1
+        sae.save(d / f"sae{layer}")
+        rows = ablation.get(layer, [])
+        pd.DataFrame(rows, columns=["motif", "feature"]).to_csv(
+            d / f"ablation{layer}.tsv", sep="\t", index=False
+        )
+        files["saes"].append(str(d / f"sae{layer}"))
+        files["ablation"].append(str(d / f"ablation{layer}.tsv"))
+    return dict(label=label, layers=[2, 4], n_layers=4, files=files)
+
+
+def test_audit_runs_reads_each_run_and_audits_its_top_heads(tmp_path):
+    pytest.importorskip("torch")
+    from saeflow.compare.parts import audit_plot_table, audit_runs
+
+    runs = [_audit_run(tmp_path, "a", {2: [("M", 5)]}), _audit_run(tmp_path, "b", {4: [("M", 5)]})]
+    models, loaded = {}, []
+
+    def load(r):
+        loaded.append(r["label"])
+        return models.setdefault(r["label"], HeadModel())
+
+    t = audit_runs(runs, load, heads="top", top_heads=1, k=1)
+    assert loaded == ["a", "b"] and list(t.columns)[0] == "run"
+    # the top head of the blocks next to each run's motif-feature layers: a (layer 2): blocks 2 and
+    # 3, head 0 of block 3; b (layer 4): block 4 only, its head 1
+    assert models["a"].blocks == [3] and models["b"].blocks == [4]
+    a = t[t.run == "a"].iloc[0]  # run a's feature sits at layer 2: the read side of block 3
+    assert (a.layer, a["head"], a.side, a.sae_layer, a.feature) == (3, 0, "read", 2, 5)
+    assert a.write_cos == pytest.approx(1.0) and a.self_gain == pytest.approx(2.0)
+    b = t[t.run == "b"]  # layer 2's ablation table is empty: layer 4's feature, at block 4's write
+    assert b[["layer", "head", "side", "sae_layer"]].values.tolist() == [[4, 1, "write", 4]]
+    assert audit_plot_table(t, 2).direction.str.startswith(("a M f5", "b M f5")).all()
+    assert audit_plot_table(t, 1).direction.equals(t.direction)
+    with pytest.raises(SaeflowError, match=r"ablation2.tsv, .*ablation4.tsv: no motif feature"):
+        audit_runs([_audit_run(tmp_path, "c", {})], load)
+    assert loaded == ["a", "b"]  # the model is not loaded when there is nothing to audit

@@ -10,7 +10,7 @@ run pairs, and the checks between them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -141,3 +141,138 @@ def match_runs(
                 features.append(feats)
     table = pd.DataFrame(summary, columns=MATCH_SUMMARY_COLUMNS)
     return table, pd.concat(features, ignore_index=True) if features else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- per-layer tables
+
+ORGANISATION_COLUMNS = [
+    "alive",
+    "module_fraction",
+    "superposition_share",
+    "persistent_fraction",
+    "moderate_fraction",
+    "transient_fraction",
+]
+
+
+def organisation_tables(runs: Sequence[Mapping]) -> dict[str, pd.DataFrame]:
+    """Per run (by label) its per-layer organisation table
+    (:func:`saeflow.compare.runs.run_organisation_table`) from each layer's feature table (a catalog
+    or cell-atlas directory holding ``features.parquet``) and, for cell runs, the tracking table."""
+    import os
+
+    from saeflow.compare.runs import read_layer_table, run_organisation_table
+
+    tables = {}
+    for r in runs:
+        feats = {
+            layer: read_layer_table(
+                os.path.join(d, "features.parquet"),
+                required=["feature", "alive"],
+                what="feature table",
+            )
+            for layer, d in zip(r["layers"], r["files"]["features"])
+        }
+        tracking = r["files"].get("tracking")
+        tables[r["label"]] = run_organisation_table(
+            feats, read_layer_table(tracking, what="tracking table") if tracking else None
+        )
+    return tables
+
+
+def annotation_columns(tables: Mapping[str, pd.DataFrame]) -> tuple[list[str], list[str]]:
+    """The columns of the runs' annotation-rate tables (:func:`annotation_rates`) to compare: the
+    rates any run has (alive, annotated, novel fraction, in that order), then the other columns
+    every run has, in the first run's order."""
+    rates = [
+        c
+        for c in ("alive_fraction", "annotated_fraction", "novel_fraction")
+        if any(c in t.columns for t in tables.values())
+    ]
+    shared = [
+        c
+        for c in next(iter(tables.values())).columns
+        if c != "layer" and all(c in t.columns for t in tables.values()) and c not in rates
+    ]
+    return rates, shared
+
+
+def head_scan_depth_tables(
+    scans: Mapping[str, pd.DataFrame], n_layers: Mapping[str, int], motifs: Sequence[str]
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """One per-layer head-scan summary (:func:`head_scan_layers`) per run and motif, named
+    ``"<run> <motif>"``, with its run's layer count: the lines of the depth plot."""
+    from saeflow.compare.runs import head_scan_layers
+
+    per = {
+        (r, m): t[t.motif == m]
+        for r, sc in scans.items()
+        for t in [head_scan_layers(sc)]
+        for m in motifs
+    }
+    return {f"{r} {m}": t for (r, m), t in per.items()}, {f"{r} {m}": n_layers[r] for r, m in per}
+
+
+# --------------------------------------------------------------------------- OV / QK audit
+
+
+def audit_runs(
+    runs: Sequence[Mapping],
+    load_adapter: Callable[[Mapping], object],
+    *,
+    heads: str = "top",
+    top_heads: int = 6,
+    k: int = 5,
+) -> pd.DataFrame:
+    """The OV/QK audit of each run (:func:`saeflow.compare.runs.audit_run`), a ``run`` column first.
+
+    Per run: the motif features of every layer's ablation table (layers without one are left out;
+    a run with none is an error), their SAE decoder rows, the heads the head scan selects
+    (:func:`select_audit_heads`) and their weights from the model ``load_adapter(run)`` returns.
+    """
+    from saeflow.compare.runs import (
+        audit_run,
+        motif_directions,
+        read_layer_table,
+        select_audit_heads,
+    )
+    from saeflow.sae.base import load_sae
+
+    frames = []
+    for r in runs:
+        f = r["files"]
+        scan = read_layer_table(
+            f["head_scan"], required=["motif", "layer", "head", "r"], what="head scan"
+        )
+        ablation = {
+            layer: read_layer_table(p, required=["motif", "feature"], what="ablation table")
+            for layer, p in zip(r["layers"], f["ablation"])
+        }
+        ablation = {layer: t for layer, t in ablation.items() if len(t)}
+        if not ablation:
+            raise SaeflowError(
+                f"{', '.join(f['ablation'])}: no motif feature in any layer's ablation table; "
+                "nothing to audit"
+            )
+        decoders = {
+            layer: load_sae(p).W_dec.detach().float().numpy()
+            for layer, p in zip(r["layers"], f["saes"])
+            if layer in ablation
+        }
+        directions = motif_directions(ablation, decoders)
+        selected = select_audit_heads(
+            scan, sorted(ablation), r["n_layers"], mode=heads, top=top_heads
+        )
+        adapter = load_adapter(r)
+        weights = {b: adapter.head_weights(b) for b in sorted({b for b, _ in selected})}
+        t = audit_run(weights, selected, directions, k=k)
+        t.insert(0, "run", r["label"])
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+def audit_plot_table(table: pd.DataFrame, n_runs: int) -> pd.DataFrame:
+    """The audit table as the heatmap shows it: of several runs, each direction named by its run."""
+    if n_runs > 1:
+        return table.assign(direction=table.run + " " + table.direction)
+    return table
