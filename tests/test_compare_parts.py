@@ -293,3 +293,29 @@ def test_audit_runs_reads_each_run_and_audits_its_top_heads(tmp_path):
     with pytest.raises(SaeflowError, match=r"ablation2.tsv, .*ablation4.tsv: no motif feature"):
         audit_runs([_audit_run(tmp_path, "c", {})], load)
     assert loaded == ["a", "b"]  # the model is not loaded when there is nothing to audit
+
+
+def test_log_specificity_pairs_one_line_per_pair(caplog):
+    import logging
+
+    from saeflow.compare.parts import log_specificity_pairs
+
+    pairs = pd.DataFrame(
+        dict(
+            run_a=["a", "a"],
+            layer_a=[1, 2],
+            run_b=["b", "b"],
+            layer_b=[2, 4],
+            shared_tfs=[5, 7],
+            specificity_a=[0.5, 0.25],
+            specificity_b=[0.125, 0.75],
+            p_mcnemar=[0.01, 0.5],
+            q_mcnemar=[0.02, 0.5],
+        )
+    )
+    with caplog.at_level(logging.INFO, logger="rule"):
+        log_specificity_pairs(pairs, logging.getLogger("rule"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "a L1 vs b L2: 5 shared TFs, specificity 0.500 vs 0.125, McNemar p 0.01 (q 0.02)",
+        "a L2 vs b L4: 7 shared TFs, specificity 0.250 vs 0.750, McNemar p 0.5 (q 0.5)",
+    ]

@@ -276,3 +276,24 @@ def audit_plot_table(table: pd.DataFrame, n_runs: int) -> pd.DataFrame:
     if n_runs > 1:
         return table.assign(direction=table.run + " " + table.direction)
     return table
+
+
+# --------------------------------------------------------------------------- perturbation
+
+
+def log_specificity_pairs(pairs: pd.DataFrame, logger: logging.Logger | None = None) -> None:
+    """One log line per paired layer comparison of :func:`compare_specificity` (its ``pairs``)."""
+    logger = logger or log
+    for p in pairs.itertuples():
+        logger.info(
+            "%s L%d vs %s L%d: %d shared TFs, specificity %.3f vs %.3f, McNemar p %.3g (q %.3g)",
+            p.run_a,
+            p.layer_a,
+            p.run_b,
+            p.layer_b,
+            p.shared_tfs,
+            p.specificity_a,
+            p.specificity_b,
+            p.p_mcnemar,
+            p.q_mcnemar,
+        )
