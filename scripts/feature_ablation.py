@@ -3,7 +3,7 @@ import os
 import pandas as pd
 import torch
 
-from saeflow.dna.ablation import run_feature_ablation
+from saeflow.dna.feature_evidence import run_feature_ablation
 from saeflow.models.adapter import load_model
 from saeflow.sae.base import load_sae
 from saeflow.utils import read_table, setup_job, torch_device, write_table

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from saeflow.dna.ablation import held_out_sequences, run_feature_ablation
+from saeflow.dna.feature_evidence import held_out_sequences, run_feature_ablation
 
 
 def _sequences(n=30):
@@ -72,3 +72,18 @@ def test_run_feature_ablation_ablates_each_motifs_best_live_feature(adapter):
     ]
     assert {"motif", "feature", "specificity"} <= set(null.columns)
     assert set(null.motif) <= {"A", "B"} and not null.feature.isin([0, 1, n - 1]).any()
+
+
+def test_label_differential_tests_label_1_against_0_with_each_features_frequency():
+    from saeflow.dna.feature_evidence import label_differential
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(30, int), np.zeros(30, int), np.full(5, 2)]  # label 2: left out
+    means = rng.random((65, 4))
+    means[:30, 2] += 1.0  # feature 2 is higher on label 1
+    freq = np.array([0.1, 0.2, 0.3, 0.4])
+    diff = label_differential(means, labels, freq, test="welch")
+    assert list(diff.columns[:2]) == ["feature", "frequency"]
+    assert diff.frequency.tolist() == freq.tolist() and diff.feature.tolist() == [0, 1, 2, 3]
+    top = diff.loc[diff.q.idxmin()]
+    assert top.feature == 2 and top["diff"] > 0.8 and top.q < 1e-6

@@ -1,6 +1,7 @@
-"""SAE feature ablation of a DNA model's layer (the feature_ablation rule): per motif its best
-feature (:func:`saeflow.dna.evidence.best_motif_features`, chosen on training sequences) ablated on
-a seeded sample of held-out sequences against frequency-matched null features
+"""The SAE feature rules of a DNA run's layer. feature_evidence: label 1 vs label 0 sequences per
+feature (:func:`label_differential`). feature_ablation: per motif its best feature
+(:func:`saeflow.dna.evidence.best_motif_features`, chosen on training sequences) ablated on a
+seeded sample of held-out sequences against frequency-matched null features
 (:func:`saeflow.dna.evidence.feature_ablation`).
 """
 
@@ -8,7 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
+
+
+def label_differential(
+    means, labels: np.ndarray, frequency: np.ndarray, *, test: str = "mannwhitney"
+) -> pd.DataFrame:
+    """Differential features of label 1 vs label 0 sequences (e.g. peaks vs background, promoters vs
+    not) on the per-sequence mean activations ``means`` (:func:`differential_features`), with each
+    feature's ``frequency`` after its name."""
+    from saeflow.dna.differential import differential_features
+
+    diff = differential_features(means, labels, 1, 0, test=test)
+    diff.insert(1, "frequency", frequency)
+    return diff
 
 
 def held_out_sequences(sequences: pd.DataFrame, n: int, seed: int) -> list[str]:
