@@ -1,4 +1,5 @@
 from saeflow.compare.depth import plot_by_depth
+from saeflow.compare.parts import annotation_columns
 from saeflow.compare.runs import annotation_rates, compare_layer_tables, read_layer_table
 from saeflow.utils import setup_logging, write_table
 
@@ -11,16 +12,7 @@ tables = {
     for r in runs
 }
 n_layers = {r["label"]: r["n_layers"] for r in runs}
-rates = [
-    c
-    for c in ("alive_fraction", "annotated_fraction", "novel_fraction")
-    if any(c in t.columns for t in tables.values())
-]
-shared = [
-    c
-    for c in next(iter(tables.values())).columns
-    if c != "layer" and all(c in t.columns for t in tables.values()) and c not in rates
-]
+rates, shared = annotation_columns(tables)
 write_table(
     compare_layer_tables(tables, n_layers, columns=rates + shared, max_gap=s["max_gap"]),
     snakemake.output.table,

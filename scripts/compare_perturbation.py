@@ -1,5 +1,6 @@
 import logging
 
+from saeflow.compare.parts import log_specificity_pairs
 from saeflow.compare.perturbation import compare_specificity, plot_specificity
 from saeflow.compare.runs import read_layer_table
 from saeflow.utils import setup_logging, write_table
@@ -33,19 +34,7 @@ table, pairs = compare_specificity(
     alpha=alpha,
     max_gap=s["max_gap"],
 )
-for p in pairs.itertuples():
-    logging.getLogger("compare_perturbation").info(
-        "%s L%d vs %s L%d: %d shared TFs, specificity %.3f vs %.3f, McNemar p %.3g (q %.3g)",
-        p.run_a,
-        p.layer_a,
-        p.run_b,
-        p.layer_b,
-        p.shared_tfs,
-        p.specificity_a,
-        p.specificity_b,
-        p.p_mcnemar,
-        p.q_mcnemar,
-    )
+log_specificity_pairs(pairs, logging.getLogger("compare_perturbation"))
 write_table(table, snakemake.output.table)
 write_table(pairs, snakemake.output.pairs)
 plot_specificity(

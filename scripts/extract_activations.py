@@ -4,6 +4,7 @@ import pandas as pd
 import torch
 
 from saeflow.activations import extract_activations, shard_bounds
+from saeflow.cells.items import shard_items
 from saeflow.models import load_model
 from saeflow.utils import setup_job, torch_device
 
@@ -14,12 +15,7 @@ seqs = pd.read_parquet(i.sequences)
 start, end = shard_bounds(len(seqs), p.n_shards)[int(w.shard)]
 model_path = os.path.join(i.model, p.subfolder)  # models.<name>.subfolder ("" = the directory)
 adapter = load_model(model_path, device=torch_device(), family=p.family)
-if "cells" in i.keys():  # cell datasets: the table's rows are the cells of cells.h5ad, in order
-    from saeflow.cells.prepare import load_cells
-
-    items = load_cells(i.cells)[start:end]
-else:
-    items = seqs.iloc[start:end]
+items = shard_items(seqs, start, end, i.get("cells"))  # cell datasets: from cells.h5ad
 extract_activations(
     adapter,
     items,

@@ -2,8 +2,9 @@ import pandas as pd
 import torch
 
 from saeflow.activations import ActivationStore
-from saeflow.dna.differential import differential_features, volcano
+from saeflow.dna.differential import volcano
 from saeflow.dna.evidence import feature_pass
+from saeflow.dna.feature_evidence import label_differential
 from saeflow.sae.base import load_sae
 from saeflow.utils import setup_logging, write_table
 
@@ -21,8 +22,8 @@ feats, means = feature_pass(
     seed=ev["seed"],
 )
 write_table(feats, snakemake.output.features)
-# Label 1 vs label 0 sequences (e.g. peaks vs background, promoters vs not), per-sequence mean activation.
-diff = differential_features(means, sequences.label.to_numpy(), 1, 0, test=ev["differential_test"])
-diff.insert(1, "frequency", feats.frequency.to_numpy())
+diff = label_differential(
+    means, sequences.label.to_numpy(), feats.frequency.to_numpy(), test=ev["differential_test"]
+)
 write_table(diff, snakemake.output.differential)
 volcano(diff, snakemake.output.volcano, alpha=ev["alpha"])

@@ -1,16 +1,6 @@
-import re
-from pathlib import Path
-
-import pandas as pd
-
 from saeflow import plots
+from saeflow.summaries import training_logs
 from saeflow.utils import setup_logging
 
 setup_logging(snakemake.log[0])
-curves = {
-    int(re.search(r"layer(\d+)$", d).group(1)): pd.read_json(
-        Path(d) / "training_log.jsonl", lines=True
-    )
-    for d in snakemake.input
-}
-plots.training_curves(curves, snakemake.output[0])
+plots.training_curves(training_logs(snakemake.input), snakemake.output[0])

@@ -491,6 +491,19 @@ def string_edges(
     return df
 
 
+def build_geneset(spec: dict[str, Any], name: str, raw_dir: str | os.PathLike, out) -> None:
+    """The ``genesets`` entry ``name`` from the raw files :func:`download_geneset` fetched into
+    ``raw_dir``: a clean GMT (enrichr, gmt: the set collection ``name``), the TRRUST TF-target
+    edges (trrust) or the STRING edges with combined_score >= ``spec["min_score"]`` (string)."""
+    raw = Path(raw_dir)
+    if spec["source"] in ("enrichr", "gmt"):
+        write_gmt(raw / f"{spec['library'] or name}.gmt", out, name)
+    elif spec["source"] == "trrust":
+        trrust_edges(raw / "trrust.tsv", out)
+    else:
+        string_edges(raw / "links.txt.gz", raw / "info.txt.gz", out, min_score=spec["min_score"])
+
+
 # --------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from saeflow.compare.depth import align_depth
-from saeflow.stats import sample_rows  # noqa: F401  (re-exported for the rule scripts)
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
