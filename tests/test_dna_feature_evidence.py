@@ -34,7 +34,7 @@ def test_held_out_sequences_are_a_seeded_sample_of_the_test_split_in_order():
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir):
-    from saeflow.models.adapter import load_model
+    from saeflow.models import load_model
 
     torch.manual_seed(0)
     return load_model(tiny_model_dir, family="toy")

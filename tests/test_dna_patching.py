@@ -52,7 +52,7 @@ def test_same_tokens_refuses_a_copy_that_tokenises_differently():
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir):
-    from saeflow.models.adapter import load_model
+    from saeflow.models import load_model
 
     torch.manual_seed(0)
     return load_model(tiny_model_dir, family="toy")
