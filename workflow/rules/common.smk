@@ -3,6 +3,7 @@
 # Kept import-light: every SLURM job re-parses this file.
 import json
 import os
+import re
 import sys
 
 from snakemake.utils import validate
@@ -27,7 +28,7 @@ def _resolve_config():
     import yaml
 
     with open(workflow.source_path("../schemas/config.schema.yaml")) as fh:
-        schema = yaml.safe_load(fh)
+        schema = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     try:
         validate(config, schema="../schemas/config.schema.yaml")
     except Exception:
