@@ -117,7 +117,7 @@ def test_downloads_are_not_repeated(downloaded):
 def test_the_plan_includes_downloaded_inputs(downloaded):
     """A run on downloaded sources plans the downloads' consumers without touching the network."""
     wd, _ = downloaded
-    cfg = json.loads(json.dumps(download_config({**_dummy()}, "http://127.0.0.1:9")))
+    cfg = json.loads(json.dumps(download_config({**dummy_sources()}, "http://127.0.0.1:9")))
     cfg["runs"] = [
         {"model": "tiny", "dataset": "ctcf"},
         {"model": "tiny", "dataset": "promoter_tata"},
@@ -134,7 +134,7 @@ def test_the_plan_includes_downloaded_inputs(downloaded):
     assert jobs["train_sae"] == 4 and "train_toy_model" not in jobs and "download_cells" not in jobs
 
 
-def _dummy() -> dict:
+def dummy_sources() -> dict:
     url = "http://127.0.0.1:9/x"
     return {
         "fasta_url": url + ".fa.gz",
@@ -155,40 +155,3 @@ def _dummy() -> dict:
         "string_links_url": url,
         "string_info_url": url,
     }
-
-
-@pytest.mark.parametrize(
-    "mutate,message",
-    [
-        (
-            lambda c: c["models"]["tiny"].update(n_layers=0),
-            "models.tiny.n_layers: required for a hub model",
-        ),
-        (
-            lambda c: c["models"]["tiny"]["hub"].update(revision=""),
-            "models.tiny.hub.revision: required",
-        ),
-        (
-            lambda c: c["datasets"]["replogle"].update(url=""),
-            "datasets.replogle: kind 'cells' needs h5ad",
-        ),
-        (
-            lambda c: c["datasets"]["promoter_tata"].update(table="t.tsv"),
-            "give table or nt_task, not both",
-        ),
-        (
-            lambda c: c["references"]["grch38"].update(encode_peaks=""),
-            "needs references.grch38.encode_peaks",
-        ),
-        (lambda c: c["genesets"]["hallmark"].update(url=""), "genesets.hallmark.url: required"),
-        (
-            lambda c: c["references"]["grch38"].update(encode_peaks="ENC123"),
-            "references.grch38.encode_peaks:",
-        ),
-    ],
-)
-def test_bad_download_config_fails_naming_the_key(tmp_path, mutate, message):
-    cfg = download_config(_dummy(), "http://127.0.0.1:9")
-    mutate(cfg)
-    p = smk(copy_workflow(tmp_path, cfg), "-n", "downloads", check=False)
-    assert p.returncode != 0 and message in p.stdout + p.stderr

@@ -202,34 +202,6 @@ def test_specificity_compares_runs_on_the_tfs_both_tested():
     assert pairs.q_mcnemar.tolist() == pytest.approx([1.0, 1.0])  # BH over the comparison's rows
 
 
-@pytest.mark.parametrize(
-    "mutate,message",
-    [
-        (
-            lambda d: d["pbmc_pooled"].update(pool=["pbmc", "nope"]),
-            "datasets.pbmc_pooled.pool: unknown dataset 'nope'",
-        ),
-        (
-            lambda d: d["pbmc_pooled"].update(pool=["pbmc", "ctcf_peaks"]),
-            "datasets.pbmc_pooled.pool: 'ctcf_peaks' is not a cells dataset",
-        ),
-        (
-            lambda d: d["pbmc_pooled"].update(pool=["pbmc"]),
-            "datasets.pbmc_pooled.pool: name at least two",
-        ),
-        (
-            lambda d: d["pbmc_pooled"].update(control_label="NTC"),
-            "datasets.pbmc_pooled.control_label: 'NTC', but its source 'pbmc' labels controls 'non-targeting'",
-        ),
-    ],
-)
-def test_bad_pool_fails_naming_the_key(tmp_path, mutate, message):
-    cfg = load_test_config()
-    mutate(cfg["datasets"])
-    p = smk(copy_workflow(tmp_path, cfg), "-n", check=False, timeout=300)
-    assert p.returncode != 0 and message in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
-
-
 def test_the_pooled_comparison_is_planned_from_both_sources(tmp_path):
     p = smk(
         copy_workflow(tmp_path, load_test_config()),

@@ -4,6 +4,9 @@
 # shown when present (get_atlas_inputs lists what the rule waits for).
 
 
+include: "inputs/atlas.smk"
+
+
 rule atlas:
     input:
         unpack(get_atlas_inputs),

@@ -26,7 +26,7 @@ rule feature_catalog:
 
 rule catalog_summary:
     input:
-        get_catalog_dirs,
+        get_layer_paths("catalog"),
     output:
         table=report(
             "results/{model}/{dataset}/catalog/{sae}/summary.tsv",
@@ -71,7 +71,7 @@ rule ground_truth_recovery:
 
 rule recovery_summary:
     input:
-        get_recovery_tables,
+        get_layer_paths("recovery", ".tsv"),
     output:
         table=report(
             "results/{model}/{dataset}/recovery/{sae}/recovery.tsv",

@@ -3,6 +3,9 @@
 # saeflow.cells.analysis.
 
 
+include: "inputs/cells.smk"
+
+
 rule build_pbmc:
     output:
         h5ad="resources/cells/builtin/pbmc68k_reduced.h5ad",
@@ -85,8 +88,8 @@ rule cell_features:
 
 rule cell_summary:
     input:
-        layers=get_cell_layer_dirs,
-        saes=get_sae_dirs,
+        layers=get_layer_paths("cells"),
+        saes=get_layer_paths("sae"),
     output:
         table=report(
             "results/{model}/{dataset}/cells/{sae}/summary.tsv",
@@ -145,7 +148,7 @@ rule perturbation_response:
 
 rule perturbation_summary:
     input:
-        layers=get_perturbation_layer_dirs,
+        layers=get_layer_paths("perturbation"),
     output:
         table=report(
             "results/{model}/{dataset}/perturbation/{sae}/summary.tsv",

@@ -3,6 +3,9 @@
 # OV/QK audits, under results/comparisons/{comparison}/.
 
 
+include: "inputs/compare.smk"
+
+
 rule compare_quality:
     input:
         get_comparison_inputs("quality"),

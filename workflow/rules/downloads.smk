@@ -5,6 +5,9 @@
 # or saeflow_download.json inside a model directory).
 
 
+include: "inputs/downloads.smk"
+
+
 rule download_fasta:
     output:
         "resources/references/{ref}/download/{file}",

@@ -34,7 +34,7 @@ rule evaluate_sae:
 
 rule eval_summary:
     input:
-        get_eval_files,
+        get_layer_paths("eval", ".json"),
     output:
         table=report(
             "results/{model}/{dataset}/eval/{sae}/summary.tsv",

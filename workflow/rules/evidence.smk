@@ -2,6 +2,9 @@
 # scans, activation patching, SAE feature ablation against nulls, differential features.
 
 
+include: "inputs/evidence.smk"
+
+
 rule motif_tokens:
     input:
         sequences="results/datasets/{dataset}/sequences.parquet",

@@ -24,7 +24,7 @@ rule train_sae:
 
 rule plot_training_curves:
     input:
-        get_sae_dirs,
+        get_layer_paths("sae"),
     output:
         report(
             "results/{model}/{dataset}/sae/{sae}/training_curves.png",
