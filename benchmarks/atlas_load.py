@@ -8,7 +8,8 @@ then opens ``atlas/index.html`` from disk in Debian's chromium through Playwrigh
 * overview: a fresh page; the time from navigation start to the overview rendered
   (``SAEFLOW.lastRender.at``: HTML, app.js, data/index.js, tables and SVG plots), --repeat times;
 * feature page: on that page, ``location.hash`` set to a feature whose shard was never loaded
-  (cold: one <script> of its 128-feature shard, then render), for --features features spread over the
+  (cold: one <script> of its 128-feature shard, then render), for --features features spread over
+  the
   layers; then the same features again (warm: shard in memory);
 * layer page (4,608-row table shard, virtualised) and search (every layer's search and table shard),
   for information.
@@ -73,7 +74,8 @@ def main(argv=None) -> int:
         root = run / "atlas"
         total = sum((root / f).stat().st_size for f in files)
         print(
-            f"synthetic run written in {write_s:.1f} s; atlas built in {build_s:.1f} s: {len(files)} files, "
+            f"synthetic run written in {write_s:.1f} s; atlas built in {build_s:.1f} s: "
+            f"{len(files)} files, "
             f"{total / 2**20:.1f} MiB ({ {k: round(v / 2**20, 2) for k, v in sizes.items()} } MiB)"
         )
         exe = shutil.which("chromium") or shutil.which("chromium-browser")

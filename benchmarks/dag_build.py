@@ -83,8 +83,10 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     print(
-        f"DAG of {jobs} jobs (2 models x {args.layers} layers x 3 SAEs x 2 datasets, every analysis): "
-        f"snakemake -n median {med:.2f} s over {args.repeat} runs (min {min(times):.2f}, max {max(times):.2f}); "
+        f"DAG of {jobs} jobs (2 models x {args.layers} layers x 3 SAEs x 2 datasets, every "
+        "analysis): "
+        f"snakemake -n median {med:.2f} s over {args.repeat} runs (min {min(times):.2f}, max "
+        f"{max(times):.2f}); "
         f"target < 10 s: {'PASS' if med < 10 else 'FAIL'}"
     )
 

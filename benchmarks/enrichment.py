@@ -1,4 +1,5 @@
-"""Gene-set over-representation of SAE features: saeflow (one call) vs gseapy (one call per feature).
+"""Gene-set over-representation of SAE features: saeflow (one call) vs gseapy (one call per
+feature).
 
 Synthetic inputs of the size of a single-cell SAE annotated with GO Biological Process:
 
@@ -145,9 +146,12 @@ def network_cost(H, genes, n_perm: int, seed: int) -> dict:
     )
     per = rec["swap_s_per_null"] + rec["eval_s_per_null"]
     print(
-        f"\nnetwork null at STRING scale ({u.size:,} edges, {len(bg):,} genes, max degree {rec['max_degree']}): "
-        f"{rec['swap_s_per_null']:.2f} s per rewiring (10 swaps/edge) + {rec['eval_s_per_null'] * 1e3:.0f} ms to "
-        f"count edges among the hits of all {H.shape[0]} features; 1,000 permutations ~ {per * 1000 / 60:.0f} min "
+        f"\nnetwork null at STRING scale ({u.size:,} edges, {len(bg):,} genes, max degree "
+        f"{rec['max_degree']}): "
+        f"{rec['swap_s_per_null']:.2f} s per rewiring (10 swaps/edge) + "
+        f"{rec['eval_s_per_null'] * 1e3:.0f} ms to "
+        f"count edges among the hits of all {H.shape[0]} features; 1,000 permutations ~ "
+        f"{per * 1000 / 60:.0f} min "
         f"(mean of {n_perm})"
     )
     return rec
@@ -194,8 +198,10 @@ def main() -> int:
         args.genes, args.sets, args.features, args.hits, args.seed
     )
     print(
-        f"inputs: {args.features} features (mean {H.sum() / H.shape[0]:.1f} hits), {len(sets)} sets "
-        f"(sizes {sizes.min()}..{sizes.max()}, median {int(np.median(sizes))}), universe {len(genes)}, "
+        f"inputs: {args.features} features (mean {H.sum() / H.shape[0]:.1f} hits), {len(sets)} "
+        "sets "
+        f"(sizes {sizes.min()}..{sizes.max()}, median {int(np.median(sizes))}), universe "
+        f"{len(genes)}, "
         f"background {len(background)} ({time.time() - t0:.1f} s to build)",
         flush=True,
     )
@@ -216,7 +222,8 @@ def main() -> int:
         ((df.feature == f) & (df.term == t) & (df.q <= 0.05)).any() for f, t in planted.items()
     )
     print(
-        f"saeflow: {saeflow_s:.2f} s for {args.features} x {n_sets_tested} = {fam:,} tests; {len(df):,} rows "
+        f"saeflow: {saeflow_s:.2f} s for {args.features} x {n_sets_tested} = {fam:,} tests; "
+        f"{len(df):,} rows "
         f"with k > 0; {n_sig:,} at q <= 0.05; planted found {found}/{len(planted)}",
         flush=True,
     )
@@ -328,28 +335,34 @@ def main() -> int:
     ]
     print()
     print(
-        f"| method | features timed | total s for {args.features} features | ms per feature | x saeflow |"
+        f"| method | features timed | total s for {args.features} features | ms per feature | x "
+        "saeflow |"
     )
     print("|---|---|---|---|---|")
     for name, n, tot, per, ratio in rows:
         print(f"| {name} | {n} | {tot:,.1f} | {per * 1e3:,.2f} | {ratio:,.0f} |")
     print()
     print(
-        f"gseapy timed on {len(sub)} of {args.features} features; its totals are per-feature means x "
+        f"gseapy timed on {len(sub)} of {args.features} features; its totals are per-feature "
+        "means x "
         f"{args.features} (extrapolated, not run)."
     )
     print(
-        f"p-values compared: {n_cmp:,} (feature, term) pairs; max relative difference {max_rel:.2e} "
-        f"({'PASS' if max_rel <= 1e-8 else 'FAIL'} at 1e-8); overlap genes equal on {gene_ok:,}/{gene_rows:,} "
+        f"p-values compared: {n_cmp:,} (feature, term) pairs; max relative difference "
+        f"{max_rel:.2e} "
+        f"({'PASS' if max_rel <= 1e-8 else 'FAIL'} at 1e-8); overlap genes equal on "
+        f"{gene_ok:,}/{gene_rows:,} "
         f"pairs (of them significant, from the main call: {sig_ok}/{sig_rows})"
     )
     ratio = per_enrich / per_saeflow
     print(
-        f"speed-up per feature over gseapy.enrich: {ratio:,.0f}x ({'PASS' if ratio >= 100 else 'FAIL'}: "
+        f"speed-up per feature over gseapy.enrich: {ratio:,.0f}x "
+        f"({'PASS' if ratio >= 100 else 'FAIL'}: "
         f"target >= 100x)"
     )
     print(
-        f"saeflow peak memory: VmHWM {peak:,.0f} MiB during the call, {peak - rss_before:,.0f} MiB over the "
+        f"saeflow peak memory: VmHWM {peak:,.0f} MiB during the call, {peak - rss_before:,.0f} "
+        "MiB over the "
         f"RSS before it ({rss_before:,.0f} MiB: interpreter, libraries, inputs)"
         f"{'' if peak_reset else '; peak not reset, so the process peak'}"
     )

@@ -3,7 +3,8 @@
 Inputs (seeded): ``--seqs`` random sequences of ``--length`` bp (uniform ACGT), a quarter of them
 with one CTCF site sampled from the matrix (temperature 0.5) planted at a random position and
 strand, so that there are real hits among the chance ones. Motif: MA0139.1 (CTCF, 19 columns) from
-pyjaspar's offline JASPAR2024 through ``saeflow.dna.motifs.load_jaspar``; PSSM with pseudocount 0.8 per
+pyjaspar's offline JASPAR2024 through ``saeflow.dna.motifs.load_jaspar``; PSSM with pseudocount 0.8
+per
 letter and a uniform background, built by each library (Biopython: ``counts.normalize(
 pseudocounts=0.8).log_odds()``), threshold ``min + 0.8 * (max - min)`` (``--frac``).
 
@@ -169,14 +170,19 @@ def main() -> int:
         print(f"| {name} | {med[key]:.4f} | {med[key] / med['hits']:.1f} |")
     print()
     print(
-        f"hits: saeflow {len(df)}, Biopython {len(expected)}: {'identical' if same_hits else 'DIFFERENT'} "
-        f"(seq, start, strand), max |score diff| {hit_diff:.2e}; all {2 * int(res.n_sites.sum()):,} scores vs "
-        f"calculate: max |diff| {score_diff:.2e}, NaN/-inf pattern {'equal' if pattern_ok else 'DIFFERENT'}; "
+        f"hits: saeflow {len(df)}, Biopython {len(expected)}: "
+        f"{'identical' if same_hits else 'DIFFERENT'} "
+        f"(seq, start, strand), max |score diff| {hit_diff:.2e}; all "
+        f"{2 * int(res.n_sites.sum()):,} scores vs "
+        f"calculate: max |diff| {score_diff:.2e}, NaN/-inf pattern "
+        f"{'equal' if pattern_ok else 'DIFFERENT'}; "
         f"planted sequences with a hit {planted_found}/{planted}"
     )
     print(
-        f"speed-up of hits over Biopython search: {ratio:.1f}x ({'PASS' if ratio >= 10 else 'FAIL'}: target >= 10x); "
-        f"scan over calculate: {med['calculate'] / med['scan']:.1f}x; agreement {'PASS' if ok else 'FAIL'}"
+        f"speed-up of hits over Biopython search: {ratio:.1f}x "
+        f"({'PASS' if ratio >= 10 else 'FAIL'}: target >= 10x); "
+        f"scan over calculate: {med['calculate'] / med['scan']:.1f}x; agreement "
+        f"{'PASS' if ok else 'FAIL'}"
     )
     rec = dict(
         date=time.strftime("%Y-%m-%d"),

@@ -41,7 +41,8 @@ t0 = time.time()
 tr, te = split_ranges(store.seq_offsets, seqs)
 m = train_sae(store, 1, recipe, tr, te, sys.argv[4], threads=2)
 # VmHWM: the peak RSS of this process image. (ru_maxrss is not usable here: subprocess starts the
-# worker with vfork, and at exec Linux carries the parent's peak -- which mapped the whole file while
+# worker with vfork, and at exec Linux carries the parent's peak -- which mapped the whole file
+while
 # writing it -- into the child's ru_maxrss.)
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"fvu": m["fvu"], "l0": m["l0"], "steps": m["steps"], "step_ms": m["step_ms"],
@@ -150,7 +151,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(
-        f"\n{'file GiB':>9} {'peak RSS MB':>12} {'steps':>6} {'step ms':>8} {'test tokens':>12} {'FVU':>7}"
+        f"\n{'file GiB':>9} {'peak RSS MB':>12} {'steps':>6} {'step ms':>8} {'test tokens':>12} "
+        f"{'FVU':>7}"
     )
     for r in rows:
         print(

@@ -3,7 +3,8 @@
 Run with the benchmark venv (peers on torch 2.14.1, saeflow installed --no-deps):
 
     bash benchmarks/setup_venv.sh
-    benchmarks/.venv/bin/python benchmarks/sae_speed.py [--steps 150] [--only saeflow --only sparsify]
+    benchmarks/.venv/bin/python benchmarks/sae_speed.py [--steps 150] [--only saeflow --only
+    sparsify]
 
 What it does
 ------------
@@ -271,10 +272,14 @@ def worker_saeflow(args, train, held, probe) -> dict:
     recipe.update(
         arch="topk", expansion=EXPANSION, k=K, batch_size=BATCH, seed=args.seed, shuffle=False
     )
-    # Dead-latent window as the peers count it (dictionary_learning and sparsify: 10M tokens; SAELens: 1000
-    # steps = 4M tokens), so AuxK is inactive in this short run for every library alike. The workflow's
-    # default (20k tokens) suits its small toy runs; with it AuxK switches on here after ~5 steps and
-    # reconstructs with aux_k = 256 latents per row, 8x the main k (see README, "SAE training speed").
+    # Dead-latent window as the peers count it (dictionary_learning and sparsify: 10M tokens;
+    # SAELens: 1000
+    # steps = 4M tokens), so AuxK is inactive in this short run for every library alike. The
+    # workflow's
+    # default (20k tokens) suits its small toy runs; with it AuxK switches on here after ~5 steps
+    # and
+    # reconstructs with aux_k = 256 latents per row, 8x the main k (see README, "SAE training
+    # speed").
     recipe["dead_window"] = 10_000_000
     if args.saeflow_lr is not None:
         recipe["lr"] = args.saeflow_lr
@@ -620,7 +625,8 @@ def main() -> int:
         make_activations(held, N_HELDOUT, seed=args.seed * 2 + 2)
         print(
             f"data: {n_train} train + {N_HELDOUT} held-out rows x {D_IN} float32 "
-            f"({(n_train + N_HELDOUT) * D_IN * 4 / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f}s",
+            f"({(n_train + N_HELDOUT) * D_IN * 4 / 2**30:.2f} GiB) in "
+            f"{time.perf_counter() - t0:.0f}s",
             flush=True,
         )
 
@@ -726,8 +732,10 @@ def main() -> int:
     ]
     if noisy:
         print(
-            f"WARNING: the matmul re-timed inside the workers moved by >25% from the {matmul_ms:.2f} ms baseline "
-            f"({', '.join(f'{lib} {v:.1f} ms' for lib, v in noisy)}): the machine was busy; step times and "
+            "WARNING: the matmul re-timed inside the workers moved by >25% from the "
+            f"{matmul_ms:.2f} ms baseline "
+            f"({', '.join(f'{lib} {v:.1f} ms' for lib, v in noisy)}): the machine was busy; step "
+            "times and "
             f"step_over_matmul are noisy, step_over_paired_matmul less so."
         )
 
@@ -753,8 +761,10 @@ def main() -> int:
             passed=ok,
         )
         print(
-            f"{'PASS' if ok else 'FAIL'}: saeflow is {speedup:.2f}x the fastest peer ({fastest['library']}, "
-            f"{fastest['step_ms']:.1f} ms/step) [need >= 2]; held-out FVU {sf['heldout_fvu']:.4f} vs "
+            f"{'PASS' if ok else 'FAIL'}: saeflow is {speedup:.2f}x the fastest peer "
+            f"({fastest['library']}, "
+            f"{fastest['step_ms']:.1f} ms/step) [need >= 2]; held-out FVU {sf['heldout_fvu']:.4f} "
+            "vs "
             f"{fastest['library']} {fastest['heldout_fvu']:.4f}, best peer {best['library']} "
             f"{best['heldout_fvu']:.4f} [need <= best + {args.fvu_tol}]"
         )
@@ -765,7 +775,8 @@ def main() -> int:
             pspeed = pf["step_over_paired_matmul"] / sf["step_over_paired_matmul"]
             checks["speedup"]["paired_value"] = pspeed
             print(
-                f"      (in units of the paired matmul: {pspeed:.2f}x the fastest peer, {pf['library']})"
+                f"      (in units of the paired matmul: {pspeed:.2f}x the fastest peer, "
+                f"{pf['library']})"
             )
     else:
         print("SKIP: speedup check needs saeflow and at least one peer")
@@ -773,13 +784,15 @@ def main() -> int:
         ratio = sf["step_ms"] / matmul_ms
         checks["step_over_matmul"] = dict(value=ratio, passed=ratio <= 2.5)
         print(
-            f"{'PASS' if ratio <= 2.5 else 'FAIL'}: saeflow step / dense encoder matmul = {ratio:.2f} "
+            f"{'PASS' if ratio <= 2.5 else 'FAIL'}: saeflow step / dense encoder matmul = "
+            f"{ratio:.2f} "
             f"[need <= 2.5] ({sf['step_ms']:.1f} ms / {matmul_ms:.2f} ms)"
         )
         if sf.get("step_over_paired_matmul"):
             checks["step_over_matmul"]["paired_value"] = sf["step_over_paired_matmul"]
             print(
-                f"      (over the matmul timed between its own steps: {sf['step_over_paired_matmul']:.2f})"
+                "      (over the matmul timed between its own steps: "
+                f"{sf['step_over_paired_matmul']:.2f})"
             )
     else:
         print("SKIP: step/matmul check needs saeflow and the matmul baseline")

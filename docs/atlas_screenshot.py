@@ -3,7 +3,8 @@
     .venv/bin/python docs/atlas_screenshot.py RUN_DIR [--sae topk_x4_k16] [--layer 4] [--feature N]
 
 RUN_DIR is a workflow directory that ran the test config or the default (it reads
-results/toy_esm/ctcf_peaks/atlas and, without --feature, shows the feature recovery.tsv names for CTCF).
+results/toy_esm/ctcf_peaks/atlas and, without --feature, shows the feature recovery.tsv names for
+CTCF).
 """
 
 from __future__ import annotations

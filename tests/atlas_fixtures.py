@@ -24,7 +24,8 @@ GENE, GENE_LAYER, GENE_FEATURE, TERM = "SPI1", 1, 5, "Myeloid differentiation"
 
 
 def _decoders(path: Path, n_features: int, d: int, rng, prev: np.ndarray | None):
-    """A decoder whose rows partly follow the previous layer's (so the flow has persistent features)."""
+    """A decoder whose rows partly follow the previous layer's (so the flow has persistent
+    features)."""
     from safetensors.numpy import save_file
 
     w = rng.normal(size=(n_features, d)).astype(np.float32)

@@ -53,7 +53,8 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def make_store(tmp_path, n=6000, d=16, n_atoms=24, k=3, seed=0):
-    """Synthetic sparse activations: each row a sum of k of n_atoms unit directions (10 tokens per sequence)."""
+    """Synthetic sparse activations: each row a sum of k of n_atoms unit directions (10 tokens per
+    sequence)."""
     from saeflow.activations import ActivationStore
     from saeflow.utils import write_json
 

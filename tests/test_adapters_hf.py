@@ -1,4 +1,5 @@
-"""DNABERT, Nucleotide Transformer v2 and Geneformer adapters: tokenization, hooks, patches, loading.
+"""DNABERT, Nucleotide Transformer v2 and Geneformer adapters: tokenization, hooks, patches,
+loading.
 
 Every model here is a tiny random-weight model built (tests/tinymodels.py) from the family's
 config class with the released checkpoints' layout (config keys, vocabulary / dictionary files),
@@ -261,7 +262,8 @@ def test_nt_tokens_equal_transformers_esm_tokenizer(dirs, adapters):
 
 
 def test_nt_swiglu_is_the_published_feed_forward(adapters):
-    """intermediate = silu(x1) * x2 of the two halves of one bias-free projection; output has no bias."""
+    """intermediate = silu(x1) * x2 of the two halves of one bias-free projection; output has no
+    bias."""
     ad = adapters["nt"]
     layer = ad.model.esm.encoder.layer[0]
     assert (
@@ -347,7 +349,8 @@ def test_nt_v2_state_dict_matches_the_published_checkpoint():
 
 
 def test_nt_published_layout_loads_every_tensor(tmp_path):
-    """A checkpoint written with the published key names (per-layer inv_freq) loads with every tensor
+    """A checkpoint written with the published key names (per-layer inv_freq) loads with every
+    tensor
     in place; one with a tensor missing is refused, naming it."""
     from safetensors.torch import load_file, save_file
 

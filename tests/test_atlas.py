@@ -1,4 +1,5 @@
-"""The feature atlas (saeflow.atlas): the builder on synthetic runs, and the site in headless Chromium.
+"""The feature atlas (saeflow.atlas): the builder on synthetic runs, and the site in headless
+Chromium.
 
 Browser tests drive Debian's chromium through Playwright (``executable_path``; no downloaded
 browser). Without chromium or playwright they skip, unless SAEFLOW_REQUIRE_BROWSER=1 (CI sets it,

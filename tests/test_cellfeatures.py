@@ -75,10 +75,12 @@ def write_cell_store(
 
 
 def planted_cells(tmp_path, n_cells=150, n_genes=40, F=16, seed=0):
-    """Cells of labels A/B/C with 12-24 distinct genes each; activations in latent space (identity SAE):
+    """Cells of labels A/B/C with 12-24 distinct genes each; activations in latent space (identity
+    SAE):
 
     * background: every feature fires on 5% of tokens at 0.5-1.5;
-    * feature 0 fires at 3 on every token of gene G07 (and at 10 on the 2 tokens of the rare gene RARE);
+    * feature 0 fires at 3 on every token of gene G07 (and at 10 on the 2 tokens of the rare gene
+    RARE);
     * feature 1 fires at 2 on half the tokens of cells labelled B.
     """
     rng = np.random.default_rng(seed)
@@ -146,7 +148,8 @@ def test_feature_table_and_top_cells(planted):
     ft = feature_table(stats)
     assert ft.alive.all() and len(ft) == 16
     assert ft.frequency.iloc[2] == pytest.approx(0.05, abs=0.02)
-    # co-occurrence within cells from the per-cell fire counts: diagonal = cells where each feature fires
+    # co-occurrence within cells from the per-cell fire counts: diagonal = cells where each feature
+    # fires
     c, n = cooccurrence(stats.cell_fires >= 1)
     assert n == stats.n_cells and (np.diag(c) == np.round(ft.cell_frequency * n)).all()
     tc = top_cells(stats, top_n=10, by="mean", labels=labels)
@@ -171,7 +174,8 @@ def test_label_feature_is_enriched_for_its_label_only(planted):
     f1 = en[en.feature == 1].set_index("label")
     assert f1.loc["B", "q"] < 0.05 and f1.loc["B", "odds_ratio"] > 1
     assert (f1.loc[["A", "C"], "q"] > 0.05).all()
-    # background features (labels independent of activity) mark no label, up to BH's allowance of false discoveries
+    # background features (labels independent of activity) mark no label, up to BH's allowance of
+    # false discoveries
     assert (en[en.feature >= 2].q < 0.05).sum() <= 1
     assert len(en) == 16 * 3 and np.allclose(en.q, bh(en.p))
 
@@ -561,7 +565,8 @@ def test_regulatory_logic_random_tfs_roughly_uniform():
     assert np.corrcoef(out.p.dropna(), out.p_exact.dropna())[0, 1] > 0.98
 
 
-# --- summary and helpers ---------------------------------------------------------------------------
+# --- summary and helpers
+# ---------------------------------------------------------------------------
 
 
 def test_layer_summary_table():

@@ -221,6 +221,7 @@ def test_ensembl_top_genes_are_enriched_by_symbol(tmp_path):
     assert family == 4
     best = df.sort_values("p").iloc[0]
     assert (best.feature, best.term) == (0, "planted") and best.q < 0.05
-    # without the mapping the ids cannot meet the sets, and the engine says so instead of reporting nothing
+    # without the mapping the ids cannot meet the sets, and the engine says so instead of reporting
+    # nothing
     with pytest.raises(SaeflowError, match="same identifiers as the sets"):
         enrich_top_genes(top.drop(columns="symbol"), library, ids, min_size=5)

@@ -121,7 +121,8 @@ def test_align_depth_errors(tmp_path):
     assert out.stat().st_size > 1000
 
 
-# --------------------------------------------------------------------------- paired AUROC statistics
+# --------------------------------------------------------------------------- paired AUROC
+# statistics
 
 
 def _labels(n, rng):

@@ -31,7 +31,8 @@ def test_layer_pairs_line_up_models_of_different_depth():
     pairs = layer_pairs({"deep": [2, 4], "shallow": [1, 2]}, {"deep": 4, "shallow": 2})
     assert pairs[["layer_a", "layer_b"]].values.tolist() == [[2, 1], [4, 2]]
     assert pairs.grid_depth.tolist() == [0.5, 1.0]
-    # a 12-layer model against a 2-layer one: the grid is the shallow model's, nearest layers of the deep
+    # a 12-layer model against a 2-layer one: the grid is the shallow model's, nearest layers of the
+    # deep
     pairs = layer_pairs({"a": range(1, 13), "b": [1, 2]}, {"a": 12, "b": 2})
     assert pairs.layer_a.tolist() == [6, 12] and pairs.layer_b.tolist() == [1, 2]
     # a run that only has its last layer does not pretend to cover the middle
@@ -260,7 +261,8 @@ def test_parts_follow_the_runs(tmp_path):
     } <= set(jobs)
 
 
-# --------------------------------------------------------------------------- end to end on synthetic results
+# --------------------------------------------------------------------------- end to end on
+# synthetic results
 
 
 SYN = {
@@ -301,7 +303,8 @@ COMPARE_RULES = [
 
 
 def _write_fake_results(wd, n_seq=60, seq_len=8):
-    """What the upstream rules would have written for the two runs of SYN (small, random, consistent)."""
+    """What the upstream rules would have written for the two runs of SYN (small, random,
+    consistent)."""
     from saeflow.columns import CATALOG_SUMMARY_COLUMNS, EVAL_SUMMARY_COLUMNS
     from saeflow.models.tokenizer import build_nucleotide_tokenizer
     from saeflow.models.toy_lm import build_model
@@ -461,7 +464,8 @@ def test_comparison_rules_run_end_to_end_on_synthetic_results(tmp_path):
     assert au.write_cos.between(0, 1 + 1e-9).all() and au.self_gain.notna().all()
     # the top head of the scan next to an SAE layer (block 3, head 1: read side layer 2) is audited
     assert ((au.layer == 3) & (au["head"] == 1) & (au.side == "read") & (au.sae_layer == 2)).any()
-    # bad input: a head scan without its r column stops the audit with the file's name, no output left
+    # bad input: a head scan without its r column stops the audit with the file's name, no output
+    # left
     (out / "ov_audit.tsv").unlink()
     (out / "ov_audit.png").unlink()
     pd.read_csv(wd / "results/big/peaks/evidence/head_scan.tsv", sep="\t").drop(columns="r").to_csv(

@@ -55,7 +55,8 @@ def test_pairs_keep_length_and_gc_at_every_position_and_lose_every_site(ctcf):
 
 
 def test_a_palindrome_needs_the_shuffle_and_is_still_destroyed():
-    # a matrix that only looks at GC class (A = T, C = G in every column): complementing the site, or
+    # a matrix that only looks at GC class (A = T, C = G in every column): complementing the site,
+    # or
     # any shuffle that keeps GC at every position, leaves its score unchanged
     counts = np.array(
         [
@@ -105,11 +106,13 @@ def test_patching_metric_and_its_small_denominator_guard():
 
 
 def test_an_extra_condition_on_the_corrupted_copy_is_honoured(ctcf):
-    """The patching rule asks that the corrupted copy tokenise to the same spans (BPE); any condition works."""
+    """The patching rule asks that the corrupted copy tokenise to the same spans (BPE); any
+    condition works."""
     m, thr = ctcf
     seqs = with_sites(n=10)
     plain = counterfactual_pairs(seqs, m, thr, seed=1)
-    # refuse the plain answer (the complemented site where that suffices): another GC-keeping variant is drawn
+    # refuse the plain answer (the complemented site where that suffices): another GC-keeping
+    # variant is drawn
     seen = []
 
     def accept(clean, corrupted, start, end):

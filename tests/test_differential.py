@@ -80,7 +80,8 @@ def test_pvalues_match_scipy_per_feature_and_bh_matches_statsmodels():
 
 
 def test_small_groups_match_scipy_auto_method():
-    # n <= 8: scipy picks exact (no ties) or asymptotic (ties) per call; the vectorised call must agree
+    # n <= 8: scipy picks exact (no ties) or asymptotic (ties) per call; the vectorised call must
+    # agree
     rng = np.random.default_rng(5)
     x = rng.normal(size=(10, 6))
     x[:, 2] = np.round(x[:, 2])  # ties in one column

@@ -310,7 +310,8 @@ def test_cells_h5ad_must_be_hdf5(server, src, tmp_path):
 
 
 def test_tabula_sapiens_zip_is_unpacked_to_its_h5ad(server, tmp_path):
-    """figshare serves Tabula Sapiens as TS_<tissue>.h5ad.zip: the .h5ad inside lands under the dataset's name."""
+    """figshare serves Tabula Sapiens as TS_<tissue>.h5ad.zip: the .h5ad inside lands under the
+    dataset's name."""
     import io
     import zipfile
 

@@ -1,4 +1,5 @@
-"""saeflow.cells.enrichment: gene-set over-representation and network edge enrichment of SAE features."""
+"""saeflow.cells.enrichment: gene-set over-representation and network edge enrichment of SAE
+features."""
 
 from __future__ import annotations
 
@@ -141,7 +142,8 @@ def test_bh_equals_statsmodels_and_counts_unstored_tests():
 
 
 def test_agrees_with_gseapy_enrich():
-    """Same p-values (relative 1e-8), odds ratios and overlap genes as gseapy.enrich with a background."""
+    """Same p-values (relative 1e-8), odds ratios and overlap genes as gseapy.enrich with a
+    background."""
     import gseapy
 
     rng = np.random.default_rng(2)

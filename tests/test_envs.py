@@ -124,7 +124,8 @@ def test_env_pins_exact_versions(path):
     extra = [d for d in env.conda if d.split("=")[0].strip() not in ("python", "pip")]
     if extra:
         problems.append(
-            f"conda packages {extra}: put libraries under `pip:` with `==` pins (only python and pip "
+            f"conda packages {extra}: put libraries under `pip:` with `==` pins (only python and "
+            "pip "
             "come from conda)"
         )
     if "python=3.11" not in [d.replace(" ", "") for d in env.conda]:
@@ -170,7 +171,8 @@ def test_env_pins_are_the_project_venv_versions(path):
 
 
 def test_scripts_third_party_imports_are_pinned_in_their_rules_env(rules, graph):
-    """Every third-party import a rule's script reaches (through saeflow too) is pinned in the rule's env."""
+    """Every third-party import a rule's script reaches (through saeflow too) is pinned in the
+    rule's env."""
     problems = []
     for r in rules:
         env_path, script = r.path("conda"), r.path("script")
@@ -181,7 +183,8 @@ def test_scripts_third_party_imports_are_pinned_in_their_rules_env(rules, graph)
             dist = envcheck.dist_for_import(imp)
             if dist is None:
                 problems.append(
-                    f"{_rel(script)} (rule {r.name}): import {imp!r} maps to no installed distribution "
+                    f"{_rel(script)} (rule {r.name}): import {imp!r} maps to no installed "
+                    "distribution "
                     f"(add it to envcheck.IMPORT_TO_DIST)\n    via {format_chain(chain)}"
                 )
             elif canonical(dist) not in pins:
@@ -194,9 +197,11 @@ def test_scripts_third_party_imports_are_pinned_in_their_rules_env(rules, graph)
 
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
 def test_env_pins_exactly_the_requirement_closure(path, graph):
-    """Pins = what the env's scripts import plus everything that needs (from the project venv's metadata).
+    """Pins = what the env's scripts import plus everything that needs (from the project venv's
+    metadata).
 
-    Missing: pip would pick an untested version. Extra: the env carries something its rules do not use.
+    Missing: pip would pick an untested version. Extra: the env carries something its rules do not
+    use.
     """
     needs = envcheck.needs_by_env(graph).get(path.resolve())
     if needs is None:
@@ -220,7 +225,8 @@ def test_env_pins_exactly_the_requirement_closure(path, graph):
 
 
 def test_report_chains_name_the_saeflow_path(graph):
-    """The chain in a failure message goes script -> saeflow names -> import (a smoke test of envcheck)."""
+    """The chain in a failure message goes script -> saeflow names -> import (a smoke test of
+    envcheck)."""
     chains = graph.third_party(REPO / "scripts" / "prepare_sequences.py")
     assert "pysam" in chains
     text = format_chain(chains["pysam"])
@@ -256,7 +262,8 @@ def _run(cmd, what: str, **kw) -> subprocess.CompletedProcess:
 @pytest.mark.envs
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
 def test_env_installs_and_imports_what_its_scripts_need(path, graph, tmp_path, record_property):
-    """Build the env's pins in a fresh venv (as conda's pip step would), then import everything its scripts reach.
+    """Build the env's pins in a fresh venv (as conda's pip step would), then import everything its
+    scripts reach.
 
     saeflow comes from <repo>/src on PYTHONPATH, as the workflow runs it.
     """

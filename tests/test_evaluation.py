@@ -148,7 +148,8 @@ def test_substitution_site_is_exactly_hidden_states(tiny_model_dir):
     for layer in range(ad.n_layers + 1):
         site = locate_layer(ad.model, layer, tb.input_ids, tb.attention_mask)
         assert ("EsmModel output" in site.label) == (layer == ad.n_layers)
-    # Halving the last layer's state at genuine positions must reach the LM head as is: a hook before the
+    # Halving the last layer's state at genuine positions must reach the LM head as is: a hook
+    # before the
     # final layer norm would be (almost) undone by it.
     L = ad.n_layers
     site = locate_layer(ad.model, L, tb.input_ids, tb.attention_mask)

@@ -126,7 +126,8 @@ def test_patching_restores_the_clean_run_at_the_embeddings(adapter, ctcf):
     emb = per_pair[(per_pair.component == "resid_at_site") & (per_pair.layer == 0)]
     np.testing.assert_allclose(emb.patched, emb.clean, rtol=1e-4, atol=1e-4)
     assert np.allclose(emb.pm.dropna(), 1.0, atol=1e-3)
-    # the control: at the embeddings the other tokens are identical in both runs, so patching them does nothing
+    # the control: at the embeddings the other tokens are identical in both runs, so patching them
+    # does nothing
     ctrl = per_pair[(per_pair.component == "resid_off_site") & (per_pair.layer == 0)]
     np.testing.assert_allclose(ctrl.patched, ctrl.corrupted, rtol=1e-4, atol=1e-4)
     summary = summarise_patching(per_pair.assign(motif="MA0139.1"))

@@ -34,7 +34,8 @@ EXAMPLES = {
     ),
     "geneformer_k562": (18, 1, {"download_hub_model", "download_cells", "prepare_cells"}),
     "scgpt_k562": (12, 1, {"download_url_model", "download_cells", "prepare_cells"}),
-    # comparisons: two models of different tokenisers on one dataset (train_sae: 12 + 12, 18 + 12 layers)
+    # comparisons: two models of different tokenisers on one dataset (train_sae: 12 + 12, 18 + 12
+    # layers)
     "dnabert2_vs_nt_ctcf": (
         12,
         2,
@@ -50,7 +51,8 @@ EXAMPLES = {
             "ov_audit",
         },
     ),
-    # pooled vs single source: K562 alone and K562 + Tabula Sapiens blood (downloaded, unzipped, pooled)
+    # pooled vs single source: K562 alone and K562 + Tabula Sapiens blood (downloaded, unzipped,
+    # pooled)
     "geneformer_k562_pooled_ts": (
         18,
         2,

@@ -156,7 +156,8 @@ def family_config(model_dirs, h5ad):
         },
         "models": models,
         "datasets": {
-            # 64 bp: 59 overlapping 6-mers (+ [CLS] [SEP] fits DNABERT's 64 positions); 10 NT 6-mers + 4 bases
+            # 64 bp: 59 overlapping 6-mers (+ [CLS] [SEP] fits DNABERT's 64 positions); 10 NT 6-mers
+            # + 4 bases
             "peaks": {"reference": "toy", "kind": "peaks", "window": 64, "max_peaks": 40},
             "promoters": {"reference": "toy", "kind": "task"},
             "cells": {
@@ -338,7 +339,8 @@ def test_family_runs_end_to_end(run, family):
         assert top and all(set(t) <= set("ACGT") for t in top), top[:10]
     rec = pd.read_csv(base / f"recovery/{SAE}/recovery.tsv", sep="\t")
     assert set(rec.layer) == set(LAYERS) and rec.f1.between(0, 1).all()
-    # patching works through every tokeniser: DNABERT-2's BPE may split the destroyed site differently,
+    # patching works through every tokeniser: DNABERT-2's BPE may split the destroyed site
+    # differently,
     # and the pair is redrawn until the tokens outside the site and the token count agree
     pairs = pd.read_csv(base / "evidence/patching_pairs.tsv", sep="\t")
     assert pairs.kept.all() and len(pairs) >= 1, pairs

@@ -44,7 +44,8 @@ def test_planted_motif_head_passes_and_gc_and_uniform_heads_do_not():
     assert list(df["head"]) == [0, 1, 2] and (df.layer == 3).all()
     h0, h1, h2 = (df.iloc[i] for i in range(3))
     assert h0.passes and h0.r > 0.5 and h0.rho > 2 and h0.rho_low > 2
-    # the GC head prefers motif tokens a little (they are GC-richer) but not against GC-matched background
+    # the GC head prefers motif tokens a little (they are GC-richer) but not against GC-matched
+    # background
     assert not h1.passes and h1.rho < 2
     assert not h2.passes and abs(h2.rho - 1) < 0.05
     assert h0.n_motif == int((valid & (motif >= 8)).sum()) and h0.n_background > 0.9 * h0.n_motif

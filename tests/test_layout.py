@@ -1,4 +1,5 @@
-"""The README's map of the house (DAG stage -> rule file -> rules -> library modules) matches the tree.
+"""The README's map of the house (DAG stage -> rule file -> rules -> library modules) matches the
+tree.
 
 The map is generated from the tree by :func:`house_map`; on a mismatch the test prints the block
 to paste between the README's ``<!-- map:begin -->`` / ``<!-- map:end -->`` markers.

@@ -1,4 +1,5 @@
-"""saeflow.dna.motifscan: PSSM scores equal to Biopython's Bio.motifs, hit calling, motif evidence per token."""
+"""saeflow.dna.motifscan: PSSM scores equal to Biopython's Bio.motifs, hit calling, motif evidence
+per token."""
 
 import numpy as np
 import pytest

@@ -222,7 +222,8 @@ def test_the_pooled_comparison_is_planned_from_both_sources(tmp_path):
 
 
 def test_versioned_ensembl_ids_pool_with_unversioned_ones():
-    """Tabula Sapiens' var['ensemblid'] carries versions (ENSG...485.5); Replogle's and Geneformer's do not."""
+    """Tabula Sapiens' var['ensemblid'] carries versions (ENSG...485.5); Replogle's and Geneformer's
+    do not."""
     from saeflow.cells.prepare import strip_ensembl_versions
 
     out = strip_ensembl_versions(

@@ -1,4 +1,5 @@
-"""The hand-written sparse training step gives the same loss and gradients as autograd on the dense model."""
+"""The hand-written sparse training step gives the same loss and gradients as autograd on the dense
+model."""
 
 import pytest
 import torch
@@ -152,7 +153,8 @@ def test_sparse_codes_primitives():
 
 
 def test_bf16_encoder_product_path_runs_and_stays_close():
-    """The CUDA path (bf16 autocast of the encoder product) exercised on CPU: same codes, close gradients."""
+    """The CUDA path (bf16 autocast of the encoder product) exercised on CPU: same codes, close
+    gradients."""
     torch.manual_seed(0)
     sae = build_sae(dict(RECIPES["topk"], seed=0), 32)
     x = torch.randn(256, 32)

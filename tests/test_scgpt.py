@@ -1,9 +1,11 @@
 """scGPT without the scgpt package (saeflow.models.scgpt), on tiny random-weight checkpoints.
 
 The checkpoints are written in the published layout by tests/tinymodels.py: a reference module
-built from plain torch pieces the way scGPT's ``TransformerModel`` builds itself (``scgpt/model/model.py``, with
+built from plain torch pieces the way scGPT's ``TransformerModel`` builds itself
+(``scgpt/model/model.py``, with
 ``use_fast_transformer=False``: ``nn.TransformerEncoder`` of ``nn.TransformerEncoderLayer``;
-``do_mvc=True`` as ``embed_data`` loads the whole-human model, plus the generative ``flag_encoder``),
+``do_mvc=True`` as ``embed_data`` loads the whole-human model, plus the generative
+``flag_encoder``),
 saved as the in_proj layout, and renamed to flash-attn's ``Wqkv`` for the flash layout. The key
 names are also written out by hand (``published_keys``) so that neither list comes from saeflow.
 """
@@ -29,7 +31,8 @@ from saeflow.utils import SaeflowError
 
 
 def published_keys(n_layers: int, layout: str) -> list[str]:
-    """The tensors scGPT's TransformerModel forward + ExprDecoder read, as the published code names them."""
+    """The tensors scGPT's TransformerModel forward + ExprDecoder read, as the published code names
+    them."""
     keys = [
         "encoder.embedding.weight",
         "encoder.enc_norm.weight",
@@ -301,7 +304,8 @@ def test_tokenize_cells(adapter):
         assert not {"NOT_A_GENE", "ENSG00000141510"} & set(tb.genes[b].tolist())
         vals = tb.extra["values"][b, 1:n].numpy()
         assert vals.min() >= 1 and vals.max() <= 50 and (vals == vals.round()).all()
-        # values are the cell's bins: a higher count never gets a lower bin (ties are spread at random)
+        # values are the cell's bins: a higher count never gets a lower bin (ties are spread at
+        # random)
         counts = np.array([X[b][list(cells.gene_symbols).index(g)] for g in expect])
         lower = counts[:, None] < counts[None, :]
         assert (vals[:, None] <= vals[None, :])[lower].all() and vals[counts.argmax()] == 50

@@ -1,4 +1,5 @@
-"""The workflow's test config (its sharded DNA run) through ``--profile profiles/slurm`` on a real SLURM.
+"""The workflow's test config (its sharded DNA run) through ``--profile profiles/slurm`` on a real
+SLURM.
 
 Needs a running SLURM (``bash tests/slurm/up.sh`` as root brings up a single-node one with two
 fake GPUs; CI does that and sets SAEFLOW_REQUIRE_SLURM=1 so that a SLURM that fails to come up
@@ -103,9 +104,12 @@ def slurm_run(tmp_path_factory):
 
 
 def slurm_config() -> dict:
-    """The test config cut to its sharded DNA run with one SAE recipe: every kind of job (toy LM with
-    its checkpoint, sharded extraction, SAE training, evaluation, catalog, the evidence rules that run
-    the model on a GPU) goes through sbatch, at about a third of the whole config's jobs (each SLURM job
+    """The test config cut to its sharded DNA run with one SAE recipe: every kind of job (toy LM
+    with
+    its checkpoint, sharded extraction, SAE training, evaluation, catalog, the evidence rules that
+    run
+    the model on a GPU) goes through sbatch, at about a third of the whole config's jobs (each SLURM
+    job
     pays for a fresh Snakemake; the whole config took ~18 min here)."""
     cfg = load_test_config()
     cfg["runs"] = [{"model": "toy_esm", "dataset": "ctcf_peaks", "saes": ["topk_x4_k16"]}]
@@ -114,7 +118,8 @@ def slurm_config() -> dict:
 
 
 def ci_profile(wd: Path) -> Path:
-    """profiles/slurm with the test cluster's account and one CPU per GPU; everything else as shipped."""
+    """profiles/slurm with the test cluster's account and one CPU per GPU; everything else as
+    shipped."""
     prof = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     prof["default-resources"]["slurm_account"] = "saeflow-ci"
     for rule in prof["set-resources"].values():
@@ -171,7 +176,8 @@ def comparable_files(root: Path) -> list[Path]:
         files += [
             f.relative_to(root) for f in (root / top).rglob("*") if f.is_file() and f.suffix in keep
         ]
-    # the atlas index lists every SAE recipe of the run: the local run has four on ctcf_peaks, this one
+    # the atlas index lists every SAE recipe of the run: the local run has four on ctcf_peaks, this
+    # one
     # has one (its per-recipe shards are compared byte for byte)
     return sorted(
         f for f in files if not (f.parts[-3:-1] == ("atlas", "data") and f.name == "index.js")

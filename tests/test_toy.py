@@ -95,8 +95,10 @@ def counting(*a, **k):  # called once per training step
         os.kill(os.getpid(), signal.SIGKILL)
     return orig(*a, **k)
 t.mask_tokens = counting
-params = dict(seed=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seq_len=32, steps=30,
-              batch_size=4, lr=1e-3, mask_prob=0.15, site_fraction=1.0, eval_windows=10, checkpoint_every=10)
+params = dict(seed=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seq_len=32,
+steps=30,
+              batch_size=4, lr=1e-3, mask_prob=0.15, site_fraction=1.0, eval_windows=10,
+              checkpoint_every=10)
 t.train_toy_lm(sys.argv[3], sys.argv[4], params, sys.argv[1], threads=1)
 """
 

@@ -1,4 +1,5 @@
-"""The embedded single-cell default: pbmc68k_reduced as an h5ad + marker GMT, and the toy Geneformer."""
+"""The embedded single-cell default: pbmc68k_reduced as an h5ad + marker GMT, and the toy
+Geneformer."""
 
 from __future__ import annotations
 

@@ -149,7 +149,8 @@ def test_whole_dag_produces_outputs(finished_run):
 
 @pytest.mark.workflow
 def test_single_cell_atlas_of_pbmc(finished_run):
-    """The embedded single-cell default: real PBMCs through the toy Geneformer, an SAE per layer and the atlas.
+    """The embedded single-cell default: real PBMCs through the toy Geneformer, an SAE per layer and
+    the atlas.
 
     Ground truth: the dataset's own marker genes per cell type (rank_genes_groups). Some features
     must be enriched for them after BH over every (feature, set) test of the layer, and some for a
@@ -194,7 +195,8 @@ def test_single_cell_atlas_of_pbmc(finished_run):
         enr = pd.read_parquet(d / "enrichment.parquet")
         info = __import__("json").loads((d / "layer.json").read_text())
         top = pd.read_parquet(d / "top_genes.parquet")
-        # every (feature with top genes) x (marker set within the size limits: at most the 10 cell types)
+        # every (feature with top genes) x (marker set within the size limits: at most the 10 cell
+        # types)
         # test is in the BH family, zero overlaps included
         n_feat = top.feature.nunique()
         # ... and every feature's network test (one per feature per network) is in the same family
@@ -238,7 +240,8 @@ def test_single_cell_atlas_of_pbmc(finished_run):
 
 @pytest.mark.workflow
 def test_pooled_vs_single_comparison(finished_run):
-    """The test config's pool: pbmc (real PBMCs + simulated CRISPRi) with a simulated second tissue, the
+    """The test config's pool: pbmc (real PBMCs + simulated CRISPRi) with a simulated second tissue,
+    the
     SAE trained source-balanced, the perturbation tests rerun with it and compared with pbmc's own SAE."""
     wd = finished_run
     src = pd.read_csv(wd / "results/datasets/pbmc_pooled/sources.tsv", sep="\t")
@@ -269,7 +272,8 @@ def test_pooled_vs_single_comparison(finished_run):
     assert (t.tf_specificity <= t.ci_high).all() and t.responding_fraction.between(0, 1).all()
     pairs = pd.read_csv(out / "perturbation_pairs.tsv", sep="\t")
     assert len(pairs) == 2 and pairs.p_mcnemar.between(0, 1).all()
-    # TFs tested = those with a finite regulatory-logic q in that run's layer; pairs are over the shared ones
+    # TFs tested = those with a finite regulatory-logic q in that run's layer; pairs are over the
+    # shared ones
     tested = {}
     for run, ds in ((single, "pbmc"), (pooled, "pbmc_pooled")):
         reg = pd.read_csv(
@@ -298,7 +302,8 @@ def test_pooled_vs_single_comparison(finished_run):
 
 @pytest.mark.workflow
 def test_toy_sizes_comparison(finished_run):
-    """The test config's comparison: toy_esm (4 blocks, layers 2 and 4) vs toy_esm_small (2 blocks) on ctcf_peaks."""
+    """The test config's comparison: toy_esm (4 blocks, layers 2 and 4) vs toy_esm_small (2 blocks)
+    on ctcf_peaks."""
     out = finished_run / "results" / "comparisons" / "toy_sizes"
     big, small = "toy_esm/ctcf_peaks/topk_x4_k16", "toy_esm_small/ctcf_peaks/topk_x4_k16"
     for name in (
@@ -349,7 +354,8 @@ def test_ctcf_is_recovered(finished_run):
     )
     ctcf = rec[rec.motif_id == "MA0139.1"]
     best = ctcf.loc[ctcf.f1.idxmax()]
-    # Thresholds (README, "Ground-truth recovery"): over SAE seeds on this model the held-out F1 of the best
+    # Thresholds (README, "Ground-truth recovery"): over SAE seeds on this model the held-out F1 of
+    # the best
     # layer ranged 0.49-0.77 and the null 0.25-0.30; window AUROC of the best detector was >= 0.98.
     assert ctcf.best_auroc.max() >= 0.95
     assert best.f1 >= 0.45
@@ -358,7 +364,8 @@ def test_ctcf_is_recovered(finished_run):
 
 @pytest.mark.workflow
 def test_dna_evidence_finds_the_planted_truth(finished_run):
-    """The embedded default's planted motifs are the ground truth of the DNA evidence rules (issue 7):
+    """The embedded default's planted motifs are the ground truth of the DNA evidence rules (issue
+    7):
     the TATA probe far above its GC-only control, the CTCF feature's ablation specific against its
     frequency-matched null, and patching localised to the site's tokens in the layers where the CTCF
     feature lives (the off-site control restores little)."""
@@ -382,13 +389,17 @@ def test_dna_evidence_finds_the_planted_truth(finished_run):
 
     summary = pd.read_csv(ev / "topk_x4_k16" / "summary.tsv", sep="\t")
     ctcf = summary[summary.motif == "MA0139.1"].set_index("layer")
-    # the best CTCF feature of each layer (chosen on training sequences) on held-out tokens: 0.75 / 0.77
+    # the best CTCF feature of each layer (chosen on training sequences) on held-out tokens: 0.75 /
+    # 0.77
     assert (ctcf.auroc_test >= 0.7).all()
     lives = ctcf.index[ctcf.auroc_test >= 0.7]
     # Its ablation moves the masked-token predictions where it fires far more than frequency-matched
-    # random features do: specificity 0.075 vs null 95th percentile 0.003 at layer 2 (p = 1/23). At the
-    # last layer (4) nothing downstream spreads an ablation, so there every feature's effect sits where
-    # it fires and the CTCF feature is not singled out (p = 0.125): the claim is for a layer with blocks
+    # random features do: specificity 0.075 vs null 95th percentile 0.003 at layer 2 (p = 1/23). At
+    # the
+    # last layer (4) nothing downstream spreads an ablation, so there every feature's effect sits
+    # where
+    # it fires and the CTCF feature is not singled out (p = 0.125): the claim is for a layer with
+    # blocks
     # after it.
     inner = ctcf.loc[[l for l in lives if l < 4]]
     assert (inner.specific & (inner.p < 0.05) & (inner.specificity > inner.null_q95)).any(), inner

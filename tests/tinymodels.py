@@ -30,7 +30,8 @@ TINY = dict(
 
 
 def make_dnabert_dir(d, k, max_pos=64):
-    """DNABERT-k: vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], then the k-mers in zhihan1996's ACGT order
+    """DNABERT-k: vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], then the k-mers in zhihan1996's ACGT
+    order
     A, T, C, G), a BertForMaskedLM, and the hub config's extras (auto_map to custom code, rnn keys)."""
     from transformers import BertConfig, BertForMaskedLM
 
@@ -113,7 +114,8 @@ def published_nt_state_dict(model):
 
 
 def make_nt_dir(d):
-    """Nucleotide Transformer v2: model.safetensors (published keys), config.json, vocab.txt, special tokens."""
+    """Nucleotide Transformer v2: model.safetensors (published keys), config.json, vocab.txt,
+    special tokens."""
     from safetensors.torch import save_file
     from transformers import EsmConfig
 
@@ -146,7 +148,8 @@ def gene(i):
 
 
 def make_geneformer_dir(d, version, n_genes=30, max_pos=12):
-    """Geneformer: BertForMaskedLM + token_dictionary*.pkl / gene_median_dictionary*.pkl in the model dir.
+    """Geneformer: BertForMaskedLM + token_dictionary*.pkl / gene_median_dictionary*.pkl in the
+    model dir.
     Gene i has token id (n_special + i) and median 1 + i % 5 (gene 0's median is set by the test)."""
     from transformers import BertConfig, BertForMaskedLM
 
@@ -171,7 +174,8 @@ def make_geneformer_dir(d, version, n_genes=30, max_pos=12):
     return d, tokens, medians
 
 
-# --- DNABERT-2 (zhihan1996/DNABERT-2-117M layout) --------------------------------------------------
+# --- DNABERT-2 (zhihan1996/DNABERT-2-117M layout)
+# --------------------------------------------------
 DNABERT2_LAYERS = 2
 
 
@@ -246,7 +250,8 @@ def write_dnabert2_checkpoint(d, hidden=32, heads=4, fmt="bin", seed=0):
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     if fmt == "bin":
         torch.save(sd, d / "pytorch_model.bin")
-    else:  # safetensors refuses shared tensors: a de-duplicated save without the tied decoder weight
+    # safetensors refuses shared tensors: a de-duplicated save without the tied decoder weight
+    else:
         from safetensors.torch import save_file
 
         save_file(
@@ -283,7 +288,8 @@ SCGPT_ARGS = dict(
 
 
 class ScgptReference(nn.Module):
-    """scGPT TransformerModel (non-flash path) rebuilt from torch pieces, for keys and a forward to compare."""
+    """scGPT TransformerModel (non-flash path) rebuilt from torch pieces, for keys and a forward to
+    compare."""
 
     def __init__(self, ntoken: int):
         super().__init__()
@@ -334,7 +340,8 @@ def scgpt_reference_model(seed: int = 0) -> ScgptReference:
 
 
 def scgpt_to_layout(sd: dict, layout: str) -> dict:
-    """The in_proj state dict renamed to flash-attn 1.x (``Wqkv``) or scGPT's wrapper (``_impl``) names."""
+    """The in_proj state dict renamed to flash-attn 1.x (``Wqkv``) or scGPT's wrapper (``_impl``)
+    names."""
     out = {}
     for k, v in sd.items():
         if layout in ("flash", "impl"):

@@ -1,4 +1,5 @@
-"""Helpers for the workflow tests: copies of the repository in a temporary directory, run with Snakemake."""
+"""Helpers for the workflow tests: copies of the repository in a temporary directory, run with
+Snakemake."""
 
 from __future__ import annotations
 

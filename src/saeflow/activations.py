@@ -155,7 +155,8 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
                 )
         if m.get("seq_start", 0) != expect:
             raise SaeflowError(
-                f"{d}: starts at sequence {m.get('seq_start', 0)}, expected {expect} (missing or reordered shard)"
+                f"{d}: starts at sequence {m.get('seq_start', 0)}, expected {expect} (missing or "
+                "reordered shard)"
             )
         expect += m["n_sequences"]
     layers, d = first["layers"], first["d_model"]
@@ -253,7 +254,8 @@ class ActivationStore:
         return arr
 
     def iter_chunks(self, layer: int, rows: np.ndarray | None = None, chunk: int = 65536):
-        """Yield (row_indices, float32 block) over ``rows`` (sorted) or all rows, one chunk in RAM at a time."""
+        """Yield (row_indices, float32 block) over ``rows`` (sorted) or all rows, one chunk in RAM
+        at a time."""
         arr = self.layer(layer)
         rows = np.arange(arr.shape[0]) if rows is None else np.asarray(rows)
         for i in range(0, len(rows), chunk):
@@ -271,7 +273,8 @@ class ActivationStore:
 
 
 def split_rows(tokens: pd.DataFrame, sequences: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Train/test token rows by the sequence table's ``split`` (held out by sequence, never by token).
+    """Train/test token rows by the sequence table's ``split`` (held out by sequence, never by
+    token).
 
     Other splits (``perturbed`` cells of a Perturb-seq dataset) are in neither."""
     split = sequences.split.to_numpy()[tokens.seq.to_numpy()]
@@ -279,7 +282,8 @@ def split_rows(tokens: pd.DataFrame, sequences: pd.DataFrame) -> tuple[np.ndarra
 
 
 def split_ranges(offsets: np.ndarray, sequences: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Train/test row ranges, (n, 2) arrays with one [start, end) per sequence, by the ``split`` column.
+    """Train/test row ranges, (n, 2) arrays with one [start, end) per sequence, by the ``split``
+    column.
 
     Memory is O(number of sequences), whatever the number of tokens. Sequences of any other split
     (``perturbed`` cells) are in neither.

@@ -235,7 +235,8 @@ def _attempt(
         ctype = (resp.headers.get("Content-Type") or "").lower()
         if reject_html and ctype.startswith("text/html"):
             raise SaeflowError(
-                f"download of {url}: the server sent an HTML page instead of the file (a login, consent or "
+                f"download of {url}: the server sent an HTML page instead of the file (a login, "
+                "consent or "
                 f"'confirm download' page?); check the URL"
             )
         length = resp.headers.get("Content-Length")

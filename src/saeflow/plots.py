@@ -122,7 +122,8 @@ def toy_lm_accuracy(metrics: dict, path) -> None:
 
 
 def frequency_histogram(hist: dict, path, title: str = "") -> None:
-    """Latents by log10 firing frequency on held-out tokens (from evaluation.frequency_histogram); dead apart."""
+    """Latents by log10 firing frequency on held-out tokens (from evaluation.frequency_histogram);
+    dead apart."""
     import numpy as np
 
     edges = np.asarray(hist["log10_edges"])

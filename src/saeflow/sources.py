@@ -194,7 +194,8 @@ def parse_nt_fasta(path: str | os.PathLike):
 
 
 def read_nt_split(path: str | os.PathLike):
-    """One split of a task: a ``.fna``/``.fasta`` file or a ``.parquet``/``.csv`` with sequence and label."""
+    """One split of a task: a ``.fna``/``.fasta`` file or a ``.parquet``/``.csv`` with sequence and
+    label."""
     import pandas as pd
 
     path = Path(path)
@@ -249,7 +250,8 @@ def nt_task(
     splits: Iterable[str],
     **fetch_kw,
 ):
-    """Download ``task``'s split files from the Hugging Face dataset ``repo_id`` at ``revision`` into
+    """Download ``task``'s split files from the Hugging Face dataset ``repo_id`` at ``revision``
+    into
     ``raw_dir`` and convert them to the task table ``out_table``."""
     files = {}
     with atomic_path(raw_dir) as tmp:
@@ -277,7 +279,8 @@ def nt_task(
 
 
 def check_hdf5(path: str | os.PathLike) -> None:
-    """Refuse a file that is not HDF5 (an .h5ad is one); the signature sits at 0 or a power of two >= 512."""
+    """Refuse a file that is not HDF5 (an .h5ad is one); the signature sits at 0 or a power of two
+    >= 512."""
     with open(path, "rb") as fh:
         for offset in (0, 512, 1024, 2048, 4096):
             fh.seek(offset)
@@ -404,7 +407,8 @@ def write_gmt(raw: str | os.PathLike, out: str | os.PathLike, name: str) -> dict
 
 
 def trrust_edges(raw: str | os.PathLike, out: str | os.PathLike):
-    """TRRUST raw data (TF, target, mode, PMIDs; no header) -> edge table source, target, mode, pmids."""
+    """TRRUST raw data (TF, target, mode, PMIDs; no header) -> edge table source, target, mode,
+    pmids."""
     import pandas as pd
 
     from saeflow.utils import write_table
@@ -431,7 +435,8 @@ def string_edges(
     min_score: int = 700,
     chunksize: int = 2_000_000,
 ):
-    """STRING links (protein1 protein2 combined_score, ENSP ids) with combined_score >= ``min_score``,
+    """STRING links (protein1 protein2 combined_score, ENSP ids) with combined_score >=
+    ``min_score``,
     named by the protein info's ``preferred_name``; undirected, one row per pair (source < target)."""
     import pandas as pd
 
@@ -441,7 +446,8 @@ def string_edges(
     names.columns = [c.lstrip("#") for c in names.columns]
     if not {"string_protein_id", "preferred_name"} <= set(names.columns):
         raise SaeflowError(
-            f"{info}: expected columns string_protein_id and preferred_name, got {list(names.columns)}"
+            f"{info}: expected columns string_protein_id and preferred_name, got "
+            f"{list(names.columns)}"
         )
     symbol = dict(zip(names.string_protein_id, names.preferred_name))
     kept = []
@@ -450,7 +456,8 @@ def string_edges(
     ):
         if not {"protein1", "protein2", "combined_score"} <= set(chunk.columns):
             raise SaeflowError(
-                f"{links}: expected columns protein1 protein2 combined_score, got {list(chunk.columns)}"
+                f"{links}: expected columns protein1 protein2 combined_score, got "
+                f"{list(chunk.columns)}"
             )
         chunk = chunk[chunk.combined_score >= min_score]
         kept.append(
@@ -562,7 +569,8 @@ def hub_snapshot(
     token: str | bool | None = None,
     subfolder: str = "",
 ) -> dict[str, Any]:
-    """Snapshot of Hugging Face model repo ``repo_id`` at ``revision`` into ``dest`` (all or nothing).
+    """Snapshot of Hugging Face model repo ``repo_id`` at ``revision`` into ``dest`` (all or
+    nothing).
 
     The revision is resolved to its commit first and every file is fetched at that commit;
     ``dest/saeflow_download.json`` records repo, revision, commit and each file's sha256.
@@ -661,7 +669,8 @@ def url_files(
     family: str | None = None,
     **fetch_kw,
 ) -> dict[str, Any]:
-    """Fetch a checkpoint given as files by URL (``name``, ``url``, optional ``sha256``/``md5``) into
+    """Fetch a checkpoint given as files by URL (``name``, ``url``, optional ``sha256``/``md5``)
+    into
     ``dest`` (all or nothing); ``dest/saeflow_download.json`` records each file."""
     if not files:
         raise SaeflowError(f"{dest}: no file to download (models.<name>.files is empty)")

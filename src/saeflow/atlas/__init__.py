@@ -3,12 +3,17 @@
 :func:`build_atlas` reads what a run wrote (the DNA catalog or the single-cell atlas, the
 evaluation, the SAE decoders, and any per-feature evidence tables present) and writes::
 
-    atlas/index.html            the app (hash routes: overview, layer, feature, search, modules, flow)
-    atlas/assets/app.js, style.css      copied from this package (``static/``): plain JS, no build step
-    atlas/data/index.js         the run: SAE recipes, per-layer summary rows, recovery, flow, run-level evidence
+    atlas/index.html            the app (hash routes: overview, layer, feature, search, modules,
+    flow)
+    atlas/assets/app.js, style.css      copied from this package (``static/``): plain JS, no build
+    step
+    atlas/data/index.js         the run: SAE recipes, per-layer summary rows, recovery, flow,
+    run-level evidence
     atlas/data/{sae}/layer{L}/table.js    the layer's feature table (columnar) and its modules
-    atlas/data/{sae}/layer{L}/search.js   what search needs: tokens/genes -> features, terms, DNA contexts
-    atlas/data/{sae}/layer{L}/f{c}.js     feature pages: details of features c*CHUNK .. (c+1)*CHUNK-1
+    atlas/data/{sae}/layer{L}/search.js   what search needs: tokens/genes -> features, terms, DNA
+    contexts
+    atlas/data/{sae}/layer{L}/f{c}.js     feature pages: details of features c*CHUNK ..
+    (c+1)*CHUNK-1
 
 Data files are JavaScript (``SAEFLOW.put(key, {...})``) loaded by ``<script>`` injection, which
 Chromium allows from ``file://`` (``fetch`` of a local JSON is not), so the site works from disk and
@@ -209,7 +214,8 @@ def _top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def nearest_features(decoders: dict[int, np.ndarray | None], k: int = N_NEAR) -> dict:
-    """{layer: {"next": (cos, idx), "prev": (cos, idx)}} between consecutive layers by decoder cosine."""
+    """{layer: {"next": (cos, idx), "prev": (cos, idx)}} between consecutive layers by decoder
+    cosine."""
     layers = sorted(decoders)
     out: dict[int, dict] = {L: {} for L in layers}
     for a, b in zip(layers[:-1], layers[1:]):
@@ -480,7 +486,8 @@ class _Layer:
             ("annotated", "Annotated", "bool"),
         ]
 
-    # evidence/{sae}/layer{L}/*.tsv: any per-feature table (a `feature` column), shown on the feature page
+    # evidence/{sae}/layer{L}/*.tsv: any per-feature table (a `feature` column), shown on the
+    # feature page
     def _evidence(self):
         d = self.run / "evidence" / self.sae / f"layer{self.layer}"
         self.evidence_tables = []

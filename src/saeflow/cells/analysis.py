@@ -1,8 +1,10 @@
 """The single-cell feature atlas of one SAE: per layer (:func:`analyse_layer`), then across layers
 (:func:`summarise`). The rules ``cell_features`` and ``cell_summary`` call these two functions; the
-statistics live in :mod:`saeflow.cells.features`, :mod:`saeflow.sae.modules` and :mod:`saeflow.cells.enrichment`.
+statistics live in :mod:`saeflow.cells.features`, :mod:`saeflow.sae.modules` and
+:mod:`saeflow.cells.enrichment`.
 
-Per layer, one streaming pass over the activations (:func:`saeflow.cells.features.stream_cell_features`)
+Per layer, one streaming pass over the activations
+(:func:`saeflow.cells.features.stream_cell_features`)
 feeds everything:
 
 * ``features.parquet``: per feature firing frequency, mean/max activation, alive, SVD alignment
@@ -50,8 +52,10 @@ def enrich_top_genes(
 ) -> tuple[pd.DataFrame, int]:
     """Each feature's top genes (``top``: columns feature, gene) against every set of ``libraries``.
 
-    :func:`saeflow.cells.enrichment.overrepresentation`: one hypergeometric family over all features x all
-    sets of all libraries, BH over every test (zero overlaps included). Returns (table, family size).
+    :func:`saeflow.cells.enrichment.overrepresentation`: one hypergeometric family over all features
+    x all
+    sets of all libraries, BH over every test (zero overlaps included). Returns (table, family
+    size).
     """
     from saeflow.cells import enrichment
 
@@ -67,7 +71,8 @@ def enrich_top_genes(
 
 def gene_symbol_map(cells_h5ad) -> dict[str, str]:
     """Gene id -> symbol from the prepared cells' ``var`` (``gene_id``, ``gene_symbol``); empty when
-    the data have no symbols. Geneformer's tokens are Ensembl ids while gene-set libraries, TRRUST and
+    the data have no symbols. Geneformer's tokens are Ensembl ids while gene-set libraries, TRRUST
+    and
     STRING name genes by symbol: enrichment must speak the libraries' language."""
     import anndata
 
@@ -93,7 +98,8 @@ def joint_bh(ora: pd.DataFrame, ora_family: int, networks: dict[str, pd.DataFram
 
     ``ora``: the stored over-representation rows (tests with zero overlap are not stored but
     counted in ``ora_family``; their p = 1 cannot lower anyone's q); ``networks``: one
-    :func:`saeflow.cells.enrichment.edge_enrichment` table per network (every feature tested, all rows
+    :func:`saeflow.cells.enrichment.edge_enrichment` table per network (every feature tested, all
+    rows
     stored). The ``q`` columns are replaced in place by the joint q; returns the family size.
     """
 
@@ -192,7 +198,8 @@ def analyse_layer(
     table = pd.read_parquet(table_path)
     if len(table) != store.manifest.get("n_sequences", len(table)):
         raise SaeflowError(
-            f"{table_path}: {len(table)} cells, but {acts_dir} holds {store.manifest['n_sequences']}"
+            f"{table_path}: {len(table)} cells, but {acts_dir} holds "
+            f"{store.manifest['n_sequences']}"
         )
     # the atlas: the train/test cells (a Perturb-seq screen's controls), never the perturbed cells
     atlas = (
@@ -438,7 +445,8 @@ def analyse_perturbations(
 
     Writes ``response.parquet`` (every test; when there are more than ``max_rows`` only those with
     q < 0.25 are kept, the BH having been done over all of them), ``targets.parquet`` (per target:
-    cells, features tested, responding up/down at q < alpha, strongest effect), ``regulatory.parquet``
+    cells, features tested, responding up/down at q < alpha, strongest effect),
+    ``regulatory.parquet``
     and ``layer.json``.
     """
     from saeflow.activations import ActivationStore
@@ -455,7 +463,8 @@ def analyse_perturbations(
     store = ActivationStore(acts_dir)
     if len(table) != store.manifest.get("n_sequences", len(table)):
         raise SaeflowError(
-            f"{table_path}: {len(table)} cells, but {acts_dir} holds {store.manifest['n_sequences']}"
+            f"{table_path}: {len(table)} cells, but {acts_dir} holds "
+            f"{store.manifest['n_sequences']}"
         )
     split, pert = table.split.to_numpy(str), table.perturbation.astype(str).to_numpy()
     ctrl = (split != "perturbed") & (pert == control)

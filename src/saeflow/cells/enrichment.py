@@ -109,7 +109,8 @@ EDGE_COLUMNS = [
 
 
 def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Gene sets of a GMT file (term, description, genes... per tab-separated line), read with gseapy.
+    """Gene sets of a GMT file (term, description, genes... per tab-separated line), read with
+    gseapy.
 
     Genes are kept in file order with repeats and empty fields dropped. A missing file, a file not
     named ``.gmt``, a line with fewer than three fields or without a gene, a term named twice, or a
@@ -180,7 +181,8 @@ def read_edges(
 
 
 def read_trrust(path: str | os.PathLike) -> pd.DataFrame:
-    """TRRUST edges as :func:`saeflow.sources.trrust_edges` writes them: source (TF), target, mode, pmids."""
+    """TRRUST edges as :func:`saeflow.sources.trrust_edges` writes them: source (TF), target, mode,
+    pmids."""
     return read_edges(path, ("source", "target", "mode"))
 
 
@@ -222,7 +224,8 @@ def pool_libraries(
             out[str(name)] = {str(t): list(g) for t, g in lib.items()}
         else:
             raise SaeflowError(
-                f"library {name!r}: expected a GMT path or a dict term -> genes, got {type(lib).__name__}"
+                f"library {name!r}: expected a GMT path or a dict term -> genes, got "
+                f"{type(lib).__name__}"
             )
     if not out:
         raise SaeflowError("no gene-set library given")
@@ -324,7 +327,8 @@ def _background(background) -> pd.Index:
 
 
 def _hits_on_background(H, universe, bg: pd.Index) -> sp.csr_matrix:
-    """Re-index the hit matrix's columns from the universe onto the background (hits outside dropped)."""
+    """Re-index the hit matrix's columns from the universe onto the background (hits outside
+    dropped)."""
     col = bg.get_indexer(np.asarray(universe, dtype=object))
     if not (col >= 0).any():
         raise SaeflowError(
@@ -346,7 +350,8 @@ def _hits_on_background(H, universe, bg: pd.Index) -> sp.csr_matrix:
 
 
 def _log_pmf(x, N, K, n):
-    """log P(X = x), X ~ Hypergeom(N, K, n), via betaln (accurate for large arguments; scipy does the same)."""
+    """log P(X = x), X ~ Hypergeom(N, K, n), via betaln (accurate for large arguments; scipy does
+    the same)."""
 
     def lchoose(a, b):
         return -np.log1p(a) - betaln(a - b + 1, b + 1)
@@ -410,7 +415,8 @@ def _unique_rows(*cols):
 
 
 def hypergeom_sf(k, N, K, n) -> np.ndarray:
-    """``P(X >= k)`` for ``X ~ Hypergeom(N, K, n)``, elementwise; equals ``scipy.stats.hypergeom.sf(k-1, N, K, n)``.
+    """``P(X >= k)`` for ``X ~ Hypergeom(N, K, n)``, elementwise; equals
+    ``scipy.stats.hypergeom.sf(k-1, N, K, n)``.
 
     Exact summation in log space, on the unique ``(k, N, K, n)`` combinations only (an enrichment
     table repeats few of them many times). The pmf is unimodal with mode
@@ -545,21 +551,26 @@ def overrepresentation(
     q_max: float | None = None,
     genes_q_max: float | None = 0.05,
 ) -> pd.DataFrame:
-    """Hypergeometric over-representation of every gene set among every feature's hits; one BH family.
+    """Hypergeometric over-representation of every gene set among every feature's hits; one BH
+    family.
 
     Parameters
     ----------
     hits
         Each feature's hit genes: a dict feature -> genes (``universe`` optional; a gene outside a
-        given universe is an error), or a boolean/0-1 (features x genes) dense or sparse matrix whose
+        given universe is an error), or a boolean/0-1 (features x genes) dense or sparse matrix
+        whose
         columns are ``universe``.
     libraries
-        library name -> {term: genes} (:func:`pool_libraries` builds it from GMT files). All of them,
+        library name -> {term: genes} (:func:`pool_libraries` builds it from GMT files). All of
+        them,
         all their sets passing the size filter and all features form *one* multiple-testing family.
     background
-        The genes the model saw in the data. Sets and hits are intersected with it; ``N`` is its size.
+        The genes the model saw in the data. Sets and hits are intersected with it; ``N`` is its
+        size.
     min_size, max_size
-        Tested sets have ``min_size <= K <= max_size`` genes *in the background* (after intersection);
+        Tested sets have ``min_size <= K <= max_size`` genes *in the background* (after
+        intersection);
         an int, or a dict per library.
     q_max
         Keep only rows with ``q <= q_max`` (None: every row with ``k > 0``; the family is the same).
@@ -586,7 +597,8 @@ def overrepresentation(
     n_hits = np.asarray(Hb.sum(axis=1)).ravel().astype(np.int64)
     if (n_hits == 0).any():
         log.warning(
-            "%d of %d features have no hit in the background; their tests (p = 1) are counted in the "
+            "%d of %d features have no hit in the background; their tests (p = 1) are counted in "
+            "the "
             "family",
             int((n_hits == 0).sum()),
             F,
@@ -730,7 +742,8 @@ def degree_preserving_swaps(
     """A random rewiring of the simple graph (u, v) by double-edge swaps that keeps every degree.
 
     A swap takes edges (a, b), (c, d) and makes (a, d), (c, b); undirected edges are oriented at
-    random first, so both rewirings are proposed. It keeps out-degrees of a, c and in-degrees of b, d
+    random first, so both rewirings are proposed. It keeps out-degrees of a, c and in-degrees of b,
+    d
     (every degree when undirected), and is rejected when it would create a self-loop or an edge
     that exists. Swaps are proposed in rounds of m/2 disjoint edge pairs (vectorised); a round also
     rejects swaps that would create the same new edge twice. Rounds continue until
@@ -780,7 +793,8 @@ def degree_preserving_swaps(
         u, v = np.minimum(u, v), np.maximum(u, v)
     if done < target:
         log.warning(
-            "degree-preserving null: %d of %d swaps accepted in %d rounds (a dense graph?); the null is "
+            "degree-preserving null: %d of %d swaps accepted in %d rounds (a dense graph?); the "
+            "null is "
             "less mixed than asked",
             done,
             target,
@@ -864,7 +878,8 @@ def edge_enrichment(
     nulls: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
     list_q_max: float | None = 0.05,
 ) -> pd.DataFrame:
-    """Are there more network edges among each feature's hits than in degree-preserving random networks?
+    """Are there more network edges among each feature's hits than in degree-preserving random
+    networks?
 
     The statistic is the number of edges of ``edges`` (source, target; ``directed`` for TRRUST's
     TF -> target, undirected for STRING) joining two hits of the feature, on the network among
@@ -877,9 +892,11 @@ def edge_enrichment(
     logged when not met.
 
     Returns :data:`EDGE_COLUMNS` per feature, sorted by p: ``n`` hits in the background,
-    ``n_in_network`` of them with an edge in the network, ``edges`` observed, ``null_mean``/``null_sd``
+    ``n_in_network`` of them with an edge in the network, ``edges`` observed,
+    ``null_mean``/``null_sd``
     of the null counts, ``z = (edges - null_mean) / null_sd`` (a ranking aid beyond the p-value's
-    resolution, not a test), ``fold = edges / null_mean``, and ``edge_list`` (``"A-B;..."``, ``A->B`` when
+    resolution, not a test), ``fold = edges / null_mean``, and ``edge_list`` (``"A-B;..."``,
+    ``A->B`` when
     directed) for features with ``q <= list_q_max`` (None: all).
     """
     H, uni, labels = _as_hits(hits, universe, features)
@@ -907,7 +924,8 @@ def edge_enrichment(
         raise SaeflowError("no null network given")
     if count < F / 0.05:
         log.info(
-            "%s: %d permutations: the smallest p is %.2g, so a single feature among %d cannot reach "
+            "%s: %d permutations: the smallest p is %.2g, so a single feature among %d cannot "
+            "reach "
             "q <= 0.05 on its own",
             network,
             count,

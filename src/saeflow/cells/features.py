@@ -1,4 +1,5 @@
-"""Single-cell feature analyses: what an SAE feature of a cell model (Geneformer, scGPT) responds to.
+"""Single-cell feature analyses: what an SAE feature of a cell model (Geneformer, scGPT) responds
+to.
 
 Everything starts from one streaming pass over a cell-model activation store
 (:func:`stream_cell_features`): each chunk of token rows is encoded by the SAE, its nonzero codes
@@ -20,7 +21,8 @@ From it, without touching the layer again:
 * :func:`celltype_enrichment` (Fisher's exact test of each feature's top cells against each label).
 
 And from other inputs: :func:`svd_comparison` (top singular vectors of the activations vs the SAE),
-:func:`annotation_by_alignment`, :func:`perturbation_response` (Mann-Whitney U per target and feature),
+:func:`annotation_by_alignment`, :func:`perturbation_response` (Mann-Whitney U per target and
+feature),
 :func:`regulatory_logic` (are a TF's responding features annotated to its TRRUST targets?) and
 :func:`layer_summary` (the per-layer table).
 
@@ -54,7 +56,8 @@ from saeflow.utils import SaeflowError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-#: Per-layer summary columns; one column per gene-set library goes between "Enrichments" and "Modules".
+# : Per-layer summary columns; one column per gene-set library goes between "Enrichments" and
+# "Modules".
 CELL_SUMMARY_COLUMNS = [
     "layer",
     "Features",
@@ -73,7 +76,8 @@ CELL_SUMMARY_COLUMNS = [
 
 
 def _sample_odds_ratio(a, b, c, d) -> np.ndarray:
-    """(a d) / (b c), the sample odds ratio ``scipy.stats.fisher_exact`` reports (inf when b c = 0 < a d)."""
+    """(a d) / (b c), the sample odds ratio ``scipy.stats.fisher_exact`` reports (inf when b c = 0 <
+    a d)."""
     num = np.asarray(a, np.float64) * d
     den = np.asarray(b, np.float64) * c
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -81,10 +85,12 @@ def _sample_odds_ratio(a, b, c, d) -> np.ndarray:
 
 
 class _SparseAccumulator:
-    """(row, col) -> reduced values for matrices too large to hold dense, fed in batches of triplets.
+    """(row, col) -> reduced values for matrices too large to hold dense, fed in batches of
+    triplets.
 
     ``ops`` gives the reduction of each value column ("sum" or "max"). A batch is reduced on its own
-    (sort by key, ``reduceat``) and buffered; the buffer is merged into the sorted running arrays when
+    (sort by key, ``reduceat``) and buffered; the buffer is merged into the sorted running arrays
+    when
     it outgrows them (or 4 M entries), so the total cost is O(N log N) in the number of entries and
     memory is proportional to the distinct (row, col) pairs seen, i.e. sparse where the codes are.
     """
@@ -153,7 +159,8 @@ def _as_csr(x):
 
 
 def _column_cutoffs(m, k: int, eligible_rows: np.ndarray | None = None) -> np.ndarray:
-    """Per column of sparse ``m``, the k-th largest positive (eligible) value; 0 where there are fewer.
+    """Per column of sparse ``m``, the k-th largest positive (eligible) value; 0 where there are
+    fewer.
 
     One ``np.partition`` per column over that column's nonzeros only: O(nnz) in all, where sorting
     every entry would be O(nnz log nnz) (the gene x feature matrix can hold 10^8 entries).
@@ -174,7 +181,8 @@ def _column_cutoffs(m, k: int, eligible_rows: np.ndarray | None = None) -> np.nd
 
 
 def _top_per_column(m, n: int, eligible_rows: np.ndarray | None = None):
-    """The ``n`` largest positive entries of each column of sparse ``m``: (rows, cols, values, rank).
+    """The ``n`` largest positive entries of each column of sparse ``m``: (rows, cols, values,
+    rank).
 
     Entries below each column's n-th largest value are dropped first (:func:`_column_cutoffs`,
     linear time); the survivors are sorted by (column, value descending, row), so ties at the
@@ -199,7 +207,8 @@ def _top_per_column(m, n: int, eligible_rows: np.ndarray | None = None):
 
 @dataclass
 class CellFeatureStats:
-    """Per-feature, per-(gene, feature) and per-(cell, feature) accumulators of one SAE on one layer.
+    """Per-feature, per-(gene, feature) and per-(cell, feature) accumulators of one SAE on one
+    layer.
 
     Cell rows are the global cell ids of the store (rows of the cell table, ``seq`` in the token
     index); cells left out of the pass have ``cell_tokens == 0`` and empty rows. Gene rows follow
@@ -337,7 +346,8 @@ def gene_codes(store, *, allow_missing: bool = False) -> tuple[np.ndarray, np.nd
             codes[np.isin(codes, empty)] = -1
     elif (codes < 0).any():
         raise SaeflowError(
-            f"{path}: column 'gene' has missing values (rows {np.flatnonzero(codes < 0)[:5].tolist()}...)"
+            f"{path}: column 'gene' has missing values (rows "
+            f"{np.flatnonzero(codes < 0)[:5].tolist()}...)"
         )
     genes = np.asarray(cat.categories, dtype=object).astype(str)
     if len(codes) != int(store.manifest["n_tokens"]):
@@ -359,7 +369,8 @@ def pa_is_string(t) -> bool:
 
 
 def _cell_blocks(arr, offsets: np.ndarray, cells: np.ndarray, chunk: int, path: str):
-    """Yield (first row, float32 block, cell id per row) over the rows of ``cells`` (sorted), <= chunk rows each."""
+    """Yield (first row, float32 block, cell id per row) over the rows of ``cells`` (sorted), <=
+    chunk rows each."""
     starts, ends = offsets[cells], offsets[cells + 1]
     nonempty = ends > starts
     starts, ends = starts[nonempty], ends[nonempty]
@@ -381,7 +392,8 @@ def _cell_blocks(arr, offsets: np.ndarray, cells: np.ndarray, chunk: int, path: 
 def _sparse_codes(
     sae, x: np.ndarray, device
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(row, feature, value) of the nonzero codes of one block, and each feature's max over the block.
+    """(row, feature, value) of the nonzero codes of one block, and each feature's max over the
+    block.
 
     The dense (block x d_sae) codes exist only inside this function.
     """
@@ -408,7 +420,8 @@ def _sae_device(sae):
 
 
 def _add_cooc(cooc: np.ndarray, buf: list, n_rows: int, F: int) -> int:
-    """cooc += B^T B for the buffered (row, feature) pairs; empties ``buf``; returns 0 (the new row count)."""
+    """cooc += B^T B for the buffered (row, feature) pairs; empties ``buf``; returns 0 (the new row
+    count)."""
     import scipy.sparse as sp
 
     if buf:
@@ -439,11 +452,15 @@ def stream_cell_features(
     turned into sparse triplets at once, so RAM holds one dense (chunk x d_sae) block plus
     accumulators proportional to the distinct (gene, feature) and (cell, feature) pairs that fire.
 
-    ``cooccurrence``: also count, over tokens, how often each pair of features fires on the same token
-    (a dense (d_sae x d_sae) int64 matrix; 170 MB at 4608 latents). Its cost grows with tokens x L0^2,
-    so ``cooccurrence_max_tokens`` restricts it to a seeded random subset of whole cells holding at most
+    ``cooccurrence``: also count, over tokens, how often each pair of features fires on the same
+    token
+    (a dense (d_sae x d_sae) int64 matrix; 170 MB at 4608 latents). Its cost grows with tokens x
+    L0^2,
+    so ``cooccurrence_max_tokens`` restricts it to a seeded random subset of whole cells holding at
+    most
     that many tokens (``None`` = all streamed tokens). Co-occurrence *within cells* needs no pass of
-    its own: :func:`saeflow.sae.modules.cooccurrence` of ``stats.cell_fires >= m`` (features firing on at
+    its own: :func:`saeflow.sae.modules.cooccurrence` of ``stats.cell_fires >= m`` (features firing
+    on at
     least m tokens of the same cell).
 
     Memory: the (cell, feature) accumulator costs 20 bytes per distinct pair that fires (twice that
@@ -466,7 +483,8 @@ def stream_cell_features(
         if cells.dtype == bool:
             if len(cells) != n_cells:
                 raise SaeflowError(
-                    f"{store.dir}: cell mask has {len(cells)} entries but the store has {n_cells} cells"
+                    f"{store.dir}: cell mask has {len(cells)} entries but the store has {n_cells} "
+                    "cells"
                 )
             cell_ids = np.flatnonzero(cells)
         else:
@@ -560,7 +578,8 @@ def stream_cell_features(
 
 
 def feature_table(stats: CellFeatureStats) -> pd.DataFrame:
-    """One row per feature: ``frequency`` (fraction of streamed tokens where it fires), ``cell_frequency``
+    """One row per feature: ``frequency`` (fraction of streamed tokens where it fires),
+    ``cell_frequency``
     (fraction of streamed cells where it fires on at least one token), ``mean_activation`` (over the
     tokens where it fires, as in the DNA catalog), ``max_activation``, ``alive`` (fires at all)."""
     n_cells = max(int(stats.cells_used.sum()), 1)
@@ -581,7 +600,8 @@ def top_genes(stats: CellFeatureStats, *, top_n: int = 20, min_count: int = 10) 
     """Per feature, the ``top_n`` genes with the highest mean activation at their token positions.
 
     The mean of gene g for feature f is (sum of f's activation over every token of g) / (number of
-    tokens of g): tokens where f is silent count as zeros, so a gene ranks high only if f fires on it
+    tokens of g): tokens where f is silent count as zeros, so a gene ranks high only if f fires on
+    it
     *consistently*, not because of one extreme token. Genes seen on fewer than ``min_count`` tokens
     are skipped (their means are too noisy to rank); genes with mean 0 are never listed.
 
@@ -613,7 +633,8 @@ def top_genes(stats: CellFeatureStats, *, top_n: int = 20, min_count: int = 10) 
 def top_cells(
     stats: CellFeatureStats, *, top_n: int = 20, by: str = "mean", names=None, labels=None
 ) -> pd.DataFrame:
-    """Per feature, the ``top_n`` cells with the largest per-cell ``mean`` (over all the cell's tokens)
+    """Per feature, the ``top_n`` cells with the largest per-cell ``mean`` (over all the cell's
+    tokens)
     or ``max`` activation. Columns: feature, rank, cell (row of the cell table), activation, and
     ``name`` / ``label`` when given (arrays over all cells of the table)."""
     if by not in ("mean", "max"):
@@ -633,14 +654,16 @@ def top_cells(
             arr = np.asarray(arr)
             if len(arr) != stats.n_cells:
                 raise SaeflowError(
-                    f"top_cells: {col} has {len(arr)} entries but the store has {stats.n_cells} cells"
+                    f"top_cells: {col} has {len(arr)} entries but the store has {stats.n_cells} "
+                    "cells"
                 )
             out[col] = arr[out.cell.to_numpy()]
     return out.sort_values(["feature", "rank"], kind="stable").reset_index(drop=True)
 
 
 def top_cell_sets(cell_values, top_fraction: float, universe: np.ndarray | None = None):
-    """Boolean sparse (cells x F): each feature's top cells, the top ``top_fraction`` of the universe.
+    """Boolean sparse (cells x F): each feature's top cells, the top ``top_fraction`` of the
+    universe.
 
     With N cells in the universe, k = ceil(top_fraction * N); the top set of feature f is every cell
     whose value is >= the k-th largest value of f and > 0 (a cell where f never fires is never a
@@ -770,7 +793,8 @@ def svd_comparison(
     * ``svd_var_explained``: fraction of the sample's total variance (sum of squared deviations from
       the mean) in the top ``n_components`` singular directions, sum(s_k^2, k < n) / sum(s^2) -- the
       best any rank-n linear code can do;
-    * ``sae_var_explained``: 1 - sum ||x - x_hat||^2 / sum ||x - mean||^2 of the SAE on the same rows;
+    * ``sae_var_explained``: 1 - sum ||x - x_hat||^2 / sum ||x - mean||^2 of the SAE on the same
+    rows;
     * per feature ``svd_max_cos``: max |cos| between its decoder row and those singular vectors
       (absolute: a singular vector's sign is arbitrary); ``svd_aligned`` = alive and max |cos| >
       ``threshold``, ``novel`` = alive and not aligned.
@@ -818,9 +842,11 @@ def svd_comparison(
 
 
 def annotation_by_alignment(aligned, annotated, alive=None) -> dict:
-    """Annotation rate of SVD-aligned vs novel (alive, not aligned) features, and whether they differ.
+    """Annotation rate of SVD-aligned vs novel (alive, not aligned) features, and whether they
+    differ.
 
-    Returns counts and rates per group plus the sample odds ratio (aligned vs novel) and the two-sided
+    Returns counts and rates per group plus the sample odds ratio (aligned vs novel) and the
+    two-sided
     Fisher exact p-value of the 2 x 2 table group x annotated (NaN when a group is empty).
     """
     from scipy.stats import fisher_exact
@@ -829,7 +855,8 @@ def annotation_by_alignment(aligned, annotated, alive=None) -> dict:
     annotated = np.asarray(annotated, bool)
     if aligned.shape != annotated.shape:
         raise SaeflowError(
-            f"annotation_by_alignment: {len(aligned)} aligned flags but {len(annotated)} annotated flags"
+            f"annotation_by_alignment: {len(aligned)} aligned flags but {len(annotated)} "
+            "annotated flags"
         )
     alive = np.ones_like(aligned) if alive is None else np.asarray(alive, bool)
     al, nv = alive & aligned, alive & ~aligned
@@ -872,7 +899,8 @@ def perturbation_response(
     seed: int = 0,
     z: float = 1.959963984540054,
 ) -> pd.DataFrame:
-    """Features whose per-cell activation shifts in the cells of each CRISPRi target vs control cells.
+    """Features whose per-cell activation shifts in the cells of each CRISPRi target vs control
+    cells.
 
     ``cell_acts``: (cells x F) per-cell activations (mean over each cell's tokens, e.g.
     :meth:`CellFeatureStats.cell_mean`), dense or sparse; ``perturbation``: the target of each cell
@@ -896,7 +924,8 @@ def perturbation_response(
     subsample of the controls (the cost of each target is a rank of n_t + n_c values per feature).
     ``features``: restrict to these feature indices (e.g. the alive ones).
 
-    Columns: target, feature, n_cells, n_control, mean_perturbed, mean_control, diff, ci_low, ci_high,
+    Columns: target, feature, n_cells, n_control, mean_perturbed, mean_control, diff, ci_low,
+    ci_high,
     U, rank_biserial, p, q.
     """
     m = _as_csr(cell_acts)
@@ -1003,9 +1032,11 @@ def regulatory_logic(
     seed: int = 0,
     tfs=None,
 ) -> pd.DataFrame:
-    """For each perturbed TF with TRRUST targets: are its responding features annotated to its targets?
+    """For each perturbed TF with TRRUST targets: are its responding features annotated to its
+    targets?
 
-    Inputs: ``response`` (:func:`perturbation_response`: target, feature, q); ``feature_genes``: each
+    Inputs: ``response`` (:func:`perturbation_response`: target, feature, q); ``feature_genes``:
+    each
     feature's top genes, a DataFrame with columns feature, gene (:func:`top_genes`) or a mapping
     feature -> genes; ``tf_targets``: TRRUST, a DataFrame with columns tf, target or a mapping
     tf -> target genes. Gene identifiers must be in one space (e.g. symbols) across all three.
@@ -1032,7 +1063,8 @@ def regulatory_logic(
     for c in ("target", "feature", "p", "q"):
         if c not in response.columns:
             raise SaeflowError(
-                f"regulatory_logic: response table has no column {c!r} (it has: {', '.join(response.columns)})"
+                f"regulatory_logic: response table has no column {c!r} (it has: "
+                f"{', '.join(response.columns)})"
             )
     fg = _gene_sets(feature_genes, "feature", "gene", "regulatory_logic feature_genes")
     try:
@@ -1113,12 +1145,14 @@ def layer_summary(
     """One row of the per-layer table.
 
     * ``features``: :func:`feature_table` (columns feature, alive);
-    * ``enrichment``: gene-set enrichment, columns feature, library, q. A feature is *annotated* when
+    * ``enrichment``: gene-set enrichment, columns feature, library, q. A feature is *annotated*
+    when
       it is alive and has at least one term with q < ``alpha``; ``Enrichments`` counts the
       significant (feature, term) rows; one column per library (``libraries``, default: those in
       the table) counts the annotated features of that library. ``Ann%`` = 100 Annotated / Alive.
     * ``modules``: :func:`saeflow.sae.modules.coactivation_modules` table (one row per module);
-    * ``tracking``: rows of :func:`saeflow.sae.modules.track_features` for this layer (column ``class``).
+    * ``tracking``: rows of :func:`saeflow.sae.modules.track_features` for this layer (column
+    ``class``).
       The last layer has no next layer: its Persistent/Moderate/Transient are NaN.
     """
     for c in ("feature", "alive"):
@@ -1163,7 +1197,8 @@ def layer_summary(
 
 
 def summary_table(rows: list[dict]) -> pd.DataFrame:
-    """Rows of :func:`layer_summary` as a table in :data:`CELL_SUMMARY_COLUMNS` order, library columns
+    """Rows of :func:`layer_summary` as a table in :data:`CELL_SUMMARY_COLUMNS` order, library
+    columns
     (whatever else the rows carry) between ``Enrichments`` and ``Modules``."""
     df = pd.DataFrame(rows)
     extra = [c for c in df.columns if c not in CELL_SUMMARY_COLUMNS]

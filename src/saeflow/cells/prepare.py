@@ -55,7 +55,8 @@ def _read(path):
 def _column(df: pd.DataFrame, col: str, what: str, path) -> pd.Series:
     if col not in df.columns:
         raise SaeflowError(
-            f"{path}: {what} has no column {col!r} (it has: {', '.join(map(str, df.columns)) or 'none'})"
+            f"{path}: {what} has no column {col!r} (it has: "
+            f"{', '.join(map(str, df.columns)) or 'none'})"
         )
     return df[col]
 
@@ -133,7 +134,8 @@ def prepare_cells(
             if not keep.any():
                 top = ", ".join(pert.value_counts().index[:5])
                 raise SaeflowError(
-                    f"{h5ad}: no cell has {perturbation_column} == {control_label!r} (most common: {top})"
+                    f"{h5ad}: no cell has {perturbation_column} == {control_label!r} (most "
+                    f"common: {top})"
                 )
     labels = (
         _column(obs, label_column, "obs", h5ad).astype(str)
@@ -196,7 +198,8 @@ def prepare_cells(
         gene_ids = strip_ensembl_versions(gene_ids, h5ad)
     if gene_ids is None and symbols is None:
         raise SaeflowError(
-            f"{h5ad}: neither gene ids nor gene symbols configured (gene_id_column / gene_symbol_column)"
+            f"{h5ad}: neither gene ids nor gene symbols configured (gene_id_column / "
+            "gene_symbol_column)"
         )
     n_atlas = len(idx)
     idx = np.concatenate([idx, pert_idx])
@@ -207,7 +210,8 @@ def prepare_cells(
         raise SaeflowError(f"{h5ad}: the count matrix contains NaN/inf")
     if data.size and data.min() < 0:
         raise SaeflowError(
-            f"{h5ad}: the count matrix has negative values (scaled data?); cell models need raw counts "
+            f"{h5ad}: the count matrix has negative values (scaled data?); cell models need raw "
+            "counts "
             "(set the dataset's `layer` to the counts layer, or 'raw')"
         )
     if data.size and not np.allclose(data, np.round(data)):
@@ -280,7 +284,8 @@ def load_cells(path):
 def pool_cells(sources: dict, out_h5ad, out_table, out_sources=None) -> pd.DataFrame:
     """Pool several prepared cell datasets into one (a dataset's ``pool:``).
 
-    ``sources``: name -> (cells.h5ad, cells table) as :func:`prepare_cells` wrote them, in pool order.
+    ``sources``: name -> (cells.h5ad, cells table) as :func:`prepare_cells` wrote them, in pool
+    order.
     The pool holds every source's atlas cells (``train``/``test``, split kept), then every source's
     ``perturbed`` cells (the order :func:`prepare_cells` guarantees), on the genes common to all
     sources: keyed by gene id when every source has ids, else by symbol (a gene a source did not

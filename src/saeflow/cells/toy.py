@@ -2,7 +2,8 @@
 
 * :func:`write_pbmc` turns scanpy's shipped ``pbmc68k_reduced`` (700 real PBMCs x 765 genes, no
   network) into the h5ad the cell rules read, and writes the dataset's own marker genes
-  (``uns['rank_genes_groups']``, grouped by ``bulk_labels``) as a GMT: the ground truth that cell-type
+  (``uns['rank_genes_groups']``, grouped by ``bulk_labels``) as a GMT: the ground truth that
+  cell-type
   features should be enriched for.
 
   ``pbmc68k_reduced`` keeps no raw counts: ``X`` is scaled (negative values), ``raw.X`` is
@@ -64,7 +65,8 @@ SPECIALS = ["<pad>", "<mask>", "<cls>", "<eos>"]
 
 
 def write_pbmc(out_h5ad, out_gmt, n_markers: int = 25) -> dict:
-    """pbmc68k_reduced -> ``out_h5ad`` (normalised expression, symbols, labels) and ``out_gmt`` (markers)."""
+    """pbmc68k_reduced -> ``out_h5ad`` (normalised expression, symbols, labels) and ``out_gmt``
+    (markers)."""
     import anndata
     import scanpy as sc
     import scipy.sparse as sp
@@ -97,7 +99,8 @@ def write_pbmc(out_h5ad, out_gmt, n_markers: int = 25) -> dict:
             "\t".join(
                 [
                     g,
-                    f"pbmc68k_reduced rank_genes_groups ({a.uns['rank_genes_groups']['params']['method']})",
+                    "pbmc68k_reduced rank_genes_groups "
+                    f"({a.uns['rank_genes_groups']['params']['method']})",
                     *genes,
                 ]
             )
@@ -157,8 +160,10 @@ def write_pbmc_crispri(
         raise SaeflowError(f"{pbmc_h5ad}: simulated CRISPRi targets not among its genes: {missing}")
     rng = np.random.default_rng(seed)
     # targets among the genes a Geneformer-style model reads: those ranked within the top
-    # ``top_ranked`` of a cell by rank-value encoding (expression / total / the gene's nonzero median)
-    # in at least ``min_expressed`` of the cells, so that knocking them down changes the model's input
+    # ``top_ranked`` of a cell by rank-value encoding (expression / total / the gene's nonzero
+    # median)
+    # in at least ``min_expressed`` of the cells, so that knocking them down changes the model's
+    # input
     dense = X.toarray()
     norm = dense / np.maximum(dense.sum(1, keepdims=True), 1e-12)
     med = np.array([np.median(c[c > 0]) if (c > 0).any() else np.inf for c in norm.T])
@@ -175,7 +180,8 @@ def write_pbmc_crispri(
         or frac[pool[n_targets * len(design) - 1]] < min_expressed
     ):
         raise SaeflowError(
-            f"{pbmc_h5ad}: too few genes within the top {top_ranked} ranks of >= {min_expressed:.0%} "
+            f"{pbmc_h5ad}: too few genes within the top {top_ranked} ranks of >= "
+            f"{min_expressed:.0%} "
             f"of cells for {n_targets * len(design)} simulated targets"
         )
     drawn = rng.permutation(pool)[: n_targets * len(design)].reshape(len(design), n_targets)
@@ -302,7 +308,8 @@ def write_pbmc_tissue(
 
 
 def build_dictionaries(cells) -> tuple[dict[str, int], dict[str, float]]:
-    """Token dictionary (specials, then genes in column order) and non-zero medians of normalised expression."""
+    """Token dictionary (specials, then genes in column order) and non-zero medians of normalised
+    expression."""
     import scipy.sparse as sp
 
     X = cells.X.tocsr() if sp.issparse(cells.X) else sp.csr_matrix(cells.X)
@@ -327,11 +334,13 @@ def build_dictionaries(cells) -> tuple[dict[str, int], dict[str, float]]:
 
 
 def train_toy_geneformer(cells, out_dir, params: dict, metrics_path=None) -> dict:
-    """Train the toy Geneformer on ``cells`` (a CellMatrix) and save it loadable as ``family: geneformer``.
+    """Train the toy Geneformer on ``cells`` (a CellMatrix) and save it loadable as ``family:
+    geneformer``.
 
     ``params``: seed, hidden_size, num_layers, num_heads, intermediate_size, steps, batch_size, lr,
     mask_prob, max_length (model input size in tokens, <cls> and <eos> included: each cell's
-    top-ranked genes, as Geneformer truncates to its input size). Metrics: masked-gene accuracy on held-out cells vs the best constant guess.
+    top-ranked genes, as Geneformer truncates to its input size). Metrics: masked-gene accuracy on
+    held-out cells vs the best constant guess.
     """
     import torch
     from tqdm.auto import tqdm
@@ -360,7 +369,8 @@ def train_toy_geneformer(cells, out_dir, params: dict, metrics_path=None) -> dic
     from saeflow.models.base import CellMatrix
 
     cells = CellMatrix(cells.X, np.asarray(gene_ids).astype(str), cells.gene_symbols, cells.names)
-    # Like Geneformer, the input is truncated to the model's size: the top-ranked genes of each cell.
+    # Like Geneformer, the input is truncated to the model's size: the top-ranked genes of each
+    # cell.
     max_len = int(p["max_length"])
     tok = GeneformerTokenizer(
         token_dict, medians, max_len, special_tokens=True, source="toy geneformer"

@@ -155,7 +155,8 @@ def _directions(directions, d: int) -> tuple[list[str], np.ndarray]:
 
 
 def _svd_lowrank(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SVD of A @ B (A: d x h, B: h x d) without forming the d x d product: QR of A and B^T, SVD of h x h."""
+    """SVD of A @ B (A: d x h, B: h x d) without forming the d x d product: QR of A and B^T, SVD of
+    h x h."""
     qa, ra = np.linalg.qr(A)
     qb, rb = np.linalg.qr(B.T)
     u, s, vt = np.linalg.svd(ra @ rb.T)

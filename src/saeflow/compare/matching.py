@@ -148,7 +148,8 @@ def _mutual(a_idx, b_idx) -> np.ndarray:
 
 
 def shared_rows(names_a, names_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions of the rows both runs hold, matched by name: (rows of A, rows of B, names), in A's order.
+    """Positions of the rows both runs hold, matched by name: (rows of A, rows of B, names), in A's
+    order.
 
     For per-gene activations of two models with different vocabularies (or cells of two datasets).
     Raises when a run lists a name twice or when the runs share no rows.
@@ -183,7 +184,8 @@ def match_features(
     * features_b: feature, alive, match (A feature), corr;
     * summary: n_rows, n_a, n_b, alive_a, alive_b, threshold, matched, matched_fraction (over alive
       A features), null_fractions (list), null_fraction_mean, null_fraction_sd, p_empirical,
-      mutual_best, mutual_above (mutual and corr >= threshold), null_mutual_above_mean, n_null, seed.
+      mutual_best, mutual_above (mutual and corr >= threshold), null_mutual_above_mean, n_null,
+      seed.
     """
     A = _as_matrix(A, "match_features (A)")
     B = _as_matrix(B, "match_features (B)")

@@ -1,6 +1,7 @@
 """Feature-organisation statistics that can be compared across models (per layer, by depth).
 
-Built on what the atlas already writes per layer (:mod:`saeflow.cells.analysis`: ``features.parquet``
+Built on what the atlas already writes per layer (:mod:`saeflow.cells.analysis`:
+``features.parquet``
 with columns feature, alive, module, svd_aligned; the cross-layer tracking table of
 :func:`saeflow.sae.modules.track_features` with columns layer, feature, class, persistence_*). Every
 statistic is a fraction of the layer's *alive* features, so SAEs of different widths compare:
@@ -40,9 +41,12 @@ CLASSES = ("persistent", "moderate", "transient")
 def layer_organisation(
     features: pd.DataFrame, tracking: pd.DataFrame | None = None, *, layer=None
 ) -> dict:
-    """The organisation statistics of one layer (module doc). ``features``: the layer's per-feature table
-    (needs ``alive``; ``module`` and ``svd_aligned`` are used when present, else the statistic is NaN);
-    ``tracking``: this layer's rows of the tracking table (or the whole table: rows of other layers are
+    """The organisation statistics of one layer (module doc). ``features``: the layer's per-feature
+    table
+    (needs ``alive``; ``module`` and ``svd_aligned`` are used when present, else the statistic is
+    NaN);
+    ``tracking``: this layer's rows of the tracking table (or the whole table: rows of other layers
+    are
     ignored when ``layer`` is given)."""
     if "alive" not in features.columns:
         raise SaeflowError(
@@ -97,7 +101,8 @@ def organisation_table(
 
 
 def run_organisation(table: pd.DataFrame) -> dict:
-    """Whole-run numbers from :func:`organisation_table`: each fraction pooled over layers, weighted by
+    """Whole-run numbers from :func:`organisation_table`: each fraction pooled over layers, weighted
+    by
     the layer's alive features (layers where the statistic is NaN are left out)."""
     if "alive" not in table.columns or len(table) == 0:
         raise SaeflowError("run_organisation: needs the per-layer table of organisation_table")

@@ -5,7 +5,8 @@ is hard for one model tends to be hard for the other. The difference must theref
 the pairs, not as two independent estimates. Two paired procedures are offered, on the same
 ``y``/scores:
 
-* **paired bootstrap** (reusing :func:`saeflow.dna.probes.paired_bootstrap_delta`'s resampling): each
+* **paired bootstrap** (reusing :func:`saeflow.dna.probes.paired_bootstrap_delta`'s resampling):
+each
   round resamples the test items with replacement and scores both models on the same resample
   (resamples with one class only are skipped). CI: percentile 95% of the resampled deltas.
   p-value (two-sided, for delta != 0): ``min(1, 2 min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (1 + B))``
@@ -163,7 +164,8 @@ def delong_test(y, score_a, score_b) -> dict:
 
 
 def bootstrap_p(deltas: np.ndarray) -> float:
-    """Two-sided percentile-bootstrap p for delta != 0 from resampled deltas (NaNs ignored; see module doc)."""
+    """Two-sided percentile-bootstrap p for delta != 0 from resampled deltas (NaNs ignored; see
+    module doc)."""
     d = np.asarray(deltas, dtype=float)
     d = d[np.isfinite(d)]
     if d.size == 0:
@@ -175,7 +177,8 @@ def bootstrap_p(deltas: np.ndarray) -> float:
 def paired_auroc_delta(y, score_a, score_b, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """AUROC(a) - AUROC(b) on the same items: paired bootstrap CI and p, and DeLong's test.
 
-    The bootstrap resamples are those of :func:`saeflow.dna.probes.paired_bootstrap_delta` with the same
+    The bootstrap resamples are those of :func:`saeflow.dna.probes.paired_bootstrap_delta` with the
+    same
     ``seed`` (so ``ci_low``/``ci_high`` equal its interval). Keys: auroc_a, auroc_b, delta, ci_low,
     ci_high, p_boot, n_boot_used (resamples with both classes), se_delong, z_delong, p_delong,
     ci_low_delong, ci_high_delong.
@@ -206,7 +209,8 @@ def paired_auroc_delta(y, score_a, score_b, *, n_boot: int = 1000, seed: int = 0
 def unpaired_bootstrap_delta(
     y_a, score_a, y_b, score_b, *, n_boot: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """AUROC(a) - AUROC(b) with a percentile 95% CI from *independent* resamples of each run's items.
+    """AUROC(a) - AUROC(b) with a percentile 95% CI from *independent* resamples of each run's
+    items.
 
     For runs scored on different test items. On shared items with correlated errors this interval is
     wider than the paired one (:func:`paired_auroc_delta`), which is the one to use there.
@@ -269,8 +273,10 @@ def align_predictions(
     only_b = kb[~kb.isin(set(ka))]
     if len(only_a) or len(only_b):
         msg = (
-            f"the test items differ: {len(only_a)} of run {names[0]!r}'s {len(ka)} items are not in run "
-            f"{names[1]!r} (e.g. {only_a.head(3).tolist()}), {len(only_b)} of run {names[1]!r}'s {len(kb)} are "
+            f"the test items differ: {len(only_a)} of run {names[0]!r}'s {len(ka)} items are not "
+            "in run "
+            f"{names[1]!r} (e.g. {only_a.head(3).tolist()}), {len(only_b)} of run {names[1]!r}'s "
+            f"{len(kb)} are "
             f"not in run {names[0]!r} (e.g. {only_b.head(3).tolist()})"
         )
         if on_mismatch == "error":
@@ -305,7 +311,8 @@ def align_predictions(
     bad = la != lb
     if bad.any():
         raise SaeflowError(
-            f"align_predictions: {int(bad.sum())} shared items have different labels in the two runs "
+            f"align_predictions: {int(bad.sum())} shared items have different labels in the two "
+            "runs "
             f"(e.g. {m.item[bad].head(3).tolist()}); were they built from the same task table?"
         )
     m["label"] = la
@@ -348,7 +355,8 @@ def auroc_comparison(
     for key, ga in ga_all.items():
         if key not in gb:
             raise SaeflowError(
-                f"auroc_comparison: group {dict(zip(by, key))} is in run {names[0]!r} but not in run "
+                f"auroc_comparison: group {dict(zip(by, key))} is in run {names[0]!r} but not in "
+                "run "
                 f"{names[1]!r}"
             )
         al = align_predictions(ga, gb[key], item=item, label=label, score=score, names=names)
@@ -372,6 +380,7 @@ def auroc_comparison(
     extra = [dict(zip(by, k)) for k in gb if k not in ga_all]
     if extra:
         raise SaeflowError(
-            f"auroc_comparison: groups {extra[:3]} are in run {names[1]!r} but not in run {names[0]!r}"
+            f"auroc_comparison: groups {extra[:3]} are in run {names[1]!r} but not in run "
+            f"{names[0]!r}"
         )
     return pd.DataFrame(rows, columns=by + COMPARISON_COLUMNS)

@@ -1,7 +1,9 @@
-"""Perturbation specificity of several runs (e.g. an SAE trained on K562 alone vs on K562 pooled with
+"""Perturbation specificity of several runs (e.g. an SAE trained on K562 alone vs on K562 pooled
+with
 Tabula Sapiens tissues): is the model or the training data the bottleneck?
 
-The per-run test is the perturbation rules' regulatory logic (:func:`saeflow.cells.features.regulatory_logic`,
+The per-run test is the perturbation rules' regulatory logic
+(:func:`saeflow.cells.features.regulatory_logic`,
 ``perturbation/{sae}/regulatory.tsv``): for a perturbed TF with TRRUST targets, are the features
 that respond to its knockdown enriched for features annotated to its targets (permutation null, BH
 over every (network, TF) of a layer)? A TF is *specific* in a layer when that q < alpha; the
@@ -93,7 +95,8 @@ def _tested(reg: pd.DataFrame) -> pd.DataFrame:
 def tf_specificity(
     reg: pd.DataFrame, targets: pd.DataFrame | None = None, *, alpha: float = 0.05, layers=None
 ) -> pd.DataFrame:
-    """Per layer: TFs tested, specific (q < alpha), their fraction with a Wilson interval, and (given the
+    """Per layer: TFs tested, specific (q < alpha), their fraction with a Wilson interval, and
+    (given the
     per-target table) the fraction of perturbation targets with any responding feature."""
     r = _tested(reg)
     layers = sorted(
@@ -163,7 +166,8 @@ def compare_specificity(
 
 
 def plot_specificity(table: pd.DataFrame, path, *, title: str | None = None) -> None:
-    """TF specificity (Wilson 95% interval) and responding-target fraction by relative depth, per run."""
+    """TF specificity (Wilson 95% interval) and responding-target fraction by relative depth, per
+    run."""
     import matplotlib.pyplot as plt
 
     from saeflow import plots  # sets the Agg backend

@@ -53,7 +53,8 @@ def depth_pairs(
     *,
     max_gap: float | None = None,
 ) -> pd.DataFrame:
-    """Each run's layer at each point of the common depth grid (the depths of the run with the fewest
+    """Each run's layer at each point of the common depth grid (the depths of the run with the
+    fewest
     layers), nearest layer; a run further than ``max_gap`` from a grid point has layer -1 there.
 
     Returns grid_depth, run, layer, depth, gap (tidy, as :func:`align_depth`)."""
@@ -79,7 +80,8 @@ def layer_pairs(
     *,
     max_gap: float | None = None,
 ) -> pd.DataFrame:
-    """For every pair of runs (in the order given) and every grid depth where both have a layer within
+    """For every pair of runs (in the order given) and every grid depth where both have a layer
+    within
     ``max_gap``: grid_depth, run_a, layer_a, depth_a, run_b, layer_b, depth_b."""
     al = depth_pairs(layers, n_layers, max_gap=max_gap)
     rows = []
@@ -156,7 +158,8 @@ def compare_layer_tables(
 
 
 def head_scan_layers(scan: pd.DataFrame) -> pd.DataFrame:
-    """Per (motif, layer) of a head scan: heads, best_r (and its head), best_rho (and its head), heads
+    """Per (motif, layer) of a head scan: heads, best_r (and its head), best_rho (and its head),
+    heads
     passing the registered criterion and their fraction."""
     need = ["motif", "layer", "head", "r", "rho", "passes"]
     miss = [c for c in need if c not in scan.columns]
@@ -245,7 +248,8 @@ def compare_probe_predictions(
     seed: int = 0,
     max_gap: float | None = None,
 ) -> pd.DataFrame:
-    """Paired AUROC deltas of every pair of runs, per depth-aligned layer pair, on the same test items.
+    """Paired AUROC deltas of every pair of runs, per depth-aligned layer pair, on the same test
+    items.
 
     ``preds``: run -> the probe rule's ``probe_predictions.parquet`` (layer, level, target, control,
     item, label, score). Rows with ``level``/``target``/``control`` are compared; layers are paired
@@ -341,7 +345,8 @@ def plot_probe_comparison(table: pd.DataFrame, path, *, title: str | None = None
 def run_organisation_table(
     features: Mapping[int, pd.DataFrame], tracking: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """:func:`saeflow.compare.organisation.organisation_table` with the fraction columns always present."""
+    """:func:`saeflow.compare.organisation.organisation_table` with the fraction columns always
+    present."""
     from saeflow.compare.organisation import organisation_table
 
     t = organisation_table(features, tracking)
@@ -417,7 +422,8 @@ def select_audit_heads(
     top: int = 6,
     n_heads: int | None = None,
 ) -> list[tuple[int, int]]:
-    """The (block, head) pairs to audit: ``top``: the ``top`` heads of the head scan by Pearson r (best
+    """The (block, head) pairs to audit: ``top``: the ``top`` heads of the head scan by Pearson r
+    (best
     over motifs) among the blocks next to an SAE layer; ``all``: every head of those blocks."""
     blocks = audit_candidate_blocks(sae_layers, n_layers)
     if not blocks:
@@ -445,7 +451,8 @@ def select_audit_heads(
 def motif_directions(
     ablation: Mapping[int, pd.DataFrame], decoders: Mapping[int, np.ndarray]
 ) -> pd.DataFrame:
-    """The decoder row of each layer's best motif feature (ablation.tsv's motif, feature): one row per
+    """The decoder row of each layer's best motif feature (ablation.tsv's motif, feature): one row
+    per
     (sae_layer, motif) with the vector in ``vector``."""
     rows = []
     for layer, t in sorted(ablation.items()):
@@ -459,7 +466,8 @@ def motif_directions(
             f = int(r.feature)
             if not 0 <= f < W.shape[0]:
                 raise SaeflowError(
-                    f"motif_directions: layer {layer} feature {f} is outside the SAE's {W.shape[0]} "
+                    f"motif_directions: layer {layer} feature {f} is outside the SAE's "
+                    f"{W.shape[0]} "
                     "latents; is the ablation table from another SAE?"
                 )
             rows.append(dict(sae_layer=int(layer), motif=str(r.motif), feature=f, vector=W[f]))
@@ -473,10 +481,12 @@ def audit_run(
     *,
     k: int = 5,
 ) -> pd.DataFrame:
-    """OV/QK audit (:func:`saeflow.compare.circuits.audit_head`) of each (block, head) against the motif
+    """OV/QK audit (:func:`saeflow.compare.circuits.audit_head`) of each (block, head) against the
+    motif
     decoder directions at its read side (SAE layer block - 1) and write side (SAE layer block).
 
-    ``weights``: block -> :meth:`ModelAdapter.head_weights` dict. Returns the audit columns plus side,
+    ``weights``: block -> :meth:`ModelAdapter.head_weights` dict. Returns the audit columns plus
+    side,
     sae_layer, motif, feature; the ``direction`` name is ``<motif> f<feature> L<sae_layer> <side>``.
     """
     from saeflow.compare.circuits import AUDIT_COLUMNS, audit_head
@@ -506,7 +516,8 @@ def audit_run(
             frames.append(t)
     if not frames:
         raise SaeflowError(
-            "audit_run: no (head, direction) pair: no motif feature at the layers next to the heads "
+            "audit_run: no (head, direction) pair: no motif feature at the layers next to the "
+            "heads "
             f"{list(heads)} (SAE layers with features: {sorted(set(directions.sae_layer))})"
         )
     return pd.concat(frames, ignore_index=True)[
@@ -515,8 +526,10 @@ def audit_run(
 
 
 def matching_rows(rows: str, run_a: Mapping, run_b: Mapping) -> str | None:
-    """The shared rows two runs' features can be matched over, or None where matching is not meaningful:
-    ``sequence`` (per-sequence / per-cell mean codes) for runs on the same dataset, ``gene`` (per-gene
+    """The shared rows two runs' features can be matched over, or None where matching is not
+    meaningful:
+    ``sequence`` (per-sequence / per-cell mean codes) for runs on the same dataset, ``gene``
+    (per-gene
     mean codes, genes matched by name) for two cell runs. ``rows``: auto, sequence or gene; runs are
     mappings with ``dataset`` and ``kind`` (the same rule as the workflow's config check)."""
     if rows not in ("auto", "sequence", "gene"):
@@ -557,7 +570,8 @@ MATCH_SUMMARY_COLUMNS = [
 def match_pair(
     A, B, pair: Mapping, rows: str, *, threshold: float = 0.5, n_null: int = 19, seed: int = 0
 ) -> tuple[dict, pd.DataFrame]:
-    """:func:`saeflow.compare.matching.match_features` of one depth-aligned layer pair: the summary row
+    """:func:`saeflow.compare.matching.match_features` of one depth-aligned layer pair: the summary
+    row
     (:data:`MATCH_SUMMARY_COLUMNS`) and run A's per-feature matches (with the pair's keys)."""
     from saeflow.compare.matching import match_features
 

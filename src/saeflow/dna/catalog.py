@@ -34,7 +34,8 @@ def encode_chunks(sae, store: ActivationStore, layer: int, chunk: int = 8192):
 def feature_statistics(
     sae, store: ActivationStore, layer: int, top_n: int = 20, hist: np.ndarray | None = None
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """One streaming pass: frequency, mean/max activation, and the top-N activating token rows per feature.
+    """One streaming pass: frequency, mean/max activation, and the top-N activating token rows per
+    feature.
 
     ``hist``: optional (d_sae x :data:`saeflow.histogram.N_BINS`) counts, filled in place with each
     feature's activation histogram."""
@@ -83,7 +84,8 @@ def svd_alignment(
 
 
 def mark_context(seq: str, start: int, end: int, fire_mask: np.ndarray, context: int) -> str:
-    """The window around [start, end) with bases where the feature fires in UPPER case, others lower."""
+    """The window around [start, end) with bases where the feature fires in UPPER case, others
+    lower."""
     lo, hi = max(0, start - context), min(len(seq), end + context)
     return "".join(
         c.upper() if fire_mask[i] else c.lower() for i, c in zip(range(lo, hi), seq[lo:hi])
@@ -101,7 +103,8 @@ def build_catalog(
     sae_metrics: dict,
     hist: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray]:
-    """Returns (features, contexts, summary, singular values); ``hist`` as in :func:`feature_statistics`."""
+    """Returns (features, contexts, summary, singular values); ``hist`` as in
+    :func:`feature_statistics`."""
     top_n, n_ctx = int(params["top_n"]), int(params["n_contexts"])
     feats, best_v, best_r = feature_statistics(sae, store, layer, top_n, hist=hist)
     tokens = store.tokens

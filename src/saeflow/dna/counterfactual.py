@@ -6,7 +6,8 @@ anywhere in the sequence on either strand. The site's bases are **complemented i
 C<->G, not reversed): every position keeps its GC/AT class, and the site becomes the motif's
 complement, which is neither the motif nor its reverse complement. When that is not enough (a
 palindromic core, or a new site created nearby), the within-class bases of the site are shuffled
-(seeded: G/C positions among themselves, A/T positions among themselves, so GC is still kept at every
+(seeded: G/C positions among themselves, A/T positions among themselves, so GC is still kept at
+every
 position) until no site passes, up to ``max_tries``; a pair that cannot be made is reported, not
 forced.
 
@@ -47,7 +48,8 @@ def destroy_motif(
 ) -> str | None:
     """The corrupted partner of ``seq`` with the site ``[start, end)`` destroyed (see the module
     docstring), or None when no variant within ``max_tries`` clears every site below ``threshold``
-    (and, given ``accept(candidate) -> bool``, is accepted by it: e.g. tokenises to the same spans as
+    (and, given ``accept(candidate) -> bool``, is accepted by it: e.g. tokenises to the same spans
+    as
     ``seq`` under a BPE tokeniser, so that patching position by position stays meaningful)."""
     ok = (lambda c: True) if accept is None else accept
     if not (0 <= start < end <= len(seq)):
@@ -133,7 +135,8 @@ def counterfactual_pairs(
 
 
 def patching_metric(patched, corrupted, clean, *, min_gap: float = 1e-3) -> tuple[np.ndarray, int]:
-    """PM = (patched - corrupted) / (clean - corrupted), NaN where |clean - corrupted| < ``min_gap``.
+    """PM = (patched - corrupted) / (clean - corrupted), NaN where |clean - corrupted| <
+    ``min_gap``.
 
     Broadcasts (e.g. patched of shape (layers, heads, pairs) against clean/corrupted of shape
     (pairs,)). Returns (PM, number of pairs below the gap).

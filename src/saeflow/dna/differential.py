@@ -47,7 +47,8 @@ def _group_rows(groups, n: int, group_a, group_b) -> tuple[np.ndarray, np.ndarra
     labels = np.asarray(groups, dtype=object)
     if labels.ndim != 1:
         raise SaeflowError(
-            f"differential_features: groups must be one label per sequence, got shape {labels.shape}"
+            "differential_features: groups must be one label per sequence, got shape "
+            f"{labels.shape}"
         )
     if len(labels) != n:
         raise SaeflowError(
@@ -61,7 +62,8 @@ def _group_rows(groups, n: int, group_a, group_b) -> tuple[np.ndarray, np.ndarra
     lab = pd.Series(labels)
     if lab.isna().any():
         raise SaeflowError(
-            f"differential_features: {int(lab.isna().sum())} sequences have a missing (None/NaN) group label"
+            f"differential_features: {int(lab.isna().sum())} sequences have a missing (None/NaN) "
+            "group label"
         )
     ia = np.flatnonzero((lab == group_a).to_numpy())
     ib = np.flatnonzero((lab == group_b).to_numpy())
@@ -69,7 +71,8 @@ def _group_rows(groups, n: int, group_a, group_b) -> tuple[np.ndarray, np.ndarra
         if len(idx) < 2:
             present = sorted(map(str, lab.unique()))[:10]
             raise SaeflowError(
-                f"differential_features: group {name!r} has {len(idx)} sequences, at least 2 are needed "
+                f"differential_features: group {name!r} has {len(idx)} sequences, at least 2 are "
+                "needed "
                 f"(labels present: {present})"
             )
     return ia, ib
@@ -88,7 +91,8 @@ def _as_matrix(acts):
         data = m
     if m.ndim != 2:
         raise SaeflowError(
-            f"differential_features: activations must be a 2-D (sequences x features) matrix, got shape {m.shape}"
+            "differential_features: activations must be a 2-D (sequences x features) matrix, got "
+            f"shape {m.shape}"
         )
     bad = ~np.isfinite(np.asarray(data, dtype=np.float64))
     if bad.any():
@@ -122,12 +126,16 @@ def differential_features(
     ``groups``: one label per sequence (sequences with other labels are ignored);
     ``features``: optional names for the F columns (default 0..F-1).
 
-    ``test="mannwhitney"`` (two-sided U test, scipy's default method choice; ``statistic`` is U of group_a)
+    ``test="mannwhitney"`` (two-sided U test, scipy's default method choice; ``statistic`` is U of
+    group_a)
     or ``"welch"`` (unequal-variance t test; ``statistic`` is t). Features constant over both groups
-    together are not tested (statistic, p, q, rank_biserial, hedges_g NaN). q: Benjamini-Hochberg over
-    the tested features. Effect sizes (all > 0 when group_a is higher): ``diff`` = mean_a - mean_b with a
+    together are not tested (statistic, p, q, rank_biserial, hedges_g NaN). q: Benjamini-Hochberg
+    over
+    the tested features. Effect sizes (all > 0 when group_a is higher): ``diff`` = mean_a - mean_b
+    with a
     Welch normal-approximation CI ``diff ± z·sqrt(var_a/n_a + var_b/n_b)``; ``rank_biserial`` =
-    2U/(n_a n_b) - 1; ``hedges_g`` = bias-corrected standardised difference (NaN when the pooled SD is 0).
+    2U/(n_a n_b) - 1; ``hedges_g`` = bias-corrected standardised difference (NaN when the pooled SD
+    is 0).
     Rows are in feature order.
     """
     if test not in TESTS:
@@ -143,7 +151,8 @@ def differential_features(
         names = np.asarray(list(features))
         if len(names) != F:
             raise SaeflowError(
-                f"differential_features: shape mismatch: {len(names)} feature names for {F} activation columns"
+                f"differential_features: shape mismatch: {len(names)} feature names for {F} "
+                "activation columns"
             )
     na, nb = len(ia), len(ib)
     rows = np.concatenate([ia, ib])
@@ -188,9 +197,11 @@ def differential_features(
 
 
 def volcano(df: pd.DataFrame, path, alpha: float = 0.05, label_top: int = 10) -> None:
-    """Volcano plot of a ``differential_features`` table: effect (rank-biserial, else diff) vs -log10 p.
+    """Volcano plot of a ``differential_features`` table: effect (rank-biserial, else diff) vs
+    -log10 p.
 
-    Features with q < alpha are coloured; the ``label_top`` smallest-p significant features are labelled.
+    Features with q < alpha are coloured; the ``label_top`` smallest-p significant features are
+    labelled.
     The PNG is written atomically.
     """
     for c in ("feature", "p", "q"):

@@ -57,7 +57,8 @@ def probe_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
 
 
 def head_scan_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
-    """Per motif: layers x heads of the QK correlation r and of the matched enrichment rho (* = passes)."""
+    """Per motif: layers x heads of the QK correlation r and of the matched enrichment rho (* =
+    passes)."""
     if table.empty:
         raise SaeflowError("no head-scan rows to plot")
     plt = _plt()
@@ -109,8 +110,10 @@ def head_scan_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
 
 
 def patching_heatmap(summary: pd.DataFrame, path, title: str = "") -> None:
-    """Per motif: mean PM of each (layer, head), and per layer the distribution over pairs (median and
-    quartiles) of the PM of the residual stream patched at the site's tokens and at as many other tokens
+    """Per motif: mean PM of each (layer, head), and per layer the distribution over pairs (median
+    and
+    quartiles) of the PM of the residual stream patched at the site's tokens and at as many other
+    tokens
     (the control)."""
     plt = _plt()
     if summary.empty:  # no pair could be patched: say so in the figure rather than fail the run
@@ -178,7 +181,8 @@ SUMMARY_COLUMNS = [
 def evidence_summary(
     ablation_paths, differential_paths, layers, path, title: str = "", alpha: float = 0.05
 ) -> pd.DataFrame:
-    """Per layer and motif: the best motif feature (held-out AUROC), its ablation specificity against the
+    """Per layer and motif: the best motif feature (held-out AUROC), its ablation specificity
+    against the
     null, and the number of differential features (q < alpha); a three-panel figure."""
     plt = _plt()
     rows = []

@@ -84,7 +84,8 @@ def validate_fasta(path: str | os.PathLike) -> dict[str, int]:
         raise SaeflowError(f"{path}: last record {name!r} has no sequence (file truncated?)")
     if not last.endswith(b"\n"):
         raise SaeflowError(
-            f"{path}: the last line (line {lineno}) has no newline: the file looks truncated mid-write"
+            f"{path}: the last line (line {lineno}) has no newline: the file looks truncated "
+            "mid-write"
         )
     return lengths
 

@@ -63,7 +63,8 @@ def pssm(
     pseudocount: float | Sequence[float] = 0.8,
     background: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
 ) -> np.ndarray:
-    """(L, 4) log2-odds matrix in ACGT order from a :class:`~saeflow.dna.motifs.Motif` or (L, 4) counts.
+    """(L, 4) log2-odds matrix in ACGT order from a :class:`~saeflow.dna.motifs.Motif` or (L, 4)
+    counts.
 
     ``pseudocount`` is added to each letter of each column (a number, or 4 numbers in ACGT order,
     like Biopython's ``normalize(pseudocounts=...)``); ``background`` (ACGT) is renormalised to sum
@@ -121,7 +122,8 @@ def _check_pssm(matrix) -> np.ndarray:
 
 
 def score_range(matrix) -> tuple[float, float]:
-    """(min_score, max_score): the lowest and highest score any site can get (Biopython ``pssm.min``/``.max``)."""
+    """(min_score, max_score): the lowest and highest score any site can get (Biopython
+    ``pssm.min``/``.max``)."""
     m = _check_pssm(matrix)
     return float(m.min(axis=1).sum()), float(m.max(axis=1).sum())
 
@@ -185,7 +187,8 @@ class ScanResult:
 
     @property
     def strand(self) -> np.ndarray:
-        """(N, P) int8: +1 where forward >= reverse, -1 where the reverse is higher, 0 where both are -inf."""
+        """(N, P) int8: +1 where forward >= reverse, -1 where the reverse is higher, 0 where both
+        are -inf."""
         if self._strand is None:
             s = np.ones(self.forward.shape, np.int8)
             if self.reverse is not None:
@@ -230,7 +233,8 @@ def _encode(seqs) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _block_tables(m: np.ndarray) -> tuple[int, list[int], list[np.ndarray]]:
-    """k, block offsets and one 4**k partial-score table per block (overlapping blocks count each column once)."""
+    """k, block offsets and one 4**k partial-score table per block (overlapping blocks count each
+    column once)."""
     L = m.shape[0]
     nblocks = -(-L // _MAX_K)
     k = -(-L // nblocks)
@@ -327,14 +331,17 @@ def hits(
     best_strand: bool = False,
     names: Sequence | None = None,
 ) -> pd.DataFrame:
-    """Sites scoring at least the threshold, as a DataFrame (seq, start, end, strand, score, rel_score).
+    """Sites scoring at least the threshold, as a DataFrame (seq, start, end, strand, score,
+    rel_score).
 
-    The threshold is ``threshold`` if given, else ``min_score + frac * (max_score - min_score)`` (see
+    The threshold is ``threshold`` if given, else ``min_score + frac * (max_score - min_score)``
+    (see
     the module docstring). ``seqs`` may be a :class:`ScanResult` of the same ``matrix`` to avoid a
     second scan (its strands are used; ``both_strands`` is then ignored). With both strands every
     (site, strand) at or above the threshold is a row, like Biopython's ``search`` (a palindromic
     site can be a hit on both); ``best_strand=True`` keeps only the higher strand of each site
-    (forward on ties). ``seq`` is the sequence's index, or its entry of ``names``; ``end = start + L``
+    (forward on ties). ``seq`` is the sequence's index, or its entry of ``names``; ``end = start +
+    L``
     (half-open, forward-strand coordinates for both strands). Rows are sorted by seq, start, then
     strand (+ first).
     """
@@ -409,7 +416,8 @@ def token_scores(
 
     ``site_scores``: (B, P) scores by site start (``site_scores[b, s]`` covers bases
     ``[s, s + motif_length)`` of sequence b; ``-inf`` = no site), a list of 1-D arrays, or a
-    :class:`ScanResult` (its max-over-strands ``score`` and ``motif_length``). ``offsets``: (B, T, 2)
+    :class:`ScanResult` (its max-over-strands ``score`` and ``motif_length``). ``offsets``: (B, T,
+    2)
     integer base spans ``[start, end)`` per token, as a tokenizer's ``return_offsets_mapping``
     gives; a token with ``end <= start`` (special tokens are ``(0, 0)``) overlaps nothing and gets
     ``fill``. A site starting at s overlaps token [a, b) iff ``s < b`` and ``s + L > a``, so tokens

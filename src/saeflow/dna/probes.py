@@ -93,7 +93,8 @@ def paired_bootstrap_delta(
     b = np.asarray(score_b, dtype=float)
     if a.shape != y.shape or b.shape != y.shape:
         raise SaeflowError(
-            f"paired_bootstrap_delta: labels {y.shape}, score_a {a.shape}, score_b {b.shape} must match"
+            f"paired_bootstrap_delta: labels {y.shape}, score_a {a.shape}, score_b {b.shape} must "
+            "match"
         )
     need_two_classes(y, "paired_bootstrap_delta")
     boots = bootstrap_aurocs(y, [a, b], n_boot, seed)

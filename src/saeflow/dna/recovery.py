@@ -30,7 +30,8 @@ def auroc_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def planted_in_windows(sequences: pd.DataFrame, planted: pd.DataFrame, motif_id: str):
-    """Per sequence: list of (start, end) of motif instances relative to the window; and a whole-instance flag."""
+    """Per sequence: list of (start, end) of motif instances relative to the window; and a
+    whole-instance flag."""
     pm = planted[planted.motif_id == motif_id]
     by_chrom = {c: g[["start", "end"]].to_numpy() for c, g in pm.groupby("chrom")}
     spans, whole = [], np.zeros(len(sequences), bool)
@@ -108,7 +109,8 @@ def recovery_table(
         )
 
     # pass 1: window scores (max activation per sequence), hence each feature's training maximum.
-    # Pass 2 encodes again rather than caching codes: memory stays O(tokens of one sequence x d_sae).
+    # Pass 2 encodes again rather than caching codes: memory stays O(tokens of one sequence x
+    # d_sae).
     win_score = np.zeros((n_seq, F), dtype=np.float32)
     for s in range(n_seq):
         if bounds[s + 1] > bounds[s]:
@@ -116,7 +118,8 @@ def recovery_table(
     fmax = win_score[~is_test].max(0) if (~is_test).any() else win_score.max(0)
     thr = THRESHOLD_FRACTIONS[:, None] * fmax[None, :]  # (n_thr, F)
     n_thr = len(THRESHOLD_FRACTIONS)
-    # pass 2: base-level counts for every (threshold, feature), per split; also against the null truth
+    # pass 2: base-level counts for every (threshold, feature), per split; also against the null
+    # truth
     acc = {
         (m.motif_id, kind, split): np.zeros(n_thr * F)
         for m in motifs

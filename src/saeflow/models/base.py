@@ -93,7 +93,8 @@ class RunResult:
 
 
 class ModelAdapter:
-    """Base class; see the module docstring. Subclasses set ``family`` and ``kind`` ("dna" or "cells")."""
+    """Base class; see the module docstring. Subclasses set ``family`` and ``kind`` ("dna" or
+    "cells")."""
 
     family: str = ""
     kind: str = "dna"
@@ -137,7 +138,8 @@ class ModelAdapter:
         raise NotImplementedError
 
     def head_weights(self, layer: int) -> dict:
-        """Per-head weights of block ``layer``: W_Q, W_K, W_V (H, d_model, d_head), W_O (H, d_head, d_model)."""
+        """Per-head weights of block ``layer``: W_Q, W_K, W_V (H, d_model, d_head), W_O (H, d_head,
+        d_model)."""
         raise NotImplementedError
 
     def hidden_states(self, batch: TokenBatch, layers: list[int]) -> dict:
@@ -165,7 +167,8 @@ class LayerSites:
     ``q``/``k``/``v``: outputs (B, T, H*d_head) right after the projections. ``attn``: the attention
     probabilities (B, H, T, T), or None when the family only reports them through
     ``output_attentions`` (Hugging Face models; then eager attention is switched on for the pass).
-    ``head_out``: the concatenated head outputs (B, T, H*d_head), the input of the output projection.
+    ``head_out``: the concatenated head outputs (B, T, H*d_head), the input of the output
+    projection.
     ``mlp``: the MLP hidden activation after the nonlinearity.
     """
 
@@ -201,7 +204,8 @@ def _put(out, index, new):
 
 
 def hook_site(site: Site, fn: Callable):
-    """Register ``fn(tensor) -> tensor | None`` at ``site``; a returned tensor replaces the original.
+    """Register ``fn(tensor) -> tensor | None`` at ``site``; a returned tensor replaces the
+    original.
 
     Returns the hook handle (call ``.remove()``).
     """
@@ -375,7 +379,8 @@ class HookedAdapter(ModelAdapter):
 
 
 def _eager_attention(model):
-    """Context: Hugging Face eager attention (the only kind that returns probabilities) for one pass."""
+    """Context: Hugging Face eager attention (the only kind that returns probabilities) for one
+    pass."""
     import contextlib
 
     @contextlib.contextmanager

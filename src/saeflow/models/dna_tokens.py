@@ -1,6 +1,8 @@
-"""Shared pieces of the DNA tokenizers that saeflow implements itself (DNABERT, Nucleotide Transformer).
+"""Shared pieces of the DNA tokenizers that saeflow implements itself (DNABERT, Nucleotide
+Transformer).
 
-Both families ship a ``vocab.txt`` but no fast tokenizer that reports token -> base offsets (DNABERT's
+Both families ship a ``vocab.txt`` but no fast tokenizer that reports token -> base offsets
+(DNABERT's
 ``tokenizer_config.json`` even names a custom ``DNATokenizer`` class that ``AutoTokenizer`` cannot
 load). saeflow therefore splits sequences itself, from ``vocab.txt``, and knows each token's span by
 construction. A family's tokenizer only says how one sequence becomes ``(token id, start, end)``
@@ -122,7 +124,8 @@ def assemble(
         for i, r in enumerate(rows):
             if len(r) + n_special > limit:
                 raise SaeflowError(
-                    f"sequence {i} of the batch is {len(r) + n_special} tokens long, {what} takes at "
+                    f"sequence {i} of the batch is {len(r) + n_special} tokens long, {what} takes "
+                    "at "
                     f"most {limit}: use shorter sequences or pass max_length to truncate"
                 )
     T = max(len(r) for r in rows) + n_special if rows else n_special

@@ -1,4 +1,5 @@
-"""DNABERT (Ji et al. 2021; ``zhihan1996/DNA_bert_3`` .. ``DNA_bert_6``): BERT over overlapping k-mers.
+"""DNABERT (Ji et al. 2021; ``zhihan1996/DNA_bert_3`` .. ``DNA_bert_6``): BERT over overlapping
+k-mers.
 
 Model: a plain ``BertForMaskedLM`` (the checkpoints' state dicts use the standard BERT key names).
 Newer revisions of the hub repositories add an ``auto_map`` pointing at custom code
@@ -11,7 +12,8 @@ so saeflow tokenizes from ``vocab.txt`` itself (:class:`KmerTokenizer`): a seque
 becomes its ``n - k + 1`` overlapping k-mers, ``[CLS] k-mer_0 ... k-mer_{n-k} [SEP]``; token ``i``
 (the i-th k-mer) covers bases ``[i, i + k)``. A k-mer not in the vocabulary (one containing N or any
 non-ACGT letter) becomes ``[UNK]`` and keeps its real span. A sequence shorter than k has no
-content tokens (just ``[CLS] [SEP]``). This is what DNABERT's own ``seq2kmer`` + ``DNATokenizer`` do.
+content tokens (just ``[CLS] [SEP]``). This is what DNABERT's own ``seq2kmer`` + ``DNATokenizer``
+do.
 
 How k is read: from ``vocab.txt`` -- the length of its k-mer tokens, which must be all ``4**k``
 k-mers of one length (DNABERT's ``config.json`` carries no k). It is cross-checked against
@@ -81,7 +83,8 @@ class KmerTokenizer(VocabTokenizer):
 
 
 class DnaBertAdapter(HFMaskedLMAdapter):
-    """DNABERT behind the adapter interface: BERT sites (see :class:`HFMaskedLMAdapter`), k-mer tokens."""
+    """DNABERT behind the adapter interface: BERT sites (see :class:`HFMaskedLMAdapter`), k-mer
+    tokens."""
 
     family = "dnabert"
     kind = "dna"
@@ -108,7 +111,8 @@ def load_dnabert(path: str | os.PathLike, device=None) -> DnaBertAdapter:
     config = BertConfig.from_pretrained(path, local_files_only=True)
     if config.vocab_size < len(tok):
         raise SaeflowError(
-            f"{path}: vocab.txt has {len(tok)} tokens ({tok.k}-mers), config.json vocab_size is only "
+            f"{path}: vocab.txt has {len(tok)} tokens ({tok.k}-mers), config.json vocab_size is "
+            "only "
             f"{config.vocab_size}: the vocabulary does not belong to this model"
         )
     model = load_checked(BertForMaskedLM, path, config, f"DNABERT-{tok.k}")

@@ -44,10 +44,13 @@ DNABERT-2):
 
 State-dict names are the published ones, so the real checkpoint loads with ``strict=True``::
 
-    bert.embeddings.{word_embeddings,token_type_embeddings}.weight, bert.embeddings.LayerNorm.{weight,bias}
+    bert.embeddings.{word_embeddings,token_type_embeddings}.weight,
+    bert.embeddings.LayerNorm.{weight,bias}
     bert.encoder.layer.N.attention.self.Wqkv.{weight,bias}
-    bert.encoder.layer.N.attention.output.dense.{weight,bias}, ...attention.output.LayerNorm.{weight,bias}
-    bert.encoder.layer.N.mlp.gated_layers.weight, ...mlp.wo.{weight,bias}, ...mlp.layernorm.{weight,bias}
+    bert.encoder.layer.N.attention.output.dense.{weight,bias},
+    ...attention.output.LayerNorm.{weight,bias}
+    bert.encoder.layer.N.mlp.gated_layers.weight, ...mlp.wo.{weight,bias},
+    ...mlp.layernorm.{weight,bias}
     cls.predictions.transform.dense.{weight,bias}, cls.predictions.transform.LayerNorm.{weight,bias}
     cls.predictions.decoder.{weight,bias}
 
@@ -104,7 +107,8 @@ WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 # --- configuration -------------------------------------------------------------------------------
 @dataclass
 class Dnabert2Config:
-    """The fields of DNABERT-2's ``config.json`` the architecture uses; the rest is kept in ``extra``.
+    """The fields of DNABERT-2's ``config.json`` the architecture uses; the rest is kept in
+    ``extra``.
 
     Defaults are the published ``BertConfig`` defaults where DNABERT-2's file might omit a key
     (``pad_token_id`` is absent from some copies of it; 0 is the ``BertConfig`` default).
@@ -214,7 +218,8 @@ class Dnabert2Embeddings(nn.Module):
 
 
 class Dnabert2SelfAttention(nn.Module):
-    """Fused-QKV self-attention with hook points after the split, on the probabilities and on the heads."""
+    """Fused-QKV self-attention with hook points after the split, on the probabilities and on the
+    heads."""
 
     def __init__(self, config: Dnabert2Config):
         super().__init__()
@@ -463,7 +468,8 @@ def _read_weights(path: Path) -> dict:
 
 
 def read_checkpoint(model_dir: str | os.PathLike) -> tuple[dict, Path]:
-    """The weights of ``model_dir``: a single file (``model.safetensors`` first) or an indexed set of shards."""
+    """The weights of ``model_dir``: a single file (``model.safetensors`` first) or an indexed set
+    of shards."""
     d = Path(model_dir)
     for name in WEIGHT_FILES:
         if (d / name).is_file():
@@ -601,7 +607,8 @@ class Dnabert2Adapter(HookedAdapter):
         )
 
     def head_weights(self, layer: int) -> dict:
-        """W_Q, W_K, W_V (H, d, d_head) split from ``Wqkv`` (q, k, v blocks, head-major), W_O (H, d_head, d).
+        """W_Q, W_K, W_V (H, d, d_head) split from ``Wqkv`` (q, k, v blocks, head-major), W_O (H,
+        d_head, d).
 
         Biases are not included (``Wqkv.bias`` and ``attention.output.dense.bias``), as for the
         other adapters.

@@ -1,4 +1,5 @@
-"""Geneformer V1 and V2 (Theodoris et al. 2023; ``ctheodoris/Geneformer``): BERT over rank-value-encoded genes.
+"""Geneformer V1 and V2 (Theodoris et al. 2023; ``ctheodoris/Geneformer``): BERT over
+rank-value-encoded genes.
 
 Model: a plain ``BertForMaskedLM`` (the released ``config.json`` / weights; no remote code).
 ``kind = "cells"``: inputs are a :class:`~saeflow.models.base.CellMatrix` of raw counts whose
@@ -143,7 +144,8 @@ def dictionary_candidates(path: str | os.PathLike) -> list[Path]:
 def find_dictionaries(
     path: str | os.PathLike, token_dictionary=None, gene_median=None, vocab_size: int | None = None
 ) -> tuple[Path, Path]:
-    """The token and gene-median dictionary files of the model in ``path`` (see :func:`dictionary_candidates`).
+    """The token and gene-median dictionary files of the model in ``path`` (see
+    :func:`dictionary_candidates`).
 
     Explicit paths win. When several token dictionaries are found, the one whose size equals the
     model's ``vocab_size`` is taken (V1: 25,426 tokens, V2: 20,275); the gene medians are the
@@ -158,7 +160,8 @@ def find_dictionaries(
             hits = [h for h in hits if len(read_token_dictionary(h)) == vocab_size] or hits
         if not hits:
             raise SaeflowError(
-                f"{path}: no token_dictionary*.pkl found; copy Geneformer's dictionaries into the model "
+                f"{path}: no token_dictionary*.pkl found; copy Geneformer's dictionaries into the "
+                "model "
                 "directory (V2: token_dictionary_gc104M.pkl, gene_median_dictionary_gc104M.pkl; "
                 "V1: the gc30M files) or pass their paths to load_geneformer"
             )
@@ -263,7 +266,8 @@ class GeneformerTokenizer:
         return res
 
     def rank_cells(self, cells: CellMatrix) -> list[np.ndarray]:
-        """Full (untruncated) rank-value encoding of each cell, as arrays of Ensembl ids, highest first."""
+        """Full (untruncated) rank-value encoding of each cell, as arrays of Ensembl ids, highest
+        first."""
         import scipy.sparse as sp
 
         if cells.gene_ids is None:
@@ -350,7 +354,8 @@ class GeneformerTokenizer:
 
 
 class GeneformerAdapter(HFMaskedLMAdapter):
-    """Geneformer behind the adapter interface: BERT sites (see :class:`HFMaskedLMAdapter`), rank-value tokens."""
+    """Geneformer behind the adapter interface: BERT sites (see :class:`HFMaskedLMAdapter`),
+    rank-value tokens."""
 
     family = "geneformer"
     kind = "cells"
@@ -358,7 +363,8 @@ class GeneformerAdapter(HFMaskedLMAdapter):
     def tokenize(self, cells: CellMatrix, max_length: int | None = None) -> TokenBatch:
         if not isinstance(cells, CellMatrix):
             raise SaeflowError(
-                f"Geneformer tokenizes a CellMatrix (cells x genes counts), got {type(cells).__name__}"
+                "Geneformer tokenizes a CellMatrix (cells x genes counts), got "
+                f"{type(cells).__name__}"
             )
         return self.tokenizer.encode(cells, max_length)
 
@@ -366,7 +372,8 @@ class GeneformerAdapter(HFMaskedLMAdapter):
 def load_geneformer(
     path: str | os.PathLike, device=None, token_dictionary=None, gene_median=None
 ) -> GeneformerAdapter:
-    """Geneformer V1 or V2 from a local directory (``config.json`` + weights) and its gene dictionaries.
+    """Geneformer V1 or V2 from a local directory (``config.json`` + weights) and its gene
+    dictionaries.
 
     ``token_dictionary`` / ``gene_median``: explicit pickle paths; by default the one
     ``token_dictionary*.pkl`` and ``gene_median_dictionary*.pkl`` in the model directory.
@@ -377,7 +384,8 @@ def load_geneformer(
     raw = read_config(path)
     if raw.get("model_type", "bert") != "bert":
         raise SaeflowError(
-            f"{path}/config.json: model_type {raw.get('model_type')!r}, Geneformer is a 'bert' model"
+            f"{path}/config.json: model_type {raw.get('model_type')!r}, Geneformer is a 'bert' "
+            "model"
         )
     config = BertConfig.from_pretrained(path, local_files_only=True)
     tok_file, med_file = find_dictionaries(path, token_dictionary, gene_median, config.vocab_size)
@@ -409,7 +417,8 @@ def load_geneformer(
 
 
 def is_geneformer(path: Path) -> bool:
-    """A BERT ``config.json`` with Geneformer's token dictionary near it (:func:`dictionary_candidates`)."""
+    """A BERT ``config.json`` with Geneformer's token dictionary near it
+    (:func:`dictionary_candidates`)."""
     if not (path / "config.json").is_file():
         return False
     return read_config(path).get("model_type") in (None, "bert") and bool(

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class HFMaskedLMAdapter(HookedAdapter):
-    """Hugging Face BERT-style masked LMs (``BertForMaskedLM``, ``EsmForMaskedLM``): sites by module name.
+    """Hugging Face BERT-style masked LMs (``BertForMaskedLM``, ``EsmForMaskedLM``): sites by module
+    name.
 
     Block ``L`` is ``encoder.layer[L-1]``; its self-attention module has ``query``/``key``/``value``
     projections and returns ``(concatenated head outputs, probabilities)``; its ``intermediate``
@@ -110,7 +111,8 @@ def read_config(path: str | os.PathLike) -> dict:
 
 
 def load_checked(model_cls, path: str | os.PathLike, config, what: str):
-    """``model_cls.from_pretrained`` (local files only, float32) that refuses missing or mis-shaped weights.
+    """``model_cls.from_pretrained`` (local files only, float32) that refuses missing or mis-shaped
+    weights.
 
     A weight missing from a checkpoint would otherwise be randomly initialised with only a log
     line; for SAE features that is silent garbage, so here it is an error naming the keys.
@@ -120,7 +122,8 @@ def load_checked(model_cls, path: str | os.PathLike, config, what: str):
     import torch
     import transformers
 
-    # float32 whatever the checkpoint's storage dtype ("dtype" replaced "torch_dtype" in transformers 4.56)
+    # float32 whatever the checkpoint's storage dtype ("dtype" replaced "torch_dtype" in
+    # transformers 4.56)
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
     try:

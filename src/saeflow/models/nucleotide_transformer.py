@@ -114,7 +114,8 @@ class NucleotideTransformerAdapter(HFMaskedLMAdapter):
 
 
 def is_v2(raw_config: dict) -> bool:
-    """v2 checkpoints carry ``add_bias_fnn`` or point their ``auto_map`` at the remote ``modeling_esm``."""
+    """v2 checkpoints carry ``add_bias_fnn`` or point their ``auto_map`` at the remote
+    ``modeling_esm``."""
     auto_map = raw_config.get("auto_map") or {}
     return "add_bias_fnn" in raw_config or any("modeling_esm" in str(v) for v in auto_map.values())
 
@@ -135,7 +136,8 @@ def _model_max_length(path: Path) -> int | None:
 def load_nucleotide_transformer(
     path: str | os.PathLike, device=None
 ) -> NucleotideTransformerAdapter:
-    """A Nucleotide Transformer (v2, or v1) from a local directory: ``config.json``, ``vocab.txt``, weights."""
+    """A Nucleotide Transformer (v2, or v1) from a local directory: ``config.json``, ``vocab.txt``,
+    weights."""
     from transformers import EsmConfig, EsmForMaskedLM
 
     path = Path(path)

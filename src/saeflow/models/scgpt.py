@@ -20,8 +20,10 @@ What is reproduced, and from where (all in github.com/bowang-lab/scGPT unless sa
   model's output (``logits``, shape (B, T): one predicted expression value per token, not a
   vocabulary distribution). No positional encoding: scGPT has none, so a cell is a set of genes.
 * **Encoder layer** -- ``FlashTransformerEncoderLayer`` (same file) with flash-attn 1.x ``FlashMHA``
-  (``flash_attn/flash_attention.py``: ``Wqkv`` -> ``b s (three h d)`` -> softmax(q k^T / sqrt(d_head))
-  over unpadded keys -> ``out_proj``), ReLU MLP ``linear1``/``linear2``, ``norm1``/``norm2``, LayerNorm
+  (``flash_attn/flash_attention.py``: ``Wqkv`` -> ``b s (three h d)`` -> softmax(q k^T /
+  sqrt(d_head))
+  over unpadded keys -> ``out_proj``), ReLU MLP ``linear1``/``linear2``, ``norm1``/``norm2``,
+  LayerNorm
   eps 1e-5. Post-norm (the default, and what ``scgpt.tasks.embed_data`` hard-codes) is
   ``x = norm1(x + attn(x)); x = norm2(x + mlp(x))``. Pre-norm (``args.json`` ``"pre_norm": true``)
   is reproduced as the published layer writes it, ``x = norm1(x); x = x + attn(x); x = norm2(x);
@@ -145,7 +147,8 @@ class ScgptConfig:
 
 # --- state-dict keys -----------------------------------------------------------------------
 _LAYER = r"^transformer_encoder\.layers\.(\d+)\."
-#: (pattern, replacement) applied in order: every published spelling -> saeflow's (flash-attn 1.x's).
+# : (pattern, replacement) applied in order: every published spelling -> saeflow's (flash-attn
+# 1.x's).
 KEY_RULES = (
     (
         re.compile(_LAYER + r"self_attn\.in_proj_weight$"),
@@ -167,7 +170,8 @@ def canonical_key(key: str) -> str:
 
     * ``module.`` prefix (a DistributedDataParallel save) -> dropped;
     * ``transformer_encoder.layers.N.self_attn.in_proj_{weight,bias}`` (torch
-      ``nn.TransformerEncoderLayer``, scGPT without flash-attn) -> ``...self_attn.Wqkv.{weight,bias}``;
+      ``nn.TransformerEncoderLayer``, scGPT without flash-attn) ->
+      ``...self_attn.Wqkv.{weight,bias}``;
     * ``...self_attn._impl.{Wqkv,out_proj}.*`` (scGPT's flash-attn 1.x/2.x compatibility wrapper)
       -> ``...self_attn.{Wqkv,out_proj}.*``;
     * everything else (flash-attn 1.x ``Wqkv``, ``out_proj``, the MLP, norms, encoders, decoder)
@@ -198,7 +202,8 @@ def attention_layout(keys) -> str:
 def _digitize(x: np.ndarray, bins: np.ndarray, rng=None, side: str = "both") -> np.ndarray:
     """scGPT's ``_digitize``: ``np.digitize``, spreading values that sit on (repeated) edges.
 
-    ``side="one"``: ``np.digitize(x, bins)`` (left). ``side="both"`` (the published default): a value
+    ``side="one"``: ``np.digitize(x, bins)`` (left). ``side="both"`` (the published default): a
+    value
     between its right digit ``r`` (edges strictly below it) and left digit ``l`` (edges at or below
     it) becomes ``ceil(l - u * (l - r))`` with ``u ~ U[0, 1)``, i.e. uniform on ``r+1..l``; a value
     on no edge has ``l == r`` and keeps ``l``. ``rng`` replaces the published global
@@ -291,7 +296,8 @@ class ScgptTokenizer:
         if len(cols) == 0:
             raise SaeflowError(
                 f"none of the {len(syms)} gene symbols is in the scGPT vocabulary "
-                f"(first few: {', '.join(syms[:5])}); scGPT needs HGNC symbols such as 'CD3E', not Ensembl ids"
+                f"(first few: {', '.join(syms[:5])}); scGPT needs HGNC symbols such as 'CD3E', "
+                "not Ensembl ids"
             )
         self._cache = (symbols, cols, ids[cols])
         return cols, ids[cols]
@@ -407,7 +413,8 @@ class GeneEncoder(nn.Module):
 
 
 class ContinuousValueEncoder(nn.Module):
-    """``scgpt.model.ContinuousValueEncoder``: clamp(max=512) -> Linear(1, d) -> ReLU -> Linear -> LayerNorm."""
+    """``scgpt.model.ContinuousValueEncoder``: clamp(max=512) -> Linear(1, d) -> ReLU -> Linear ->
+    LayerNorm."""
 
     def __init__(self, d: int, eps: float, max_value: float = VALUE_CLAMP):
         super().__init__()
@@ -435,7 +442,8 @@ class CategoryValueEncoder(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """flash-attn 1.x ``FlashMHA`` written out: Wqkv -> per-head softmax(q k^T / sqrt(dh)) v -> out_proj.
+    """flash-attn 1.x ``FlashMHA`` written out: Wqkv -> per-head softmax(q k^T / sqrt(dh)) v ->
+    out_proj.
 
     ``hook_q``/``hook_k``/``hook_v`` see (B, T, H*dh) right after the projection, ``hook_attn``
     the probabilities (B, H, T, T); the input of ``out_proj`` is the concatenated head outputs.
@@ -503,7 +511,8 @@ class TransformerEncoder(nn.Module):
 
 
 class ExprDecoder(nn.Module):
-    """``scgpt.model.ExprDecoder`` without batch labels: fc = Linear, LeakyReLU, Linear, LeakyReLU, Linear(d, 1)."""
+    """``scgpt.model.ExprDecoder`` without batch labels: fc = Linear, LeakyReLU, Linear, LeakyReLU,
+    Linear(d, 1)."""
 
     def __init__(self, d: int):
         super().__init__()
@@ -516,7 +525,8 @@ class ExprDecoder(nn.Module):
 
 
 class ScgptModel(nn.Module):
-    """scGPT ``TransformerModel`` (perceptual forward) + expression decoder; see the module docstring."""
+    """scGPT ``TransformerModel`` (perceptual forward) + expression decoder; see the module
+    docstring."""
 
     def __init__(self, config: ScgptConfig):
         super().__init__()
@@ -577,7 +587,8 @@ class ScgptModel(nn.Module):
 
 
 def build_model(config: ScgptConfig):
-    """An untrained :class:`ScgptModel` of ``config``'s sizes (weights come from :func:`load_scgpt`)."""
+    """An untrained :class:`ScgptModel` of ``config``'s sizes (weights come from
+    :func:`load_scgpt`)."""
     return ScgptModel(config)
 
 
@@ -639,7 +650,8 @@ class ScgptAdapter(HookedAdapter):
         )
 
     def head_weights(self, layer: int) -> dict:
-        """W_Q, W_K, W_V (H, d_model, d_head) from ``Wqkv`` (rows q | k | v), W_O (H, d_head, d_model)."""
+        """W_Q, W_K, W_V (H, d_model, d_head) from ``Wqkv`` (rows q | k | v), W_O (H, d_head,
+        d_model)."""
         self._check_layer(layer, 1)
         att = self.blocks()[layer - 1].self_attn
         H, dh, d = self.n_heads, self.d_head, self.d_model
@@ -719,7 +731,8 @@ def _load_state_dict(path: Path) -> dict:
                 break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise SaeflowError(
-            f"{path}: expected a mapping of parameter name -> tensor (torch.save(model.state_dict()))"
+            f"{path}: expected a mapping of parameter name -> tensor "
+            "(torch.save(model.state_dict()))"
         )
     return sd
 
@@ -732,9 +745,11 @@ def load_scgpt(
     tie_break: str = "random",
     selection: str = "sample",
 ) -> ScgptAdapter:
-    """Load an scGPT checkpoint directory (``best_model.pt``, ``vocab.json``, ``args.json``); no network.
+    """Load an scGPT checkpoint directory (``best_model.pt``, ``vocab.json``, ``args.json``); no
+    network.
 
-    ``seed``, ``tie_break`` and ``selection`` configure the tokenizer (module docstring). Strict about
+    ``seed``, ``tie_break`` and ``selection`` configure the tokenizer (module docstring). Strict
+    about
     the tensors the forward pass uses; the others are listed in one log line
     (``adapter.checkpoint_keys`` has both lists, in the file's spelling).
     """
@@ -761,7 +776,8 @@ def load_scgpt(
     pad_token = str(args.get("pad_token", "<pad>"))
     if pad_token not in vocab:
         raise SaeflowError(
-            f"{path / 'vocab.json'}: pad token {pad_token!r} (args.json pad_token) not in the vocabulary"
+            f"{path / 'vocab.json'}: pad token {pad_token!r} (args.json pad_token) not in the "
+            "vocabulary"
         )
 
     raw = _load_state_dict(path / "best_model.pt")
@@ -781,7 +797,8 @@ def load_scgpt(
     layer_ids = {int(m.group(1)) for k in sd if (m := re.match(_LAYER, k))}
     if layer_ids and max(layer_ids) + 1 != L:
         raise SaeflowError(
-            f"{path}: args.json nlayers={L} but best_model.pt has {max(layer_ids) + 1} encoder layers"
+            f"{path}: args.json nlayers={L} but best_model.pt has {max(layer_ids) + 1} encoder "
+            "layers"
         )
     if "value_encoder.embedding.weight" in sd:
         style, n_input_bins = "category", int(sd["value_encoder.embedding.weight"].shape[0])
@@ -798,7 +815,8 @@ def load_scgpt(
     emb = sd.get("encoder.embedding.weight")
     if emb is None:
         raise SaeflowError(
-            f"{path / 'best_model.pt'}: no encoder.embedding.weight (is this an scGPT TransformerModel?)"
+            f"{path / 'best_model.pt'}: no encoder.embedding.weight (is this an scGPT "
+            "TransformerModel?)"
         )
     if emb.shape[0] < len(vocab) or max(vocab.values()) >= emb.shape[0]:
         raise SaeflowError(
@@ -853,7 +871,8 @@ def load_scgpt(
     unused = sorted(origin[k] for k in sd if k not in own)
     if any(k.startswith(("dsbn.", "bn.")) for k in unused):
         log.warning(
-            "%s: domain-specific batch norm tensors present; saeflow skips DSBN, so embeddings differ from "
+            "%s: domain-specific batch norm tensors present; saeflow skips DSBN, so embeddings "
+            "differ from "
             "a forward pass with batch labels",
             path,
         )

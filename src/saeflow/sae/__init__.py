@@ -6,12 +6,17 @@ encoder/decoder parameterisation and the sparse training step of
 :class:`~saeflow.sae.base.SAE` and adds only its activation function and
 sparsity terms.
 
-| arch        | codes                         | sparsity                             | SAELens class |
+| arch        | codes                         | sparsity                             | SAELens class
+|
 |-------------|-------------------------------|--------------------------------------|---------------|
-| topk        | top k per token               | exact k per token; AuxK for the dead | topk          |
-| batchtopk   | top k*B per batch (training)  | k on average; threshold at inference | jumprelu      |
-| jumprelu    | pre > learned threshold       | L0 penalty, coefficient to target L0 | jumprelu      |
-| relu_l1     | ReLU                          | L1 penalty, optional target L0       | standard      |
+| topk        | top k per token               | exact k per token; AuxK for the dead | topk
+|
+| batchtopk   | top k*B per batch (training)  | k on average; threshold at inference | jumprelu
+|
+| jumprelu    | pre > learned threshold       | L0 penalty, coefficient to target L0 | jumprelu
+|
+| relu_l1     | ReLU                          | L1 penalty, optional target L0       | standard
+|
 """
 
 from saeflow.decoder import decoder_rows  # noqa: F401  (the one decoder reader, torch-free)

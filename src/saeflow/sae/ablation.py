@@ -1,4 +1,5 @@
-"""SAE feature ablation with the error term kept, and its specificity against a frequency-matched null.
+"""SAE feature ablation with the error term kept, and its specificity against a frequency-matched
+null.
 
 Ablating feature f at a layer replaces the residual stream x by
 
@@ -9,12 +10,14 @@ the only change is the feature's own write: the model does not also lose what th
 reconstruct (splicing in x_hat alone would confound the feature's effect with reconstruction error).
 :func:`ablate` computes x'; callers run the rest of the model on it (the adapters' ``Patch``).
 
-Specificity: the effect of ablating f, measured per token (e.g. the change of the masked-LM loss or of a
+Specificity: the effect of ablating f, measured per token (e.g. the change of the masked-LM loss or
+of a
 probe's logit), should concentrate at the tokens where f fires. :func:`specificity` is the mean
 absolute effect at f's active tokens minus the mean absolute effect at the other tokens. A feature
 that fires often has a bigger footprint whatever it means, so the null is features with a matched
 firing frequency (:func:`matched_null_features`: within a factor ``tol`` on the log scale, seeded),
-ablated the same way; :func:`null_p` gives the +1 empirical p of the observed specificity among them.
+ablated the same way; :func:`null_p` gives the +1 empirical p of the observed specificity among
+them.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ def matched_null_features(
     """Up to ``n`` other features whose firing frequency is within a factor ``tol`` of ``feature``'s
     (dead features never qualify), drawn without replacement (seeded).
 
-    ``fill``: when fewer than ``n`` lie within ``tol`` (dense or rare features have few peers), add the
+    ``fill``: when fewer than ``n`` lie within ``tol`` (dense or rare features have few peers), add
+    the
     live features next closest in log frequency until there are ``n`` (the nearest-frequency null);
     the caller reports how far the matching had to reach."""
     freq = np.asarray(freq, dtype=np.float64)

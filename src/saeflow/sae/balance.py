@@ -20,7 +20,8 @@ built from one [start, end) token range per training cell (``split_ranges`` in
 training cells, ...)]`` before ``train_sae`` -- a RowSet accepts repeated ranges (an oversampled
 cell's tokens appear once per copy), the Feistel shuffle of :class:`~saeflow.sae.data.BatchStream`
 is unchanged, and the number of steps follows the balanced epoch. Sources contribute equal *cells*;
-with cells of very different lengths, weigh by tokens with :func:`source_weights` (``sizes``) instead.
+with cells of very different lengths, weigh by tokens with :func:`source_weights` (``sizes``)
+instead.
 The test ranges stay unbalanced (evaluate per source instead).
 """
 
@@ -104,7 +105,8 @@ def balanced_index(
 
 
 def source_counts(sources, index=None) -> pd.DataFrame:
-    """Rows per source in the pool and (given ``index``) in a balanced epoch: source, rows, epoch_rows, share."""
+    """Rows per source in the pool and (given ``index``) in a balanced epoch: source, rows,
+    epoch_rows, share."""
     codes, uniq = _codes(sources, "source_counts")
     df = pd.DataFrame({"source": uniq, "rows": np.bincount(codes, minlength=len(uniq))})
     if index is not None:

@@ -1,4 +1,5 @@
-"""Evaluate a trained SAE on held-out sequences: reconstruction, sparsity, and masked-LM loss recovered.
+"""Evaluate a trained SAE on held-out sequences: reconstruction, sparsity, and masked-LM loss
+recovered.
 
 Two families of metrics, both on the held-out split (``split == "test"``, by sequence):
 
@@ -22,7 +23,8 @@ Two families of metrics, both on the held-out split (``split == "test"``, by seq
 
 Decisions (and why):
 
-* **Masking.** Every sequence gets ``max(1, round(mask_prob · n))`` of its ``n`` genuine (non-special,
+* **Masking.** Every sequence gets ``max(1, round(mask_prob · n))`` of its ``n`` genuine
+(non-special,
   non-padding) tokens replaced by the mask token: all of them by ``[MASK]``, no 80/10/10 split (the
   random/unchanged 10 % only exist to regularise training; here they would just add noise). Which
   positions is drawn from ``numpy.random.default_rng([seed, i])`` for the i-th sequence, so the mask
@@ -75,7 +77,8 @@ DENSE_THRESHOLD = 0.1
 
 
 def _as_ranges(rows_or_ranges) -> np.ndarray:
-    """(n, 2) [start, end) row ranges from ranges (returned as is) or from a 1-D array of row indices."""
+    """(n, 2) [start, end) row ranges from ranges (returned as is) or from a 1-D array of row
+    indices."""
     a = np.asarray(rows_or_ranges, dtype=np.int64)
     if a.ndim == 2:
         return a
@@ -87,11 +90,15 @@ def _as_ranges(rows_or_ranges) -> np.ndarray:
 
 
 def activation_metrics(sae, store: ActivationStore, layer: int, rows, chunk: int = 16384) -> dict:
-    """FVU, explained variance, L0, dead/dense fractions and per-latent ``frequency`` on some rows of a layer.
+    """FVU, explained variance, L0, dead/dense fractions and per-latent ``frequency`` on some rows
+    of a layer.
 
-    ``rows``: (n, 2) [start, end) row ranges (as :func:`saeflow.activations.split_ranges` returns) or a
-    1-D array of row indices. Streams blocks of at most ``chunk`` consecutive rows of the memory map;
-    never the whole layer in RAM. NaN/inf in the rows read raise a :class:`SaeflowError` naming the file.
+    ``rows``: (n, 2) [start, end) row ranges (as :func:`saeflow.activations.split_ranges` returns)
+    or a
+    1-D array of row indices. Streams blocks of at most ``chunk`` consecutive rows of the memory
+    map;
+    never the whole layer in RAM. NaN/inf in the rows read raise a :class:`SaeflowError` naming the
+    file.
     """
     from saeflow.sae.data import RowSet
     from saeflow.sae.train import evaluate
@@ -102,7 +109,8 @@ def activation_metrics(sae, store: ActivationStore, layer: int, rows, chunk: int
     arr = store.layer(layer)
     if sae.d_in != arr.shape[1]:
         raise SaeflowError(
-            f"{store.dir}/layer{layer}.npy: width {arr.shape[1]} but the SAE expects d_in={sae.d_in}"
+            f"{store.dir}/layer{layer}.npy: width {arr.shape[1]} but the SAE expects "
+            f"d_in={sae.d_in}"
         )
     ev = evaluate(sae, arr, rowset, 1.0, block=chunk, path=str(store.dir / f"layer{layer}.npy"))
     freq = ev["frequency"]
@@ -117,7 +125,8 @@ def activation_metrics(sae, store: ActivationStore, layer: int, rows, chunk: int
 
 
 def frequency_histogram(freq: np.ndarray, n_tokens: int, step: float = 0.1) -> dict:
-    """Histogram of log10 firing frequency of the latents that fire at all; dead latents counted apart."""
+    """Histogram of log10 firing frequency of the latents that fire at all; dead latents counted
+    apart."""
     freq = np.asarray(freq, dtype=np.float64)
     alive = freq[freq > 0]
     lo = min(-1.0, math.floor(math.log10(1.0 / max(1, n_tokens))))
@@ -170,7 +179,8 @@ def _blocks(model) -> list:
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
             return list(mod)
     raise SaeflowError(
-        f"{type(model).__name__}: cannot find its {n} transformer blocks (no ModuleList of that length)"
+        f"{type(model).__name__}: cannot find its {n} transformer blocks (no ModuleList of that "
+        "length)"
     )
 
 
@@ -182,7 +192,8 @@ class _Site:
 
     @contextlib.contextmanager
     def hook(self, fn: Callable[[torch.Tensor], torch.Tensor | None]):
-        """While active, ``fn(h)`` sees this site's (B, T, d) tensor; a tensor it returns replaces ``h``."""
+        """While active, ``fn(h)`` sees this site's (B, T, d) tensor; a tensor it returns replaces
+        ``h``."""
         import torch
 
         def swap(h):
@@ -268,13 +279,15 @@ def locate_layer(model, layer: int, input_ids: torch.Tensor, attention_mask: tor
             log.info("layer %d = %s", layer, s.label)
             return s
     raise SaeflowError(
-        f"{type(model).__name__}: none of {[s.label for s in sites]} reproduces hidden_states[{layer}]; "
+        f"{type(model).__name__}: none of {[s.label for s in sites]} reproduces "
+        f"hidden_states[{layer}]; "
         "the SAE cannot be substituted at the place its activations came from"
     )
 
 
 def _replace_at(positions: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]):
-    """A hook function: rows of ``h`` at ``positions`` (B, T bool) become ``fn(rows)``, the rest stay clean."""
+    """A hook function: rows of ``h`` at ``positions`` (B, T bool) become ``fn(rows)``, the rest
+    stay clean."""
 
     def f(h: torch.Tensor) -> torch.Tensor:
         out = h.clone()
@@ -302,11 +315,14 @@ def lm_loss_recovered(
     batch_size: int = 16,
     max_length: int | None = None,
 ) -> dict:
-    """Masked-LM cross-entropy at masked positions: clean, layer zero-ablated, layer replaced by ``sae(x)``.
+    """Masked-LM cross-entropy at masked positions: clean, layer zero-ablated, layer replaced by
+    ``sae(x)``.
 
-    ``sae`` is any callable mapping (n, d) float32 activations to (n, d) (an SAE module's ``forward``);
+    ``sae`` is any callable mapping (n, d) float32 activations to (n, d) (an SAE module's
+    ``forward``);
     it is applied at the genuine (non-special) positions of ``hidden_states[layer]`` only. Returns
-    ``loss_clean``, ``loss_zero``, ``loss_sae`` (mean nats per masked token), ``loss_recovered`` (NaN
+    ``loss_clean``, ``loss_zero``, ``loss_sae`` (mean nats per masked token), ``loss_recovered``
+    (NaN
     when L_zero == L_clean), ``n_masked_tokens``, ``n_sequences`` and the hook ``site``.
     """
     import torch
@@ -382,7 +398,8 @@ def evaluate_sae(
     max_sequences: int | None = None,
     cells_path: str | os.PathLike | None = None,
 ) -> tuple[dict, np.ndarray]:
-    """All held-out metrics of the SAE in ``sae_dir`` on ``layer``; returns (metrics, per-latent frequency).
+    """All held-out metrics of the SAE in ``sae_dir`` on ``layer``; returns (metrics, per-latent
+    frequency).
 
     ``adapter`` is the model the activations were extracted from, loaded by the caller
     (:func:`saeflow.models.load_model`; the SAE layer knows nothing of model families).

@@ -7,7 +7,8 @@
   (within a token or a cell), a graph of strongly associated pairs, and its communities (Leiden).
 
 Both work on 18 layers x 4608 latents x d = 1152 on a laptop: decoders are loaded two at a time and
-compared in row blocks (one block of cosines, block x d_sae floats, in RAM); co-occurrence is a dense
+compared in row blocks (one block of cosines, block x d_sae floats, in RAM); co-occurrence is a
+dense
 d_sae x d_sae count matrix (170 MB at 4608) or is computed from a sparse binary matrix.
 """
 
@@ -24,7 +25,8 @@ from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
 
-#: Thresholds of :func:`track_features`: a match at >= the first is "moderate", at >= the second "persistent".
+# : Thresholds of :func:`track_features`: a match at >= the first is "moderate", at >= the second
+# "persistent".
 TRACK_THRESHOLDS = (0.7, 0.9)
 
 
@@ -34,10 +36,12 @@ TRACK_THRESHOLDS = (0.7, 0.9)
 def best_matches(
     w_a: np.ndarray, w_b: np.ndarray, *, block: int = 1024, alive_b: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of unit-norm ``w_a``, the row of ``w_b`` with the largest cosine: (index, cosine).
+    """For each row of unit-norm ``w_a``, the row of ``w_b`` with the largest cosine: (index,
+    cosine).
 
     Signed cosine: SAE codes are non-negative, so a decoder row and its negation write opposite
-    directions and are different features. Blocked over rows of ``w_a`` (one block x len(w_b) float32
+    directions and are different features. Blocked over rows of ``w_a`` (one block x len(w_b)
+    float32
     matrix at a time). Rows of ``w_b`` not in ``alive_b`` cannot be matched.
     """
     if w_a.shape[1] != w_b.shape[1]:
@@ -105,12 +109,14 @@ def track_features(
         for l, a, w in ((la, alive_a, w_a), (lb, alive_b, w_next)):
             if len(a) != len(w):
                 raise SaeflowError(
-                    f"track_features: alive mask of layer {l} has {len(a)} entries for {len(w)} features"
+                    f"track_features: alive mask of layer {l} has {len(a)} entries for {len(w)} "
+                    "features"
                 )
         idx, cos = best_matches(w_a, w_next, block=block, alive_b=alive_b)
         pairs.append((la, lb, idx, cos, alive_a))
         log.info("layers %s -> %s: %d features compared", la, lb, len(w_a))
-    # chains, from the last pair backwards: persistence[l][f] = matched * (1 + persistence[l+1][match])
+    # chains, from the last pair backwards: persistence[l][f] = matched * (1 +
+    # persistence[l+1][match])
     frames = []
     nxt = {t: None for t in thresholds}
     for la, lb, idx, cos, alive_a in reversed(pairs):
@@ -158,9 +164,11 @@ def track_features(
 
 
 def cooccurrence(binary, block: int = 65536) -> tuple[np.ndarray, int]:
-    """(C, n): C[i, j] = units (rows of ``binary``) where features i and j are both active; n = rows.
+    """(C, n): C[i, j] = units (rows of ``binary``) where features i and j are both active; n =
+    rows.
 
-    ``binary``: (units x F) sparse or dense; nonzero = active. Units are tokens (features on the same
+    ``binary``: (units x F) sparse or dense; nonzero = active. Units are tokens (features on the
+    same
     token) or cells (e.g. ``CellFeatureStats.cell_fires >= m``: features active in the same cell).
     Computed as B^T B in blocks of rows; the diagonal holds each feature's count.
     """
@@ -214,9 +222,11 @@ def coactivation_modules(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Modules of co-activating features: Leiden communities of the PMI graph.
 
-    Graph: one vertex per feature, an edge for each pair of :func:`pmi_edges` (count >= ``min_count``,
+    Graph: one vertex per feature, an edge for each pair of :func:`pmi_edges` (count >=
+    ``min_count``,
     PMI > ``pmi_threshold``) weighted by its PMI. Communities: ``leidenalg`` with the
-    RBConfiguration quality (modularity when ``resolution`` = 1), iterated to convergence, seeded, so
+    RBConfiguration quality (modularity when ``resolution`` = 1), iterated to convergence, seeded,
+    so
     the same input gives the same modules. Communities smaller than ``min_size`` features are not
     modules (isolated features are singletons). Modules are numbered 0, 1, ... by decreasing size
     (ties: smallest feature first).
@@ -263,7 +273,8 @@ def module_terms(membership: pd.DataFrame, feature_terms) -> pd.DataFrame:
     """Each module's most common annotation term among its features.
 
     ``feature_terms``: a DataFrame with columns feature, term (one row per significant term of a
-    feature, e.g. enrichment rows with q < 0.05) or a mapping feature -> terms. A feature counts once
+    feature, e.g. enrichment rows with q < 0.05) or a mapping feature -> terms. A feature counts
+    once
     per term. Ties go to the alphabetically first term. Columns: module, size, term, count (features
     of the module with the term), fraction (count / size); term "" when no feature is annotated.
     """
