@@ -619,9 +619,11 @@ def render_env(path: Path, needs: EnvNeeds) -> str:
     """The env file for ``needs``: header kept, pins = closure of the needed dists in this venv."""
     old = path.read_text().splitlines() if path.exists() else []
     header = [
-        l
-        for l in old[: next((i for i, l in enumerate(old) if not l.startswith("#")), len(old))]
-        if not l.startswith(("# Rules:", "#   ", "# Pins:", "# with `"))
+        lyr
+        for lyr in old[
+            : next((i for i, lyr in enumerate(old) if not lyr.startswith("#")), len(old))
+        ]
+        if not lyr.startswith(("# Rules:", "#   ", "# Pins:", "# with `"))
     ]
     direct = needs.dists()
     pins = closure(direct)

@@ -58,7 +58,7 @@ def _per_layer(n_layers, layers=None):
             "layer": layers,
             "fvu": 0.1 + 0.5 * d,
             "ann": 100 * d**2,
-            "name": [f"L{l}" for l in layers],
+            "name": [f"L{lyr}" for lyr in layers],
         }
     )
 

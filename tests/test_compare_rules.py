@@ -327,15 +327,19 @@ def _write_fake_results(wd, n_seq=60, seq_len=8):
     test = seqs[seqs.split == "test"]
     for model, d, n_layers, layers in (("big", 16, 4, [2, 4]), ("small", 8, 2, [1, 2])):
         base = wd / "results" / model / "peaks"
-        ev = pd.DataFrame([{c: 0.1 for c in EVAL_SUMMARY_COLUMNS} | {"layer": l} for l in layers])
+        ev = pd.DataFrame(
+            [{c: 0.1 for c in EVAL_SUMMARY_COLUMNS} | {"layer": lyr} for lyr in layers]
+        )
         (base / "eval/s").mkdir(parents=True)
         ev.to_csv(base / "eval/s/summary.tsv", sep="\t", index=False)
-        cat = pd.DataFrame([{c: 5 for c in CATALOG_SUMMARY_COLUMNS} | {"layer": l} for l in layers])
+        cat = pd.DataFrame(
+            [{c: 5 for c in CATALOG_SUMMARY_COLUMNS} | {"layer": lyr} for lyr in layers]
+        )
         (base / "catalog/s").mkdir(parents=True)
         cat.to_csv(base / "catalog/s/summary.tsv", sep="\t", index=False)
         acts = base / "activations"
         acts.mkdir(parents=True)
-        mix = {l: rng.normal(size=(3, d)) for l in layers}
+        mix = {lyr: rng.normal(size=(3, d)) for lyr in layers}
         tok = pd.DataFrame(
             {
                 "seq": np.repeat(np.arange(n_seq), seq_len),
@@ -347,13 +351,13 @@ def _write_fake_results(wd, n_seq=60, seq_len=8):
         )
         tok.to_parquet(acts / "tokens.parquet")
         np.save(acts / "seq_offsets.npy", np.arange(n_seq + 1) * seq_len)
-        for l in layers:
-            x = np.repeat(factors @ mix[l], seq_len, axis=0) + 0.3 * rng.normal(
+        for lyr in layers:
+            x = np.repeat(factors @ mix[lyr], seq_len, axis=0) + 0.3 * rng.normal(
                 size=(n_seq * seq_len, d)
             )
-            np.save(acts / f"layer{l}.npy", x.astype(np.float16))
-            sae = TopKSAE(d, 2 * d, k=2, seed=l)
-            sae.save(base / f"sae/s/layer{l}")
+            np.save(acts / f"layer{lyr}.npy", x.astype(np.float16))
+            sae = TopKSAE(d, 2 * d, k=2, seed=lyr)
+            sae.save(base / f"sae/s/layer{lyr}")
             feats = pd.DataFrame(
                 {
                     "feature": np.arange(2 * d),
@@ -361,11 +365,11 @@ def _write_fake_results(wd, n_seq=60, seq_len=8):
                     "svd_aligned": np.arange(2 * d) % 3 == 0,
                 }
             )
-            (base / f"catalog/s/layer{l}").mkdir(parents=True)
-            feats.to_parquet(base / f"catalog/s/layer{l}/features.parquet")
-            (base / f"evidence/s/layer{l}").mkdir(parents=True)
-            pd.DataFrame({"motif": ["MA0139.1"], "feature": [l]}).to_csv(
-                base / f"evidence/s/layer{l}/ablation.tsv", sep="\t", index=False
+            (base / f"catalog/s/layer{lyr}").mkdir(parents=True)
+            feats.to_parquet(base / f"catalog/s/layer{lyr}/features.parquet")
+            (base / f"evidence/s/layer{lyr}").mkdir(parents=True)
+            pd.DataFrame({"motif": ["MA0139.1"], "feature": [lyr]}).to_csv(
+                base / f"evidence/s/layer{lyr}/ablation.tsv", sep="\t", index=False
             )
         write_json(
             acts / "manifest.json",
@@ -382,7 +386,7 @@ def _write_fake_results(wd, n_seq=60, seq_len=8):
             [
                 pd.DataFrame(
                     {
-                        "layer": l,
+                        "layer": lyr,
                         "level": "sequence",
                         "target": "label",
                         "control": "features",
@@ -392,7 +396,7 @@ def _write_fake_results(wd, n_seq=60, seq_len=8):
                         + rng.normal(size=len(test)),
                     }
                 )
-                for l in layers
+                for lyr in layers
             ]
         )
         preds.to_parquet(base / "evidence/probe_predictions.parquet")

@@ -104,8 +104,8 @@ def test_sharded_extraction_merges_into_the_unsharded_store(tiny_model_dir, tmp_
         extract_activations(ad, seqs.iloc[a:b], [1, 2], dirs[-1], batch_size=1, seq_start=a)
     man = merge_activation_shards(dirs, tmp_path / "merged")
     whole, merged = ActivationStore(tmp_path / "whole"), ActivationStore(tmp_path / "merged")
-    for l in (1, 2):
-        np.testing.assert_array_equal(merged.layer(l), whole.layer(l))
+    for lyr in (1, 2):
+        np.testing.assert_array_equal(merged.layer(lyr), whole.layer(lyr))
     pd.testing.assert_frame_equal(merged.tokens, whole.tokens)
     np.testing.assert_array_equal(merged.seq_offsets, whole.seq_offsets)
     assert (

@@ -401,7 +401,7 @@ def test_dna_evidence_finds_the_planted_truth(finished_run):
     # it fires and the CTCF feature is not singled out (p = 0.125): the claim is for a layer with
     # blocks
     # after it.
-    inner = ctcf.loc[[l for l in lives if l < 4]]
+    inner = ctcf.loc[[lyr for lyr in lives if lyr < 4]]
     assert (inner.specific & (inner.p < 0.05) & (inner.specificity > inner.null_q95)).any(), inner
     for layer in ctcf.index:
         ablation = pd.read_csv(ev / "topk_x4_k16" / f"layer{layer}" / "ablation.tsv", sep="\t")

@@ -46,7 +46,7 @@ def extract_activations(
     """
     from tqdm.auto import tqdm
 
-    bad = [l for l in layers if not 0 <= l <= adapter.n_layers]
+    bad = [lyr for lyr in layers if not 0 <= lyr <= adapter.n_layers]
     if bad:
         raise SaeflowError(f"layers {bad} out of range: the model has layers 0..{adapter.n_layers}")
     cells = getattr(adapter, "kind", "dna") == "cells"
@@ -61,10 +61,10 @@ def extract_activations(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         arrays = {
-            l: np.lib.format.open_memmap(
-                tmp / f"layer{l}.npy", mode="w+", dtype=np.float16, shape=(n_tokens, d)
+            lyr: np.lib.format.open_memmap(
+                tmp / f"layer{lyr}.npy", mode="w+", dtype=np.float16, shape=(n_tokens, d)
             )
-            for l in layers
+            for lyr in layers
         }
         index = {
             k: np.empty(n_tokens, dtype=np.int32)
@@ -79,13 +79,13 @@ def extract_activations(
             keep = ~tb.special
             b_idx, t_idx = np.nonzero(keep)
             n = len(b_idx)
-            for l in layers:
-                h = hs[l].float().cpu().numpy()[b_idx, t_idx]
+            for lyr in layers:
+                h = hs[lyr].float().cpu().numpy()[b_idx, t_idx]
                 if not np.isfinite(h).all():
                     raise SaeflowError(
-                        f"layer {l} activations contain NaN/inf (batch starting at sequence {i})"
+                        f"layer {lyr} activations contain NaN/inf (batch starting at sequence {i})"
                     )
-                arrays[l][row : row + n] = h.astype(np.float16)
+                arrays[lyr][row : row + n] = h.astype(np.float16)
             index["seq"][row : row + n] = b_idx + i + seq_start
             index["pos"][row : row + n] = t_idx
             index["token_id"][row : row + n] = tb.input_ids.numpy()[b_idx, t_idx]
@@ -109,7 +109,7 @@ def extract_activations(
             n_sequences=len(seqs),
             seq_start=int(seq_start),
             layers=list(layers),
-            files={f"layer{l}.npy": sha256(tmp / f"layer{l}.npy") for l in layers},
+            files={f"layer{lyr}.npy": sha256(tmp / f"layer{lyr}.npy") for lyr in layers},
         )
         write_json(tmp / "manifest.json", manifest)
     log.info("wrote %d tokens x %d dims for layers %s", n_tokens, d, layers)
@@ -164,8 +164,8 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         files = {}
-        for l in layers:
-            name = f"layer{l}.npy"
+        for lyr in layers:
+            name = f"layer{lyr}.npy"
             if len(shard_dirs) == 1:
                 try:
                     os.link(shard_dirs[0] / name, tmp / name)

@@ -605,10 +605,10 @@ def overrepresentation(
         )
     K = np.asarray(S.sum(axis=0)).ravel().astype(np.int64)
 
-    O = (Hb @ S).tocoo()  # overlaps k > 0 only: (features x genes) @ (genes x sets)
-    fi, tj = O.row.astype(np.int64), O.col.astype(np.int64)
-    k = np.rint(O.data).astype(np.int64)
-    del O
+    ov = (Hb @ S).tocoo()  # overlaps k > 0 only: (features x genes) @ (genes x sets)
+    fi, tj = ov.row.astype(np.int64), ov.col.astype(np.int64)
+    k = np.rint(ov.data).astype(np.int64)
+    del ov
     n, Kt = n_hits[fi], K[tj]
     p = hypergeom_sf(k, N, Kt, n)
     n_tested = p.size

@@ -227,7 +227,7 @@ def audit_heads(
     (W_Q, W_K, W_V: (H, d_model, d_head), W_O: (H, d_head, d_model); tensors or arrays).
     ``heads``: (layer, head) pairs to audit (default: every head). One row per (layer, head, direction)."""
     frames = []
-    want = None if heads is None else {(int(l), int(h)) for l, h in heads}
+    want = None if heads is None else {(int(lyr), int(h)) for lyr, h in heads}
     for layer, w in weights.items():
         miss = [n for n in ("W_Q", "W_K", "W_V", "W_O") if n not in w]
         if miss:
@@ -296,7 +296,7 @@ def audit_heatmap(
     ax.set_xticks(
         range(tab.shape[1]), [str(c) for c in tab.columns], rotation=60, ha="right", fontsize=7
     )
-    ax.set_yticks(range(tab.shape[0]), [f"L{l}.H{h}" for l, h in tab.index], fontsize=6)
+    ax.set_yticks(range(tab.shape[0]), [f"L{lyr}.H{h}" for lyr, h in tab.index], fontsize=6)
     fig.colorbar(im, ax=ax, label=value)
     ax.set_title(title or value)
     plots.save_figure(fig, path)

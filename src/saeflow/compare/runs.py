@@ -59,7 +59,7 @@ def depth_pairs(
 
     Returns grid_depth, run, layer, depth, gap (tidy, as :func:`align_depth`)."""
     tables = {
-        r: pd.DataFrame({"layer": sorted(set(int(l) for l in ls)), "_present": 1.0})
+        r: pd.DataFrame({"layer": sorted(set(int(lyr) for lyr in ls)), "_present": 1.0})
         for r, ls in layers.items()
     }
     for r, t in tables.items():
@@ -409,7 +409,7 @@ def plot_matching(table: pd.DataFrame, path, *, title: str | None = None) -> Non
 
 def audit_candidate_blocks(sae_layers: Sequence[int], n_layers: int) -> list[int]:
     """Blocks (1..n_layers) with an SAE on their read side (layer b - 1) or write side (layer b)."""
-    s = {int(l) for l in sae_layers}
+    s = {int(lyr) for lyr in sae_layers}
     return [b for b in range(1, int(n_layers) + 1) if (b - 1) in s or b in s]
 
 
@@ -445,7 +445,7 @@ def select_audit_heads(
     if best.empty:
         raise SaeflowError(f"select_audit_heads: the head scan has no finite r in blocks {blocks}")
     best = best.sort_values(ascending=False, kind="stable").head(int(top))
-    return sorted((int(l), int(h)) for l, h in best.index)
+    return sorted((int(lyr), int(h)) for lyr, h in best.index)
 
 
 def motif_directions(

@@ -471,7 +471,7 @@ def token_scores(
         h = 1 << (j - 1)
         np.maximum(table[j - 1][:, : P - h], table[j - 1][:, h:], out=table[j][:, : P - h])
     bi = np.broadcast_to(np.arange(B)[:, None], a.shape)[ok]
-    l, r = lo[ok], hi[ok]
+    left, r = lo[ok], hi[ok]
     j = np.frexp(span[ok].astype(np.float64))[1] - 1  # floor(log2(span))
-    out[ok] = np.maximum(table[j, bi, l], table[j, bi, r - (1 << j) + 1])
+    out[ok] = np.maximum(table[j, bi, left], table[j, bi, r - (1 << j) + 1])
     return out

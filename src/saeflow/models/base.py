@@ -335,7 +335,7 @@ class HookedAdapter(ModelAdapter):
                         want_attn_output = True
                     else:
                         handles.append(hook_site(s.attn, record(res.attn, layer)))
-                reps = {h: r for (l, h), r in patch.heads.items() if l == layer}
+                reps = {h: r for (lyr, h), r in patch.heads.items() if lyr == layer}
                 for h in reps:
                     if not 0 <= h < H:
                         from saeflow.utils import SaeflowError

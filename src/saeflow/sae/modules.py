@@ -106,10 +106,10 @@ def track_features(
         w_a, w_next = w_next, decoder_rows(objb, unit_norm=True)
         alive_a = np.asarray(alive.get(la, np.ones(len(w_a), bool)), bool)
         alive_b = np.asarray(alive.get(lb, np.ones(len(w_next), bool)), bool)
-        for l, a, w in ((la, alive_a, w_a), (lb, alive_b, w_next)):
+        for lyr, a, w in ((la, alive_a, w_a), (lb, alive_b, w_next)):
             if len(a) != len(w):
                 raise SaeflowError(
-                    f"track_features: alive mask of layer {l} has {len(a)} entries for {len(w)} "
+                    f"track_features: alive mask of layer {lyr} has {len(a)} entries for {len(w)} "
                     "features"
                 )
         idx, cos = best_matches(w_a, w_next, block=block, alive_b=alive_b)
