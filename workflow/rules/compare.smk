@@ -27,6 +27,7 @@ rule compare_quality:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("quality"),
         runs=get_comparison_runs("quality"),
         settings=get_comparison_settings,
     script:
@@ -57,6 +58,7 @@ rule compare_annotation:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("annotation"),
         runs=get_comparison_runs("annotation"),
         settings=get_comparison_settings,
     script:
@@ -87,6 +89,7 @@ rule compare_organisation:
         mem_mb=mem_mb(2000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("organisation"),
         runs=get_comparison_runs("organisation"),
         settings=get_comparison_settings,
     script:
@@ -117,6 +120,7 @@ rule compare_probes:
         mem_mb=mem_mb(2000),
         runtime=20,
     params:
+        provenance=get_comparison_provenance("probes"),
         runs=get_comparison_runs("probes"),
         settings=get_comparison_settings,
     script:
@@ -147,6 +151,7 @@ rule compare_head_scan:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("head_scan"),
         runs=get_comparison_runs("head_scan"),
         settings=get_comparison_settings,
     script:
@@ -181,6 +186,7 @@ rule compare_matching:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
+        provenance=get_comparison_provenance("matching"),
         runs=get_comparison_runs("matching"),
         settings=get_comparison_settings,
     script:
@@ -214,6 +220,7 @@ rule ov_audit:
         mem_mb=mem_mb(4000),
         runtime=20,
     params:
+        provenance=get_comparison_provenance("audit"),
         runs=get_comparison_runs("audit"),
         settings=get_comparison_settings,
     script:
@@ -245,6 +252,7 @@ rule compare_perturbation:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("perturbation"),
         runs=get_comparison_runs("perturbation"),
         settings=get_comparison_settings,
         alpha=config["cells"]["alpha"],

@@ -19,6 +19,7 @@ rule motif_tokens:
         mem_mb=mem_mb(4000),
         runtime=30,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
     script:
         "../../scripts/motif_tokens.py"
@@ -48,6 +49,7 @@ rule probes:
         mem_mb=mem_mb(8000),
         runtime=120,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         layers=lambda wc: get_layers(wc.model),
     script:
@@ -77,6 +79,7 @@ rule head_scan:
         runtime=60,
         gpu=0,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
         subfolder=get_model_subfolder,
@@ -109,6 +112,7 @@ rule patching:
         runtime=120,
         gpu=0,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
         subfolder=get_model_subfolder,
@@ -137,6 +141,7 @@ rule feature_evidence:
         mem_mb=mem_mb(4000),
         runtime=60,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
     script:
         "../../scripts/feature_evidence.py"
@@ -163,6 +168,7 @@ rule feature_ablation:
         runtime=120,
         gpu=0,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
         subfolder=get_model_subfolder,
@@ -192,6 +198,7 @@ rule evidence_summary:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_provenance("evidence"),
         layers=lambda wc: get_layers(wc.model),
         alpha=config["evidence"]["alpha"],
     script:
