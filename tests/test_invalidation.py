@@ -20,7 +20,6 @@ import shutil
 
 import pytest
 import yaml
-
 from wfutil import copy_workflow, planned_jobs, smk
 
 # One tiny toy DNA model (one block), one peaks dataset, one SAE; no evidence, no comparisons.
@@ -71,6 +70,7 @@ TINY = {
     "evaluate": {"max_sequences": 20},
     "evidence": {"enabled": False},
     "comparisons": [],
+    "threads": 1,  # two jobs at a time on two cores
 }
 
 SAE_LEVEL = {
