@@ -20,6 +20,7 @@ rule extract_activations:
         runtime=120,
         gpu=0,
     params:
+        provenance=get_provenance(),
         layers=lambda wc: get_layers(wc.model),
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
         family=get_model_family,
@@ -41,5 +42,7 @@ rule merge_activations:
     resources:
         mem_mb=mem_mb(2000),
         runtime=60,
+    params:
+        provenance=get_provenance(),
     script:
         "../../scripts/merge_activations.py"

@@ -20,6 +20,7 @@ rule atlas:
         mem_mb=mem_mb(4000),
         runtime=30,
     params:
+        provenance=get_atlas_provenance,
         saes=get_atlas_saes,
         kind=lambda wc: "cells" if get_dataset(wc)["kind"] == "cells" else "dna",
     script:

@@ -17,6 +17,7 @@ rule feature_catalog:
         mem_mb=mem_mb(4000),
         runtime=60,
     params:
+        provenance=get_provenance("catalog"),
         subfolder=get_model_subfolder,
         family=get_model_family,
         catalog=config["catalog"],
@@ -45,6 +46,8 @@ rule catalog_summary:
     resources:
         mem_mb=mem_mb(1000),
         runtime=10,
+    params:
+        provenance=get_provenance("catalog"),
     script:
         "../../scripts/catalog_summary.py"
 
@@ -65,6 +68,8 @@ rule ground_truth_recovery:
     resources:
         mem_mb=mem_mb(4000),
         runtime=60,
+    params:
+        provenance=get_provenance(),
     script:
         "../../scripts/ground_truth_recovery.py"
 
@@ -90,5 +95,7 @@ rule recovery_summary:
     resources:
         mem_mb=mem_mb(1000),
         runtime=10,
+    params:
+        provenance=get_provenance(),
     script:
         "../../scripts/recovery_summary.py"

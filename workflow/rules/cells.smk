@@ -79,6 +79,7 @@ rule cell_features:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
+        provenance=get_provenance("cells"),
         genesets=lambda wc: list(get_geneset_gmts(wc)),
         networks=lambda wc: {n: is_trrust(n) for n in get_dataset(wc)["networks"]},
         cells=config["cells"],
@@ -110,6 +111,7 @@ rule cell_summary:
         mem_mb=mem_mb(4000),
         runtime=30,
     params:
+        provenance=get_provenance("cells"),
         layers=lambda wc: get_layers(wc.model),
     script:
         "../../scripts/cell_summary.py"
@@ -139,6 +141,7 @@ rule perturbation_response:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
+        provenance=get_provenance("cells"),
         dataset=get_dataset,
         trrust=lambda wc: [f"net_{n}" for n in get_dataset(wc)["networks"] if is_trrust(n)],
         cells=config["cells"],
@@ -169,6 +172,7 @@ rule perturbation_summary:
         mem_mb=mem_mb(2000),
         runtime=10,
     params:
+        provenance=get_provenance("cells"),
         layers=lambda wc: get_layers(wc.model),
         alpha=config["cells"]["alpha"],
     script:

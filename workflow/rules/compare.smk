@@ -30,6 +30,7 @@ rule compare_quality:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("quality"),
         runs=get_comparison_runs("quality"),
         settings=get_comparison_settings,
     script:
@@ -60,6 +61,7 @@ rule compare_annotation:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("annotation"),
         runs=get_comparison_runs("annotation"),
         settings=get_comparison_settings,
     script:
@@ -90,6 +92,7 @@ rule compare_organisation:
         mem_mb=mem_mb(2000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("organisation"),
         runs=get_comparison_runs("organisation"),
         settings=get_comparison_settings,
     script:
@@ -120,6 +123,7 @@ rule compare_probes:
         mem_mb=mem_mb(2000),
         runtime=20,
     params:
+        provenance=get_comparison_provenance("probes"),
         runs=get_comparison_runs("probes"),
         settings=get_comparison_settings,
     script:
@@ -150,6 +154,7 @@ rule compare_head_scan:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("head_scan"),
         runs=get_comparison_runs("head_scan"),
         settings=get_comparison_settings,
     script:
@@ -184,6 +189,7 @@ rule compare_matching:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
+        provenance=get_comparison_provenance("matching"),
         runs=get_comparison_runs("matching"),
         settings=get_comparison_settings,
     script:
@@ -217,6 +223,7 @@ rule ov_audit:
         mem_mb=mem_mb(4000),
         runtime=20,
     params:
+        provenance=get_comparison_provenance("audit"),
         runs=get_comparison_runs("audit"),
         settings=get_comparison_settings,
     script:
@@ -248,6 +255,7 @@ rule compare_perturbation:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_comparison_provenance("perturbation"),
         runs=get_comparison_runs("perturbation"),
         settings=get_comparison_settings,
         alpha=config["cells"]["alpha"],

@@ -22,6 +22,7 @@ rule evaluate_sae:
         runtime=60,
         gpu=0,
     params:
+        provenance=get_provenance("evaluate"),
         mask_prob=config["evaluate"]["mask_prob"],
         seed=config["evaluate"]["seed"],
         max_sequences=config["evaluate"]["max_sequences"],
@@ -55,5 +56,7 @@ rule eval_summary:
     resources:
         mem_mb=mem_mb(1000),
         runtime=10,
+    params:
+        provenance=get_provenance("evaluate"),
     script:
         "../../scripts/eval_summary.py"

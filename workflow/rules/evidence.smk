@@ -22,6 +22,7 @@ rule motif_tokens:
         mem_mb=mem_mb(4000),
         runtime=30,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
     script:
         "../../scripts/motif_tokens.py"
@@ -51,6 +52,7 @@ rule probes:
         mem_mb=mem_mb(8000),
         runtime=120,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         layers=lambda wc: get_layers(wc.model),
     script:
@@ -80,6 +82,7 @@ rule head_scan:
         runtime=60,
         gpu=0,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
         subfolder=get_model_subfolder,
@@ -112,6 +115,7 @@ rule patching:
         runtime=120,
         gpu=0,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
         subfolder=get_model_subfolder,
@@ -140,6 +144,7 @@ rule feature_evidence:
         mem_mb=mem_mb(4000),
         runtime=60,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
     script:
         "../../scripts/feature_evidence.py"
@@ -166,6 +171,7 @@ rule feature_ablation:
         runtime=120,
         gpu=0,
     params:
+        provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
         subfolder=get_model_subfolder,
@@ -195,6 +201,7 @@ rule evidence_summary:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_provenance("evidence"),
         layers=lambda wc: get_layers(wc.model),
         alpha=config["evidence"]["alpha"],
     script:

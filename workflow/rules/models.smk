@@ -20,6 +20,7 @@ rule train_toy_model:
         runtime=60,
         gpu=0,
     params:
+        provenance=get_provenance(),
         toy=lambda wc: config["models"][wc.model]["toy"],
     script:
         "../../scripts/train_toy_model.py"
@@ -46,6 +47,8 @@ rule toy_lm_metrics:
     resources:
         mem_mb=mem_mb(1000),
         runtime=10,
+    params:
+        provenance=get_provenance(),
     script:
         "../../scripts/toy_lm_metrics.py"
 
@@ -74,6 +77,7 @@ rule train_toy_cell_model:
         runtime=60,
         gpu=0,
     params:
+        provenance=get_provenance(),
         toy=lambda wc: config["models"][wc.model]["toy_cells"],
     script:
         "../../scripts/train_toy_cell_model.py"
@@ -95,5 +99,7 @@ rule toy_cell_lm_metrics:
     resources:
         mem_mb=mem_mb(500),
         runtime=5,
+    params:
+        provenance=get_provenance(),
     script:
         "../../scripts/toy_cell_lm_metrics.py"

@@ -13,6 +13,7 @@ rule prepare_sequences:
         mem_mb=mem_mb(2000),
         runtime=30,
     params:
+        provenance=get_provenance(),
         dataset=get_dataset,
     script:
         "../../scripts/prepare_sequences.py"
@@ -39,6 +40,7 @@ rule prepare_cells:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
+        provenance=get_provenance(),
         dataset=get_dataset,
     script:
         "../../scripts/prepare_cells.py"
@@ -63,6 +65,7 @@ rule pool_cells:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
+        provenance=get_provenance(),
         sources=lambda wc: get_dataset(wc)["pool"],
     script:
         "../../scripts/pool_cells.py"

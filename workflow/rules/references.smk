@@ -12,6 +12,7 @@ rule build_toy_genome:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_provenance(),
         toy=lambda wc: config["references"][wc.ref]["toy"],
     script:
         "../../scripts/build_toy_genome.py"
@@ -31,6 +32,7 @@ rule build_toy_task:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        provenance=get_provenance(),
         task=lambda wc: config["references"][wc.ref]["toy"]["task"],
     script:
         "../../scripts/build_toy_task.py"
@@ -50,5 +52,7 @@ rule index_fasta:
     resources:
         mem_mb=mem_mb(2000),
         runtime=60,
+    params:
+        provenance=get_provenance(),
     script:
         "../../scripts/index_fasta.py"

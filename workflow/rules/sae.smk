@@ -16,6 +16,7 @@ rule train_sae:
         runtime=240,
         gpu=0,
     params:
+        provenance=get_provenance(),
         recipe=get_sae_recipe,
         balance=get_balance,
     script:
@@ -38,5 +39,7 @@ rule plot_training_curves:
     resources:
         mem_mb=mem_mb(1000),
         runtime=10,
+    params:
+        provenance=get_provenance(),
     script:
         "../../scripts/plot_training_curves.py"
