@@ -9,7 +9,7 @@ scans = {
     r["label"]: read_layer_table(
         r["files"]["head_scan"],
         what="head scan",
-        required=["motif", "layer", "head", "r", "rho", "passes"],
+        required=["motif", "layer", "head", "r", "q", "rho", "passes"],
     )
     for r in runs
 }

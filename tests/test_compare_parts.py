@@ -205,7 +205,7 @@ def test_head_scan_depth_tables_one_line_per_run_and_motif():
     def scan(n_layers, motifs):
         return pd.DataFrame(
             [
-                dict(motif=m, layer=layer, head=h, r=0.1 * h + layer, rho=0.5, passes=h == 1)
+                dict(motif=m, layer=layer, head=h, r=0.1 * h + layer, q=0.5, rho=0.5, passes=h == 1)
                 for m in motifs
                 for layer in range(1, n_layers + 1)
                 for h in range(2)

@@ -73,7 +73,16 @@ def _scan(n_layers, heads=2, best=None):
             if best == (layer, h):
                 r = 0.9
             rows.append(
-                dict(motif="MA0139.1", layer=layer, head=h, r=r, p=0.01, rho=1 + r, passes=r >= 0.5)
+                dict(
+                    motif="MA0139.1",
+                    layer=layer,
+                    head=h,
+                    r=r,
+                    p=0.01,
+                    q=0.02,
+                    rho=1 + r,
+                    passes=r >= 0.5,
+                )
             )
     return pd.DataFrame(rows)
 
@@ -94,6 +103,9 @@ def test_head_scan_summary_and_depth_alignment():
         compare_head_scans(
             {"a": _scan(2), "b": _scan(2).assign(motif="MA0108.1")}, {"a": 2, "b": 2}
         )
+    # a head scan without q predates the BH criterion: its passes used uncorrected p
+    with pytest.raises(SaeflowError, match=r"no column\(s\) \['q'\]"):
+        head_scan_layers(_scan(2).drop(columns="q"))
 
 
 def _preds(layers, score_fn, n=200, seed=0):

@@ -18,6 +18,7 @@ from saeflow.dna.evidence import (
     summarise_patching,
     token_gc,
 )
+from saeflow.stats import bh
 from saeflow.utils import SaeflowError
 
 
@@ -107,6 +108,9 @@ def test_head_scan_covers_every_layer_and_head(adapter, ctcf):
     assert set(table.layer) == set(range(1, adapter.n_layers + 1))
     assert (table.n_sequences == 20).all() and (table.n_motif > 0).all()
     assert table.r.between(-1, 1).all() and (table.rho > 0).all()
+    # one family: q is BH over every layer x head x motif of the table, and the criterion reads q
+    np.testing.assert_allclose(table.q, bh(table.p.to_numpy()), rtol=1e-12)
+    assert (table.passes == ((table.r >= 0.5) & (table.q < 0.05) & (table.rho >= 2))).all()
 
 
 def test_patching_restores_the_clean_run_at_the_embeddings(adapter, ctcf):

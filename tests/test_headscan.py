@@ -1,18 +1,23 @@
 """CTCF head scans: a planted motif head passes both registered criteria, a GC-loving head and a
-uniform head do not; the statistics equal their textbook definitions."""
+uniform head do not; the statistics equal their textbook definitions; q is BH over the whole
+layer x head x motif table, so null heads that reach p < 0.05 by chance do not pass."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import pearsonr
 
 from saeflow.dna.headscan import (
     gc_matched_background,
+    head_criteria,
     heatmap_tables,
     received_attention,
     scan_heads,
+    scan_table,
 )
+from saeflow.stats import bh
 from saeflow.utils import SaeflowError
 
 
@@ -94,3 +99,67 @@ def test_bad_inputs_are_named():
         scan_heads(bad, motif, valid, gc, threshold=1)
     with pytest.raises(SaeflowError, match="no valid token"):
         scan_heads(attn, motif, np.zeros_like(valid), gc, threshold=1)
+
+
+# ------------------------------------------------------------------ the family: BH over the table
+
+
+def null_and_one_real(seed=14, L=16, H=2, motifs=("M0", "M1"), B=2, T=8):
+    """Received attention of L layers x H heads, scored against two motifs on 16 tokens: every head
+    is noise except layer 3 head 0, which follows motif M0's score. Few tokens, so null heads reach
+    r >= 0.5 by chance; L x H x M = 64 tests, so some of them also reach p < 0.05."""
+    rng = np.random.default_rng(seed)
+    valid = np.ones((B, T), bool)
+    gc = rng.uniform(0.2, 0.8, (B, T))
+    scores = {m: (rng.normal(size=(B, T)), 1.0) for m in motifs}
+    recv = {layer: rng.uniform(0.5, 1.5, (B, H, T)) / T for layer in range(1, L + 1)}
+    s0 = scores["M0"][0]
+    recv[3][:, 0] = s0 - s0.min() + 0.5 + 0.05 * rng.normal(size=(B, T))
+    recv[3][:, 0] /= recv[3][:, 0].sum(1, keepdims=True)
+    return recv, scores, valid, gc
+
+
+def test_q_is_bh_over_the_whole_table_and_only_the_real_head_passes():
+    recv, scores, valid, gc = null_and_one_real()
+    t = scan_table(recv, scores, valid, gc, n_boot=0)
+    assert len(t) == 16 * 2 * 2 and list(t.columns[:6]) == ["motif", "layer", "head", "r", "p", "q"]
+    real = ((t.motif == "M0") & (t.layer == 3) & (t["head"] == 0)).to_numpy()
+    # the family is the whole table: every layer x head x motif, not one scan_received call
+    np.testing.assert_allclose(t.q, bh(t.p.to_numpy()), rtol=1e-12)
+    # the premise: uncorrected p lets null heads through, so does BH per layer or per layer x motif
+    assert ((t.r >= 0.5) & (t.p < 0.05) & ~real).sum() >= 2
+    for by in (["layer"], ["motif", "layer"]):
+        per = t.groupby(by).p.transform(lambda p: bh(p.to_numpy()))
+        assert ((t.r >= 0.5) & (per < 0.05) & ~real).sum() >= 2, by
+    # with q over the family only the real head passes the correlation criterion
+    assert t.passes_r.to_numpy().tolist() == real.tolist()
+    assert t.q[real].item() < 1e-6 and t.r[real].item() > 0.95
+    assert (t.passes == (t.passes_r & t.passes_rho)).all()
+    assert (t.passes_rho == (t.rho >= 2)).all()
+
+
+def test_head_criteria_counts_every_row_and_skips_untested():
+    # 2 motifs x 2 layers x 5 heads = 20 rows; one real head, four nulls with r >= 0.5 and p < 0.05
+    rows = []
+    for m in ("A", "B"):
+        for layer in (1, 2):
+            for h in range(5):
+                rows.append(dict(motif=m, layer=layer, head=h, r=0.1, p=0.5, rho=3.0))
+    t = pd.DataFrame(rows)
+    t.loc[0, ["r", "p"]] = [0.9, 1e-6]  # the real head: A, layer 1, head 0
+    t.loc[[1, 2, 3, 4], "r"] = 0.6  # its layer's other heads: nulls that correlate by chance
+    t.loc[[1, 2, 3, 4], "p"] = [0.01, 0.02, 0.03, 0.04]
+    t.loc[19, ["r", "p"]] = [np.nan, np.nan]  # not tested: NaN q, not in the family, does not pass
+    out = head_criteria(t)
+    assert "p" in out and list(out.columns).index("q") == list(out.columns).index("p") + 1
+    assert np.isnan(out.q[19]) and not out.passes[19]
+    # family of 19 tested rows: q of the 0.04 null = 0.04 * 19 / 5 = 0.152 (per layer: 0.04)
+    assert out.q[4] == pytest.approx(0.04 * 19 / 5)
+    assert out.passes_r.tolist() == [True] + [False] * 19
+    assert out.passes.tolist() == [True] + [False] * 19
+    # uncorrected p would pass them all
+    assert ((t.r >= 0.5) & (t.p < 0.05)).sum() == 5
+    # re-applying it is idempotent (evidence.head_scan applies it to scan_received's tables)
+    pd.testing.assert_frame_equal(head_criteria(out), out)
+    with pytest.raises(SaeflowError, match="no column"):
+        head_criteria(t.drop(columns="p"))

@@ -159,9 +159,10 @@ def compare_layer_tables(
 
 def head_scan_layers(scan: pd.DataFrame) -> pd.DataFrame:
     """Per (motif, layer) of a head scan: heads, best_r (and its head), best_rho (and its head),
-    heads
-    passing the registered criterion and their fraction."""
-    need = ["motif", "layer", "head", "r", "rho", "passes"]
+    heads passing the registered criterion (``passes``: r >= 0.5, q < 0.05, rho >= 2, q the BH q-value
+    over the run's whole head scan; a table without ``q`` predates the correction and is refused)
+    and their fraction."""
+    need = ["motif", "layer", "head", "r", "q", "rho", "passes"]
     miss = [c for c in need if c not in scan.columns]
     if miss:
         raise SaeflowError(f"head_scan_layers: the head scan has no column(s) {miss}")

@@ -10,6 +10,7 @@ SAE) and returns tidy tables; the statistics live in the modules they call:
   controls of :func:`saeflow.dna.probes.probe_with_controls` and the paired AUROC deltas;
 * :func:`head_scan` -- every layer x head: QK correlation and GC-matched attention enrichment
   (:mod:`saeflow.dna.headscan`), computed from the attention each token receives, batch by batch;
+  the correlation's p-values are BH-corrected over the whole layer x head x motif table;
 * :func:`patching` -- counterfactual pairs (:mod:`saeflow.dna.counterfactual`), a readout trained on the
   clean model (a logistic probe of the dataset's label on the last layer, mean-pooled), then one
   forward pass per (layer, head) over a whole batch of corrupted sequences with that head's clean
@@ -352,15 +353,18 @@ def head_scan(
     seed: int = 0,
     n_boot: int = 1000,
 ) -> pd.DataFrame:
-    """Every layer x head x motif: r, p, rho (+ CI) and the registered criteria (see :mod:`saeflow.dna.headscan`).
+    """Every layer x head x motif: r, p, q, rho (+ CI) and the registered criteria (see
+    :mod:`saeflow.dna.headscan`).
 
+    ``q`` is BH over the whole table (every layer x head x motif is one family,
+    :func:`saeflow.dna.headscan.scan_table`), so ``passes`` is r >= 0.5, q < 0.05 and rho >= 2.
     Reads a seeded sample of ``n_sequences`` sequences; each batch's attention is reduced at once to
     the attention each token receives, so memory is O(sequences x heads x tokens) per layer.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from saeflow.dna.headscan import scan_received
+    from saeflow.dna.headscan import scan_table
     from saeflow.dna.motifscan import scan, token_scores
     from saeflow.models.base import Capture
 
@@ -408,23 +412,17 @@ def head_scan(
 
     valid_all = cat(valid, False, bool)
     gc_all = cat(gcs, 0.0, np.float64)
-    rows = []
-    for m in motifs:
-        ms = cat(mscore[m.matrix_id], -np.inf, np.float64)
-        for l in layers:
-            df = scan_received(
-                cat(recv[l], 0.0, np.float64),
-                ms,
-                valid_all,
-                gc_all,
-                layer=l,
-                threshold=m.threshold,
-                n_boot=n_boot,
-                seed=seed,
-            )
-            df.insert(0, "motif", m.matrix_id)
-            rows.append(df)
-    out = pd.concat(rows, ignore_index=True)
+    for l in layers:  # float32 as captured; scan_received takes each layer to float64 in turn
+        recv[l] = cat(recv[l], 0.0, np.float32)
+    # one table, one family: q is BH over every layer x head x motif
+    out = scan_table(
+        recv,
+        {m.matrix_id: (cat(mscore[m.matrix_id], -np.inf, np.float64), m.threshold) for m in motifs},
+        valid_all,
+        gc_all,
+        n_boot=n_boot,
+        seed=seed,
+    )
     out["n_sequences"] = len(seqs)
     return out
 

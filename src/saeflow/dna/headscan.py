@@ -13,7 +13,10 @@ For every head two registered statistics (as in the seed's CTCF analysis):
   (``-inf`` / missing scores are replaced by the lowest finite score of the batch, i.e. "no
   site"). Two-sided p from the t distribution with n - 2 degrees of freedom (``scipy.stats.pearsonr``
   semantics); the tokens of one sequence are not independent, so ``p`` is optimistic and the
-  criterion also demands the effect size. Criterion: ``r >= r_min`` (0.5) and ``p < alpha`` (0.05).
+  criterion also demands the effect size. ``q``: Benjamini-Hochberg q-value of ``p``
+  (:func:`saeflow.stats.bh`) over the whole family, i.e. every layer x head x motif of one
+  head-scan table (NaN p = not tested). Criterion: ``r >= r_min`` (0.5) and ``q < alpha`` (0.05);
+  ``p`` is kept.
 * **Matched attention enrichment** ``rho``: mean attention received by motif tokens (score >=
   ``threshold``) divided by the mean attention received by background tokens matched to them in GC
   content: the background tokens are sampled (seeded) within each GC bin to the motif tokens' GC
@@ -21,15 +24,21 @@ For every head two registered statistics (as in the seed's CTCF analysis):
   rho_min`` (2). A percentile bootstrap CI over sequences (resampling whole sequences) goes with it.
 
 ``scan_heads`` returns one row per (layer, head) with both statistics and ``passes`` (both
-criteria); :func:`heatmap_tables` pivots them for the report's heatmaps.
+criteria), its q-values corrected over the heads of that call. A caller that scans layer by layer
+(or motif by motif) and concatenates the tables must apply :func:`head_criteria` to the whole table,
+so ``q`` and ``passes`` are over the whole family: :func:`scan_table` does (every motif x layer;
+it is what :func:`saeflow.dna.evidence.head_scan` calls).
+:func:`heatmap_tables` pivots them for the report's heatmaps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
-from saeflow.stats import percentile_ci
+from saeflow.stats import bh, percentile_ci
 from saeflow.utils import SaeflowError
 
 R_MIN, RHO_MIN, ALPHA = 0.5, 2.0, 0.05
@@ -125,8 +134,9 @@ def scan_heads(
     """Both statistics for every head of one layer (see the module docstring).
 
     ``gc``: GC fraction of each token's bases (B, T). ``threshold``: motif score of a motif token.
-    Columns: layer, head, r, p, n_tokens, rho, rho_low, rho_high, n_motif, n_background,
-    attn_motif, attn_background, passes_r, passes_rho, passes.
+    Columns: layer, head, r, p, q, n_tokens, rho, rho_low, rho_high, n_motif, n_background,
+    attn_motif, attn_background, passes_r, passes_rho, passes (``q`` over the heads of this call;
+    see :func:`head_criteria` for a table assembled from several calls).
     """
     attn, motif, valid, gc = _check(attn, motif, valid, gc)
     return scan_received(
@@ -205,8 +215,6 @@ def scan_received(
             with np.errstate(invalid="ignore", divide="ignore"):
                 boot = (sm[idx].sum(1) / cm[idx].sum(1)) / (sb[idx].sum(1) / cb[idx].sum(1))
             lo, hi = percentile_ci(boot)
-        passes_r = bool(np.isfinite(r[h]) and r[h] >= r_min and p[h] < alpha)
-        passes_rho = bool(np.isfinite(rho) and rho >= rho_min)
         rows.append(
             dict(
                 layer=int(layer),
@@ -221,12 +229,84 @@ def scan_received(
                 n_background=len(bg),
                 attn_motif=am,
                 attn_background=ab,
-                passes_r=passes_r,
-                passes_rho=passes_rho,
-                passes=passes_r and passes_rho,
             )
         )
-    return pd.DataFrame(rows)
+    return head_criteria(pd.DataFrame(rows), r_min=r_min, rho_min=rho_min, alpha=alpha)
+
+
+def scan_table(
+    recv: Mapping[int, np.ndarray],
+    motifs: Mapping[str, tuple[np.ndarray, float]],
+    valid,
+    gc,
+    *,
+    r_min: float = R_MIN,
+    rho_min: float = RHO_MIN,
+    alpha: float = ALPHA,
+    gc_bins: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The whole head-scan table: :func:`scan_received` for every motif x layer, then
+    :func:`head_criteria` over all of it, so ``q`` is BH over every layer x head x motif (one
+    family).
+
+    ``recv``: layer -> the attention each token receives (B, H, T); ``motifs``: motif id -> (its
+    token scores (B, T), its motif-token threshold). Rows: motif, then layer, then head."""
+    if not recv or not motifs:
+        raise SaeflowError("head scan: no layer or no motif to scan")
+    parts = []
+    for mid, (score, threshold) in motifs.items():
+        for layer, rl in recv.items():
+            df = scan_received(
+                rl,
+                score,
+                valid,
+                gc,
+                layer=layer,
+                threshold=threshold,
+                r_min=r_min,
+                rho_min=rho_min,
+                alpha=alpha,
+                gc_bins=gc_bins,
+                n_boot=n_boot,
+                seed=seed,
+            )
+            df.insert(0, "motif", mid)
+            parts.append(df)
+    return head_criteria(
+        pd.concat(parts, ignore_index=True), r_min=r_min, rho_min=rho_min, alpha=alpha
+    )
+
+
+def head_criteria(
+    table: pd.DataFrame,
+    *,
+    r_min: float = R_MIN,
+    rho_min: float = RHO_MIN,
+    alpha: float = ALPHA,
+) -> pd.DataFrame:
+    """The registered criteria over ``table`` as one family: ``q`` = BH of ``p`` over every row
+    (every layer x head x motif of the table; NaN p = not tested), ``passes_r`` = ``r >= r_min`` and
+    ``q < alpha``, ``passes_rho`` = ``rho >= rho_min``, ``passes`` = both. Returns a copy with those
+    columns (re)computed, ``q`` right after ``p``; apply it to the whole head-scan table, never to
+    a part of it."""
+    miss = [c for c in ("r", "p", "rho") if c not in table.columns]
+    if miss:
+        raise SaeflowError(f"head_criteria: the head scan has no column(s) {miss}")
+    out = table.drop(columns=["q", "passes_r", "passes_rho", "passes"], errors="ignore")
+    r = pd.to_numeric(out["r"], errors="coerce").to_numpy(dtype=float)
+    p = pd.to_numeric(out["p"], errors="coerce").to_numpy(dtype=float)
+    rho = pd.to_numeric(out["rho"], errors="coerce").to_numpy(dtype=float)
+    q = bh(p)
+    out.insert(out.columns.get_loc("p") + 1, "q", q)
+    with np.errstate(invalid="ignore"):
+        passes_r = np.isfinite(r) & (r >= r_min) & np.isfinite(q) & (q < alpha)
+        passes_rho = np.isfinite(rho) & (rho >= rho_min)
+    out["passes_r"] = passes_r
+    out["passes_rho"] = passes_rho
+    out["passes"] = passes_r & passes_rho
+    return out
 
 
 def heatmap_tables(scans: pd.DataFrame) -> dict[str, pd.DataFrame]:
