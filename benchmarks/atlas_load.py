@@ -9,8 +9,7 @@ then opens ``atlas/index.html`` from disk in Debian's chromium through Playwrigh
   (``SAEFLOW.lastRender.at``: HTML, app.js, data/index.js, tables and SVG plots), --repeat times;
 * feature page: on that page, ``location.hash`` set to a feature whose shard was never loaded
   (cold: one <script> of its 128-feature shard, then render), for --features features spread over
-  the
-  layers; then the same features again (warm: shard in memory);
+  the layers; then the same features again (warm: shard in memory);
 * layer page (4,608-row table shard, virtualised) and search (every layer's search and table shard),
   for information.
 

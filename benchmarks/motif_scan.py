@@ -4,8 +4,7 @@ Inputs (seeded): ``--seqs`` random sequences of ``--length`` bp (uniform ACGT), 
 with one CTCF site sampled from the matrix (temperature 0.5) planted at a random position and
 strand, so that there are real hits among the chance ones. Motif: MA0139.1 (CTCF, 19 columns) from
 pyjaspar's offline JASPAR2024 through ``saeflow.dna.motifs.load_jaspar``; PSSM with pseudocount 0.8
-per
-letter and a uniform background, built by each library (Biopython: ``counts.normalize(
+per letter and a uniform background, built by each library (Biopython: ``counts.normalize(
 pseudocounts=0.8).log_odds()``), threshold ``min + 0.8 * (max - min)`` (``--frac``).
 
 Timed, each ``--repeat`` times (median reported, the minimum kept in the JSON):

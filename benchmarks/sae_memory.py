@@ -52,7 +52,8 @@ print(json.dumps({"fvu": m["fvu"], "l0": m["l0"], "steps": m["steps"], "step_ms"
 
 
 def write_store(directory: Path, gib: float, seed: int = 0) -> tuple[Path, Path]:
-    """A float16 (N, 512) layer of ``gib`` GiB: a sparse dictionary signal, written block by block."""
+    """A float16 (N, 512) layer of ``gib`` GiB: a sparse
+    dictionary signal, written block by block."""
     import pandas as pd
 
     directory.mkdir(parents=True, exist_ok=True)

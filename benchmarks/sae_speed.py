@@ -120,8 +120,7 @@ def make_activations(
     probability ``p_active`` (~24 active) with an Exp(1) magnitude, plus a fixed nonzero
     mean and N(0, noise^2) per coordinate. The dictionary and mean depend only on the
     generator's base seed (0); ``seed`` picks the rows, so train and held-out sets share
-    the dictionary.
-    """
+    the dictionary."""
     import torch
     import torch.nn.functional as F
 

@@ -4,8 +4,7 @@
 
 RUN_DIR is a workflow directory that ran the test config or the default (it reads
 results/toy_esm/ctcf_peaks/atlas and, without --feature, shows the feature recovery.tsv names for
-CTCF).
-"""
+CTCF)."""
 
 from __future__ import annotations
 

@@ -23,5 +23,7 @@ write_table(table, snakemake.output.table)
 plot_probe_comparison(
     table,
     snakemake.output.plot,
-    title=f"{w.comparison}: sequence probes ({s['probes']['control']}), paired on the same test items",
+    title=(
+        f"{w.comparison}: sequence probes ({s['probes']['control']}), paired on the same test items"
+    ),
 )

@@ -11,9 +11,8 @@ store = ActivationStore(snakemake.input.acts)
 sequences = pd.read_parquet(snakemake.input.sequences)
 train, test = split_ranges(store.seq_offsets, sequences)
 balance = snakemake.params.balance
-if (
-    balance and "source" in sequences.columns
-):  # a pool: every source the same training cells per epoch
+# a pool: every source the same training cells per epoch
+if balance and "source" in sequences.columns:
     from saeflow.sae.balance import balanced_index, source_counts
 
     sources = sequences.source.to_numpy()[sequences.split.to_numpy() == "train"]

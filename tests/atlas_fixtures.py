@@ -109,9 +109,8 @@ def write_dna_run(
         feats["svd_aligned"] = feats.alive & (feats.svd_max_cos > 0.5)
         feats.to_parquet(c / "features.parquet", index=False)
         rows = []
-        pool = "".join(
-            rng.choice(list("acgt"), 100_000)
-        )  # contexts are slices of one random sequence
+        # contexts are slices of one random sequence
+        pool = "".join(rng.choice(list("acgt"), 100_000))
         starts, ups = rng.integers(0, len(pool) - 41, (2, n_features * n_contexts))
         for f in np.flatnonzero(freq > 0):
             for rank in range(n_contexts):

@@ -100,7 +100,6 @@ def local_run(tmp_path_factory):
     from wfutil import copy_workflow, load_test_config, smk
 
     wd = copy_workflow(tmp_path_factory.mktemp("run"), load_test_config())
-    smk(
-        wd, timeout=3600
-    )  # ~120 jobs: two toy LMs, a toy Geneformer, SAEs, evidence, comparisons, atlases
+    # ~120 jobs: two toy LMs, a toy Geneformer, SAEs, evidence, comparisons, atlases
+    smk(wd, timeout=3600)
     return wd

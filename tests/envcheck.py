@@ -363,7 +363,8 @@ class ImportGraph:
         return out
 
     def _module_use(self, m: str, name_node: ast.AST, parents) -> tuple:
-        """``m.a.b`` as far as it names submodules, then a symbol; a bare module object: all of it."""
+        """``m.a.b`` as far as it names submodules, then a
+        symbol; a bare module object: all of it."""
         node = name_node
         while isinstance(parents.get(node), ast.Attribute):
             attr = parents[node].attr

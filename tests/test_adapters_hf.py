@@ -112,9 +112,8 @@ def test_hooks_captures_and_patches(adapters, name):
             assert x.shape == (B, H, T, dh)
         assert r.mlp[L].shape == (B, T, ad.model.config.intermediate_size)
     assert r.head_out[1].shape == (B, T, H, dh)
-    torch.testing.assert_close(
-        r.logits, ref.logits, atol=1e-4, rtol=1e-4
-    )  # eager vs sdpa attention
+    # eager vs sdpa attention
+    torch.testing.assert_close(r.logits, ref.logits, atol=1e-4, rtol=1e-4)
     w = ad.head_weights(1)
     assert w["W_Q"].shape == (H, 16, dh) and w["W_O"].shape == (H, dh, 16)
 
@@ -350,8 +349,7 @@ def test_nt_v2_state_dict_matches_the_published_checkpoint():
 
 def test_nt_published_layout_loads_every_tensor(tmp_path):
     """A checkpoint written with the published key names (per-layer inv_freq) loads with every
-    tensor
-    in place; one with a tensor missing is refused, naming it."""
+    tensor in place; one with a tensor missing is refused, naming it."""
     from safetensors.torch import load_file, save_file
 
     d, model = make_nt_dir(tmp_path)

@@ -95,9 +95,8 @@ def test_recovery_perfect_feature(tmp_path):
     row = t.iloc[0]
     assert row.feature == 0
     assert row.precision == 1.0 and row.recall == 1.0 and row.f1 == 1.0 and row.auroc == 1.0
-    assert (
-        row.f1_null < 0.75
-    )  # intervals moved at random within the same 30-bp windows overlap by chance
+    # intervals moved at random within the same 30-bp windows overlap by chance
+    assert row.f1_null < 0.75
     assert row.n_windows_with_motif_test == 10
 
 

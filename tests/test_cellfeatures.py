@@ -279,9 +279,8 @@ def test_streaming_equals_dense(tmp_path, subset):
     np.testing.assert_array_equal(back.cooc, stats.cooc)
     if subset:  # cell ids instead of a mask: the same pass
         by_ids = stream_cell_features(sae, store, 1, cells=np.flatnonzero(mask)[::-1], chunk=64)
-        np.testing.assert_allclose(
-            by_ids.cell_max.toarray(), stats.cell_max.toarray(), rtol=1e-5
-        )  # other batch sizes
+        # other batch sizes
+        np.testing.assert_allclose(by_ids.cell_max.toarray(), stats.cell_max.toarray(), rtol=1e-5)
         np.testing.assert_allclose(
             by_ids.gene_sum.toarray(), stats.gene_sum.toarray(), rtol=1e-5, atol=1e-7
         )
@@ -594,9 +593,8 @@ def test_layer_summary_table():
         modules=modules,
         tracking=tracking,
     )
-    assert (
-        row["Features"] == 6 and row["Alive"] == 5 and row["Annotated"] == 2
-    )  # 0 and 2 (5 is dead, 1 has q=0.2)
+    # 0 and 2 (5 is dead, 1 has q=0.2)
+    assert row["Features"] == 6 and row["Alive"] == 5 and row["Annotated"] == 2
     assert row["Ann%"] == pytest.approx(40.0) and row["Enrichments"] == 3
     assert (row["GO_BP"], row["KEGG"], row["Reactome"]) == (1, 2, 0)
     assert (row["Modules"], row["Persistent"], row["Moderate"], row["Transient"]) == (2, 1, 2, 2)

@@ -95,9 +95,8 @@ def test_align_depth_nearest_ties_gaps_and_linear():
     b = lin[lin.run == "b"].set_index("grid_depth")
     assert np.isnan(b.loc[0.0, "fvu"])
     assert b.loc[0.5, "fvu"] == pytest.approx(0.1 + 0.5 * 0.5)
-    assert b.loc[0.5, "ann"] == pytest.approx(
-        (100 * 0.25**2 + 100 * 0.75**2) / 2
-    )  # chord, not the curve
+    # chord, not the curve
+    assert b.loc[0.5, "ann"] == pytest.approx((100 * 0.25**2 + 100 * 0.75**2) / 2)
     assert b.loc[0.75, "ann"] == pytest.approx(100 * 0.75**2)
 
 
@@ -152,9 +151,8 @@ def test_clearly_better_scorer_excludes_zero():
     assert r["delta"] > 0.2
     assert r["ci_low"] > 0 and r["ci_low_delong"] > 0
     assert r["p_delong"] < 1e-4
-    assert r["p_boot"] == pytest.approx(
-        2 / (N_BOOT + 1)
-    )  # no resample reached 0: the smallest p possible
+    # no resample reached 0: the smallest p possible
+    assert r["p_boot"] == pytest.approx(2 / (N_BOOT + 1))
     # reversing the roles flips the sign and keeps the p-values
     rr = paired_auroc_delta(y, weak, good, n_boot=N_BOOT, seed=0)
     assert rr["delta"] == pytest.approx(-r["delta"]) and rr["ci_high"] < 0
@@ -264,9 +262,8 @@ def _preds(rng, n=80, task="t1"):
 def test_align_predictions_by_item_name_and_errors():
     rng = np.random.default_rng(6)
     a = _preds(rng)
-    b = a.sample(frac=1.0, random_state=0).assign(
-        score=lambda d: d.score * 2 + 1
-    )  # shuffled rows, same ranks
+    # shuffled rows, same ranks
+    b = a.sample(frac=1.0, random_state=0).assign(score=lambda d: d.score * 2 + 1)
     al = align_predictions(a, b)
     assert al.item.tolist() == a.item.tolist()
     assert np.allclose(al.score_b, a.score * 2 + 1)
@@ -368,9 +365,8 @@ def test_dead_features_never_win_even_against_negative_correlations():
     rng = np.random.default_rng(17)
     x = rng.random(50)
     A = np.column_stack([x, np.zeros(50)])
-    B = np.column_stack(
-        [np.zeros(50), -x + 0.01 * rng.random(50)]
-    )  # the only alive B feature: r ~ -1
+    # the only alive B feature: r ~ -1
+    B = np.column_stack([np.zeros(50), -x + 0.01 * rng.random(50)])
     fa, fb, s = match_features(A, B, threshold=0.5, n_null=2)
     assert (
         fa.match.tolist() == [1, -1] and fa["corr"].iloc[0] < -0.99 and np.isnan(fa["corr"].iloc[1])
@@ -401,7 +397,8 @@ def test_match_features_errors_and_shared_rows():
 
 
 def _copy_head(u, scale, d_head=8, noise=0.05, seed=0):
-    """A head whose OV maps u to scale * u (top singular pair) and everything else to small noise."""
+    """A head whose OV maps u to scale * u (top singular
+    pair) and everything else to small noise."""
     rng = np.random.default_rng(seed)
     d = u.size
     uh = u / np.linalg.norm(u)
@@ -444,9 +441,8 @@ def test_random_head_has_cosines_of_order_one_over_sqrt_d():
     vals = np.vstack(vals)
     assert vals.max() < 5 / np.sqrt(d)
     assert vals.mean() == pytest.approx(np.sqrt(2 / (np.pi * d)), rel=0.2)  # E|N(0, 1/d)|
-    assert np.mean(np.square(np.concatenate(wk))) == pytest.approx(
-        k / d, rel=0.2
-    )  # |P_k u|^2 ~ k/d
+    # |P_k u|^2 ~ k/d
+    assert np.mean(np.square(np.concatenate(wk))) == pytest.approx(k / d, rel=0.2)
 
 
 def test_audit_agrees_with_explicit_ov_and_its_svd():

@@ -58,9 +58,8 @@ def test_annotation_rates_are_fractions_of_alive_features():
     )
     cells = pd.DataFrame({"layer": [1], "Features": [100], "Alive": [0], "Annotated": [0]})
     r = annotation_rates(cells, "cells")
-    assert r.alive_fraction.tolist() == [0.0] and np.isnan(
-        r.annotated_fraction.iloc[0]
-    )  # no alive: no rate
+    # no alive: no rate
+    assert r.alive_fraction.tolist() == [0.0] and np.isnan(r.annotated_fraction.iloc[0])
     with pytest.raises(SaeflowError, match="Novel"):
         annotation_rates(dna.drop(columns="Novel"), "peaks")
 
@@ -258,7 +257,8 @@ def test_test_config_plans_the_comparison_with_the_right_inputs(tmp_path):
 
 
 def test_parts_follow_the_runs(tmp_path):
-    """Runs on two datasets: no paired probes, no per-sequence matching; the rest is still planned."""
+    """Runs on two datasets: no paired probes, no per-sequence
+    matching; the rest is still planned."""
     cfg = load_test_config()
     cfg["comparisons"][0]["runs"][1]["dataset"] = "promoter_tata"
     p = _dry(tmp_path, cfg, "--forceall", "all")
@@ -466,15 +466,15 @@ def test_comparison_rules_run_end_to_end_on_synthetic_results(tmp_path):
     assert pr[["layer_a", "layer_b"]].values.tolist() == [[2, 1], [4, 2]]
     assert (pr.n_items == 20).all() and (pr.delta > 0).all() and pr.p_delong.between(0, 1).all()
     hs = pd.read_csv(out / "head_scan.tsv", sep="\t")
+    # layer 2, head 1
     assert hs[(hs.run == "big/peaks/s") & (hs.grid_depth == 0.5)].best_r.item() == pytest.approx(
         0.12
-    )  # layer 2, head 1
+    )
     m = pd.read_csv(out / "matching.tsv", sep="\t")
     assert len(m) == 2 and (m.rows == "sequence").all() and (m.n_rows == 60).all()
     assert m.matched_fraction.between(0, 1).all() and m.p_empirical.between(0, 1).all()
-    assert (
-        len(pd.read_parquet(out / "matching_features.parquet")) == 2 * 32
-    )  # run A's 32 features per layer pair
+    # run A's 32 features per layer pair
+    assert len(pd.read_parquet(out / "matching_features.parquet")) == 2 * 32
     au = pd.read_csv(out / "ov_audit.tsv", sep="\t")
     assert (au.run == "big/peaks/s").all() and set(au.side) <= {"read", "write"}
     assert au.write_cos.between(0, 1 + 1e-9).all() and au.self_gain.notna().all()

@@ -1,4 +1,5 @@
-"""Counterfactual pairs destroy the motif and keep length and GC; the patching metric and its guard."""
+"""Counterfactual pairs destroy the motif and keep length and
+GC; the patching metric and its guard."""
 
 from __future__ import annotations
 

@@ -75,9 +75,8 @@ def test_a_truncated_transfer_is_retried_and_resumed(server, tmp_path):
     assert dest.read_bytes() == data
     gets = [r for r in server.requests_to("/data/big.bin") if r[0] == "GET"]
     assert len(gets) == 3
-    assert "Range" not in gets[0][2] and gets[1][2]["Range"].startswith(
-        "bytes="
-    )  # resumed, not restarted
+    # resumed, not restarted
+    assert "Range" not in gets[0][2] and gets[1][2]["Range"].startswith("bytes=")
     assert not leftovers(tmp_path)
 
 
@@ -456,9 +455,8 @@ def test_hub_snapshot_runs_snapshot_download_for_real(server, src, tmp_path):
     )
     assert saved["files"]["model.safetensors"]["sha256"] == sha256(b"\0" * 2048)
     assert server.requests_to(f"/api/models/{src['model_repo']}/revision/main")
-    assert server.requests_to(
-        f"/{src['model_repo']}/resolve/{src['model_commit']}/"
-    )  # fetched at the commit
+    # fetched at the commit
+    assert server.requests_to(f"/{src['model_repo']}/resolve/{src['model_commit']}/")
     assert not leftovers(dest.parent)
 
 

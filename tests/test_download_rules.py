@@ -127,9 +127,8 @@ def test_the_plan_includes_downloaded_inputs(downloaded):
     wd2 = copy_workflow(wd.parent / "plan", cfg)
     p = smk(wd2, "-n")
     jobs = planned_jobs(p)
-    assert (
-        jobs["download_fasta"] == 1 and jobs["download_encode"] == 1
-    )  # peaks only: no run needs the signal
+    # peaks only: no run needs the signal
+    assert jobs["download_fasta"] == 1 and jobs["download_encode"] == 1
     assert jobs["download_hub_model"] == 1 and jobs["download_nt_task"] == 1
     assert jobs["train_sae"] == 4 and "train_toy_model" not in jobs and "download_cells" not in jobs
 

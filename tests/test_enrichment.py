@@ -150,9 +150,8 @@ def test_agrees_with_gseapy_enrich():
     sets = _random_sets(rng, 120, lo=5, hi=150)
     background = list(GENES[:1000])  # 200 genes outside: sets and hits are intersected with it
     hits = _random_hits(rng, 6, size=60)
-    hits["f0"] = (
-        sets["T007"][:25] + hits["f0"][:35]
-    )  # one planted, so small p-values are compared too
+    # one planted, so small p-values are compared too
+    hits["f0"] = sets["T007"][:25] + hits["f0"][:35]
     df = en.overrepresentation(
         hits, {"lib": sets}, background, min_size=1, max_size=10_000, genes_q_max=None
     )

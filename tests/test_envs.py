@@ -201,8 +201,7 @@ def test_env_pins_exactly_the_requirement_closure(path, graph):
     metadata).
 
     Missing: pip would pick an untested version. Extra: the env carries something its rules do not
-    use.
-    """
+    use."""
     needs = envcheck.needs_by_env(graph).get(path.resolve())
     if needs is None:
         pytest.skip("used by no rule (test_every_env_is_used_by_a_rule fails)")

@@ -142,7 +142,8 @@ def test_identity_recovers_all_and_zero_recovers_nothing(tiny_model_dir, layer):
 
 
 def test_substitution_site_is_exactly_hidden_states(tiny_model_dir):
-    """Every layer's site reproduces hidden_states[L]; the last one is after ESM's final layer norm."""
+    """Every layer's site reproduces hidden_states[L]; the
+    last one is after ESM's final layer norm."""
     ad = load_model(tiny_model_dir)
     tb = ad.tokenize(SEQS)
     for layer in range(ad.n_layers + 1):

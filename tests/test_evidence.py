@@ -1,4 +1,5 @@
-"""saeflow.dna.evidence: the glue of the DNA evidence rules, on tiny models and planted sequences."""
+"""saeflow.dna.evidence: the glue of the DNA evidence rules,
+on tiny models and planted sequences."""
 
 from __future__ import annotations
 
@@ -149,18 +150,16 @@ def test_ablation_specificity_ranks_a_strong_feature_above_its_null(adapter):
     tb = adapter.tokenize(seqs)
     with torch.no_grad():
         x = adapter.run(tb, Capture(resid=[1])).resid[1]
-        z = sae.encode(
-            x[torch.from_numpy(~tb.special)]
-        )  # genuine tokens only, as the ablation counts them
+        # genuine tokens only, as the ablation counts them
+        z = sae.encode(x[torch.from_numpy(~tb.special)])
     freq = (z > 0).float().mean(0).numpy()
     live = (freq > 0) & (freq < 1)
     assert live.sum() > 26
     target = int(np.flatnonzero(live)[0])
     with torch.no_grad():
         sae.W_dec.mul_(1e-3)  # every feature writes almost nothing ...
-        sae.W_dec[target] = (
-            sae.W_dec[target] / sae.W_dec[target].norm() * 50
-        )  # ... except the target
+        # ... except the target
+        sae.W_dec[target] = sae.W_dec[target] / sae.W_dec[target].norm() * 50
     # null candidates: every live feature gets the target's frequency, so all qualify as matched
     freq = np.where(live, freq[target], 0.0)
     targets = pd.DataFrame({"motif": ["M"], "feature": [target]})

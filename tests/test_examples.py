@@ -98,9 +98,8 @@ def test_example_config_plans(wd, name):
     assert jobs["train_sae"] == layers * sae_runs, jobs
     assert jobs["evaluate_sae"] == layers * sae_runs
     assert rules <= set(jobs), rules - set(jobs)
-    assert (
-        "train_toy_model" not in jobs and "build_toy_genome" not in jobs
-    )  # the toy run (and comparison) was replaced
+    # the toy run (and comparison) was replaced
+    assert "train_toy_model" not in jobs and "build_toy_genome" not in jobs
     cells = any(d.get("kind") == "cells" for d in cfg["datasets"].values())
     names = [c["name"] for c in cfg.get("comparisons", [])]
     assert ("compare_quality" in jobs) == bool(names) and jobs.get("compare_quality", 0) == len(

@@ -190,7 +190,8 @@ def run(tmp_path_factory):
 
 
 def _logs(wd, model, dataset):
-    """The tail of every failed log of this model's (and its dataset's) jobs, for failure messages."""
+    """The tail of every failed log of this model's (and its
+    dataset's) jobs, for failure messages."""
     out = []
     for f in sorted((wd / "logs").rglob("*")):
         parts = f.relative_to(wd / "logs").parts
@@ -234,9 +235,8 @@ def _expected_tokens(family, model_dir, wd, dataset):
         if family == "dnabert":
             return np.array([len(s) - DNABERT_K + 1 for s in seqs])
         if family == "nucleotide_transformer":
-            return np.array(
-                [len(s) // 6 + len(s) % 6 for s in seqs]
-            )  # 6-mers, then the tail base by base
+            # 6-mers, then the tail base by base
+            return np.array([len(s) // 6 + len(s) % 6 for s in seqs])
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -287,17 +287,14 @@ def test_family_runs_end_to_end(run, family):
         assert (tokens.end.to_numpy() <= seqs.sequence.str.len().to_numpy()[tokens.seq]).all()
     else:  # cells: the gene of each token, among that cell's expressed genes
         assert "gene" in tokens.columns and (tokens.gene != "").all()
-        assert (
-            store.manifest["shards"] == 2 and (counts == 0).sum() == 1
-        )  # the cell without known genes
+        # the cell without known genes
+        assert store.manifest["shards"] == 2 and (counts == 0).sum() == 1
         import anndata
 
-        cells = anndata.read_h5ad(
-            wd / "results/datasets/cells/cells.h5ad"
-        )  # the rows of the cell table
-        names = (
-            cells.var.gene_symbol if family == "scgpt" else cells.var.gene_id
-        )  # scGPT: symbols; Geneformer: ids
+        # the rows of the cell table
+        cells = anndata.read_h5ad(wd / "results/datasets/cells/cells.h5ad")
+        # scGPT: symbols; Geneformer: ids
+        names = cells.var.gene_symbol if family == "scgpt" else cells.var.gene_id
         rows, cols = cells.X.nonzero()
         expressed = set(zip(rows.tolist(), names.to_numpy()[cols]))
         assert all(pair in expressed for pair in zip(tokens.seq.tolist(), tokens.gene)), (

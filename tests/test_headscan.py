@@ -82,9 +82,8 @@ def test_gc_matched_background_has_the_motif_gc_histogram():
     bg = gc_matched_background(gc, is_motif, np.ones(5000, bool), bins=10, seed=0)
     assert not is_motif[bg].any() and len(np.unique(bg)) == len(bg)
     assert abs(gc[bg].mean() - gc[is_motif].mean()) < 0.03
-    assert (
-        abs(gc[~is_motif].mean() - gc[is_motif].mean()) > 0.2
-    )  # unmatched background would differ
+    # unmatched background would differ
+    assert abs(gc[~is_motif].mean() - gc[is_motif].mean()) > 0.2
 
 
 def test_bad_inputs_are_named():

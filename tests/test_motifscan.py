@@ -26,7 +26,8 @@ def ctcf():
 
 
 def bio_pssm(motif, pseudocounts=0.8, background=None):
-    """The Bio.motifs PSSM of a saeflow Motif: counts.normalize(pseudocounts).log_odds(background)."""
+    """The Bio.motifs PSSM of a saeflow Motif:
+    counts.normalize(pseudocounts).log_odds(background)."""
     m = bio_motifs.Motif(
         alphabet="ACGT", counts={b: list(motif.counts[:, i]) for i, b in enumerate("ACGT")}
     )
@@ -118,9 +119,8 @@ def test_scan_equals_biopython_calculate_both_strands(ctcf):
             assert len(site.score) == 0
             continue
         fwd = np.atleast_1d(bp.calculate(s))  # Biopython: NaN for windows with N/R; one strand only
-        rev = np.atleast_1d(
-            rc.calculate(s)
-        )  # the reverse strand = the reverse-complemented PSSM, same starts
+        # the reverse strand = the reverse-complemented PSSM, same starts
+        rev = np.atleast_1d(rc.calculate(s))
         assert len(site.forward) == len(fwd) == len(s) - 18
         for ours, theirs in ((site.forward, fwd), (site.reverse, rev)):
             bad = np.isnan(theirs)
@@ -178,9 +178,8 @@ def test_hits_equal_biopython_search(ctcf):
         assert relative_threshold(m, frac) == pytest.approx(thr, abs=1e-9)
         expected = {}
         for i, s in enumerate(seqs):
-            for pos, score in bp.search(
-                s, threshold=thr
-            ):  # reverse-strand hits come as pos - len(s)
+            # reverse-strand hits come as pos - len(s)
+            for pos, score in bp.search(s, threshold=thr):
                 expected[
                     (i, int(pos) + len(s) if pos < 0 else int(pos), "-" if pos < 0 else "+")
                 ] = float(score)
@@ -228,9 +227,8 @@ def test_planted_sites_found_at_position_and_strand(ctcf):
     assert best.loc[1, "score"] == pytest.approx(hi, abs=1e-5)
     res = scan(seqs, m)
     assert res.strand[1, 200] == -1 and res.strand[0, 40] == 1
-    assert res.reverse[1, 200] == pytest.approx(
-        hi, abs=1e-5
-    )  # the reverse complement of the consensus
+    # the reverse complement of the consensus
+    assert res.reverse[1, 200] == pytest.approx(hi, abs=1e-5)
     names = [f"s{i}" for i in range(6)]
     named = hits(res, m, frac=0.8, names=names)  # a ScanResult is not scanned again
     assert {(r.seq, r.start, r.strand) for r in named.itertuples()} >= {
@@ -253,9 +251,8 @@ def test_threshold_fraction_semantics(ctcf):
     n_sites = int(res.n_sites.sum())
     assert len(hits(res, m, frac=0.0)) == 2 * n_sites  # every site on both strands
     assert len(hits(res, m, frac=0.0, best_strand=True)) == n_sites
-    assert (
-        len(hits(res, m, frac=0.0, both_strands=False)) == 2 * n_sites
-    )  # a ScanResult keeps its strands
+    # a ScanResult keeps its strands
+    assert len(hits(res, m, frac=0.0, both_strands=False)) == 2 * n_sites
     assert len(hits(seqs, m, frac=0.0, both_strands=False)) == n_sites
     top = hits(res, m, frac=1.0)
     assert list(zip(top.seq, top.start, top.strand)) == [(4, 10, "+")]

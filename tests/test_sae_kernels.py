@@ -122,9 +122,8 @@ def test_sparse_step_matches_autograd(arch, with_dead):
     if arch.startswith("jumprelu"):
         total = total + sae.coef * losses["l0_loss"]
     assert float(total) == pytest.approx(ref_value, rel=1e-9)
-    if arch.startswith(
-        "jumprelu"
-    ):  # entries within the bandwidth exist, so the STE path is exercised
+    # entries within the bandwidth exist, so the STE path is exercised
+    if arch.startswith("jumprelu"):
         assert float(sae.threshold.grad.abs().sum()) > 0
     if with_dead and arch in ("topk", "batchtopk"):
         assert float(losses["aux"]) > 0

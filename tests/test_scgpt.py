@@ -120,7 +120,8 @@ def adapter(ckpt):
 
 
 def make_cells(n_cells: int = 4, seed: int = 1) -> CellMatrix:
-    """Raw counts over the vocabulary's genes plus two genes scGPT does not know; varying sparsity."""
+    """Raw counts over the vocabulary's genes plus two genes
+    scGPT does not know; varying sparsity."""
     rng = np.random.default_rng(seed)
     symbols = np.array(GENES[:25] + ["NOT_A_GENE", "ENSG00000141510"] + GENES[25:], dtype=object)
     X = rng.poisson(1.5, size=(n_cells, len(symbols))).astype(np.float32)
@@ -292,9 +293,8 @@ def test_tokenize_cells(adapter):
         n = int(tb.attention_mask[b].sum())
         ids = tb.input_ids[b].tolist()
         assert ids[0] == VOCAB["<cls>"] and ids[n:] == [VOCAB["<pad>"]] * (len(ids) - n)
-        assert (
-            tb.extra["values"][b, 0] == -2 and (tb.extra["values"][b, n:] == -2).all()
-        )  # pad_value
+        # pad_value
+        assert tb.extra["values"][b, 0] == -2 and (tb.extra["values"][b, n:] == -2).all()
         assert tb.special[b].tolist() == [True] + [False] * (n - 1) + [True] * (len(ids) - n)
         assert tb.genes[b, 0] == "" and (tb.genes[b, n:] == "").all()
         # the genes are the cell's nonzero in-vocabulary genes, in column order; they map back
@@ -322,9 +322,8 @@ def test_tokenizer_hand_made_cell():
         ["CD3E", "XIST_NOT_IN_VOCAB", "CD4", "CD8A", "MS4A1", "LYZ", "NKG7", "GNLY", "CD14"],
         dtype=object,
     )
-    X = np.array(
-        [[1, 9, 2, 3, 0, 4, 5, 6, 7]], dtype=np.float32
-    )  # in vocab: 1,2,3,0,4,5,6,7 as above
+    # in vocab: 1,2,3,0,4,5,6,7 as above
+    X = np.array([[1, 9, 2, 3, 0, 4, 5, 6, 7]], dtype=np.float32)
     tb = tok(CellMatrix(X, None, symbols, np.array(["c"])))
     assert tb.genes[0].tolist() == ["", "CD3E", "CD4", "CD8A", "LYZ", "NKG7", "GNLY", "CD14"]
     assert tb.extra["values"][0].tolist() == [-2, 1, 1, 2, 2, 3, 3, 4]

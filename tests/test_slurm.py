@@ -105,12 +105,9 @@ def slurm_run(tmp_path_factory):
 
 def slurm_config() -> dict:
     """The test config cut to its sharded DNA run with one SAE recipe: every kind of job (toy LM
-    with
-    its checkpoint, sharded extraction, SAE training, evaluation, catalog, the evidence rules that
-    run
-    the model on a GPU) goes through sbatch, at about a third of the whole config's jobs (each SLURM
-    job
-    pays for a fresh Snakemake; the whole config took ~18 min here)."""
+    with its checkpoint, sharded extraction, SAE training, evaluation, catalog, the evidence rules
+    that run the model on a GPU) goes through sbatch, at about a third of the whole config's jobs
+    (each SLURM job pays for a fresh Snakemake; the whole config took ~18 min here)."""
     cfg = load_test_config()
     cfg["runs"] = [{"model": "toy_esm", "dataset": "ctcf_peaks", "saes": ["topk_x4_k16"]}]
     cfg["comparisons"] = []  # the comparison rules are cheap localrules; the local run covers them

@@ -1,4 +1,5 @@
-"""Workflow tests: the Snakemake DAG itself, on copies of the repository in a temporary directory."""
+"""Workflow tests: the Snakemake DAG itself, on copies of
+the repository in a temporary directory."""
 
 from __future__ import annotations
 
@@ -115,9 +116,8 @@ def test_whole_dag_produces_outputs(finished_run):
         ev = pd.read_csv(base / "eval" / sae / "summary.tsv", sep="\t")
         assert list(ev.columns) == SUMMARY_COLUMNS and ev.layer.tolist() == [2, 4]
         assert ev.loss_recovered.notna().all() and (ev.fvu < 0.2).all()
-        if sae.startswith(
-            "jr"
-        ):  # JumpReLU calibrated to its target L0 (within 20% on held-out tokens)
+        # JumpReLU calibrated to its target L0 (within 20% on held-out tokens)
+        if sae.startswith("jr"):
             assert ((ev.l0 - 8).abs() <= 1.6).all(), ev
         else:  # TopK: k per token
             assert (ev.l0 > 15.5).all() and (ev.l0 <= 16).all(), ev
@@ -187,9 +187,8 @@ def test_single_cell_atlas_of_pbmc(finished_run):
         "NovelAnn%",
     } <= set(summary.columns)
     assert (base / "cells" / "topk_x4_k16" / "summary.png").stat().st_size > 10_000
-    assert (
-        summary.Persistent.notna().iloc[0] and summary.Persistent.isna().iloc[-1]
-    )  # the last layer has no next
+    # the last layer has no next
+    assert summary.Persistent.notna().iloc[0] and summary.Persistent.isna().iloc[-1]
     assert summary.CellTypeFeatures.max() > 0
     hits = []
     for layer in (1, 2):
@@ -243,8 +242,8 @@ def test_single_cell_atlas_of_pbmc(finished_run):
 @pytest.mark.workflow
 def test_pooled_vs_single_comparison(finished_run):
     """The test config's pool: pbmc (real PBMCs + simulated CRISPRi) with a simulated second tissue,
-    the
-    SAE trained source-balanced, the perturbation tests rerun with it and compared with pbmc's own SAE."""
+    the SAE trained source-balanced, the perturbation tests rerun with it and compared with pbmc's
+    own SAE."""
     wd = finished_run
     src = pd.read_csv(wd / "results/datasets/pbmc_pooled/sources.tsv", sep="\t")
     assert src.source.tolist() == ["pbmc", "pbmc_tissue"] and src.perturbed_cells.tolist() == [
@@ -323,9 +322,8 @@ def test_toy_sizes_comparison(finished_run):
     assert q[q.run == small].layer.tolist() == [1, 2] and (q.gap == 0).all() and q.fvu.notna().all()
     pr = pd.read_csv(out / "probes.tsv", sep="\t")
     assert pr[["layer_a", "layer_b"]].values.tolist() == [[2, 1], [4, 2]]
-    assert (
-        pr.n_items.nunique() == 1 and (pr.n_items > 100).all()
-    )  # the same held-out windows for both models
+    # the same held-out windows for both models
+    assert pr.n_items.nunique() == 1 and (pr.n_items > 100).all()
     assert (
         pr.delta.between(-1, 1).all()
         and pr.p_delong.between(0, 1).all()
@@ -367,10 +365,9 @@ def test_ctcf_is_recovered(finished_run):
 @pytest.mark.workflow
 def test_dna_evidence_finds_the_planted_truth(finished_run):
     """The embedded default's planted motifs are the ground truth of the DNA evidence rules (issue
-    7):
-    the TATA probe far above its GC-only control, the CTCF feature's ablation specific against its
-    frequency-matched null, and patching localised to the site's tokens in the layers where the CTCF
-    feature lives (the off-site control restores little)."""
+    7): the TATA probe far above its GC-only control, the CTCF feature's ablation specific against
+    its frequency-matched null, and patching localised to the site's tokens in the layers where the
+    CTCF feature lives (the off-site control restores little)."""
     base = finished_run / "results" / "toy_esm"
     pr = pd.read_csv(base / "promoter_tata" / "evidence" / "probes.tsv", sep="\t")
     seq = pr[(pr.level == "sequence") & (pr.target == "label")]
@@ -441,9 +438,8 @@ def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
     # 2 layers of the changed SAE on ctcf_peaks (the one run that lists it); nothing upstream,
     # nothing of the other SAE
     assert jobs["train_sae"] == 2 and jobs["feature_catalog"] == 2
-    assert (
-        jobs["ground_truth_recovery"] == 2
-    )  # ctcf_peaks lives on the toy reference with planted sites
+    # ctcf_peaks lives on the toy reference with planted sites
+    assert jobs["ground_truth_recovery"] == 2
     for upstream in (
         "build_toy_genome",
         "index_fasta",

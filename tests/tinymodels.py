@@ -4,8 +4,7 @@ Shared by the adapter unit tests (tests/test_adapters_hf.py, test_dnabert2.py, t
 the end-to-end workflow test of every family (tests/test_family_workflows.py). Each builder writes
 a directory that ``saeflow.models.load_model(path, family=...)`` loads as the released checkpoint
 would be loaded: the same file names, config keys and vocabulary / dictionary files, tiny sizes.
-No network.
-"""
+No network."""
 
 from __future__ import annotations
 
@@ -31,8 +30,8 @@ TINY = dict(
 
 def make_dnabert_dir(d, k, max_pos=64):
     """DNABERT-k: vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], then the k-mers in zhihan1996's ACGT
-    order
-    A, T, C, G), a BertForMaskedLM, and the hub config's extras (auto_map to custom code, rnn keys)."""
+    order A, T, C, G), a BertForMaskedLM, and the hub config's extras (auto_map to custom code, rnn
+    keys)."""
     from transformers import BertConfig, BertForMaskedLM
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
@@ -105,7 +104,8 @@ def nt_config(**over):
 
 
 def published_nt_state_dict(model):
-    """Our model's state dict in the published checkpoint's layout: one rotary inv_freq per layer."""
+    """Our model's state dict in the published checkpoint's
+    layout: one rotary inv_freq per layer."""
     sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     inv = sd.pop("esm.rotary_embeddings.inv_freq")
     for i in range(model.config.num_hidden_layers):
@@ -149,8 +149,8 @@ def gene(i):
 
 def make_geneformer_dir(d, version, n_genes=30, max_pos=12):
     """Geneformer: BertForMaskedLM + token_dictionary*.pkl / gene_median_dictionary*.pkl in the
-    model dir.
-    Gene i has token id (n_special + i) and median 1 + i % 5 (gene 0's median is set by the test)."""
+    model dir. Gene i has token id (n_special + i) and median 1 + i % 5 (gene 0's median is set by
+    the test)."""
     from transformers import BertConfig, BertForMaskedLM
 
     specials = ["<pad>", "<mask>"] + (["<cls>", "<eos>"] if version == "V2" else [])

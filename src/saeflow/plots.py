@@ -39,7 +39,8 @@ def save_figure(fig, path, *, dpi: int = 120) -> None:
 
 
 def training_curves(curves: dict[int, pd.DataFrame], path) -> None:
-    """FVU, L0, dead fraction and the architecture's own term (AuxK loss or sparsity coefficient)."""
+    """FVU, L0, dead fraction and the architecture's own term
+    (AuxK loss or sparsity coefficient)."""
     extra = next(
         (c for c in ("aux", "coef", "threshold") if any(c in df for df in curves.values())), None
     )
@@ -131,9 +132,8 @@ def frequency_histogram(hist: dict, path, title: str = "") -> None:
     width = edges[1] - edges[0]
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     ax.bar(edges[:-1], counts, width=width, align="edge", color="C0", label="alive latents")
-    dead_x = (
-        edges[0] - 0.8
-    )  # dead latents (frequency 0, log10 = -inf) get their own bar left of the axis
+    # dead latents (frequency 0, log10 = -inf) get their own bar left of the axis
+    dead_x = edges[0] - 0.8
     ax.bar([dead_x], [hist["n_dead"]], width=0.4, color="grey", label=f"dead: {hist['n_dead']}")
     ax.axvline(edges[0] - 0.4, color="k", lw=0.6)
     ax.axvline(
@@ -190,7 +190,8 @@ def eval_summary(summary: pd.DataFrame, path) -> None:
 
 
 def cell_summary(summary: pd.DataFrame, path) -> None:
-    """Single-cell atlas per layer: alive and annotated features, modules, cross-layer persistence."""
+    """Single-cell atlas per layer: alive and annotated
+    features, modules, cross-layer persistence."""
     fig, axes = plt.subplots(1, 5, figsize=(21, 3.5))
     x = summary.layer
     axes[0].plot(x, summary.Alive, "o-", label="alive")

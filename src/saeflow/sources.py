@@ -151,7 +151,8 @@ def encode_file(
 
 
 def parse_nt_fasta(path: str | os.PathLike):
-    """name, sequence, label of an NT benchmark FASTA (label = integer after the header's last '|')."""
+    """name, sequence, label of an NT benchmark FASTA (label =
+    integer after the header's last '|')."""
     import pandas as pd
 
     names, seqs, labels = [], [], []
@@ -251,8 +252,7 @@ def nt_task(
     **fetch_kw,
 ):
     """Download ``task``'s split files from the Hugging Face dataset ``repo_id`` at ``revision``
-    into
-    ``raw_dir`` and convert them to the task table ``out_table``."""
+    into ``raw_dir`` and convert them to the task table ``out_table``."""
     files = {}
     with atomic_path(raw_dir) as tmp:
         tmp.mkdir()
@@ -436,8 +436,8 @@ def string_edges(
     chunksize: int = 2_000_000,
 ):
     """STRING links (protein1 protein2 combined_score, ENSP ids) with combined_score >=
-    ``min_score``,
-    named by the protein info's ``preferred_name``; undirected, one row per pair (source < target)."""
+    ``min_score``, named by the protein info's ``preferred_name``; undirected, one row per pair
+    (source < target)."""
     import pandas as pd
 
     from saeflow.utils import write_table
@@ -670,8 +670,7 @@ def url_files(
     **fetch_kw,
 ) -> dict[str, Any]:
     """Fetch a checkpoint given as files by URL (``name``, ``url``, optional ``sha256``/``md5``)
-    into
-    ``dest`` (all or nothing); ``dest/saeflow_download.json`` records each file."""
+    into ``dest`` (all or nothing); ``dest/saeflow_download.json`` records each file."""
     if not files:
         raise SaeflowError(f"{dest}: no file to download (models.<name>.files is empty)")
     recs = {}

@@ -4,16 +4,12 @@
 evaluation, the SAE decoders, and any per-feature evidence tables present) and writes::
 
     atlas/index.html            the app (hash routes: overview, layer, feature, search, modules,
-    flow)
-    atlas/assets/app.js, style.css      copied from this package (``static/``): plain JS, no build
-    step
-    atlas/data/index.js         the run: SAE recipes, per-layer summary rows, recovery, flow,
-    run-level evidence
-    atlas/data/{sae}/layer{L}/table.js    the layer's feature table (columnar) and its modules
-    atlas/data/{sae}/layer{L}/search.js   what search needs: tokens/genes -> features, terms, DNA
-    contexts
-    atlas/data/{sae}/layer{L}/f{c}.js     feature pages: details of features c*CHUNK ..
-    (c+1)*CHUNK-1
+    flow) atlas/assets/app.js, style.css      copied from this package (``static/``): plain JS, no
+    build step atlas/data/index.js         the run: SAE recipes, per-layer summary rows, recovery,
+    flow, run-level evidence atlas/data/{sae}/layer{L}/table.js    the layer's feature table
+    (columnar) and its modules atlas/data/{sae}/layer{L}/search.js   what search needs: tokens/genes
+    -> features, terms, DNA contexts atlas/data/{sae}/layer{L}/f{c}.js     feature pages: details of
+    features c*CHUNK .. (c+1)*CHUNK-1
 
 Data files are JavaScript (``SAEFLOW.put(key, {...})``) loaded by ``<script>`` injection, which
 Chromium allows from ``file://`` (``fetch`` of a local JSON is not), so the site works from disk and
@@ -494,9 +490,8 @@ class _Layer:
         if not d.is_dir():
             return
         for path in sorted(d.glob("*.tsv")):
-            if path.stem.endswith(
-                "_null"
-            ):  # a null distribution (e.g. ablation_null): not about its features
+            # a null distribution (e.g. ablation_null): not about its features
+            if path.stem.endswith("_null"):
                 continue
             df = _read_tsv(path)
             if "feature" not in df.columns:
@@ -597,9 +592,8 @@ def build_atlas(
             "saes": [],
         }
         run_evidence = _run_evidence(run) if evidence else []
-        for (
-            sae
-        ) in saes:  # in the order given (the config's): the first is the one the site opens on
+        # in the order given (the config's): the first is the one the site opens on
+        for sae in saes:
             index["saes"].append(
                 _build_sae(
                     run, tmp, kind, sae, sorted(int(x) for x in saes[sae]), sizes, run_evidence
@@ -678,9 +672,8 @@ def _build_sae(
         key = f"{sae}/layer{L}"
         sizes["table"] += _write_js(root, f"{key}/table", table)
         sizes["search"] += _write_js(root, f"{key}/search", b.search)
-        for ev in (
-            run_evidence
-        ):  # run-level tables with layer and feature columns: rows onto feature pages
+        # run-level tables with layer and feature columns: rows onto feature pages
+        for ev in run_evidence:
             df = ev["frame"]
             if {"layer", "feature"} <= set(df.columns):
                 sel = pd.to_numeric(df["layer"], errors="coerce") == L
@@ -747,7 +740,8 @@ def _build_sae(
 
 
 def _chains(chains_next: dict, labels: dict, n: int = 25) -> list[dict]:
-    """The longest chains of persistent matches (cosine >= the high threshold) through the layers."""
+    """The longest chains of persistent matches (cosine >=
+    the high threshold) through the layers."""
     hi = THRESHOLDS[1]
     starts = []
     layers = sorted(chains_next)

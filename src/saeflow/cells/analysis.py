@@ -53,10 +53,8 @@ def enrich_top_genes(
     """Each feature's top genes (``top``: columns feature, gene) against every set of ``libraries``.
 
     :func:`saeflow.cells.enrichment.overrepresentation`: one hypergeometric family over all features
-    x all
-    sets of all libraries, BH over every test (zero overlaps included). Returns (table, family
-    size).
-    """
+    x all sets of all libraries, BH over every test (zero overlaps included). Returns (table, family
+    size)."""
     from saeflow.cells import enrichment
 
     col = "symbol" if "symbol" in top else "gene"
@@ -72,8 +70,7 @@ def enrich_top_genes(
 def gene_symbol_map(cells_h5ad) -> dict[str, str]:
     """Gene id -> symbol from the prepared cells' ``var`` (``gene_id``, ``gene_symbol``); empty when
     the data have no symbols. Geneformer's tokens are Ensembl ids while gene-set libraries, TRRUST
-    and
-    STRING name genes by symbol: enrichment must speak the libraries' language."""
+    and STRING name genes by symbol: enrichment must speak the libraries' language."""
     import anndata
 
     var = anndata.read_h5ad(cells_h5ad, backed="r").var
@@ -99,8 +96,7 @@ def joint_bh(ora: pd.DataFrame, ora_family: int, networks: dict[str, pd.DataFram
     ``ora``: the stored over-representation rows (tests with zero overlap are not stored but
     counted in ``ora_family``; their p = 1 cannot lower anyone's q); ``networks``: one
     :func:`saeflow.cells.enrichment.edge_enrichment` table per network (every feature tested, all
-    rows
-    stored). The ``q`` columns are replaced in place by the joint q; returns the family size.
+    rows stored). The ``q`` columns are replaced in place by the joint q; returns the family size.
     """
 
     parts = [ora.p.to_numpy(float) if len(ora) else np.zeros(0)]
@@ -128,7 +124,8 @@ def network_enrichment(
     seed: int = 0,
     features=None,
 ) -> dict[str, pd.DataFrame]:
-    """Each feature's top genes against each network (edges among them vs degree-preserving nulls)."""
+    """Each feature's top genes against each network (edges
+    among them vs degree-preserving nulls)."""
     from saeflow.cells import enrichment
 
     col = "symbol" if "symbol" in top else "gene"
@@ -338,9 +335,8 @@ def analyse_layer(
         celltypes.to_parquet(tmp / "celltypes.parquet", index=False)
         enr.to_parquet(tmp / "enrichment.parquet", index=False)
         mods.to_parquet(tmp / "modules.parquet", index=False)
-        if (
-            stats.act_hist is not None
-        ):  # per-feature activation histograms (the atlas's feature pages)
+        # per-feature activation histograms (the atlas's feature pages)
+        if stats.act_hist is not None:
             np.save(tmp / "histogram.npy", stats.act_hist)
         if nets:
             pd.concat(list(nets.values()), ignore_index=True).to_parquet(
@@ -594,7 +590,8 @@ def analyse_perturbations(
 def summarise_perturbations(
     layer_dirs: list, layers: list[int], out_table, out_plot, out_regulatory, alpha: float = 0.05
 ) -> pd.DataFrame:
-    """Per (target, layer) responding features and per (TF, layer) regulatory logic, with a figure."""
+    """Per (target, layer) responding features and per (TF,
+    layer) regulatory logic, with a figure."""
     from saeflow import plots
 
     if len(layer_dirs) != len(layers):

@@ -559,19 +559,17 @@ def overrepresentation(
     hits
         Each feature's hit genes: a dict feature -> genes (``universe`` optional; a gene outside a
         given universe is an error), or a boolean/0-1 (features x genes) dense or sparse matrix
-        whose
-        columns are ``universe``.
+        whose columns are ``universe``.
     libraries
         library name -> {term: genes} (:func:`pool_libraries` builds it from GMT files). All of
-        them,
-        all their sets passing the size filter and all features form *one* multiple-testing family.
+        them, all their sets passing the size filter and all features form *one* multiple-testing
+        family.
     background
         The genes the model saw in the data. Sets and hits are intersected with it; ``N`` is its
         size.
     min_size, max_size
         Tested sets have ``min_size <= K <= max_size`` genes *in the background* (after
-        intersection);
-        an int, or a dict per library.
+        intersection); an int, or a dict per library.
     q_max
         Keep only rows with ``q <= q_max`` (None: every row with ``k > 0``; the family is the same).
     genes_q_max
@@ -743,8 +741,7 @@ def degree_preserving_swaps(
 
     A swap takes edges (a, b), (c, d) and makes (a, d), (c, b); undirected edges are oriented at
     random first, so both rewirings are proposed. It keeps out-degrees of a, c and in-degrees of b,
-    d
-    (every degree when undirected), and is rejected when it would create a self-loop or an edge
+    d (every degree when undirected), and is rejected when it would create a self-loop or an edge
     that exists. Swaps are proposed in rounds of m/2 disjoint edge pairs (vectorised); a round also
     rejects swaps that would create the same new edge twice. Rounds continue until
     ``swaps_per_edge * m`` swaps were accepted (10 per edge is the usual mixing rule of thumb).
@@ -826,7 +823,8 @@ class _EdgeSet:
         return self.keys[pos] == x
 
     def replace(self, old: np.ndarray, new: np.ndarray) -> None:
-        """Remove the (present, distinct) keys ``old`` and add the (absent, distinct) keys ``new``."""
+        """Remove the (present, distinct) keys ``old`` and add
+        the (absent, distinct) keys ``new``."""
         if self.bits is not None:
             one = np.uint64(1)
             np.bitwise_and.at(
@@ -896,9 +894,7 @@ def edge_enrichment(
     ``null_mean``/``null_sd``
     of the null counts, ``z = (edges - null_mean) / null_sd`` (a ranking aid beyond the p-value's
     resolution, not a test), ``fold = edges / null_mean``, and ``edge_list`` (``"A-B;..."``,
-    ``A->B`` when
-    directed) for features with ``q <= list_q_max`` (None: all).
-    """
+    ``A->B`` when directed) for features with ``q <= list_q_max`` (None: all)."""
     H, uni, labels = _as_hits(hits, universe, features)
     bg, u, v = network_on_background(edges, background, directed)
     Hb = _hits_on_background(H, uni, bg)
@@ -970,7 +966,8 @@ def edge_enrichment(
 
 
 def _edge_lists(Hb, u, v, N, rows, bg, directed) -> list[str]:
-    """The edges among the hits of the features ``rows`` (loop over features only, not over tests)."""
+    """The edges among the hits of the features ``rows`` (loop
+    over features only, not over tests)."""
     names = np.asarray(bg, dtype=object)
     sep = "->" if directed else "-"
     out = []

@@ -90,10 +90,9 @@ class _SparseAccumulator:
 
     ``ops`` gives the reduction of each value column ("sum" or "max"). A batch is reduced on its own
     (sort by key, ``reduceat``) and buffered; the buffer is merged into the sorted running arrays
-    when
-    it outgrows them (or 4 M entries), so the total cost is O(N log N) in the number of entries and
-    memory is proportional to the distinct (row, col) pairs seen, i.e. sparse where the codes are.
-    """
+    when it outgrows them (or 4 M entries), so the total cost is O(N log N) in the number of entries
+    and memory is proportional to the distinct (row, col) pairs seen, i.e. sparse where the codes
+    are."""
 
     def __init__(
         self,
@@ -453,15 +452,11 @@ def stream_cell_features(
     accumulators proportional to the distinct (gene, feature) and (cell, feature) pairs that fire.
 
     ``cooccurrence``: also count, over tokens, how often each pair of features fires on the same
-    token
-    (a dense (d_sae x d_sae) int64 matrix; 170 MB at 4608 latents). Its cost grows with tokens x
-    L0^2,
-    so ``cooccurrence_max_tokens`` restricts it to a seeded random subset of whole cells holding at
-    most
-    that many tokens (``None`` = all streamed tokens). Co-occurrence *within cells* needs no pass of
-    its own: :func:`saeflow.sae.modules.cooccurrence` of ``stats.cell_fires >= m`` (features firing
-    on at
-    least m tokens of the same cell).
+    token (a dense (d_sae x d_sae) int64 matrix; 170 MB at 4608 latents). Its cost grows with tokens
+    x L0^2, so ``cooccurrence_max_tokens`` restricts it to a seeded random subset of whole cells
+    holding at most that many tokens (``None`` = all streamed tokens). Co-occurrence *within cells*
+    needs no pass of its own: :func:`saeflow.sae.modules.cooccurrence` of ``stats.cell_fires >= m``
+    (features firing on at least m tokens of the same cell).
 
     Memory: the (cell, feature) accumulator costs 20 bytes per distinct pair that fires (twice that
     while merging), the (gene, feature) one 24; the chunk's dense codes 4 x chunk x d_sae bytes.
@@ -634,9 +629,8 @@ def top_cells(
     stats: CellFeatureStats, *, top_n: int = 20, by: str = "mean", names=None, labels=None
 ) -> pd.DataFrame:
     """Per feature, the ``top_n`` cells with the largest per-cell ``mean`` (over all the cell's
-    tokens)
-    or ``max`` activation. Columns: feature, rank, cell (row of the cell table), activation, and
-    ``name`` / ``label`` when given (arrays over all cells of the table)."""
+    tokens) or ``max`` activation. Columns: feature, rank, cell (row of the cell table), activation,
+    and ``name`` / ``label`` when given (arrays over all cells of the table)."""
     if by not in ("mean", "max"):
         raise SaeflowError(f"top_cells: by must be 'mean' or 'max' (got {by!r})")
     m = stats.cell_mean() if by == "mean" else stats.cell_max
@@ -680,9 +674,8 @@ def top_cell_sets(cell_values, top_fraction: float, universe: np.ndarray | None 
         universe = np.ones(n_cells, bool)
     universe = np.asarray(universe, bool)
     k = max(1, int(np.ceil(top_fraction * universe.sum())))
-    cut = _column_cutoffs(
-        m, k, universe
-    )  # 0 where a feature fires in fewer than k cells: all of them are top
+    # 0 where a feature fires in fewer than k cells: all of them are top
+    cut = _column_cutoffs(m, k, universe)
     coo = m.tocoo()
     sel = (coo.data > 0) & universe[coo.row] & (coo.data >= cut[coo.col])
     return sp.csr_matrix(
@@ -846,8 +839,7 @@ def annotation_by_alignment(aligned, annotated, alive=None) -> dict:
     differ.
 
     Returns counts and rates per group plus the sample odds ratio (aligned vs novel) and the
-    two-sided
-    Fisher exact p-value of the 2 x 2 table group x annotated (NaN when a group is empty).
+    two-sided Fisher exact p-value of the 2 x 2 table group x annotated (NaN when a group is empty).
     """
     from scipy.stats import fisher_exact
 
@@ -925,9 +917,7 @@ def perturbation_response(
     ``features``: restrict to these feature indices (e.g. the alive ones).
 
     Columns: target, feature, n_cells, n_control, mean_perturbed, mean_control, diff, ci_low,
-    ci_high,
-    U, rank_biserial, p, q.
-    """
+    ci_high, U, rank_biserial, p, q."""
     m = _as_csr(cell_acts)
     pert = np.asarray(perturbation).astype(str)
     if len(pert) != m.shape[0]:
@@ -1036,10 +1026,10 @@ def regulatory_logic(
     targets?
 
     Inputs: ``response`` (:func:`perturbation_response`: target, feature, q); ``feature_genes``:
-    each
-    feature's top genes, a DataFrame with columns feature, gene (:func:`top_genes`) or a mapping
-    feature -> genes; ``tf_targets``: TRRUST, a DataFrame with columns tf, target or a mapping
-    tf -> target genes. Gene identifiers must be in one space (e.g. symbols) across all three.
+    each feature's top genes, a DataFrame with columns feature, gene (:func:`top_genes`) or a
+    mapping feature -> genes; ``tf_targets``: TRRUST, a DataFrame with columns tf, target or a
+    mapping tf -> target genes. Gene identifiers must be in one space (e.g. symbols) across all
+    three.
 
     For TF t (a perturbation target of ``response`` that has TRRUST targets):
 
@@ -1198,8 +1188,7 @@ def layer_summary(
 
 def summary_table(rows: list[dict]) -> pd.DataFrame:
     """Rows of :func:`layer_summary` as a table in :data:`CELL_SUMMARY_COLUMNS` order, library
-    columns
-    (whatever else the rows carry) between ``Enrichments`` and ``Modules``."""
+    columns (whatever else the rows carry) between ``Enrichments`` and ``Modules``."""
     df = pd.DataFrame(rows)
     extra = [c for c in df.columns if c not in CELL_SUMMARY_COLUMNS]
     i = CELL_SUMMARY_COLUMNS.index("Modules")

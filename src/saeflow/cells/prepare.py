@@ -285,13 +285,12 @@ def pool_cells(sources: dict, out_h5ad, out_table, out_sources=None) -> pd.DataF
     """Pool several prepared cell datasets into one (a dataset's ``pool:``).
 
     ``sources``: name -> (cells.h5ad, cells table) as :func:`prepare_cells` wrote them, in pool
-    order.
-    The pool holds every source's atlas cells (``train``/``test``, split kept), then every source's
-    ``perturbed`` cells (the order :func:`prepare_cells` guarantees), on the genes common to all
-    sources: keyed by gene id when every source has ids, else by symbol (a gene a source did not
-    measure is not "not expressed" there, so the union would bias rank-based models; the
-    intersection is honest, and its size per source is logged and written to ``out_sources``).
-    Cell names become ``source:name``; the table gains ``source``. Errors name the file.
+    order. The pool holds every source's atlas cells (``train``/``test``, split kept), then every
+    source's ``perturbed`` cells (the order :func:`prepare_cells` guarantees), on the genes common
+    to all sources: keyed by gene id when every source has ids, else by symbol (a gene a source did
+    not measure is not "not expressed" there, so the union would bias rank-based models; the
+    intersection is honest, and its size per source is logged and written to ``out_sources``). Cell
+    names become ``source:name``; the table gains ``source``. Errors name the file.
     """
     import anndata
     import scipy.sparse as sp

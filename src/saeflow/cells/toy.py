@@ -3,8 +3,7 @@
 * :func:`write_pbmc` turns scanpy's shipped ``pbmc68k_reduced`` (700 real PBMCs x 765 genes, no
   network) into the h5ad the cell rules read, and writes the dataset's own marker genes
   (``uns['rank_genes_groups']``, grouped by ``bulk_labels``) as a GMT: the ground truth that
-  cell-type
-  features should be enriched for.
+  cell-type features should be enriched for.
 
   ``pbmc68k_reduced`` keeps no raw counts: ``X`` is scaled (negative values), ``raw.X`` is
   log1p of size-normalised expression. Rank-value encoding only needs each gene's expression

@@ -93,7 +93,8 @@ def _np(w, name: str) -> np.ndarray:
 
 
 def check_head(W_Q, W_K, W_V, W_O) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate one head's weights (d_model x d_head, d_head x d_model) and return them as float64."""
+    """Validate one head's weights (d_model x d_head, d_head x
+    d_model) and return them as float64."""
     W_Q, W_K, W_V, W_O = (
         _np(w, n) for w, n in ((W_Q, "W_Q"), (W_K, "W_K"), (W_V, "W_V"), (W_O, "W_O"))
     )
@@ -225,7 +226,8 @@ def audit_heads(
 ) -> pd.DataFrame:
     """Audit many heads: ``weights`` maps layer -> the dict of :meth:`ModelAdapter.head_weights`
     (W_Q, W_K, W_V: (H, d_model, d_head), W_O: (H, d_head, d_model); tensors or arrays).
-    ``heads``: (layer, head) pairs to audit (default: every head). One row per (layer, head, direction)."""
+    ``heads``: (layer, head) pairs to audit (default: every head). One row per (layer, head,
+    direction)."""
     frames = []
     want = None if heads is None else {(int(lyr), int(h)) for lyr, h in heads}
     for layer, w in weights.items():

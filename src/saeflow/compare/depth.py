@@ -198,8 +198,7 @@ def align_depth(
 
 def side_by_side(aligned: pd.DataFrame, column: str) -> pd.DataFrame:
     """One value column of :func:`align_depth` as a wide table: one row per grid depth, one column
-    per run
-    (and ``<run>:layer`` columns saying which layer each value came from)."""
+    per run (and ``<run>:layer`` columns saying which layer each value came from)."""
     for c in ("grid_depth", "run", "layer", column):
         if c not in aligned.columns:
             raise SaeflowError(f"side_by_side: the aligned table has no column {c!r}")
@@ -222,8 +221,7 @@ def plot_by_depth(
     title: str | None = None,
 ) -> None:
     """One panel per column: each run's per-layer values against relative depth (its real layers,
-    not a
-    grid), so models of different depth share one x axis. PNG, written atomically."""
+    not a grid), so models of different depth share one x axis. PNG, written atomically."""
     import matplotlib.pyplot as plt
 
     from saeflow import plots  # sets the Agg backend

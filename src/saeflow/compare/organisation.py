@@ -42,12 +42,9 @@ def layer_organisation(
     features: pd.DataFrame, tracking: pd.DataFrame | None = None, *, layer=None
 ) -> dict:
     """The organisation statistics of one layer (module doc). ``features``: the layer's per-feature
-    table
-    (needs ``alive``; ``module`` and ``svd_aligned`` are used when present, else the statistic is
-    NaN);
-    ``tracking``: this layer's rows of the tracking table (or the whole table: rows of other layers
-    are
-    ignored when ``layer`` is given)."""
+    table (needs ``alive``; ``module`` and ``svd_aligned`` are used when present, else the statistic
+    is NaN); ``tracking``: this layer's rows of the tracking table (or the whole table: rows of
+    other layers are ignored when ``layer`` is given)."""
     if "alive" not in features.columns:
         raise SaeflowError(
             f"layer_organisation: the feature table has no 'alive' column "
@@ -93,7 +90,8 @@ def layer_organisation(
 def organisation_table(
     features: Mapping[int, pd.DataFrame], tracking: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """One row of :func:`layer_organisation` per layer (``features``: layer -> per-feature table)."""
+    """One row of :func:`layer_organisation` per layer
+    (``features``: layer -> per-feature table)."""
     if not features:
         raise SaeflowError("organisation_table: no layers")
     rows = [layer_organisation(f, tracking, layer=int(L)) for L, f in sorted(features.items())]
@@ -102,8 +100,7 @@ def organisation_table(
 
 def run_organisation(table: pd.DataFrame) -> dict:
     """Whole-run numbers from :func:`organisation_table`: each fraction pooled over layers, weighted
-    by
-    the layer's alive features (layers where the statistic is NaN are left out)."""
+    by the layer's alive features (layers where the statistic is NaN are left out)."""
     if "alive" not in table.columns or len(table) == 0:
         raise SaeflowError("run_organisation: needs the per-layer table of organisation_table")
     w = table["alive"].to_numpy(float)

@@ -178,11 +178,9 @@ def paired_auroc_delta(y, score_a, score_b, *, n_boot: int = 1000, seed: int = 0
     """AUROC(a) - AUROC(b) on the same items: paired bootstrap CI and p, and DeLong's test.
 
     The bootstrap resamples are those of :func:`saeflow.dna.probes.paired_bootstrap_delta` with the
-    same
-    ``seed`` (so ``ci_low``/``ci_high`` equal its interval). Keys: auroc_a, auroc_b, delta, ci_low,
-    ci_high, p_boot, n_boot_used (resamples with both classes), se_delong, z_delong, p_delong,
-    ci_low_delong, ci_high_delong.
-    """
+    same ``seed`` (so ``ci_low``/``ci_high`` equal its interval). Keys: auroc_a, auroc_b, delta,
+    ci_low, ci_high, p_boot, n_boot_used (resamples with both classes), se_delong, z_delong,
+    p_delong, ci_low_delong, ci_high_delong."""
     y, (a, b) = _scores(y, score_a, score_b, name="paired_auroc_delta")
     if int(n_boot) < 1:
         raise SaeflowError(f"paired_auroc_delta: n_boot must be >= 1 (got {n_boot})")

@@ -1,6 +1,5 @@
 """Perturbation specificity of several runs (e.g. an SAE trained on K562 alone vs on K562 pooled
-with
-Tabula Sapiens tissues): is the model or the training data the bottleneck?
+with Tabula Sapiens tissues): is the model or the training data the bottleneck?
 
 The per-run test is the perturbation rules' regulatory logic
 (:func:`saeflow.cells.features.regulatory_logic`,
@@ -66,9 +65,8 @@ def wilson(k, n, z: float = 1.959963984540054) -> tuple[np.ndarray, np.ndarray]:
         den = 1 + z**2 / n
         mid = (p + z**2 / (2 * n)) / den
         half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
-    lo = np.where(
-        k == 0, 0.0, np.clip(mid - half, 0, 1)
-    )  # exact at the ends (no 1e-17 from rounding)
+    # exact at the ends (no 1e-17 from rounding)
+    lo = np.where(k == 0, 0.0, np.clip(mid - half, 0, 1))
     hi = np.where(k == n, 1.0, np.clip(mid + half, 0, 1))
     return np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)
 
@@ -96,8 +94,8 @@ def tf_specificity(
     reg: pd.DataFrame, targets: pd.DataFrame | None = None, *, alpha: float = 0.05, layers=None
 ) -> pd.DataFrame:
     """Per layer: TFs tested, specific (q < alpha), their fraction with a Wilson interval, and
-    (given the
-    per-target table) the fraction of perturbation targets with any responding feature."""
+    (given the per-target table) the fraction of perturbation targets with any responding
+    feature."""
     r = _tested(reg)
     layers = sorted(
         set(int(x) for x in (layers if layers is not None else []))
@@ -176,14 +174,12 @@ def plot_specificity(table: pd.DataFrame, path, *, title: str | None = None) -> 
     runs = list(dict.fromkeys(table.run))
     for i, (run, t) in enumerate(table.groupby("run", sort=False)):
         t = t.dropna(subset=["layer"]).sort_values("depth")
-        t = t.assign(
-            depth=t.depth + 0.012 * (i - (len(runs) - 1) / 2)
-        )  # dodge: overlapping intervals stay visible
+        # dodge: overlapping intervals stay visible
+        t = t.assign(depth=t.depth + 0.012 * (i - (len(runs) - 1) / 2))
         y = t.tf_specificity.to_numpy(float)
         err = np.vstack([y - t.ci_low.to_numpy(float), t.ci_high.to_numpy(float) - y])
-        err = np.clip(
-            np.nan_to_num(err), 0, None
-        )  # rounding can put a bound a hair past the estimate
+        # rounding can put a bound a hair past the estimate
+        err = np.clip(np.nan_to_num(err), 0, None)
         axes[0][0].errorbar(t.depth, y, yerr=err, fmt="o-", capsize=3, label=run)
         axes[0][1].plot(t.depth, t.responding_fraction.astype(float), "o-", label=run)
     axes[0][0].set_ylabel("TFs with specific responses (q < alpha)")

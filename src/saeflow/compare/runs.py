@@ -54,8 +54,8 @@ def depth_pairs(
     max_gap: float | None = None,
 ) -> pd.DataFrame:
     """Each run's layer at each point of the common depth grid (the depths of the run with the
-    fewest
-    layers), nearest layer; a run further than ``max_gap`` from a grid point has layer -1 there.
+    fewest layers), nearest layer; a run further than ``max_gap`` from a grid point has layer -1
+    there.
 
     Returns grid_depth, run, layer, depth, gap (tidy, as :func:`align_depth`)."""
     tables = {
@@ -81,8 +81,7 @@ def layer_pairs(
     max_gap: float | None = None,
 ) -> pd.DataFrame:
     """For every pair of runs (in the order given) and every grid depth where both have a layer
-    within
-    ``max_gap``: grid_depth, run_a, layer_a, depth_a, run_b, layer_b, depth_b."""
+    within ``max_gap``: grid_depth, run_a, layer_a, depth_a, run_b, layer_b, depth_b."""
     al = depth_pairs(layers, n_layers, max_gap=max_gap)
     rows = []
     for a, b in _pairs(list(layers)):
@@ -159,9 +158,9 @@ def compare_layer_tables(
 
 def head_scan_layers(scan: pd.DataFrame) -> pd.DataFrame:
     """Per (motif, layer) of a head scan: heads, best_r (and its head), best_rho (and its head),
-    heads passing the registered criterion (``passes``: r >= 0.5, q < 0.05, rho >= 2, q the BH q-value
-    over the run's whole head scan; a table without ``q`` predates the correction and is refused)
-    and their fraction."""
+    heads passing the registered criterion (``passes``: r >= 0.5, q < 0.05, rho >= 2, q the BH
+    q-value over the run's whole head scan; a table without ``q`` predates the correction and is
+    refused) and their fraction."""
     need = ["motif", "layer", "head", "r", "q", "rho", "passes"]
     miss = [c for c in need if c not in scan.columns]
     if miss:
@@ -424,8 +423,8 @@ def select_audit_heads(
     n_heads: int | None = None,
 ) -> list[tuple[int, int]]:
     """The (block, head) pairs to audit: ``top``: the ``top`` heads of the head scan by Pearson r
-    (best
-    over motifs) among the blocks next to an SAE layer; ``all``: every head of those blocks."""
+    (best over motifs) among the blocks next to an SAE layer; ``all``: every head of those
+    blocks."""
     blocks = audit_candidate_blocks(sae_layers, n_layers)
     if not blocks:
         raise SaeflowError(
@@ -453,8 +452,7 @@ def motif_directions(
     ablation: Mapping[int, pd.DataFrame], decoders: Mapping[int, np.ndarray]
 ) -> pd.DataFrame:
     """The decoder row of each layer's best motif feature (ablation.tsv's motif, feature): one row
-    per
-    (sae_layer, motif) with the vector in ``vector``."""
+    per (sae_layer, motif) with the vector in ``vector``."""
     rows = []
     for layer, t in sorted(ablation.items()):
         for c in ("motif", "feature"):
@@ -483,13 +481,12 @@ def audit_run(
     k: int = 5,
 ) -> pd.DataFrame:
     """OV/QK audit (:func:`saeflow.compare.circuits.audit_head`) of each (block, head) against the
-    motif
-    decoder directions at its read side (SAE layer block - 1) and write side (SAE layer block).
+    motif decoder directions at its read side (SAE layer block - 1) and write side (SAE layer
+    block).
 
     ``weights``: block -> :meth:`ModelAdapter.head_weights` dict. Returns the audit columns plus
-    side,
-    sae_layer, motif, feature; the ``direction`` name is ``<motif> f<feature> L<sae_layer> <side>``.
-    """
+    side, sae_layer, motif, feature; the ``direction`` name is ``<motif> f<feature> L<sae_layer>
+    <side>``."""
     from saeflow.compare.circuits import AUDIT_COLUMNS, audit_head
 
     frames = []
@@ -528,11 +525,10 @@ def audit_run(
 
 def matching_rows(rows: str, run_a: Mapping, run_b: Mapping) -> str | None:
     """The shared rows two runs' features can be matched over, or None where matching is not
-    meaningful:
-    ``sequence`` (per-sequence / per-cell mean codes) for runs on the same dataset, ``gene``
-    (per-gene
-    mean codes, genes matched by name) for two cell runs. ``rows``: auto, sequence or gene; runs are
-    mappings with ``dataset`` and ``kind`` (the same rule as the workflow's config check)."""
+    meaningful: ``sequence`` (per-sequence / per-cell mean codes) for runs on the same dataset,
+    ``gene`` (per-gene mean codes, genes matched by name) for two cell runs. ``rows``: auto,
+    sequence or gene; runs are mappings with ``dataset`` and ``kind`` (the same rule as the
+    workflow's config check)."""
     if rows not in ("auto", "sequence", "gene"):
         raise SaeflowError(f"matching_rows: rows must be auto, sequence or gene (got {rows!r})")
     same = run_a["dataset"] == run_b["dataset"]
@@ -572,8 +568,7 @@ def match_pair(
     A, B, pair: Mapping, rows: str, *, threshold: float = 0.5, n_null: int = 19, seed: int = 0
 ) -> tuple[dict, pd.DataFrame]:
     """:func:`saeflow.compare.matching.match_features` of one depth-aligned layer pair: the summary
-    row
-    (:data:`MATCH_SUMMARY_COLUMNS`) and run A's per-feature matches (with the pair's keys)."""
+    row (:data:`MATCH_SUMMARY_COLUMNS`) and run A's per-feature matches (with the pair's keys)."""
     from saeflow.compare.matching import match_features
 
     fa, _fb, summ = match_features(A, B, threshold=threshold, n_null=n_null, seed=seed)

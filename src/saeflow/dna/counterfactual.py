@@ -7,9 +7,8 @@ C<->G, not reversed): every position keeps its GC/AT class, and the site becomes
 complement, which is neither the motif nor its reverse complement. When that is not enough (a
 palindromic core, or a new site created nearby), the within-class bases of the site are shuffled
 (seeded: G/C positions among themselves, A/T positions among themselves, so GC is still kept at
-every
-position) until no site passes, up to ``max_tries``; a pair that cannot be made is reported, not
-forced.
+every position) until no site passes, up to ``max_tries``; a pair that cannot be made is reported,
+not forced.
 
 :func:`patching_metric` is PM = (patched - corrupted) / (clean - corrupted), the fraction of the
 clean-vs-corrupted difference that patching one component restores; pairs whose denominator is
@@ -49,8 +48,7 @@ def destroy_motif(
     """The corrupted partner of ``seq`` with the site ``[start, end)`` destroyed (see the module
     docstring), or None when no variant within ``max_tries`` clears every site below ``threshold``
     (and, given ``accept(candidate) -> bool``, is accepted by it: e.g. tokenises to the same spans
-    as
-    ``seq`` under a BPE tokeniser, so that patching position by position stays meaningful)."""
+    as ``seq`` under a BPE tokeniser, so that patching position by position stays meaningful)."""
     ok = (lambda c: True) if accept is None else accept
     if not (0 <= start < end <= len(seq)):
         raise SaeflowError(f"site [{start}, {end}) outside a sequence of length {len(seq)}")

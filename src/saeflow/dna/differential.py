@@ -127,17 +127,12 @@ def differential_features(
     ``features``: optional names for the F columns (default 0..F-1).
 
     ``test="mannwhitney"`` (two-sided U test, scipy's default method choice; ``statistic`` is U of
-    group_a)
-    or ``"welch"`` (unequal-variance t test; ``statistic`` is t). Features constant over both groups
-    together are not tested (statistic, p, q, rank_biserial, hedges_g NaN). q: Benjamini-Hochberg
-    over
-    the tested features. Effect sizes (all > 0 when group_a is higher): ``diff`` = mean_a - mean_b
-    with a
-    Welch normal-approximation CI ``diff ± z·sqrt(var_a/n_a + var_b/n_b)``; ``rank_biserial`` =
-    2U/(n_a n_b) - 1; ``hedges_g`` = bias-corrected standardised difference (NaN when the pooled SD
-    is 0).
-    Rows are in feature order.
-    """
+    group_a) or ``"welch"`` (unequal-variance t test; ``statistic`` is t). Features constant over
+    both groups together are not tested (statistic, p, q, rank_biserial, hedges_g NaN). q:
+    Benjamini-Hochberg over the tested features. Effect sizes (all > 0 when group_a is higher):
+    ``diff`` = mean_a - mean_b with a Welch normal-approximation CI ``diff ± z·sqrt(var_a/n_a +
+    var_b/n_b)``; ``rank_biserial`` = 2U/(n_a n_b) - 1; ``hedges_g`` = bias-corrected standardised
+    difference (NaN when the pooled SD is 0). Rows are in feature order."""
     if test not in TESTS:
         raise SaeflowError(f"differential_features: unknown test {test!r}; use one of {TESTS}")
     if not (np.isfinite(z) and z > 0):
@@ -201,9 +196,7 @@ def volcano(df: pd.DataFrame, path, alpha: float = 0.05, label_top: int = 10) ->
     -log10 p.
 
     Features with q < alpha are coloured; the ``label_top`` smallest-p significant features are
-    labelled.
-    The PNG is written atomically.
-    """
+    labelled. The PNG is written atomically."""
     for c in ("feature", "p", "q"):
         if c not in df:
             raise SaeflowError(

@@ -1,9 +1,11 @@
-"""DNA mechanistic evidence over a run's activations, model and SAEs: the glue the evidence rules call.
+"""DNA mechanistic evidence over a run's activations, model and SAEs: the glue the evidence rules
+call.
 
 Each function reads what a rule has (the sequence table, the activation store, a model adapter, an
 SAE) and returns tidy tables; the statistics live in the modules they call:
 
-* :func:`motif_tokens` -- JASPAR sites on both strands (:mod:`saeflow.dna.motifscan`) mapped onto every
+* :func:`motif_tokens` -- JASPAR sites on both strands (:mod:`saeflow.dna.motifscan`) mapped onto
+every
   token of the activation store through its base spans, with each token's GC content;
 * :func:`run_probes` -- per layer, a sequence-level probe (mean-pooled activations -> the dataset's
   label) and a token-level probe per motif (token activation -> token overlaps a hit), each with the
@@ -11,14 +13,18 @@ SAE) and returns tidy tables; the statistics live in the modules they call:
 * :func:`head_scan` -- every layer x head: QK correlation and GC-matched attention enrichment
   (:mod:`saeflow.dna.headscan`), computed from the attention each token receives, batch by batch;
   the correlation's p-values are BH-corrected over the whole layer x head x motif table;
-* :func:`patching` -- counterfactual pairs (:mod:`saeflow.dna.counterfactual`), a readout trained on the
+* :func:`patching` -- counterfactual pairs (:mod:`saeflow.dna.counterfactual`), a readout trained on
+the
   clean model (a logistic probe of the dataset's label on the last layer, mean-pooled), then one
   forward pass per (layer, head) over a whole batch of corrupted sequences with that head's clean
-  output patched in, and one per layer with the clean residual stream patched in at the site's tokens;
+  output patched in, and one per layer with the clean residual stream patched in at the site's
+  tokens;
 * :func:`feature_pass` -- one pass of an SAE over a layer: firing frequency, per-sequence mean
-  activations (for :func:`saeflow.dna.differential.differential_features`) and per-feature motif AUROCs
-  (the best feature per motif is selected on training sequences and reported on held-out ones);
-* :func:`feature_ablation` -- a motif feature's ablation (error term kept, :mod:`saeflow.sae.ablation`),
+  activations (for :func:`saeflow.dna.differential.differential_features`) and per-feature motif
+  AUROCs (the best feature per motif is selected on training sequences and reported on held-out
+  ones);
+* :func:`feature_ablation` -- a motif feature's ablation (error term kept,
+:mod:`saeflow.sae.ablation`),
   its effect on the masked-LM output distribution (KL per token) at the tokens where it fires vs
   elsewhere, against frequency-matched random features.
 """
@@ -55,7 +61,8 @@ class ScoredMotif:
 def load_motifs(
     ids, release: str = "JASPAR2024", pseudocount: float = 0.8, frac: float = 0.8
 ) -> list[ScoredMotif]:
-    """The JASPAR matrices ``ids`` as PSSMs with their hit thresholds (a fraction of the score range)."""
+    """The JASPAR matrices ``ids`` as PSSMs with their hit thresholds (a fraction of the score
+    range)."""
     from saeflow.dna.motifs import load_jaspar
     from saeflow.dna.motifscan import pssm, relative_threshold
 
@@ -90,10 +97,11 @@ def _padded_offsets(tokens: pd.DataFrame, n_seq: int) -> tuple[np.ndarray, np.nd
 def motif_tokens(
     sequences: pd.DataFrame, tokens: pd.DataFrame, motifs: list[ScoredMotif]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per token of the activation store: its GC and, per motif, the best overlapping site score and hit flag.
+    """Per token of the activation store: its GC and, per motif, the best overlapping site score and
+    hit flag.
 
-    Returns (token table with columns seq, pos, start, end, gc, ``<id>_score``, ``<id>_hit``; rows in the
-    store's order) and the hits (motif, seq, name, start, end, strand, score, rel_score).
+    Returns (token table with columns seq, pos, start, end, gc, ``<id>_score``, ``<id>_hit``; rows
+    in the store's order) and the hits (motif, seq, name, start, end, strand, score, rel_score).
     """
     from saeflow.dna.motifscan import hits, scan, token_scores
 
@@ -135,11 +143,13 @@ def motif_ids(table: pd.DataFrame) -> list[str]:
     return [c[:-4] for c in table.columns if c.endswith("_hit")]
 
 
-# --------------------------------------------------------------------------------- pooled activations
+# --------------------------------------------------------------------------------- pooled
+# activations
 
 
 def pooled_means(store, layer: int, n_seq: int, transform=None, chunk: int = 16384) -> np.ndarray:
-    """(n_seq, d) mean over each sequence's tokens of the layer (or of ``transform(block)``, e.g. SAE codes)."""
+    """(n_seq, d) mean over each sequence's tokens of the layer (or of ``transform(block)``, e.g.
+    SAE codes)."""
     seq = store.tokens.seq.to_numpy()
     sums, counts = None, np.bincount(seq, minlength=n_seq).astype(np.float64)
     for rows, x in store.iter_chunks(layer, chunk=chunk):
@@ -202,13 +212,15 @@ def _probe_rows(
                 auroc=np.nan,
                 n_train=len(ytr),
                 n_test=len(yte),
-                note=f"skipped: {int(ytr.sum())} train / {int(yte.sum())} test positives (need >= 5 each)",
+                note=(
+                    f"skipped: {int(ytr.sum())} train / {int(yte.sum())} test positives "
+                    "(need >= 5 each)"
+                ),
             )
         ]
     df = probe_with_controls(X, y, seqs, split, positions=positions, seed=seed, n_boot=n_boot)
-    if (
-        preds is not None and items is not None
-    ):  # test-set scores, for paired comparisons across runs
+    # test-set scores, for paired comparisons across runs
+    if preds is not None and items is not None:
         for control, sc in df.attrs["scores"].items():
             preds.append(
                 pd.DataFrame(
@@ -250,10 +262,12 @@ def run_probes(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sequence-level (label) and token-level (per motif: overlaps a hit) probes with controls, per layer.
+    """Sequence-level (label) and token-level (per motif: overlaps a hit) probes with controls, per
+    layer.
 
-    Returns (the AUROC table, one row per probe x control; the sequence-level test predictions: layer,
-    level, target, control, item (the sequence's name), label, score -- the same items in every run of
+    Returns (the AUROC table, one row per probe x control; the sequence-level test predictions:
+    layer, level, target, control, item (the sequence's name), label, score -- the same items in
+    every run of
     the dataset, so two models' probes can be compared pairwise)."""
     _check_sequences(sequences)
     n_seq = len(sequences)
@@ -372,7 +386,7 @@ def head_scan(
     pick = _seeded_subset(len(sequences), n_sequences, seed)
     seqs = sequences.sequence.astype(str).to_numpy()[pick].tolist()
     layers = list(range(1, adapter.n_layers + 1))
-    recv = {l: [] for l in layers}
+    recv = {lyr: [] for lyr in layers}
     mscore = {m.matrix_id: [] for m in motifs}
     valid, gcs = [], []
     for sl in tqdm(list(_batches(len(seqs), batch_size)), desc="head scan", mininterval=5):
@@ -383,9 +397,9 @@ def head_scan(
         v = ~tb.special
         q = torch.from_numpy(v).to(res.attn[layers[0]].device)
         n = q.sum(1).clamp_min(1)[:, None, None].to(torch.float32)
-        for l in layers:
-            a = res.attn[l].float()
-            recv[l].append(((a * q[:, None, :, None]).sum(2) / n).cpu().numpy())
+        for lyr in layers:
+            a = res.attn[lyr].float()
+            recv[lyr].append(((a * q[:, None, :, None]).sum(2) / n).cpu().numpy())
         off = tb.offsets
         bi = np.repeat(np.arange(len(batch)), off.shape[1]).reshape(off.shape[:2])
         gcs.append(
@@ -412,8 +426,8 @@ def head_scan(
 
     valid_all = cat(valid, False, bool)
     gc_all = cat(gcs, 0.0, np.float64)
-    for l in layers:  # float32 as captured; scan_received takes each layer to float64 in turn
-        recv[l] = cat(recv[l], 0.0, np.float32)
+    for lyr in layers:  # float32 as captured; scan_received takes each layer to float64 in turn
+        recv[lyr] = cat(recv[lyr], 0.0, np.float32)
     # one table, one family: q is BH over every layer x head x motif
     out = scan_table(
         recv,
@@ -441,7 +455,8 @@ def train_readout(
     batch_size: int = 32,
     seed: int = 0,
 ):
-    """A logistic probe of the label on the last layer's mean-pooled residual stream (training sequences).
+    """A logistic probe of the label on the last layer's mean-pooled residual stream (training
+    sequences).
 
     Returns (w, b, held-out AUROC): the readout ``h @ w + b`` the patching metric is computed on.
     """
@@ -489,19 +504,20 @@ def patching(
     min_gap: float = 0.05,
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Activation patching of every (layer, head) and every layer's residual stream at the site's tokens.
+    """Activation patching of every (layer, head) and every layer's residual stream at the site's
+    tokens.
 
     Components: ``head`` (one head's clean output into the corrupted run), ``resid_at_site`` (the
     clean residual stream at the tokens overlapping the destroyed site) and its control
-    ``resid_off_site`` (the clean residual stream at as many other tokens of the sequence, drawn with a
-    per-pair seed): where the motif's information sits at its own tokens, the first restores the
-    readout and the second does not.
+    ``resid_off_site`` (the clean residual stream at as many other tokens of the sequence, drawn
+    with a per-pair seed): where the motif's information sits at its own tokens, the first restores
+    the readout and the second does not.
 
-    ``pairs``: rows of :func:`saeflow.dna.counterfactual.counterfactual_pairs` (clean, corrupted, start, end).
-    The readout is ``mean-pooled last layer @ w + b``. Pairs whose clean and corrupted sequences do not
-    tokenise to the same spans are dropped (patching by position would be meaningless). Returns
-    (per-pair table: pair, component, layer, head, clean, corrupted, patched, pm) and the pair table
-    with ``kept`` and ``gap``.
+    ``pairs``: rows of :func:`saeflow.dna.counterfactual.counterfactual_pairs` (clean, corrupted,
+    start, end). The readout is ``mean-pooled last layer @ w + b``. Pairs whose clean and corrupted
+    sequences do not tokenise to the same spans are dropped (patching by position would be
+    meaningless). Returns (per-pair table: pair, component, layer, head, clean, corrupted, patched,
+    pm) and the pair table with ``kept`` and ``gap``.
     """
     import torch
     from tqdm.auto import tqdm
@@ -534,7 +550,8 @@ def patching(
             tx = adapter.tokenize(part.corrupted.iloc[ok].tolist())
         v = torch.from_numpy(~tc.special).to(adapter.device)
         st, en = part.start.to_numpy()[ok], part.end.to_numpy()[ok]
-        # the site's tokens: those over the site in either sequence (a BPE tokeniser may split it differently)
+        # the site's tokens: those over the site in either sequence (a BPE tokeniser may split it
+        # differently)
         site = torch.from_numpy(
             (
                 (tc.offsets[..., 0] < en[:, None]) & (tc.offsets[..., 1] > st[:, None])
@@ -587,9 +604,9 @@ def same_spans(tc, tx, starts=None, ends=None) -> np.ndarray:
     position? The same number of tokens, the same special tokens, and identical spans at every token
     that does not overlap the row's site ``[starts, ends)`` (given; without a site, at every token).
 
-    BPE tokenisers (DNABERT-2) may split the motif-destroyed site differently (its tokens then differ,
-    which is the point of the pair) or re-segment beyond it, or change the token count: such a pair
-    cannot be patched position by position, and must not break the rest of its batch.
+    BPE tokenisers (DNABERT-2) may split the motif-destroyed site differently (its tokens then
+    differ, which is the point of the pair) or re-segment beyond it, or change the token count: such
+    a pair cannot be patched position by position, and must not break the rest of its batch.
     """
     w = max(tc.offsets.shape[1], tx.offsets.shape[1])
 
@@ -628,7 +645,8 @@ def _subset(tb, idx):
 
 
 def summarise_patching(per_pair: pd.DataFrame) -> pd.DataFrame:
-    """Distribution of PM per component: mean, median, quartiles, fraction of pairs > 0.5, pairs with a PM."""
+    """Distribution of PM per component: mean, median, quartiles, fraction of pairs > 0.5, pairs
+    with a PM."""
 
     def q(p):
         return lambda s: s.quantile(p) if s.notna().any() else np.nan
@@ -661,9 +679,10 @@ def feature_pass(
 ):
     """One pass of the SAE over the layer.
 
-    Returns (features table: feature, frequency, and per motif ``<id>_auroc_train`` / ``<id>_auroc_test``
-    of the token activation against the token overlapping a hit, on a seeded sample of whole sequences;
-    per-sequence mean activations (n_seq, F)).
+    Returns (features table: feature, frequency, and per motif ``<id>_auroc_train`` /
+    ``<id>_auroc_test``
+    of the token activation against the token overlapping a hit, on a seeded sample of whole
+    sequences; per-sequence mean activations (n_seq, F)).
     """
     import torch
 
@@ -761,11 +780,12 @@ def feature_ablation(
 
     The effect at a token is KL(clean || ablated) of the model's output distribution there (nats);
     specificity = mean effect where the feature fires - mean effect elsewhere (genuine tokens only).
-    With ``mask_prob``, that fraction of each sequence's tokens is replaced by the mask token (seeded per
-    sequence, as the LM-loss evaluation does) and only the masked tokens count: the output there is the
-    model's prediction from context, its actual task, rather than the near-copy of a visible token.
-    Returns (one row per target: motif, feature, frequency, specificity, effect_active, effect_inactive,
-    null_mean, null_sd, null_q95, n_null, p, specific = p < alpha), and the null features' specificities.
+    With ``mask_prob``, that fraction of each sequence's tokens is replaced by the mask token
+    (seeded per sequence, as the LM-loss evaluation does) and only the masked tokens count: the
+    output there is the model's prediction from context, its actual task, rather than the near-copy
+    of a visible token. Returns (one row per target: motif, feature, frequency, specificity,
+    effect_active, effect_inactive, null_mean, null_sd, null_q95, n_null, p, specific = p < alpha),
+    and the null features' specificities.
     """
     import torch
     import torch.nn.functional as Fn

@@ -111,10 +111,8 @@ def head_scan_heatmap(table: pd.DataFrame, path, title: str = "") -> None:
 
 def patching_heatmap(summary: pd.DataFrame, path, title: str = "") -> None:
     """Per motif: mean PM of each (layer, head), and per layer the distribution over pairs (median
-    and
-    quartiles) of the PM of the residual stream patched at the site's tokens and at as many other
-    tokens
-    (the control)."""
+    and quartiles) of the PM of the residual stream patched at the site's tokens and at as many
+    other tokens (the control)."""
     plt = _plt()
     if summary.empty:  # no pair could be patched: say so in the figure rather than fail the run
         fig, ax = plt.subplots(figsize=(6, 2))
@@ -182,8 +180,7 @@ def evidence_summary(
     ablation_paths, differential_paths, layers, path, title: str = "", alpha: float = 0.05
 ) -> pd.DataFrame:
     """Per layer and motif: the best motif feature (held-out AUROC), its ablation specificity
-    against the
-    null, and the number of differential features (q < alpha); a three-panel figure."""
+    against the null, and the number of differential features (q < alpha); a three-panel figure."""
     plt = _plt()
     rows = []
     for layer, ap, dp in zip(layers, ablation_paths, differential_paths):

@@ -137,7 +137,8 @@ NARROWPEAK = [
 
 
 def read_peaks(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a BED3+ / narrowPeak file (plain or .gz). Summit = ``peak`` column, else the midpoint."""
+    """Read a BED3+ / narrowPeak file (plain or .gz). Summit
+    = ``peak`` column, else the midpoint."""
     path = Path(path)
     try:
         df = pd.read_csv(path, sep="\t", header=None, comment="#")

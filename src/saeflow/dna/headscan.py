@@ -1,9 +1,10 @@
-"""CTCF-style attention-head scans: does a head attend to motif tokens more than to matched background?
+"""CTCF-style attention-head scans: does a head attend to motif tokens more than to matched
+background?
 
 Inputs per layer: attention probabilities ``attn`` (B, H, T, T: batch, heads, query, key), the
-motif evidence of each token ``motif`` (B, T; e.g. :func:`saeflow.dna.motifscan.token_scores`, the best
-site score overlapping the token, ``-inf`` where no site overlaps) and a mask of the real tokens
-``valid`` (B, T; False for padding and special tokens).
+motif evidence of each token ``motif`` (B, T; e.g. :func:`saeflow.dna.motifscan.token_scores`, the
+best site score overlapping the token, ``-inf`` where no site overlaps) and a mask of the real
+tokens ``valid`` (B, T; False for padding and special tokens).
 
 For every head two registered statistics (as in the seed's CTCF analysis):
 
@@ -11,7 +12,8 @@ For every head two registered statistics (as in the seed's CTCF analysis):
   attention a token *receives* (mean over the valid queries of its sequence, so a row of the
   attention matrix sums to one and long sequences are not favoured) and the token's motif score
   (``-inf`` / missing scores are replaced by the lowest finite score of the batch, i.e. "no
-  site"). Two-sided p from the t distribution with n - 2 degrees of freedom (``scipy.stats.pearsonr``
+  site"). Two-sided p from the t distribution with n - 2 degrees of freedom
+  (``scipy.stats.pearsonr``
   semantics); the tokens of one sequence are not independent, so ``p`` is optimistic and the
   criterion also demands the effect size. ``q``: Benjamini-Hochberg q-value of ``p``
   (:func:`saeflow.stats.bh`) over the whole family, i.e. every layer x head x motif of one
@@ -65,7 +67,8 @@ def _check(attn, motif, valid, gc):
 
 
 def received_attention(attn: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(B, H, T): attention each key token receives, averaged over the valid queries of its sequence."""
+    """(B, H, T): attention each key token receives, averaged over the valid queries of its
+    sequence."""
     q = valid[:, None, :, None].astype(np.float64)
     n = np.maximum(valid.sum(1), 1)[:, None, None]
     return (attn * q).sum(axis=2) / n
@@ -96,9 +99,10 @@ def gc_matched_background(
     per_motif: int = 1,
     seed: int = 0,
 ) -> np.ndarray:
-    """Indices (into the flat token arrays) of background tokens whose GC histogram matches the motif
-    tokens': within each GC bin (quantile edges of all candidate and motif tokens), ``per_motif``
-    background tokens per motif token are drawn without replacement (fewer when the bin runs out)."""
+    """Indices (into the flat token arrays) of background tokens whose GC histogram matches the
+    motif tokens': within each GC bin (quantile edges of all candidate and motif tokens),
+    ``per_motif`` background tokens per motif token are drawn without replacement (fewer when the
+    bin runs out)."""
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(candidates & ~is_motif)
     mot = np.flatnonzero(is_motif)

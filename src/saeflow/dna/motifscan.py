@@ -148,9 +148,8 @@ class SiteScores(NamedTuple):
     """One sequence's sites, one entry per start position ``0 .. len(seq) - L``."""
 
     score: np.ndarray  # float32, max over strands (forward only if one strand was scanned)
-    strand: (
-        np.ndarray
-    )  # int8: +1 forward, -1 reverse (reverse only when strictly higher), 0 if -inf
+    # int8: +1 forward, -1 reverse (reverse only when strictly higher), 0 if -inf
+    strand: np.ndarray
     forward: np.ndarray
     reverse: np.ndarray | None
 
@@ -289,16 +288,14 @@ def scan(
     k, offsets, tables = _block_tables(m)
     strands = [(tables, fwd)]
     if both_strands:
-        strands.append(
-            (_block_tables(m[::-1, ::-1])[2], rev)
-        )  # reverse complement: ACGT -> TGCA, columns reversed
+        # reverse complement: ACGT -> TGCA, columns reversed
+        strands.append((_block_tables(m[::-1, ::-1])[2], rev))
     rows_per_chunk = max(1, chunk_positions // width)
     tail = np.zeros(L - 1, np.uint8)
     for r0 in range(0, N, rows_per_chunk):
         r1 = min(N, r0 + rows_per_chunk)
-        flat = np.concatenate(
-            [padded[r0:r1].ravel(), tail]
-        )  # windows past a row's end are dropped below
+        # windows past a row's end are dropped below
+        flat = np.concatenate([padded[r0:r1].ravel(), tail])
         n = (r1 - r0) * width
         if invalid:
             bad = flat == _INVALID
@@ -335,16 +332,13 @@ def hits(
     rel_score).
 
     The threshold is ``threshold`` if given, else ``min_score + frac * (max_score - min_score)``
-    (see
-    the module docstring). ``seqs`` may be a :class:`ScanResult` of the same ``matrix`` to avoid a
-    second scan (its strands are used; ``both_strands`` is then ignored). With both strands every
-    (site, strand) at or above the threshold is a row, like Biopython's ``search`` (a palindromic
-    site can be a hit on both); ``best_strand=True`` keeps only the higher strand of each site
-    (forward on ties). ``seq`` is the sequence's index, or its entry of ``names``; ``end = start +
-    L``
-    (half-open, forward-strand coordinates for both strands). Rows are sorted by seq, start, then
-    strand (+ first).
-    """
+    (see the module docstring). ``seqs`` may be a :class:`ScanResult` of the same ``matrix`` to
+    avoid a second scan (its strands are used; ``both_strands`` is then ignored). With both strands
+    every (site, strand) at or above the threshold is a row, like Biopython's ``search`` (a
+    palindromic site can be a hit on both); ``best_strand=True`` keeps only the higher strand of
+    each site (forward on ties). ``seq`` is the sequence's index, or its entry of ``names``; ``end =
+    start + L`` (half-open, forward-strand coordinates for both strands). Rows are sorted by seq,
+    start, then strand (+ first)."""
     m = _check_pssm(matrix)
     lo, hi = score_range(m)
     thr = relative_threshold(m, frac) if threshold is None else float(threshold)
@@ -417,8 +411,7 @@ def token_scores(
     ``site_scores``: (B, P) scores by site start (``site_scores[b, s]`` covers bases
     ``[s, s + motif_length)`` of sequence b; ``-inf`` = no site), a list of 1-D arrays, or a
     :class:`ScanResult` (its max-over-strands ``score`` and ``motif_length``). ``offsets``: (B, T,
-    2)
-    integer base spans ``[start, end)`` per token, as a tokenizer's ``return_offsets_mapping``
+    2) integer base spans ``[start, end)`` per token, as a tokenizer's ``return_offsets_mapping``
     gives; a token with ``end <= start`` (special tokens are ``(0, 0)``) overlaps nothing and gets
     ``fill``. A site starting at s overlaps token [a, b) iff ``s < b`` and ``s + L > a``, so tokens
     of any width work (BPE pieces, overlapping k-mers). Returns (B, T) in the scores' float dtype

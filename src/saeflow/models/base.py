@@ -44,16 +44,14 @@ Replacement = Union[Callable[[Any], Any], Any]
 class TokenBatch:
     input_ids: Any  # torch.LongTensor (B, T)
     attention_mask: Any  # torch.LongTensor (B, T), 1 = real token
-    offsets: (
-        np.ndarray
-    )  # (B, T, 2) int: base span of each token in its sequence; (0, 0) for specials/cells
+    # (B, T, 2) int: base span of each token in its sequence; (0, 0) for specials/cells
+    offsets: np.ndarray
     special: np.ndarray  # (B, T) bool: special or padding tokens
     genes: np.ndarray | None = (
         None  # (B, T) object: gene id of each token (cell models), "" for specials
     )
-    extra: dict = field(
-        default_factory=dict
-    )  # family-specific model inputs (e.g. scGPT's binned values)
+    # family-specific model inputs (e.g. scGPT's binned values)
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -168,9 +166,7 @@ class LayerSites:
     probabilities (B, H, T, T), or None when the family only reports them through
     ``output_attentions`` (Hugging Face models; then eager attention is switched on for the pass).
     ``head_out``: the concatenated head outputs (B, T, H*d_head), the input of the output
-    projection.
-    ``mlp``: the MLP hidden activation after the nonlinearity.
-    """
+    projection. ``mlp``: the MLP hidden activation after the nonlinearity."""
 
     q: Site
     k: Site

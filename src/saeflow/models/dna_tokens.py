@@ -2,11 +2,11 @@
 Transformer).
 
 Both families ship a ``vocab.txt`` but no fast tokenizer that reports token -> base offsets
-(DNABERT's
-``tokenizer_config.json`` even names a custom ``DNATokenizer`` class that ``AutoTokenizer`` cannot
-load). saeflow therefore splits sequences itself, from ``vocab.txt``, and knows each token's span by
-construction. A family's tokenizer only says how one sequence becomes ``(token id, start, end)``
-pieces; :func:`assemble` adds the family's special tokens, truncates, pads and builds the
+(DNABERT's ``tokenizer_config.json`` even names a custom ``DNATokenizer`` class that
+``AutoTokenizer`` cannot load). saeflow therefore splits sequences itself, from ``vocab.txt``, and
+knows each token's span by construction. A family's tokenizer only says how one sequence becomes
+``(token id, start, end)`` pieces; :func:`assemble` adds the family's special tokens, truncates,
+pads and builds the
 :class:`~saeflow.models.base.TokenBatch`.
 
 Conventions (the same as the toy model's fast tokenizer):

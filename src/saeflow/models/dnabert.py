@@ -45,7 +45,8 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 class KmerTokenizer(VocabTokenizer):
-    """DNABERT's overlapping k-mer tokenizer, built from ``vocab.txt`` (see the module docstring)."""
+    """DNABERT's overlapping k-mer tokenizer, built from
+    ``vocab.txt`` (see the module docstring)."""
 
     pad_token, unk_token, cls_token, sep_token, mask_token = SPECIALS
 

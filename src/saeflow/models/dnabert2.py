@@ -74,8 +74,7 @@ pre-tokenizer, specials ``[UNK] [CLS] [SEP] [PAD] [MASK]`` and ``[CLS] $A [SEP]`
 We wrap it in a ``PreTrainedTokenizerFast`` and take token -> base offsets from it, but verify each
 one (``seq[start:end]`` must equal the token's string) and re-derive offsets by walking the
 sequence where they do not, so the offsets are right whatever normaliser or pre-tokeniser the file
-declares.
-"""
+declares."""
 
 from __future__ import annotations
 
@@ -298,7 +297,8 @@ class Dnabert2GatedMLP(nn.Module):
 
 
 class Dnabert2Layer(nn.Module):
-    """One block; ``forward(hidden_states, ...)`` takes the residual stream first (hook convention)."""
+    """One block; ``forward(hidden_states, ...)`` takes the
+    residual stream first (hook convention)."""
 
     def __init__(self, config: Dnabert2Config):
         super().__init__()
@@ -585,8 +585,7 @@ class Dnabert2Adapter(HookedAdapter):
 
     Block ``L`` is ``bert.encoder.layer[L-1]``; residual layer ``L`` is its output (post-LN, no
     final norm), ``0`` the embeddings. Sites: ``attention.self.{q,k,v,probs,head_out}`` and
-    ``mlp.glu``.
-    """
+    ``mlp.glu``."""
 
     family = "dnabert2"
     kind = "dna"
@@ -611,8 +610,7 @@ class Dnabert2Adapter(HookedAdapter):
         d_head, d).
 
         Biases are not included (``Wqkv.bias`` and ``attention.output.dense.bias``), as for the
-        other adapters.
-        """
+        other adapters."""
         self._check_layer(layer, 1)
         block = self.blocks()[layer - 1]
         H, dh, d = self.n_heads, self.d_head, self.d_model
@@ -727,7 +725,8 @@ def load_dnabert2(path: str | os.PathLike, device=None) -> Dnabert2Adapter:
 
 
 def is_dnabert2(path: Path) -> bool:
-    """``config.json`` with ALiBi's ``alibi_starting_size`` or an ``auto_map`` into ``bert_layers``."""
+    """``config.json`` with ALiBi's ``alibi_starting_size`` or
+    an ``auto_map`` into ``bert_layers``."""
     if not (path / "config.json").is_file():
         return False
     cfg = read_config(path)

@@ -105,7 +105,8 @@ def read_token_dictionary(path: str | os.PathLike) -> dict[str, int]:
 
 
 def read_gene_medians(path: str | os.PathLike) -> dict[str, float]:
-    """Ensembl id -> non-zero median expression, from Geneformer's ``gene_median_dictionary*.pkl``."""
+    """Ensembl id -> non-zero median expression, from
+    Geneformer's ``gene_median_dictionary*.pkl``."""
     path = Path(path)
     raw = _load_pickle(path, "gene median dictionary")
     out = {}
@@ -134,9 +135,8 @@ def dictionary_candidates(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     pattern = "token_dictionary*.pkl"
     places = [sorted(path.glob(pattern)), sorted(path.rglob(pattern))]
-    if (
-        path.parent / "geneformer" / "__init__.py"
-    ).is_file():  # the repository's package, not a model named so
+    # the repository's package, not a model named so
+    if (path.parent / "geneformer" / "__init__.py").is_file():
         places.append(sorted((path.parent / "geneformer").rglob(pattern)))
     return next((hits for hits in places if hits), [])
 

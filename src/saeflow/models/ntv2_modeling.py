@@ -68,7 +68,8 @@ def _bias(config) -> bool:
 
 
 class NTv2ForMaskedLM(modeling_esm.EsmForMaskedLM):
-    """transformers' ``EsmForMaskedLM`` with NT v2's SwiGLU feed-forward (see the module docstring)."""
+    """transformers' ``EsmForMaskedLM`` with NT v2's SwiGLU
+    feed-forward (see the module docstring)."""
 
     def __init__(self, config):
         super().__init__(config)

@@ -128,9 +128,8 @@ def _model_max_length(path: Path) -> int | None:
         n = json.loads(f.read_text()).get("model_max_length")
     except json.JSONDecodeError as e:
         raise SaeflowError(f"{f}: not valid JSON ({e})") from None
-    return (
-        int(n) if isinstance(n, (int, float)) and 0 < n < 1e9 else None
-    )  # HF writes 1e30 for "unset"
+    # HF writes 1e30 for "unset"
+    return int(n) if isinstance(n, (int, float)) and 0 < n < 1e9 else None
 
 
 def load_nucleotide_transformer(
@@ -168,9 +167,8 @@ def load_nucleotide_transformer(
     ad = NucleotideTransformerAdapter(model, tok, device)
     n_pos = int(config.max_position_embeddings)
     if getattr(config, "position_embedding_type", "absolute") == "absolute":
-        n_pos -= (
-            int(config.pad_token_id) + 1
-        )  # ESM numbers absolute positions from pad_token_id + 1
+        # ESM numbers absolute positions from pad_token_id + 1
+        n_pos -= int(config.pad_token_id) + 1
     limits = [n_pos, _model_max_length(path)]
     ad.max_tokens = min(n for n in limits if n)
     return ad

@@ -21,10 +21,9 @@ What is reproduced, and from where (all in github.com/bowang-lab/scGPT unless sa
   vocabulary distribution). No positional encoding: scGPT has none, so a cell is a set of genes.
 * **Encoder layer** -- ``FlashTransformerEncoderLayer`` (same file) with flash-attn 1.x ``FlashMHA``
   (``flash_attn/flash_attention.py``: ``Wqkv`` -> ``b s (three h d)`` -> softmax(q k^T /
-  sqrt(d_head))
-  over unpadded keys -> ``out_proj``), ReLU MLP ``linear1``/``linear2``, ``norm1``/``norm2``,
-  LayerNorm
-  eps 1e-5. Post-norm (the default, and what ``scgpt.tasks.embed_data`` hard-codes) is
+  sqrt(d_head)) over unpadded keys -> ``out_proj``), ReLU MLP ``linear1``/``linear2``,
+  ``norm1``/``norm2``, LayerNorm eps 1e-5. Post-norm (the default, and what
+  ``scgpt.tasks.embed_data`` hard-codes) is
   ``x = norm1(x + attn(x)); x = norm2(x + mlp(x))``. Pre-norm (``args.json`` ``"pre_norm": true``)
   is reproduced as the published layer writes it, ``x = norm1(x); x = x + attn(x); x = norm2(x);
   x = x + mlp(x)`` -- the residual stream itself is normed, unlike the usual pre-LN block.
@@ -203,10 +202,9 @@ def _digitize(x: np.ndarray, bins: np.ndarray, rng=None, side: str = "both") -> 
     """scGPT's ``_digitize``: ``np.digitize``, spreading values that sit on (repeated) edges.
 
     ``side="one"``: ``np.digitize(x, bins)`` (left). ``side="both"`` (the published default): a
-    value
-    between its right digit ``r`` (edges strictly below it) and left digit ``l`` (edges at or below
-    it) becomes ``ceil(l - u * (l - r))`` with ``u ~ U[0, 1)``, i.e. uniform on ``r+1..l``; a value
-    on no edge has ``l == r`` and keeps ``l``. ``rng`` replaces the published global
+    value between its right digit ``r`` (edges strictly below it) and left digit ``l`` (edges at or
+    below it) becomes ``ceil(l - u * (l - r))`` with ``u ~ U[0, 1)``, i.e. uniform on ``r+1..l``; a
+    value on no edge has ``l == r`` and keeps ``l``. ``rng`` replaces the published global
     ``np.random.rand`` (a fresh unseeded generator when None).
     """
     left = np.digitize(x, bins)
@@ -284,7 +282,8 @@ class ScgptTokenizer:
         return len(self.vocab)
 
     def gene_columns(self, symbols) -> tuple[np.ndarray, np.ndarray]:
-        """(columns whose symbol is in the vocabulary, their token ids); cached per symbols array."""
+        """(columns whose symbol is in the vocabulary, their
+        token ids); cached per symbols array."""
         if self._cache is not None and self._cache[0] is symbols:
             return self._cache[1], self._cache[2]
         syms = np.asarray(symbols).astype(str)
@@ -314,9 +313,8 @@ class ScgptTokenizer:
     def cell_tokens(self, cols: np.ndarray, counts: np.ndarray, max_length: int):
         """One cell: (positions into ``cols`` kept, their binned values), ``<cls>`` not included."""
         rng = self._rng(cols, counts)
-        binned = binning(
-            counts, self.n_bins, rng, self.tie_break
-        )  # before selection, as the collator
+        # before selection, as the collator
+        binned = binning(counts, self.n_bins, rng, self.tie_break)
         keep = np.arange(len(cols))
         n = max_length - 1
         if len(keep) > n:
@@ -749,10 +747,8 @@ def load_scgpt(
     network.
 
     ``seed``, ``tie_break`` and ``selection`` configure the tokenizer (module docstring). Strict
-    about
-    the tensors the forward pass uses; the others are listed in one log line
-    (``adapter.checkpoint_keys`` has both lists, in the file's spelling).
-    """
+    about the tensors the forward pass uses; the others are listed in one log line
+    (``adapter.checkpoint_keys`` has both lists, in the file's spelling)."""
     path = Path(path)
     if not path.is_dir():
         raise SaeflowError(

@@ -11,14 +11,12 @@ reconstruct (splicing in x_hat alone would confound the feature's effect with re
 :func:`ablate` computes x'; callers run the rest of the model on it (the adapters' ``Patch``).
 
 Specificity: the effect of ablating f, measured per token (e.g. the change of the masked-LM loss or
-of a
-probe's logit), should concentrate at the tokens where f fires. :func:`specificity` is the mean
+of a probe's logit), should concentrate at the tokens where f fires. :func:`specificity` is the mean
 absolute effect at f's active tokens minus the mean absolute effect at the other tokens. A feature
 that fires often has a bigger footprint whatever it means, so the null is features with a matched
 firing frequency (:func:`matched_null_features`: within a factor ``tol`` on the log scale, seeded),
 ablated the same way; :func:`null_p` gives the +1 empirical p of the observed specificity among
-them.
-"""
+them."""
 
 from __future__ import annotations
 
@@ -53,9 +51,8 @@ def matched_null_features(
     (dead features never qualify), drawn without replacement (seeded).
 
     ``fill``: when fewer than ``n`` lie within ``tol`` (dense or rare features have few peers), add
-    the
-    live features next closest in log frequency until there are ``n`` (the nearest-frequency null);
-    the caller reports how far the matching had to reach."""
+    the live features next closest in log frequency until there are ``n`` (the nearest-frequency
+    null); the caller reports how far the matching had to reach."""
     freq = np.asarray(freq, dtype=np.float64)
     if not 0 <= feature < len(freq):
         raise SaeflowError(f"feature {feature} out of range 0..{len(freq) - 1}")

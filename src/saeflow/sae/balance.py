@@ -21,9 +21,7 @@ training cells, ...)]`` before ``train_sae`` -- a RowSet accepts repeated ranges
 cell's tokens appear once per copy), the Feistel shuffle of :class:`~saeflow.sae.data.BatchStream`
 is unchanged, and the number of steps follows the balanced epoch. Sources contribute equal *cells*;
 with cells of very different lengths, weigh by tokens with :func:`source_weights` (``sizes``)
-instead.
-The test ranges stay unbalanced (evaluate per source instead).
-"""
+instead. The test ranges stay unbalanced (evaluate per source instead)."""
 
 from __future__ import annotations
 
@@ -70,7 +68,8 @@ def balanced_index(
     replace: bool = False,
     seed: int = 0,
 ) -> np.ndarray:
-    """Row indices of one balanced epoch (module doc), sorted (read order; shuffle when batching)."""
+    """Row indices of one balanced epoch (module doc), sorted
+    (read order; shuffle when batching)."""
     codes, uniq = _codes(sources, "balanced_index")
     if per_source is not None and cap is not None:
         raise SaeflowError("balanced_index: give per_source or cap, not both")

@@ -94,11 +94,9 @@ def activation_metrics(sae, store: ActivationStore, layer: int, rows, chunk: int
     of a layer.
 
     ``rows``: (n, 2) [start, end) row ranges (as :func:`saeflow.activations.split_ranges` returns)
-    or a
-    1-D array of row indices. Streams blocks of at most ``chunk`` consecutive rows of the memory
-    map;
-    never the whole layer in RAM. NaN/inf in the rows read raise a :class:`SaeflowError` naming the
-    file.
+    or a 1-D array of row indices. Streams blocks of at most ``chunk`` consecutive rows of the
+    memory map; never the whole layer in RAM. NaN/inf in the rows read raise a :class:`SaeflowError`
+    naming the file.
     """
     from saeflow.sae.data import RowSet
     from saeflow.sae.train import evaluate
@@ -185,7 +183,8 @@ def _blocks(model) -> list:
 
 
 class _Site:
-    """One place in the forward pass: the input of a module (``input``) or its output (``output``)."""
+    """One place in the forward pass: the input of a module
+    (``input``) or its output (``output``)."""
 
     def __init__(self, module, kind: str, label: str):
         self.module, self.kind, self.label = module, kind, label
@@ -253,7 +252,9 @@ def _forward(model, ids, attention_mask, **kw):
 
 
 def locate_layer(model, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Site:
-    """The site whose tensor is exactly ``hidden_states[layer]``, checked on one real forward pass."""
+    """The site whose tensor is exactly
+    ``hidden_states[layer]``, checked on one real forward
+    pass."""
     import torch
 
     sites = _candidate_sites(model, layer)
@@ -261,9 +262,8 @@ def locate_layer(model, layer: int, input_ids: torch.Tensor, attention_mask: tor
 
     def record(i):
         def f(h):
-            seen.setdefault(
-                i, h.detach().clone()
-            )  # returns None: the forward pass is left unchanged
+            # returns None: the forward pass is left unchanged
+            seen.setdefault(i, h.detach().clone())
 
         return f
 
@@ -319,12 +319,10 @@ def lm_loss_recovered(
     ``sae(x)``.
 
     ``sae`` is any callable mapping (n, d) float32 activations to (n, d) (an SAE module's
-    ``forward``);
-    it is applied at the genuine (non-special) positions of ``hidden_states[layer]`` only. Returns
-    ``loss_clean``, ``loss_zero``, ``loss_sae`` (mean nats per masked token), ``loss_recovered``
-    (NaN
-    when L_zero == L_clean), ``n_masked_tokens``, ``n_sequences`` and the hook ``site``.
-    """
+    ``forward``); it is applied at the genuine (non-special) positions of ``hidden_states[layer]``
+    only. Returns ``loss_clean``, ``loss_zero``, ``loss_sae`` (mean nats per masked token),
+    ``loss_recovered`` (NaN when L_zero == L_clean), ``n_masked_tokens``, ``n_sequences`` and the
+    hook ``site``."""
     import torch
     from tqdm.auto import tqdm
 
@@ -354,9 +352,8 @@ def lm_loss_recovered(
         am = tb.attention_mask.to(dev)
         if site is None:
             site = locate_layer(model, layer, ids, am)
-        with (
-            torch.inference_mode()
-        ):  # the hooks run inside it too: nothing is recorded for autograd
+        # the hooks run inside it too: nothing is recorded for autograd
+        with torch.inference_mode():
             sums["clean"] += _masked_ce_sum(_forward(model, ids, am).logits, labels, masked)
             with site.hook(_replace_at(genuine, torch.zeros_like)):
                 sums["zero"] += _masked_ce_sum(_forward(model, ids, am).logits, labels, masked)

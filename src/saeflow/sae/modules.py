@@ -8,9 +8,7 @@
 
 Both work on 18 layers x 4608 latents x d = 1152 on a laptop: decoders are loaded two at a time and
 compared in row blocks (one block of cosines, block x d_sae floats, in RAM); co-occurrence is a
-dense
-d_sae x d_sae count matrix (170 MB at 4608) or is computed from a sparse binary matrix.
-"""
+dense d_sae x d_sae count matrix (170 MB at 4608) or is computed from a sparse binary matrix."""
 
 from __future__ import annotations
 
@@ -41,9 +39,7 @@ def best_matches(
 
     Signed cosine: SAE codes are non-negative, so a decoder row and its negation write opposite
     directions and are different features. Blocked over rows of ``w_a`` (one block x len(w_b)
-    float32
-    matrix at a time). Rows of ``w_b`` not in ``alive_b`` cannot be matched.
-    """
+    float32 matrix at a time). Rows of ``w_b`` not in ``alive_b`` cannot be matched."""
     if w_a.shape[1] != w_b.shape[1]:
         raise SaeflowError(
             f"decoders of different widths ({w_a.shape[1]} vs {w_b.shape[1]}) cannot be compared"
@@ -168,10 +164,8 @@ def cooccurrence(binary, block: int = 65536) -> tuple[np.ndarray, int]:
     rows.
 
     ``binary``: (units x F) sparse or dense; nonzero = active. Units are tokens (features on the
-    same
-    token) or cells (e.g. ``CellFeatureStats.cell_fires >= m``: features active in the same cell).
-    Computed as B^T B in blocks of rows; the diagonal holds each feature's count.
-    """
+    same token) or cells (e.g. ``CellFeatureStats.cell_fires >= m``: features active in the same
+    cell). Computed as B^T B in blocks of rows; the diagonal holds each feature's count."""
     import scipy.sparse as sp
 
     b = binary.tocsr() if sp.issparse(binary) else sp.csr_matrix(np.asarray(binary))
@@ -223,11 +217,9 @@ def coactivation_modules(
     """Modules of co-activating features: Leiden communities of the PMI graph.
 
     Graph: one vertex per feature, an edge for each pair of :func:`pmi_edges` (count >=
-    ``min_count``,
-    PMI > ``pmi_threshold``) weighted by its PMI. Communities: ``leidenalg`` with the
+    ``min_count``, PMI > ``pmi_threshold``) weighted by its PMI. Communities: ``leidenalg`` with the
     RBConfiguration quality (modularity when ``resolution`` = 1), iterated to convergence, seeded,
-    so
-    the same input gives the same modules. Communities smaller than ``min_size`` features are not
+    so the same input gives the same modules. Communities smaller than ``min_size`` features are not
     modules (isolated features are singletons). Modules are numbered 0, 1, ... by decreasing size
     (ties: smallest feature first).
 
@@ -274,10 +266,9 @@ def module_terms(membership: pd.DataFrame, feature_terms) -> pd.DataFrame:
 
     ``feature_terms``: a DataFrame with columns feature, term (one row per significant term of a
     feature, e.g. enrichment rows with q < 0.05) or a mapping feature -> terms. A feature counts
-    once
-    per term. Ties go to the alphabetically first term. Columns: module, size, term, count (features
-    of the module with the term), fraction (count / size); term "" when no feature is annotated.
-    """
+    once per term. Ties go to the alphabetically first term. Columns: module, size, term, count
+    (features of the module with the term), fraction (count / size); term "" when no feature is
+    annotated."""
     if isinstance(feature_terms, pd.DataFrame):
         for c in ("feature", "term"):
             if c not in feature_terms.columns:
