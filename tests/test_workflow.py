@@ -419,18 +419,18 @@ def test_dna_evidence_finds_the_planted_truth(finished_run):
 
 
 @pytest.mark.workflow
-def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
+def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run, tmp_path):
     wd = finished_run
     p = smk(wd, "-n")
     assert "Nothing to be done" in p.stdout + p.stderr
-    original = (wd / "config" / "config.yaml").read_text()
-    cfg = yaml.safe_load(original)
+    # the shared run is never modified: the changed config is a copy, given with --configfile
+    cfg = yaml.safe_load((wd / "config" / "config.yaml").read_text())
     cfg["saes"]["jr"]["sweep"]["target_l0"] = [6]
-    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    try:
-        p = smk(wd, "-n")
-    finally:  # later tests use the finished run as it was
-        (wd / "config" / "config.yaml").write_text(original)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    before = (wd / "config" / "config.yaml").read_bytes()
+    p = smk(wd, "-n", "--configfile", str(changed))
+    assert (wd / "config" / "config.yaml").read_bytes() == before
     out = p.stdout + p.stderr
     jobs = planned_jobs(p)
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
@@ -451,9 +451,9 @@ def test_rerun_does_nothing_and_param_change_reruns_only_that_sae(finished_run):
 
 
 @pytest.mark.workflow
-def test_report_builds_offline(finished_run):
-    smk(finished_run, "--report", "report.html")
-    html = (finished_run / "report.html").read_text(errors="replace")
+def test_report_builds_offline(finished_run, tmp_path):
+    smk(finished_run, "--report", str(tmp_path / "report.html"))  # outside the shared run
+    html = (tmp_path / "report.html").read_text(errors="replace")
     assert len(html) > 100_000
     for caption_word in (
         "Masked-token accuracy",
