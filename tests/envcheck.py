@@ -1,6 +1,6 @@
 """Which rule runs in which conda env, and which third-party packages its script needs.
 
-Used by ``tests/test_envs.py``; also a small maintenance tool::
+Used by ``tests/workflow/test_envs.py``; also a small maintenance tool::
 
     .venv/bin/python tests/envcheck.py            # per env: rules, needed packages, pin drift
     .venv/bin/python tests/envcheck.py --write    # rewrite envs/*.yaml from the project venv
@@ -637,7 +637,8 @@ def render_env(path: Path, needs: EnvNeeds) -> str:
         + [
             "# Pins: the versions of the project venv, with their whole requirement closure "
             "(regenerate",
-            "# with `.venv/bin/python tests/envcheck.py --write`; tests/test_envs.py checks them).",
+            "# with `.venv/bin/python tests/envcheck.py --write`; "
+            "tests/workflow/test_envs.py checks them).",
             "channels: [conda-forge, nodefaults]",
             "dependencies:",
             "  - python=3.11",

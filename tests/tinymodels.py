@@ -1,9 +1,10 @@
 """Tiny random-weight checkpoints in the released on-disk layouts of each model family.
 
-Shared by the adapter unit tests (tests/test_adapters_hf.py, test_dnabert2.py, test_scgpt.py) and
-the end-to-end workflow test of every family (tests/test_family_workflows.py). Each builder writes
-a directory that ``saeflow.models.load_model(path, family=...)`` loads as the released checkpoint
-would be loaded: the same file names, config keys and vocabulary / dictionary files, tiny sizes.
+Shared by the adapter unit tests (tests/models/test_adapters_hf.py, test_dnabert2.py,
+test_scgpt.py) and the end-to-end workflow test of every family
+(tests/workflow/test_family_workflows.py). Each builder writes a directory that
+``saeflow.models.load_model(path, family=...)`` loads as the released checkpoint would be loaded:
+the same file names, config keys and vocabulary / dictionary files, tiny sizes.
 No network."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 # value, whether or not the intermediates in between still exist: a job that fails after a config
 # change has its outputs removed, and Snakemake does not regenerate a missing intermediate whose
 # consumers look up to date (snakemake PR #2966), so a value held only by the first rule's params
-# would be forgotten with that rule's output (tests/test_invalidation.py).
+# would be forgotten with that rule's output (tests/workflow/test_invalidation.py).
 import sys
 
 _PROVENANCE_SRC = os.path.normpath(os.path.join(workflow.basedir, "..", "src"))

@@ -1,6 +1,6 @@
 """Fast PSSM scanning of many DNA sequences, hit calling, and motif evidence per token.
 
-Conventions (all checked against Biopython's ``Bio.motifs`` in ``tests/test_motifscan.py``):
+Conventions (all checked against Biopython's ``Bio.motifs`` in ``tests/dna/test_motifscan.py``):
 
 * :func:`pssm` is ``Bio.motifs``' ``counts.normalize(pseudocounts=p).log_odds(background)``:
   ``p`` is added to **every letter** of every column, columns are renormalised, and the PSSM is

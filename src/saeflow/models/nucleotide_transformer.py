@@ -15,7 +15,7 @@ Tokenizer (:class:`NTTokenizer`, built from the checkpoint's ``vocab.txt``: ``<u
 ``N``; cut each N-free stretch into non-overlapping 6-mers from its left end, and tokenize the
 leftover (< 6) bases at its right end one by one; each ``N`` is its own token. The Hugging Face
 ``EsmTokenizer`` of the checkpoints gives the same tokens (greedy longest match, left to right;
-tests/test_adapters_hf.py checks the two agree).
+tests/models/test_adapters_hf.py checks the two agree).
 Offsets are exact by construction: a 6-mer covers ``[i, i + 6)``, a single base ``[i, i + 1)``.
 Letters other than ACGTN are treated like N (a single token, ``<unk>`` if not in the vocabulary).
 A ``<cls>`` token comes first; there is no end token: the released ``special_tokens_map.json``

@@ -30,7 +30,7 @@ from saeflow.utils import SaeflowError, atomic_path, write_json
 #: Defaults of the ``saes`` recipe keys the library reads when a recipe leaves them out. The config
 #: schema (``definitions.sae`` of workflow/schemas/config.schema.yaml) is where defaults are set;
 #: these are its values, for library callers that build recipes by hand, and
-#: tests/test_one_implementation.py checks that they agree. Read them as
+#: tests/core/test_one_implementation.py checks that they agree. Read them as
 #: ``recipe.get(key, RECIPE_DEFAULTS[key])``, never with a literal.
 RECIPE_DEFAULTS = {
     "arch": "topk",

@@ -99,7 +99,8 @@ def test_every_rule_that_runs_code_has_a_conda_env(rules):
                 problems.append(f"{r.where}: script {r.directives['script']} does not exist")
             elif script.suffix != ".py":
                 problems.append(
-                    f"{r.where}: script {_rel(script)} is not Python; extend tests/test_envs.py"
+                    f"{r.where}: script {_rel(script)} is not Python; "
+                    "extend tests/workflow/test_envs.py"
                 )
     assert not problems, "\n".join(problems)
 

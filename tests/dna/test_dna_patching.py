@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_evidence import _planted
 
 from saeflow.dna.evidence import load_motifs, summarise_patching
 from saeflow.dna.patching import hit_sequences, run_patching, same_tokens
+from tests.dna.test_evidence import _planted
 
 
 @pytest.fixture(scope="module")

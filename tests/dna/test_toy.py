@@ -6,11 +6,10 @@ import numpy as np
 import pyBigWig
 import pysam
 import torch
+from conftest import TOY
 
 from saeflow.dna.motifs import load_jaspar, revcomp
 from saeflow.dna.toy import build_toy_genome, build_toy_task, gc_content
-
-from .conftest import TOY
 
 
 def test_planted_sites_are_in_the_fasta(toy_genome):

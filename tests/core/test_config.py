@@ -11,10 +11,10 @@ import json
 import pytest
 import yaml
 from snakemake.utils import update_config, validate
-from test_download_rules import download_config, dummy_sources
 from wfutil import REPO, load_test_config
 
 from saeflow import config as sc
+from tests.workflow.test_download_rules import download_config, dummy_sources
 
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = yaml.load(SCHEMA_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
