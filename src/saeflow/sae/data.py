@@ -242,6 +242,9 @@ class BatchStream:
         data = self.reader.rows(uniq)
         if self.scale != 1.0:
             data *= np.float32(self.scale)
+        if self.ahead == 1 and len(uniq) == self.bs:  # one batch of distinct rows: already in order
+            self._queue.append((data, None, states[0]))
+            return
         inv = inv.reshape(self.ahead, self.bs)
         self._queue.extend((data, inv[j], states[j]) for j in range(self.ahead))
 
@@ -249,7 +252,7 @@ class BatchStream:
         if not self._queue:
             self._fill()
         data, idx, (self.epoch, self.pos) = self._queue.popleft()
-        x = torch.from_numpy(data[idx])
+        x = torch.from_numpy(data if idx is None else data[idx])
         self.batches += 1
         if self.outlier_norm:
             keep = x.norm(dim=1) <= self.outlier_norm
