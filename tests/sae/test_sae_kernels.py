@@ -4,8 +4,19 @@ model."""
 import pytest
 import torch
 
-from saeflow.sae import build_sae
+from saeflow.sae import build_sae, kernels
 from saeflow.sae.kernels import SparseCodes
+
+
+@pytest.fixture(params=["sparse", "dense"])
+def weight_grad_path(request, monkeypatch):
+    """Run a test once with the embedding-bag weight gradient and once with the dense one."""
+    if request.param == "sparse":
+        monkeypatch.setattr(kernels, "DENSE_MAX_MACS", -1)
+    else:
+        monkeypatch.setattr(kernels, "DENSE_MAX_MACS", 1 << 62)
+        monkeypatch.setattr(kernels, "DENSE_MIN_DENSITY", 0.0)
+    return request.param
 
 
 class _Step(torch.autograd.Function):
@@ -95,7 +106,7 @@ RECIPES = {
 
 @pytest.mark.parametrize("arch", sorted(RECIPES))
 @pytest.mark.parametrize("with_dead", [False, True])
-def test_sparse_step_matches_autograd(arch, with_dead):
+def test_sparse_step_matches_autograd(arch, with_dead, weight_grad_path):
     torch.manual_seed(0)
     d = 12
     sae = build_sae(dict(RECIPES[arch], seed=1), d).double()
@@ -135,7 +146,7 @@ def test_sparse_step_matches_autograd(arch, with_dead):
         )
 
 
-def test_sparse_codes_primitives():
+def test_sparse_codes_primitives(weight_grad_path):
     torch.manual_seed(0)
     b, s, d = 7, 9, 5
     mask = torch.rand(b, s) < 0.4
@@ -149,6 +160,20 @@ def test_sparse_codes_primitives():
     torch.testing.assert_close(codes.weight_grad(g, codes.values, s), z.t() @ g)
     torch.testing.assert_close(codes.sampled_dot(g, w), (g @ w.t())[mask])
     assert torch.equal(codes.rows, mask.nonzero()[:, 0])
+    # a latent twice in one row (never made by the SAEs, but the embedding bag sums them)
+    twice = SparseCodes(torch.tensor([2, 2, 0]), torch.tensor([0, 2]), dense.new_ones(3), 2)
+    expect = torch.zeros(s, d, dtype=torch.float64)
+    expect[2] = 2 * g[0]
+    expect[0] = g[1]
+    torch.testing.assert_close(twice.weight_grad(g[:2], twice.values, s), expect)
+
+
+def test_default_sized_sae_takes_the_dense_weight_gradient_and_large_ones_do_not():
+    small = SparseCodes.from_topk(torch.zeros(256, 16, dtype=torch.long), torch.ones(256, 16))
+    assert 256 * 256 * 64 <= kernels.DENSE_MAX_MACS and small.nnz >= kernels.DENSE_MIN_DENSITY * (
+        256 * 256
+    )
+    assert 4096 * 2048 * 512 > kernels.DENSE_MAX_MACS  # the benchmark's shape stays sparse
 
 
 def test_bf16_encoder_product_path_runs_and_stays_close():

@@ -15,6 +15,8 @@ so the process's resident memory stays flat however large the file is.
 from __future__ import annotations
 
 import os
+from collections import deque
+from itertools import groupby
 
 import numpy as np
 import torch
@@ -85,7 +87,7 @@ class RowSet:
 
 
 class RowReader:
-    """Read rows of a memory-mapped .npy layer with ``pread`` (one call per run of consecutive rows).
+    """Read rows of a memory-mapped .npy layer with ``pread`` (one call per run of nearby rows).
 
     Reading through the memory map would make every touched page resident in this
     process -- and the kernel maps up to 64 KiB around each faulted page, so a batch
@@ -94,6 +96,11 @@ class RowReader:
     memory is the buffer, whatever the file's size (measured in benchmarks/sae_memory.py).
     Arrays that are not file-backed are indexed directly.
     """
+
+    #: Rows at most this many bytes apart are fetched in one read (the gap read and dropped).
+    GAP_BYTES = 4096
+    #: A merged read stays inside one aligned chunk of the file this size (its scratch buffer).
+    CHUNK_BYTES = 1 << 20
 
     def __init__(self, arr: np.ndarray, path: str = "activations"):
         self.arr, self.path = arr, path
@@ -104,31 +111,50 @@ class RowReader:
             self.offset = int(arr.offset)
             self.row_bytes = arr.shape[1] * arr.itemsize
 
-    def __del__(self):
+    def __del__(self, _close=os.close):  # os.close bound now: module globals may be gone at exit
         if getattr(self, "fd", None) is not None:
-            os.close(self.fd)
+            _close(self.fd)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        """float32 (len(rows), d) for sorted ``rows``."""
+        """float32 (len(rows), d) for sorted, distinct ``rows``.
+
+        Runs of rows closer than :attr:`GAP_BYTES` apart are read with one ``pread`` each, the rows
+        in between read and dropped (one system call per row costs more than copying a page from
+        the page cache); a merged read never crosses a :attr:`CHUNK_BYTES`-aligned boundary of the
+        file, so its scratch buffer stays that small.
+        """
         if self.fd is None:
             block = np.asarray(self.arr[rows], dtype=np.float32)
         else:
+            rows = np.asarray(rows, dtype=np.int64)
             buf = np.empty((len(rows), self.arr.shape[1]), dtype=self.arr.dtype)
-            mv = memoryview(buf).cast("B")
             rb = self.row_bytes
-            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+            gap = max(1, self.GAP_BYTES // rb)
+            chunk = max(1, self.CHUNK_BYTES // rb)
+            step = np.diff(rows)
+            breaks = np.flatnonzero((step > gap) | (rows[1:] // chunk != rows[:-1] // chunk)) + 1
             starts = np.concatenate([[0], breaks]).tolist()
             ends = np.concatenate([breaks, [len(rows)]]).tolist()
             first = rows[starts].tolist() if len(rows) else []
-            for a, b, r in zip(starts, ends, first):
-                n = os.preadv(self.fd, [mv[a * rb : b * rb]], self.offset + r * rb)
-                if n != (b - a) * rb:
-                    raise SaeflowError(f"{self.path}: short read at row {r} (file truncated?)")
+            last = rows[np.asarray(ends, dtype=np.int64) - 1].tolist() if len(rows) else []
+            for a, b, r, r1 in zip(starts, ends, first, last):
+                span = r1 - r + 1
+                if span == b - a:  # consecutive rows: straight into the batch buffer
+                    self._pread(buf[a:b], r)
+                else:
+                    scratch = np.empty((span, buf.shape[1]), dtype=buf.dtype)
+                    self._pread(scratch, r)
+                    buf[a:b] = scratch[rows[a:b] - r]
             block = buf.astype(np.float32)
         if not np.isfinite(block).all():
             bad = np.asarray(rows)[~np.isfinite(block).all(axis=1)][:5]
             raise SaeflowError(f"{self.path}: NaN or inf in activation rows {bad.tolist()}")
         return block
+
+    def _pread(self, out: np.ndarray, row: int) -> None:
+        n = os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + row * self.row_bytes)
+        if n != out.nbytes:
+            raise SaeflowError(f"{self.path}: short read at row {row} (file truncated?)")
 
     def range(self, a: int, b: int) -> np.ndarray:
         return self.rows(np.arange(a, b, dtype=np.int64))
@@ -139,7 +165,17 @@ class BatchStream:
 
     ``shuffle=False`` streams positions in order (used by benchmarks to feed every
     trainer the same samples). ``state_dict``/``load_state_dict`` make it resumable.
+
+    Batches are prepared ahead in blocks of up to ``block_bytes`` of stored rows (at most
+    :attr:`MAX_AHEAD` batches): one vectorised permutation call and one sorted, coalesced read
+    (:meth:`RowReader.rows`) per block instead of per batch -- for small rows the per-call
+    costs, not the bytes, are what a batch costs. Each batch holds exactly the rows, in the
+    same order, that reading it alone would give; the state (``epoch``, ``pos``) is that of
+    the batches handed out, so a checkpoint taken mid-block resumes at the next batch.
     """
+
+    #: The most batches prepared ahead in one block.
+    MAX_AHEAD = 64
 
     def __init__(
         self,
@@ -152,6 +188,7 @@ class BatchStream:
         scale: float = 1.0,
         outlier_norm: float | None = None,
         path: str = "activations",
+        block_bytes: int = 4 << 20,
     ):
         self.arr, self.rowset, self.bs, self.seed = arr, rowset, int(batch_size), int(seed)
         self.shuffle, self.scale, self.outlier_norm = shuffle, scale, outlier_norm
@@ -164,37 +201,59 @@ class BatchStream:
         self.n_outliers = 0
         self._perm = None
         self.reader = RowReader(arr, path)
+        row_bytes = max(1, int(np.prod(arr.shape[1:])) * arr.dtype.itemsize)
+        self.ahead = int(max(1, min(self.MAX_AHEAD, block_bytes // (self.bs * row_bytes))))
+        self._gen = (0, 0)  # (epoch, pos) after the last batch prepared
+        self._queue: deque = deque()
 
-    def _epoch_perm(self):
-        if self._perm is None or self._perm[0] != self.epoch:
-            self._perm = (
-                self.epoch,
-                FeistelPermutation(self.n, self.seed * 1_000_003 + self.epoch),
-            )
+    def _epoch_perm(self, epoch: int):
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, FeistelPermutation(self.n, self.seed * 1_000_003 + epoch))
         return self._perm[1]
 
-    def next_positions(self) -> np.ndarray:
-        """Positions of the next batch; a batch that crosses an epoch end continues into the next epoch."""
-        out, need = [], self.bs
-        while need:
-            if self.pos >= self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-            take = min(need, self.n - self.pos)
-            idx = np.arange(self.pos, self.pos + take, dtype=np.int64)
-            out.append(self._epoch_perm()(idx) if self.shuffle else idx)
-            self.pos += take
-            need -= take
-        pos = np.concatenate(out)
-        return pos if self._subset is None else self._subset(pos)
+    def _fill(self) -> None:
+        """Prepare the next ``ahead`` batches: positions, one read of their rows, per-batch gathers.
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        return self.reader.rows(np.sort(rows))
+        A batch that crosses an epoch end continues into the next epoch.
+        """
+        segs, states = [], []
+        epoch, pos = self._gen
+        for _ in range(self.ahead):
+            need = self.bs
+            while need:
+                if pos >= self.n:
+                    epoch, pos = epoch + 1, 0
+                take = min(need, self.n - pos)
+                segs.append((epoch, pos, pos + take))
+                pos += take
+                need -= take
+            states.append((epoch, pos))
+        self._gen = (epoch, pos)
+        parts = []
+        for e, group in groupby(segs, key=lambda seg: seg[0]):  # consecutive spans of one epoch
+            group = list(group)
+            idx = np.arange(group[0][1], group[-1][2], dtype=np.int64)
+            parts.append(self._epoch_perm(e)(idx) if self.shuffle else idx)
+        positions = np.concatenate(parts)
+        if self._subset is not None:
+            positions = self._subset(positions)
+        rows = np.sort(self.rowset.rows(positions).reshape(self.ahead, self.bs), axis=1)
+        uniq, inv = np.unique(rows, return_inverse=True)
+        data = self.reader.rows(uniq)
+        if self.scale != 1.0:
+            data *= np.float32(self.scale)
+        if self.ahead == 1 and len(uniq) == self.bs:  # one batch of distinct rows: already in order
+            self._queue.append((data, None, states[0]))
+            return
+        inv = inv.reshape(self.ahead, self.bs)
+        self._queue.extend((data, inv[j], states[j]) for j in range(self.ahead))
 
     def __next__(self) -> torch.Tensor:
-        x = torch.from_numpy(self.read(self.rowset.rows(self.next_positions())))
+        if not self._queue:
+            self._fill()
+        data, idx, (self.epoch, self.pos) = self._queue.popleft()
+        x = torch.from_numpy(data if idx is None else data[idx])
         self.batches += 1
-        if self.scale != 1.0:
-            x.mul_(self.scale)
         if self.outlier_norm:
             keep = x.norm(dim=1) <= self.outlier_norm
             if not bool(keep.all()):
@@ -216,3 +275,5 @@ class BatchStream:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self.batches, self.n_outliers = int(state["batches"]), int(state["n_outliers"])
+        self._gen = (self.epoch, self.pos)
+        self._queue.clear()

@@ -16,6 +16,14 @@ kernels (CPU and CUDA), do every sparse product a training step needs:
 With these, the one dense product per step is the encoder's forward
 ``(x - b_dec) @ W_enc``. The embedding-bag bookkeeping (``offset2bag``, bag sizes)
 is computed once per batch and reused by every backward.
+
+Small SAEs: the embedding-bag weight gradient sorts its nnz indices and scatters row by row,
+which costs more than a dense ``Z^T @ G`` when the product is small and the codes not very
+sparse. So :meth:`SparseCodes.weight_grad` scatters the codes into a dense (B, d_sae) matrix
+and does one dense product when B * d_sae * d <= :data:`DENSE_MAX_MACS` and
+nnz >= :data:`DENSE_MIN_DENSITY` * B * d_sae (64 -> 256 latents at batch 256, k = 16: ~3x
+faster; the benchmark's 512 -> 2048 at batch 4096 never qualifies). Same sums in another
+order: equal up to float rounding.
 """
 
 from __future__ import annotations
@@ -23,6 +31,11 @@ from __future__ import annotations
 import torch
 
 _aten = torch.ops.aten
+
+#: Dense weight gradient only for products up to this many multiply-adds (B * d_sae * d) ...
+DENSE_MAX_MACS = 1 << 26
+#: ... and codes at least this dense (nnz / (B * d_sae)); tests set these to force either path.
+DENSE_MIN_DENSITY = 1 / 32
 
 
 class SparseCodes:
@@ -93,6 +106,11 @@ class SparseCodes:
         if self.nnz == 0:
             return grad_rows.new_zeros(n_latents, grad_rows.shape[1])
         self._bookkeeping()
+        cells = self.n_rows * n_latents
+        if cells * grad_rows.shape[1] <= DENSE_MAX_MACS and self.nnz >= DENSE_MIN_DENSITY * cells:
+            flat = self._o2b * n_latents + self.latents
+            z = grad_rows.new_zeros(cells).index_add_(0, flat, weights.to(grad_rows.dtype))
+            return torch.mm(z.view(self.n_rows, n_latents).t(), grad_rows)
         return _aten._embedding_bag_dense_backward(
             grad_rows,
             self.latents,

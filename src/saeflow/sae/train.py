@@ -95,6 +95,22 @@ def evaluate(
     }
 
 
+#: Below this many multiply-adds in a step's one dense product (batch x d_in x d_sae), an SAE trains
+#: on one thread whatever ``threads`` says: its kernels are too small to split, and two OpenMP
+#: threads on a shared 2-core machine spend their time waiting for each other (64 -> 256 latents at
+#: batch 256, 4.2M multiply-adds: ~7 ms per step on one thread, ~47 ms on two with another job on
+#: the cores; benchmarks/README.md, "Small SAEs: per-step overhead"). The result differs from a
+#: two-thread run only by float summation order; a fixed seed still gives the same weights.
+SMALL_STEP_MACS = 1 << 25
+
+
+def step_threads(threads: int, batch_size: int, d_in: int, d_sae: int) -> int:
+    """Torch threads for training an SAE of this size (see :data:`SMALL_STEP_MACS`)."""
+    if batch_size * d_in * d_sae < SMALL_STEP_MACS:
+        return 1
+    return max(1, int(threads))
+
+
 def _lr_lambda(steps: int, warm: int):
     def f(s: int) -> float:
         return min(1.0, (s + 1) / warm) * (
@@ -262,11 +278,11 @@ def fit_array(
     on_step=None,
 ) -> FitResult:
     """Train on a plain (N, d) array (used by benchmarks). ``recipe["shuffle"]=False`` keeps row order."""
-    torch.set_num_threads(max(1, threads))
     seed_everything(seed)
     dev = torch.device(device)
     recipe = dict(recipe, seed=seed)
     sae = build_sae(recipe, x.shape[1])
+    torch.set_num_threads(step_threads(threads, batch_size, sae.d_in, sae.d_sae))
     rows = RowSet(np.array([[0, len(x)]]))
     sample = torch.from_numpy(np.asarray(x[: min(len(x), 20000)], dtype=np.float32))
     scale = input_scale_and_init(sae, sample, recipe)
@@ -312,10 +328,10 @@ def train_sae(
 
     ``train_ranges``/``test_ranges``: (n, 2) row ranges, one per sequence. A checkpoint file (default:
     ``<out_dir>.ckpt``) is written every ``recipe["checkpoint_every"]`` steps and removed at the end.
+    ``threads``: torch threads, except that small SAEs train on one (:func:`step_threads`).
     """
     from saeflow.utils import torch_device
 
-    torch.set_num_threads(max(1, threads))
     seed = int(recipe.get("seed", RECIPE_DEFAULTS["seed"]))
     rng = seed_everything(seed)
     dev = torch_device(recipe.get("device") or device)
@@ -326,6 +342,7 @@ def train_sae(
     if train.n == 0:
         raise SaeflowError(f"{path}: no training tokens (is every sequence in the test split?)")
     sae = build_sae(recipe, d)
+    torch.set_num_threads(step_threads(threads, int(recipe["batch_size"]), d, sae.d_sae))
     n_sample = min(train.n, 20000)
     sample_rows = train.rows(np.sort(rng.choice(train.n, n_sample, replace=False)))
     sample = torch.from_numpy(RowReader(arr, path).rows(sample_rows))
