@@ -287,3 +287,28 @@ def test_each_step_sees_unit_decoder_rows_and_an_orthogonal_decoder_gradient(tmp
     # the saved decoder acts on raw activations: rows of norm 1 / input_scale
     norms = load_sae(tmp_path / "sae").W_dec.detach().norm(dim=1).numpy()
     np.testing.assert_allclose(norms, 1 / m["input_scale"], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(max_vectors=300), dict(outlier_norm=6.0), dict(shuffle=False)],
+    ids=["plain", "max_vectors", "outliers", "in_order"],
+)
+def test_reading_ahead_gives_the_batches_of_reading_one_at_a_time(tmp_path, kw):
+    """Blocks of batches read at once (the default) are the batches read one by one, epoch ends,
+    subsets and dropped outliers included, and a checkpoint taken mid-block resumes the same way."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2000, 8)).astype(np.float16)
+    x[rng.choice(2000, 30, replace=False)] *= 8  # a few high-norm rows for outlier_norm
+    np.save(tmp_path / "l.npy", x)
+    arr = np.load(tmp_path / "l.npy", mmap_mode="r")
+    rows = RowSet(np.array([[0, 700], [900, 1500], [1600, 1990]]))
+    ahead = BatchStream(arr, rows, batch_size=64, seed=2, **kw)
+    one = BatchStream(arr, rows, batch_size=64, seed=2, block_bytes=1, **kw)
+    assert ahead.ahead > 1 and one.ahead == 1
+    for _ in range(40):  # past several epoch ends (~1690 rows / 64 per batch)
+        torch.testing.assert_close(next(ahead), next(one), rtol=0, atol=0)
+    resumed = BatchStream(arr, rows, batch_size=64, seed=2, block_bytes=1, **kw)
+    resumed.load_state_dict(ahead.state_dict())
+    for _ in range(10):
+        torch.testing.assert_close(next(ahead), next(resumed), rtol=0, atol=0)

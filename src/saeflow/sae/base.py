@@ -67,9 +67,8 @@ class SAE(nn.Module):
         w = torch.randn(d_sae, d_in, generator=g)
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w.clone())
-        self.W_enc = nn.Parameter(
-            w.clone().t()
-        )  # tied init (Gao et al.); rows contiguous, see module doc
+        # tied init (Gao et al.); rows contiguous, see module doc
+        self.W_enc = nn.Parameter(w.clone().t())
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.d_in, self.d_sae = d_in, d_sae
@@ -92,13 +91,15 @@ class SAE(nn.Module):
         return g_vals * (codes.pre > 0)
 
     def extra_terms(self, pre, codes, x, xc, g, g_scale, state, losses, grads, enc_terms) -> None:
-        """Architecture losses beyond reconstruction (AuxK, threshold STE, ...); ``g / g_scale`` = x_hat - x."""
+        """Architecture losses beyond reconstruction (AuxK, threshold STE, ...); ``g / g_scale`` =
+        x_hat - x."""
 
     def after_step(self, state: dict, stats: dict) -> None:
         """Per-step bookkeeping after the optimiser step (thresholds, coefficient calibration)."""
 
     def init_from_sample(self, x: torch.Tensor) -> None:
-        """Data-dependent initialisation from a sample of (scaled) training inputs, after b_dec is set."""
+        """Data-dependent initialisation from a sample of (scaled) training inputs, after b_dec is
+        set."""
 
     def cfg_extra(self) -> dict:
         return {}
@@ -126,7 +127,8 @@ class SAE(nn.Module):
     # --- training ------------------------------------------------------------------
     @torch.no_grad()
     def train_step(self, x: torch.Tensor, state: dict) -> dict:
-        """One step's loss terms; sets ``.grad`` of every parameter. ``state`` carries dead masks etc."""
+        """One step's loss terms; sets ``.grad`` of every parameter. ``state`` carries dead masks
+        etc."""
         b, s = x.shape[0], self.d_sae
         w_rows = self.W_enc.t()  # (d_sae, d_in), contiguous
         xc = x - self.b_dec
@@ -135,8 +137,10 @@ class SAE(nn.Module):
                 pre = torch.addmm(self.b_enc, xc, self.W_enc)
             pre = pre.float()
         else:
-            # Into a reused buffer: a fresh (B, d_sae) float32 result is >= glibc's largest mmap threshold
-            # (32 MiB at B=4096, d_sae=2048), so allocating it anew page-faults on every step (~20% of the
+            # Into a reused buffer: a fresh (B, d_sae) float32 result is >= glibc's largest mmap
+            # threshold
+            # (32 MiB at B=4096, d_sae=2048), so allocating it anew page-faults on every step (~20%
+            # of the
             # matmul's time on CPU).
             pre = self._workspace("pre", (b, s), x)
             torch.addmm(self.b_enc, xc, self.W_enc, out=pre)
@@ -145,9 +149,8 @@ class SAE(nn.Module):
         err.add_(self.b_dec).sub_(x)
         flat = x.reshape(-1)
         mean = x.mean(0)
-        var = ((torch.dot(flat, flat) - b * torch.dot(mean, mean)) / b).clamp_min(
-            1e-8
-        )  # E||x - mean||^2
+        # E||x - mean||^2
+        var = ((torch.dot(flat, flat) - b * torch.dot(mean, mean)) / b).clamp_min(1e-8)
         e = err.reshape(-1)
         fvu = torch.dot(e, e) / (b * var)
         losses = {"fvu": fvu}
@@ -209,7 +212,8 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
-        """Make an SAE trained on ``scale * x`` act on raw ``x`` (same pre-activations, same codes)."""
+        """Make an SAE trained on ``scale * x`` act on raw ``x``
+        (same pre-activations, same codes)."""
         self.W_enc.data *= scale
         self.W_dec.data /= scale
         self.b_dec.data /= scale

@@ -36,7 +36,8 @@ def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
 
 
 class FeistelPermutation:
-    """A seeded bijection of range(n) evaluated element-wise (4-round balanced Feistel + cycle walking)."""
+    """A seeded bijection of range(n) evaluated element-wise (4-round balanced Feistel + cycle
+    walking)."""
 
     def __init__(self, n: int, seed: int, rounds: int = 4):
         if n < 1:

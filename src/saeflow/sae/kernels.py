@@ -1,4 +1,5 @@
-"""Sparse kernels for SAE training: the decoder and the encoder's backward touch only active latents.
+"""Sparse kernels for SAE training: the decoder and the encoder's backward touch only active
+latents.
 
 A batch of codes is held as a ragged list of (latent index, value) pairs per row
 (:class:`SparseCodes`). Three primitives, all ``torch.ops.aten`` embedding-bag
@@ -39,7 +40,8 @@ DENSE_MIN_DENSITY = 1 / 32
 
 
 class SparseCodes:
-    """Active codes of a batch: ``latents[nnz]`` grouped by row, ``offsets[B]`` where each row starts."""
+    """Active codes of a batch: ``latents[nnz]`` grouped by row, ``offsets[B]`` where each row
+    starts."""
 
     __slots__ = ("latents", "offsets", "values", "pre", "n_rows", "_o2b", "_bag_size", "_max_idx")
 
@@ -91,7 +93,8 @@ class SparseCodes:
             self._max_idx = self.offsets.new_empty(0)
 
     def matmul(self, weight: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, d) = Z @ weight, Z the sparse (B, d_sae) matrix with ``values`` (default: the codes)."""
+        """(B, d) = Z @ weight, Z the sparse (B, d_sae) matrix
+        with ``values`` (default: the codes)."""
         vals = self.values if values is None else values
         if self.nnz == 0:
             return weight.new_zeros(self.n_rows, weight.shape[1])
@@ -102,7 +105,8 @@ class SparseCodes:
     def weight_grad(
         self, grad_rows: torch.Tensor, weights: torch.Tensor, n_latents: int
     ) -> torch.Tensor:
-        """(d_sae, d) = Z_w^T @ grad_rows: entry (b, s) with weight w adds w * grad_rows[b] to row s."""
+        """(d_sae, d) = Z_w^T @ grad_rows: entry (b, s) with weight w adds w * grad_rows[b] to row
+        s."""
         if self.nnz == 0:
             return grad_rows.new_zeros(n_latents, grad_rows.shape[1])
         self._bookkeeping()

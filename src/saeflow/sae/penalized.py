@@ -51,8 +51,10 @@ class PenalizedSAE(SAE):
             l0 = float(stats["l0"])
             err = min(1.0, max(-1.0, math.log((l0 + 0.5) / (self.target_l0 + 0.5))))
             if self.two_sided_penalty:
-                # The quadratic penalty pulls L0 towards the target from both sides, so its coefficient is how
-                # tightly L0 is held there: it grows while L0 is more than 5% off the target, either way, and
+                # The quadratic penalty pulls L0 towards the target from both sides, so its
+                # coefficient is how
+                # tightly L0 is held there: it grows while L0 is more than 5% off the target, either
+                # way, and
                 # never shrinks (shrinking it when L0 is low would weaken the pull back up).
                 err = max(0.0, abs(err) - 0.05)
             self.coef.mul_(math.exp(self.gain * err)).clamp_(1e-9, 1e3)
@@ -68,7 +70,8 @@ class PenalizedSAE(SAE):
 
 
 class ReluL1SAE(PenalizedSAE):
-    """z = ReLU(pre); loss = FVU + coef * mean_rows sum_i z_i ||W_dec,i|| (decoder rows are unit norm)."""
+    """z = ReLU(pre); loss = FVU + coef * mean_rows sum_i z_i ||W_dec,i|| (decoder rows are unit
+    norm)."""
 
     architecture = "relu_l1"
     saelens_architecture = "standard"
@@ -154,9 +157,10 @@ class JumpReLUSAE(PenalizedSAE):
 
     @torch.no_grad()
     def init_from_sample(self, x: torch.Tensor) -> None:
-        """With a target L0, start each threshold at the quantile where its latent fires on target/d_sae of
-        the sample, so training starts at the target L0 instead of ~d_sae/2 (the coefficient controller
-        then only has to hold it there, rather than drive L0 down by an order of magnitude and overshoot)."""
+        """With a target L0, start each threshold at the quantile where its latent fires on
+        target/d_sae of the sample, so training starts at the target L0 instead of ~d_sae/2 (the
+        coefficient controller then only has to hold it there, rather than drive L0 down by an order
+        of magnitude and overshoot)."""
         if not self.target_l0:
             return
         x = x[:4096]
@@ -176,11 +180,13 @@ class JumpReLUSAE(PenalizedSAE):
         b, eps = x.shape[0], self.bandwidth
         theta = self.threshold.detach()
         near = SparseCodes.from_mask((pre - theta).abs() < eps / 2, pre)
-        # reconstruction: sum over near entries of dL/dz * (-(theta/eps)); dL/dz from the sampled product
+        # reconstruction: sum over near entries of dL/dz * (-(theta/eps)); dL/dz from the sampled
+        # product
         g_z = near.sampled_dot(g, self.W_dec)
         g_theta = -near.latent_sum(g_z, self.d_sae) * theta / eps
         if self.target_l0:
-            # Gemma Scope 2's quadratic penalty around the target: coef * mean_rows 2/T (L0_row - T)^2.
+            # Gemma Scope 2's quadratic penalty around the target: coef * mean_rows 2/T (L0_row -
+            # T)^2.
             # Two-sided: rows below the target push their near-threshold latents' thresholds down.
             t = float(self.target_l0)
             row_l0 = torch.diff(codes.offsets, append=codes.offsets.new_tensor([codes.nnz])).to(

@@ -61,7 +61,8 @@ def evaluate(
     block: int = 16384,
     path: str = "activations",
 ) -> dict:
-    """Explained variance, L0, dead/dense latents and firing frequencies on the rows of ``rowset``."""
+    """Explained variance, L0, dead/dense latents and firing
+    frequencies on the rows of ``rowset``."""
     sae.eval()
     n = rowset.n
     if n == 0:
@@ -121,7 +122,8 @@ def _lr_lambda(steps: int, warm: int):
 
 
 def make_optimizer(params, lr: float, device: torch.device):
-    """Adam; the fused implementation when this torch has it for the device (it is ~4x cheaper on CPU)."""
+    """Adam; the fused implementation when this torch has it for the device (it is ~4x cheaper on
+    CPU)."""
     try:
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=True)
     except (
@@ -165,7 +167,8 @@ def fit(
     log_every: int | None = None,
     amp: bool | None = None,
 ) -> FitResult:
-    """The training loop. ``stream`` yields (scaled) batches; returns the SAE still in the scaled space."""
+    """The training loop. ``stream`` yields (scaled) batches; returns the SAE still in the scaled
+    space."""
     from tqdm.auto import tqdm
 
     sae.to(device)
@@ -253,7 +256,8 @@ def fit(
 
 
 def input_scale_and_init(sae, sample: torch.Tensor, recipe: dict) -> float:
-    """Scale so that E||x * s|| = sqrt(d); b_dec at the geometric median (or mean) of the scaled sample."""
+    """Scale so that E||x * s|| = sqrt(d); b_dec at the geometric median (or mean) of the scaled
+    sample."""
     d = sample.shape[1]
     scale = math.sqrt(d) / float(sample.norm(dim=1).mean().clamp_min(1e-8))
     init = recipe.get("b_dec_init", RECIPE_DEFAULTS["b_dec_init"])
@@ -277,7 +281,8 @@ def fit_array(
     device: str = "cpu",
     on_step=None,
 ) -> FitResult:
-    """Train on a plain (N, d) array (used by benchmarks). ``recipe["shuffle"]=False`` keeps row order."""
+    """Train on a plain (N, d) array (used by benchmarks). ``recipe["shuffle"]=False`` keeps row
+    order."""
     seed_everything(seed)
     dev = torch.device(device)
     recipe = dict(recipe, seed=seed)
@@ -324,11 +329,13 @@ def train_sae(
     checkpoint: str | os.PathLike | None = None,
     on_step=None,
 ) -> dict:
-    """Train, evaluate on the held-out rows and save (cfg.json, sae_weights.safetensors, metrics.json, log).
+    """Train, evaluate on the held-out rows and save (cfg.json, sae_weights.safetensors,
+    metrics.json, log).
 
-    ``train_ranges``/``test_ranges``: (n, 2) row ranges, one per sequence. A checkpoint file (default:
-    ``<out_dir>.ckpt``) is written every ``recipe["checkpoint_every"]`` steps and removed at the end.
-    ``threads``: torch threads, except that small SAEs train on one (:func:`step_threads`).
+    ``train_ranges``/``test_ranges``: (n, 2) row ranges, one per sequence. A checkpoint file
+    (default: ``<out_dir>.ckpt``) is written every ``recipe["checkpoint_every"]`` steps and removed
+    at the end. ``threads``: torch threads, except that small SAEs train on one
+    (:func:`step_threads`).
     """
     from saeflow.utils import torch_device
 
