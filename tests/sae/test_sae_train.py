@@ -107,7 +107,9 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path):
         recipe = dict(BASE, arch=arch, epochs=8, checkpoint_every=40, target_l0=3)
         script = tmp_path / f"run_{arch}.py"
         script.write_text(
-            RESUME.format(tests=os.path.dirname(__file__), acts=str(store.dir), recipe=recipe)
+            RESUME.format(
+                tests=os.path.dirname(os.path.dirname(__file__)), acts=str(store.dir), recipe=recipe
+            )
         )
 
         def run(out, kill, script=script):
