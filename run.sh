@@ -19,7 +19,7 @@ if [ "${1:-run}" = test ]; then EXTRAS=test,saelens; fi
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-run}" in
   install) ;;
-  test) shift; exec .venv/bin/python -m pytest -ra "$@" ;;
+  test) shift; exec .venv/bin/python -m pytest -ra --durations=30 "$@" ;;
   run) shift || true; exec .venv/bin/snakemake "$@" ;;
   *) echo "usage: bash run.sh [run|test|install] [args...]" >&2; exit 2 ;;
 esac
