@@ -1,7 +1,13 @@
-"""Column orders of the per-layer summary tables.
+"""Column orders of the per-layer summary tables, and the cross-layer tracking classes.
 
-Kept in a module with no heavy imports: the report rules (their env has no torch) read these.
+Kept in a module with no heavy imports: the report and atlas rules (their envs have no torch) read
+these.
 """
+
+#: Decoder-cosine classes of a feature's best match in the next layer
+#: (:func:`saeflow.sae.modules.track_features`, the atlas): a match at >= the first is
+#: "moderate", at >= the second "persistent".
+TRACK_THRESHOLDS = (0.7, 0.9)
 
 #: catalog/{sae}/summary.tsv
 CATALOG_SUMMARY_COLUMNS = [

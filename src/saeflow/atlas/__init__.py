@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from saeflow.columns import TRACK_THRESHOLDS
 from saeflow.decoder import WEIGHTS_FILE, decoder_rows
 from saeflow.utils import SaeflowError, atomic_path
 
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 #: features per feature-page shard
 CHUNK = 128
-#: decoder-cosine classes of a feature's best match in the next layer (as saeflow.sae.modules)
-THRESHOLDS = (0.7, 0.9)
 #: nearest features listed per neighbouring layer
 N_NEAR = 3
 #: per feature: rows kept of each list on its page
@@ -225,7 +224,7 @@ def nearest_features(decoders: dict[int, np.ndarray | None], k: int = N_NEAR) ->
 
 
 def _flow_class(cos: float) -> str:
-    lo, hi = THRESHOLDS
+    lo, hi = TRACK_THRESHOLDS
     return "persistent" if cos >= hi else "moderate" if cos >= lo else "transient"
 
 
@@ -588,7 +587,7 @@ def build_atlas(
             "kind": kind,
             "chunk": CHUNK,
             "histogram_edges": [_num(e) for e in _hist_edges()],
-            "thresholds": list(THRESHOLDS),
+            "thresholds": list(TRACK_THRESHOLDS),
             "saes": [],
         }
         run_evidence = _run_evidence(run) if evidence else []
@@ -742,7 +741,7 @@ def _build_sae(
 def _chains(chains_next: dict, labels: dict, n: int = 25) -> list[dict]:
     """The longest chains of persistent matches (cosine >=
     the high threshold) through the layers."""
-    hi = THRESHOLDS[1]
+    hi = TRACK_THRESHOLDS[1]
     starts = []
     layers = sorted(chains_next)
     linked = {

@@ -56,7 +56,7 @@ from saeflow.utils import SaeflowError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-# : Per-layer summary columns; one column per gene-set library goes between "Enrichments" and
+#: Per-layer summary columns; one column per gene-set library goes between "Enrichments" and
 # "Modules".
 CELL_SUMMARY_COLUMNS = [
     "layer",

@@ -146,7 +146,7 @@ class ScgptConfig:
 
 # --- state-dict keys -----------------------------------------------------------------------
 _LAYER = r"^transformer_encoder\.layers\.(\d+)\."
-# : (pattern, replacement) applied in order: every published spelling -> saeflow's (flash-attn
+#: (pattern, replacement) applied in order: every published spelling -> saeflow's (flash-attn
 # 1.x's).
 KEY_RULES = (
     (

@@ -18,14 +18,11 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from saeflow.columns import TRACK_THRESHOLDS
 from saeflow.decoder import decoder_rows
 from saeflow.utils import SaeflowError
 
 log = logging.getLogger(__name__)
-
-# : Thresholds of :func:`track_features`: a match at >= the first is "moderate", at >= the second
-# "persistent".
-TRACK_THRESHOLDS = (0.7, 0.9)
 
 
 # --- cross-layer tracking ----------------------------------------------------------------
