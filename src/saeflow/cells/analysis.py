@@ -534,21 +534,7 @@ def analyse_perturbations(
     reg = (
         pd.concat(regs, ignore_index=True)
         if regs
-        else pd.DataFrame(
-            columns=[
-                "tf",
-                "n_features",
-                "n_responding",
-                "n_annotated",
-                "overlap",
-                "expected",
-                "fold",
-                "p",
-                "p_exact",
-                "q",
-                "network",
-            ]
-        )
+        else pd.DataFrame(columns=[*cf.REGULATORY_COLUMNS, "network"])
     )
     if len(reg):
         # one family over every (network, TF) tested (NaN: untested)

@@ -1011,6 +1011,21 @@ def _gene_sets(obj, key: str, value: str, what: str) -> dict:
     return {k: set(map(str, v)) for k, v in dict(obj).items()}
 
 
+#: columns of :func:`regulatory_logic`'s table, in order
+REGULATORY_COLUMNS = [
+    "tf",
+    "n_features",
+    "n_responding",
+    "n_annotated",
+    "overlap",
+    "expected",
+    "fold",
+    "p",
+    "p_exact",
+    "q",
+]
+
+
 def regulatory_logic(
     response: pd.DataFrame,
     feature_genes,
@@ -1102,21 +1117,9 @@ def regulatory_logic(
                 p_exact=p_exact,
             )
         )
-    cols = [
-        "tf",
-        "n_features",
-        "n_responding",
-        "n_annotated",
-        "overlap",
-        "expected",
-        "fold",
-        "p",
-        "p_exact",
-        "q",
-    ]
-    out = pd.DataFrame(rows, columns=cols[:-1])
+    out = pd.DataFrame(rows, columns=REGULATORY_COLUMNS[:-1])
     out["q"] = bh(out.p.to_numpy(dtype=float)) if len(out) else np.zeros(0)
-    return out[cols]
+    return out[REGULATORY_COLUMNS]
 
 
 # --- per-layer summary ------------------------------------------------------------------------
