@@ -2,7 +2,7 @@
 
 Fast part (static, from the rule files, the scripts' and src/saeflow's ASTs and the project
 venv's metadata; see envcheck.py for how imports are followed through saeflow). Install part
-(marker ``envs``, about a minute per env): builds each env's pip pins in a fresh venv and
+(marker ``envs``, all envs built at once in ~3 min): builds each env's pip pins in a fresh venv and
 imports there every module its scripts reach.
 
 Conda itself is not used (CI has no conda channels): the env files keep conda to
@@ -255,13 +255,56 @@ def _run(cmd, what: str, **kw) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if p.returncode != 0:
         tail = "\n".join((p.stdout + "\n" + p.stderr).strip().splitlines()[-40:])
-        pytest.fail(f"{what} failed (exit {p.returncode}):\n$ {' '.join(map(str, cmd))}\n{tail}")
+        raise RuntimeError(
+            f"{what} failed (exit {p.returncode}):\n$ {' '.join(map(str, cmd))}\n{tail}"
+        )
     return p
+
+
+def _build(path: Path, root: Path) -> tuple[Path, float]:
+    """The env's pins in a fresh venv under ``root`` (as conda's pip step would); (python, seconds).
+
+    The project venv's pip drives the new venv (pip --python): the same pip whatever ensurepip
+    would bring, and no pip inside the env (conda's `pip` package plays that part). No bytecode
+    compiling: the import check compiles only what it imports."""
+    env = envcheck.load_env(path)
+    venv = root / "venv"
+    reqs = root / "requirements.txt"
+    root.mkdir(parents=True)
+    reqs.write_text("\n".join(env.pip) + "\n")
+    t0 = time.monotonic()
+    _run([_python311(), "-m", "venv", "--without-pip", str(venv)], "python -m venv")
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    _run(
+        [*pip, "install", "--no-input", "--no-compile", "-U", "-r", str(reqs)],
+        f"pip install of {_rel(path)}",
+    )
+    return venv / "bin" / "python", time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def built_envs(tmp_path_factory):
+    """Every env built at once, four at a time: pip's work is mostly downloads and unpacking, so
+    the builds overlap well (one after another they took ~9 min on 2 cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("envs")
+
+    def build(path):
+        try:
+            return _build(path, root / path.stem)
+        except Exception as e:  # reported by the env's own test
+            return e
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(ENV_FILES, pool.map(build, ENV_FILES)))
 
 
 @pytest.mark.envs
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
-def test_env_installs_and_imports_what_its_scripts_need(path, graph, tmp_path, record_property):
+def test_env_installs_and_imports_what_its_scripts_need(
+    path, graph, built_envs, tmp_path, record_property
+):
     """Build the env's pins in a fresh venv (as conda's pip step would), then import everything its
     scripts reach.
 
@@ -271,17 +314,11 @@ def test_env_installs_and_imports_what_its_scripts_need(path, graph, tmp_path, r
     needs = envcheck.needs_by_env(graph).get(path.resolve())
     if needs is None:
         pytest.skip("used by no rule (test_every_env_is_used_by_a_rule fails)")
-    venv = tmp_path / "venv"
-    py = venv / "bin" / "python"
-    reqs = tmp_path / "requirements.txt"
-    reqs.write_text("\n".join(env.pip) + "\n")
+    built = built_envs[path]
+    if isinstance(built, Exception):
+        pytest.fail(str(built))
+    py, seconds = built
     pip = [sys.executable, "-m", "pip", "--python", str(py)]
-    t0 = time.monotonic()
-    # The project venv's pip drives the new venv (pip --python): the same pip whatever
-    # ensurepip would bring, and no pip inside the env (conda's `pip` package plays that part).
-    _run([_python311(), "-m", "venv", "--without-pip", str(venv)], "python -m venv")
-    _run([*pip, "install", "--no-input", "-U", "-r", str(reqs)], f"pip install of {_rel(path)}")
-    seconds = time.monotonic() - t0
     record_property("install_seconds", round(seconds, 1))
     print(f"{_rel(path)}: built in {seconds:.0f} s")
 

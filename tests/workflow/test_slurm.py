@@ -7,10 +7,13 @@ fails the test instead of skipping it). The run uses the repository's own SLURM 
 only the account changed and one CPU per GPU (the test node has two CPUs): partitions ``cpu``
 and ``gpu``, ``--gpus=a100:1`` for the GPU rules, retries, memory per attempt, squeue status.
 
+The run is the test config's small toy LM (toy_esm_small: 2 blocks, 32 wide) on the sharded CTCF
+windows with one SAE recipe: every kind of job goes through sbatch, each about as cheap as it gets.
 Mid-run the toy-LM training job (a GPU job) is cancelled with scancel after its first
 checkpoint; the test checks that SLURM ran every job (job ids in the SLURM logs), that the
-cancelled job was submitted again and resumed from its checkpoint, and that the final outputs
-equal those of the local run of the same config.
+cancelled job was submitted again and resumed from its checkpoint, and that every output the
+local run of the test config also made (its comparison builds the small model's SAE, catalog,
+probes and head scan) is the same, bit for bit.
 
 The local run comes first, then the SLURM run (``local_run`` is requested before ``slurm_run``).
 Overlapping them was tried: on a 2-core machine two torch jobs with 2 threads each slow each other
@@ -78,13 +81,13 @@ def slurm_run(tmp_path_factory):
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     run = SimpleNamespace(wd=wd, proc=proc, log=log_path, cancelled=None)
-    ckpt = wd / "resources" / "models" / "toy_esm.ckpt"
+    ckpt = wd / "resources" / "models" / f"{MODEL}.ckpt"
     stop = threading.Event()
 
     def watch():
         while proc.poll() is None and not stop.is_set():
             if run.cancelled is None and ckpt.exists():
-                jobs = toy_esm_jobs(slurm_job_logs(wd))
+                jobs = toy_lm_jobs(slurm_job_logs(wd))
                 if len(jobs) == 1 and job_state(jobs[0].stem) == "RUNNING":
                     run.cancelled = jobs[0].stem
                     subprocess.run(["scancel", run.cancelled], check=True)
@@ -103,13 +106,17 @@ def slurm_run(tmp_path_factory):
         log.close()
 
 
+MODEL = "toy_esm_small"
+
+
 def slurm_config() -> dict:
-    """The test config cut to its sharded DNA run with one SAE recipe: every kind of job (toy LM
-    with its checkpoint, sharded extraction, SAE training, evaluation, catalog, the evidence rules
-    that run the model on a GPU) goes through sbatch, at about a third of the whole config's jobs
-    (each SLURM job pays for a fresh Snakemake; the whole config took ~18 min here)."""
+    """The test config cut to a sharded DNA run of its small toy LM with one SAE recipe: every kind
+    of job (toy LM with its checkpoint, sharded extraction, SAE training, evaluation, catalog, the
+    evidence rules that run the model on a GPU) goes through sbatch, at about a quarter of the
+    whole config's jobs (each SLURM job pays for a fresh Snakemake; the whole config took ~18 min
+    here, the big toy LM's DNA run ~14 min)."""
     cfg = load_test_config()
-    cfg["runs"] = [{"model": "toy_esm", "dataset": "ctcf_peaks", "saes": ["topk_x4_k16"]}]
+    cfg["runs"] = [{"model": MODEL, "dataset": "ctcf_peaks", "saes": ["topk_x4_k16"]}]
     cfg["comparisons"] = []  # the comparison rules are cheap localrules; the local run covers them
     return cfg
 
@@ -122,7 +129,8 @@ def ci_profile(wd: Path) -> Path:
     for rule in prof["set-resources"].values():
         rule["cpus_per_gpu"] = 1
     # same torch threads as the local run, so the outputs can be compared bit for bit
-    prof["set-threads"] = {rule: 2 for rule in prof.get("set-threads", {})}
+    threads = load_test_config()["threads"]
+    prof["set-threads"] = {rule: threads for rule in prof.get("set-threads", {})}
     prof["slurm-keep-successful-logs"] = (
         True  # the plugin deletes them by default; the test reads them
     )
@@ -135,10 +143,10 @@ def ci_profile(wd: Path) -> Path:
     return d
 
 
-def toy_esm_jobs(logs: dict[str, list[Path]]) -> list[Path]:
-    """The SLURM logs of toy_esm's training jobs (the plugin files them under the job's wildcards;
-    toy_esm_small, the comparison's second model, trains in its own job)."""
-    return [f for f in logs.get("train_toy_model", []) if f.parent.name == "toy_esm"]
+def toy_lm_jobs(logs: dict[str, list[Path]]) -> list[Path]:
+    """The SLURM logs of the toy LM's training jobs (the plugin files them under the job's
+    wildcards)."""
+    return [f for f in logs.get("train_toy_model", []) if f.parent.name == MODEL]
 
 
 def slurm_job_logs(wd: Path) -> dict[str, list[Path]]:
@@ -225,20 +233,25 @@ def test_test_config_through_slurm_with_a_cancelled_gpu_job(local_run, slurm_run
     for i in ids:
         assert re.search(rf"\b{i}\b", out), f"SLURM job {i} not in snakemake's output"
     # the cancelled GPU job was submitted again and resumed from its checkpoint
-    toy = sorted(toy_esm_jobs(logs), key=lambda f: int(f.stem))
+    toy = sorted(toy_lm_jobs(logs), key=lambda f: int(f.stem))
     assert len(toy) == 2 and toy[0].stem == cancelled, toy
-    rule_log = (wd / "logs" / "train_toy_model" / "toy_esm.log").read_text()
-    assert re.search(r"resumed from .*toy_esm\.ckpt at step \d+ of 1500", rule_log), rule_log[
+    rule_log = (wd / "logs" / "train_toy_model" / f"{MODEL}.log").read_text()
+    steps = load_test_config()["models"][MODEL]["toy"]["steps"]
+    assert re.search(rf"resumed from .*{MODEL}\.ckpt at step \d+ of {steps}", rule_log), rule_log[
         -3000:
     ]
-    assert not (wd / "resources" / "models" / "toy_esm.ckpt").exists()
+    assert not (wd / "resources" / "models" / f"{MODEL}.ckpt").exists()
     # localrules ran here, not through the queue
     assert "catalog_summary" not in logs and "eval_summary" not in logs
 
-    # the same results as the local run of the whole test config (a superset of this run's)
+    # the same results as the local run of the whole test config, wherever both made them (the
+    # local run builds of the small model what its comparison reads: SAE, catalog, probes, head
+    # scan; not patching, ablation or feature evidence)
     mine, theirs = comparable_files(wd), comparable_files(local_run)
-    assert set(mine) <= set(theirs), sorted(set(mine) - set(theirs))[:10]
-    assert any(f.suffix == ".safetensors" for f in mine)
-    assert any("evidence" in f.parts for f in mine)
-    for f in mine:
+    both = sorted(set(mine) & set(theirs))
+    assert any(f.suffix == ".safetensors" and "resources" in f.parts for f in both)  # the toy LM
+    assert any(f.suffix == ".safetensors" and "sae" in f.parts for f in both)
+    assert {"probes.tsv", "head_scan.tsv"} <= {f.name for f in both if "evidence" in f.parts}
+    assert any(f.parts[:2] == ("results", MODEL) and "activations" in f.parts for f in both)
+    for f in both:
         assert_same(wd / f, local_run / f)
