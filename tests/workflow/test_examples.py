@@ -1,4 +1,5 @@
-"""The example configs for real models and data plan cleanly (``snakemake -n --configfile``).
+"""The example configs plan cleanly (``snakemake -n --configfile``): real models and data, and
+the offline toy ones.
 
 Nothing is downloaded: the plan is made before any checkpoint or dataset exists, so each
 example must carry its layer count and every source in config. The job counts are what a user
@@ -14,6 +15,12 @@ from wfutil import REPO, copy_workflow, planned_jobs, smk
 
 EXAMPLES = {
     # name: (layers, runs x recipes, rules that must be planned)
+    # the toy genome and LM (offline): the four architectures on every layer
+    "toy_sae_architectures": (
+        4,
+        1 * 4,
+        {"build_toy_genome", "train_toy_model", "feature_catalog", "ground_truth_recovery"},
+    ),
     "dnabert2_ctcf": (
         12,
         5 * 3,
@@ -93,14 +100,19 @@ def test_every_example_is_tested():
 def test_example_config_plans(wd, name):
     layers, sae_runs, rules = EXAMPLES[name]
     cfg = yaml.safe_load((REPO / "config" / "examples" / f"{name}.yaml").read_text())
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    datasets = {**default["datasets"], **cfg.get("datasets", {})}  # merged over the default
     p = smk(wd, "-n", "--configfile", f"config/examples/{name}.yaml", timeout=300)
     jobs = planned_jobs(p)
     assert jobs["train_sae"] == layers * sae_runs, jobs
     assert jobs["evaluate_sae"] == layers * sae_runs
     assert rules <= set(jobs), rules - set(jobs)
-    # the toy run (and comparison) was replaced
-    assert "train_toy_model" not in jobs and "build_toy_genome" not in jobs
-    cells = any(d.get("kind") == "cells" for d in cfg["datasets"].values())
+    # the toy run (and comparison) was replaced, except in the toy examples
+    toy = name.startswith("toy_")
+    assert ("train_toy_model" in jobs) == toy and ("build_toy_genome" in jobs) == toy
+    if toy:
+        assert jobs["train_toy_model"] == 1  # toy_esm only: the comparison's small LM is not
+    cells = any(datasets[r["dataset"]].get("kind") == "cells" for r in cfg["runs"])
     names = [c["name"] for c in cfg.get("comparisons", [])]
     assert ("compare_quality" in jobs) == bool(names) and jobs.get("compare_quality", 0) == len(
         names
@@ -109,9 +121,8 @@ def test_example_config_plans(wd, name):
         assert ("compare_probes" in jobs) == bool(names)
     else:
         assert "compare_probes" not in jobs and "ov_audit" not in jobs  # DNA-only parts
-    cells = any(d.get("kind") == "cells" for d in cfg["datasets"].values())
     assert ("feature_catalog" in jobs) != cells  # cells: no base-level catalog
-    shards = sum(cfg["datasets"][r["dataset"]].get("shards", 1) for r in cfg["runs"])
+    shards = sum(datasets[r["dataset"]].get("shards", 1) for r in cfg["runs"])
     assert jobs["extract_activations"] == shards
 
 
