@@ -107,8 +107,13 @@ def test_example_config_plans(wd, name):
     assert jobs["train_sae"] == layers * sae_runs, jobs
     assert jobs["evaluate_sae"] == layers * sae_runs
     assert rules <= set(jobs), rules - set(jobs)
-    # the toy run (and comparison) was replaced, except in the toy examples
-    toy = name.startswith("toy_")
+    # the toy run (and comparison) was replaced, except in the examples of toy models
+    models = cfg.get("models", {})
+    toy = any(
+        (models.get(r["model"], {}).get("source") or default["models"][r["model"]]["source"])
+        == "toy"
+        for r in cfg["runs"]
+    )
     assert ("train_toy_model" in jobs) == toy and ("build_toy_genome" in jobs) == toy
     if toy:
         assert jobs["train_toy_model"] == 1  # toy_esm only: the comparison's small LM is not
@@ -121,6 +126,8 @@ def test_example_config_plans(wd, name):
         assert ("compare_probes" in jobs) == bool(names)
     else:
         assert "compare_probes" not in jobs and "ov_audit" not in jobs  # DNA-only parts
+    # the default's one thread per job is for its toy jobs, not the real models'
+    assert cfg.get("threads", 1) >= 2 or toy
     assert ("feature_catalog" in jobs) != cells  # cells: no base-level catalog
     shards = sum(datasets[r["dataset"]].get("shards", 1) for r in cfg["runs"])
     assert jobs["extract_activations"] == shards

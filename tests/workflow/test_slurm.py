@@ -39,6 +39,8 @@ from wfutil import REPO, copy_workflow, load_test_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
+MODEL = "toy_esm_small"  # the test config's small toy LM: the model of the SLURM run
+
 
 def slurm_is_up() -> bool:
     if not shutil.which("sinfo"):
@@ -104,9 +106,6 @@ def slurm_run(tmp_path_factory):
             proc.wait()
         watcher.join(timeout=10)
         log.close()
-
-
-MODEL = "toy_esm_small"
 
 
 def slurm_config() -> dict:
