@@ -117,21 +117,53 @@ def auroc(y, s) -> float:
     return float(auroc_rows(np.asarray(y), np.asarray(s, dtype=float))[0])
 
 
+def _tie_blocks(s: np.ndarray):
+    """Sort order of ``s``, each item's place in it and, per sorted place, the first and
+    one-past-last place of its tie block (None, None when no two values tie)."""
+    order = np.argsort(s, kind="stable")
+    where = np.empty_like(order)
+    where[order] = np.arange(order.size)
+    v = s[order]
+    new = np.r_[True, v[1:] != v[:-1]]
+    if new.all():
+        return order, where, None, None
+    first = np.flatnonzero(new)
+    block = np.cumsum(new) - 1
+    return order, where, first[block], np.r_[first[1:], v.size][block]
+
+
 def bootstrap_aurocs(y: np.ndarray, scores, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, len(scores)): AUROCs of each score on the same seeded item resamples.
 
-    A resample holding one class gives NaN (:func:`percentile_ci` skips it).
+    A resample holding one class gives NaN (:func:`percentile_ci` skips it). Each resample is a
+    vector of draw counts over the items in score order, so the scores are sorted once, not once
+    per resample: a drawn positive beats the drawn negatives below its tie block and half of those
+    inside it (the Mann-Whitney count of :func:`auroc_rows`, exactly: sums of integers and halves).
     """
-    y = np.asarray(y)
+    y = np.asarray(y).astype(bool)
     rng = np.random.default_rng(seed)
     n = y.size
+    blocks = [_tie_blocks(np.asarray(s, dtype=np.float64)) for s in scores]
     out = np.empty((n_boot, len(scores)))
     for start in range(0, n_boot, _CHUNK):
         k = min(_CHUNK, n_boot - start)
         idx = rng.integers(0, n, size=(k, n))
-        yb = y[idx]
-        for j, s in enumerate(scores):
-            out[start : start + k, j] = auroc_rows(yb, np.asarray(s)[idx])
+        rows = n * np.arange(k)[:, None]
+        neg = np.zeros((k, n + 1), dtype=np.int64)  # neg[:, i]: drawn negatives in the first i
+        for j, (order, where, first, end) in enumerate(blocks):
+            counts = np.bincount((where[idx] + rows).ravel(), minlength=k * n).reshape(k, n)
+            cp = counts * y[order]
+            np.cumsum(counts - cp, axis=1, out=neg[:, 1:])
+            if first is None:
+                u = (cp * (neg[:, :-1] + neg[:, 1:])).sum(axis=1) / 2
+            else:
+                u = (cp * (neg[:, first] + neg[:, end])).sum(axis=1) / 2
+            n1 = cp.sum(axis=1)
+            n0 = n - n1
+            with np.errstate(invalid="ignore", divide="ignore"):
+                auc = u / (n1 * n0)
+            auc[(n1 == 0) | (n0 == 0)] = np.nan
+            out[start : start + k, j] = auc
     return out
 
 

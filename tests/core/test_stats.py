@@ -6,6 +6,8 @@ import pytest
 from scipy.stats import false_discovery_control, mannwhitneyu
 
 from saeflow.stats import (
+    _CHUNK,
+    bootstrap_aurocs,
     as_binary_labels,
     auroc,
     auroc_rows,
@@ -57,6 +59,30 @@ def test_auroc_counts_ties_half_and_matches_mann_whitney_u():
     assert np.isnan(auroc(np.ones(6, int), s))
     with pytest.raises(SaeflowError, match="0/1"):
         as_binary_labels([0, 2, 1], "t")
+
+
+@pytest.mark.parametrize("n", [7, 40, 300])
+def test_bootstrap_aurocs_equal_the_auroc_of_each_resample(n):
+    """Each row is the AUROC of the resampled items, ties counting half, NaN for a resample of one
+    class, over more rounds than one chunk (the draws are rng.integers(0, n, (chunk, n)))."""
+    rng = np.random.default_rng(n)
+    y = rng.random(n) < 0.25
+    scores = [
+        np.round(rng.normal(size=n) + y, 1),
+        rng.integers(0, 3, n).astype(float),
+        rng.normal(size=n),
+    ]
+    n_boot = _CHUNK + 37
+    got = bootstrap_aurocs(y, scores, n_boot, seed=5)
+    draw = np.random.default_rng(5)
+    idx = np.vstack(
+        [draw.integers(0, n, size=(min(_CHUNK, n_boot - s), n)) for s in range(0, n_boot, _CHUNK)]
+    )
+    for j, s in enumerate(scores):
+        want = [auroc(y[i], s[i]) for i in idx]
+        np.testing.assert_array_equal(got[:, j], want)
+    if n == 7:
+        assert np.isnan(got).any()  # some resamples of 7 items hold one class
 
 
 def test_mann_whitney_chooses_the_method_per_column_and_skips_constant_ones():
