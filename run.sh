@@ -11,11 +11,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned: 2.13.0's CPU wheel is on the development machines' disk.
 .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
-# The tests also load saved SAEs in SAELens (from PyPI; heavy, so only for `test`).
-EXTRAS=test
-if [ "${1:-run}" = test ]; then EXTRAS=test,saelens; fi
+# What each command needs: the workflow alone (a SLURM cluster adds `pip install -e ".[slurm]"`);
+# the test tools (`install`); those and SAELens, which the tests load saved SAEs in (`test`).
+case "${1:-run}" in
+  test) EXTRAS="[test,saelens]" ;;
+  install) EXTRAS="[test]" ;;
+  *) EXTRAS="" ;;
+esac
 # Under the envs' pins (envs/constraints.txt): the venv the tests run is what the rules' conda envs hold.
-.venv/bin/pip install -q --disable-pip-version-check -c envs/constraints.txt -e ".[$EXTRAS]"
+.venv/bin/pip install -q --disable-pip-version-check -c envs/constraints.txt -e ".$EXTRAS"
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-run}" in
   install) ;;
