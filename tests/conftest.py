@@ -13,10 +13,11 @@ def pytest_collection_modifyitems(config, items):
     reason; the envs' static checks (pins, rule-to-env map, imports) always run."""
     if os.environ.get("SAEFLOW_TEST_ENVS") == "1" or "envs" in (config.getoption("-m") or ""):
         return
-    skip = pytest.mark.skip(reason="env builds run with SAEFLOW_TEST_ENVS=1 (CI sets it) or -m envs")
+    skip = pytest.mark.skip(reason="env builds: SAEFLOW_TEST_ENVS=1 (CI sets it) or -m envs")
     for item in items:
         if "envs" in item.keywords:
             item.add_marker(skip)
+
 
 TOY = dict(
     seed=3,

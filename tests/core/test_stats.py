@@ -7,11 +7,11 @@ from scipy.stats import false_discovery_control, mannwhitneyu
 
 from saeflow.stats import (
     _CHUNK,
-    bootstrap_aurocs,
     as_binary_labels,
     auroc,
     auroc_rows,
     bh,
+    bootstrap_aurocs,
     mann_whitney,
     percentile_ci,
     rank_biserial,
