@@ -21,7 +21,9 @@ import numpy as np
 
 from saeflow.utils import SaeflowError
 
-_CHUNK = 256
+#: resamples drawn per ``rng.integers(0, n, (BOOTSTRAP_CHUNK, n))`` call: part of the seeded
+#: draw sequence of :func:`bootstrap_aurocs` (and of its memory: chunk x items at a time)
+BOOTSTRAP_CHUNK = 256
 
 # --------------------------------------------------------------------------- multiple testing
 
@@ -119,14 +121,12 @@ def auroc(y, s) -> float:
 
 def _tie_blocks(s: np.ndarray):
     """Sort order of ``s``, each item's place in it and, per sorted place, the first and
-    one-past-last place of its tie block (None, None when no two values tie)."""
+    one-past-last place of its tie block."""
     order = np.argsort(s, kind="stable")
     where = np.empty_like(order)
     where[order] = np.arange(order.size)
     v = s[order]
     new = np.r_[True, v[1:] != v[:-1]]
-    if new.all():
-        return order, where, None, None
     first = np.flatnonzero(new)
     block = np.cumsum(new) - 1
     return order, where, first[block], np.r_[first[1:], v.size][block]
@@ -145,8 +145,8 @@ def bootstrap_aurocs(y: np.ndarray, scores, n_boot: int, seed: int) -> np.ndarra
     n = y.size
     blocks = [_tie_blocks(np.asarray(s, dtype=np.float64)) for s in scores]
     out = np.empty((n_boot, len(scores)))
-    for start in range(0, n_boot, _CHUNK):
-        k = min(_CHUNK, n_boot - start)
+    for start in range(0, n_boot, BOOTSTRAP_CHUNK):
+        k = min(BOOTSTRAP_CHUNK, n_boot - start)
         idx = rng.integers(0, n, size=(k, n))
         rows = n * np.arange(k)[:, None]
         neg = np.zeros((k, n + 1), dtype=np.int64)  # neg[:, i]: drawn negatives in the first i
@@ -154,10 +154,7 @@ def bootstrap_aurocs(y: np.ndarray, scores, n_boot: int, seed: int) -> np.ndarra
             counts = np.bincount((where[idx] + rows).ravel(), minlength=k * n).reshape(k, n)
             cp = counts * y[order]
             np.cumsum(counts - cp, axis=1, out=neg[:, 1:])
-            if first is None:
-                u = (cp * (neg[:, :-1] + neg[:, 1:])).sum(axis=1) / 2
-            else:
-                u = (cp * (neg[:, first] + neg[:, end])).sum(axis=1) / 2
+            u = (cp * (neg[:, first] + neg[:, end])).sum(axis=1) / 2
             n1 = cp.sum(axis=1)
             n0 = n - n1
             with np.errstate(invalid="ignore", divide="ignore"):

@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import false_discovery_control, mannwhitneyu
 
 from saeflow.stats import (
-    _CHUNK,
+    BOOTSTRAP_CHUNK,
     as_binary_labels,
     auroc,
     auroc_rows,
@@ -72,11 +72,14 @@ def test_bootstrap_aurocs_equal_the_auroc_of_each_resample(n):
         rng.integers(0, 3, n).astype(float),
         rng.normal(size=n),
     ]
-    n_boot = _CHUNK + 37
+    n_boot = BOOTSTRAP_CHUNK + 37
     got = bootstrap_aurocs(y, scores, n_boot, seed=5)
     draw = np.random.default_rng(5)
     idx = np.vstack(
-        [draw.integers(0, n, size=(min(_CHUNK, n_boot - s), n)) for s in range(0, n_boot, _CHUNK)]
+        [
+            draw.integers(0, n, size=(min(BOOTSTRAP_CHUNK, n_boot - s), n))
+            for s in range(0, n_boot, BOOTSTRAP_CHUNK)
+        ]
     )
     for j, s in enumerate(scores):
         want = [auroc(y[i], s[i]) for i in idx]
