@@ -363,3 +363,67 @@ def write_scgpt_checkpoint(d, state, args=SCGPT_ARGS, vocab=SCGPT_VOCAB):
     (d / "vocab.json").write_text(json.dumps(vocab))
     torch.save(state, d / "best_model.pt")
     return d
+
+
+# --- every family: the prefix reused by HookedAdapter.reusing_prefix -----------------------------
+def check_prefix_reuse(ad, make_batch):
+    """For a patch at each residual layer L: passes inside ``ad.reusing_prefix(L)`` give exactly
+    the outputs of full passes (top residual layer and logits); the blocks below L run once per
+    batch (their submodules are not called again on the same batch, and are on a new one); and a
+    capture or patch below L is refused. ``make_batch()`` tokenises the same inputs afresh."""
+    import pytest
+
+    from saeflow.models.base import Capture, Patch
+    from saeflow.utils import SaeflowError
+
+    N, blocks = ad.n_layers, ad.blocks()
+    calls = [0] * N
+
+    def count(i):
+        def f(mod, args):
+            calls[i] += 1
+
+        return f
+
+    hooks = [
+        m.register_forward_pre_hook(count(i))
+        for i, b in enumerate(blocks)
+        for m in list(b.modules())[1:]
+    ]
+    fns = [lambda h: 0.5 * h, torch.zeros_like, lambda h: h + 1.0]
+
+    def outputs(tb, patch=None):
+        r = ad.run(tb, Capture(resid=[N]), patch)
+        return [r.resid[N]] + ([] if r.logits is None else [r.logits])
+
+    try:
+        for L in range(N + 1):
+            tb = make_batch()
+            refs = [outputs(tb, Patch(resid={L: f})) for f in fns]
+            clean = outputs(tb)
+            with ad.reusing_prefix(L):
+                first = outputs(tb, Patch(resid={L: fns[1]}))  # records blocks 1..L, unpatched
+                before = list(calls)
+                got_clean = outputs(tb)
+                got = [outputs(tb, Patch(resid={L: f})) for f in fns]
+                assert calls[:L] == before[:L], f"layer {L}: blocks below it ran again"
+                assert all(calls[i] > before[i] for i in range(L, N)), f"layer {L}"
+                fresh = outputs(make_batch(), Patch(resid={L: fns[0]}))  # a new batch: recorded
+                assert all(calls[i] > before[i] for i in range(N)) or L == 0
+                if L:
+                    with pytest.raises(SaeflowError, match="reused prefix"):
+                        ad.run(tb, Capture(resid=[L - 1]))
+                    with pytest.raises(SaeflowError, match="reused prefix"):
+                        ad.run(tb, patch=Patch(heads={(L, 0): torch.zeros_like}))
+            for a, b in zip(
+                first + got_clean + [t for o in got for t in o] + fresh,
+                refs[1] + clean + [t for o in refs for t in o] + refs[0],
+            ):
+                assert torch.equal(a, b), f"layer {L}"
+        # outside the context every block runs again
+        before = list(calls)
+        outputs(make_batch())
+        assert all(c > b for c, b in zip(calls, before))
+    finally:
+        for h in hooks:
+            h.remove()

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from tinymodels import gene, make_dnabert_dir, make_geneformer_dir, make_nt_dir, nt_config
+from tinymodels import (
+    check_prefix_reuse,
+    gene,
+    make_dnabert_dir,
+    make_geneformer_dir,
+    make_nt_dir,
+    nt_config,
+)
 
 from saeflow.models import FAMILIES, detect_family, load_model, load_vocab
 from saeflow.models import registry as reg
@@ -116,6 +123,16 @@ def test_hooks_captures_and_patches(adapters, name):
     torch.testing.assert_close(r.logits, ref.logits, atol=1e-4, rtol=1e-4)
     w = ad.head_weights(1)
     assert w["W_Q"].shape == (H, 16, dh) and w["W_O"].shape == (H, dh, 16)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reused_prefix_gives_the_full_passes_outputs(adapters, name):
+    check_prefix_reuse(adapters[name], lambda: batch_for(name, adapters[name]))
+
+
+def test_reused_prefix_of_the_toy_lm(tiny_model_dir):
+    ad = load_model(tiny_model_dir)
+    check_prefix_reuse(ad, lambda: ad.tokenize(SEQS))
 
 
 # --- DNABERT --------------------------------------------------------------------------------------

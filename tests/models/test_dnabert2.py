@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tinymodels import DNABERT2_LAYERS as N_LAYERS
+from tinymodels import check_prefix_reuse
 from tinymodels import write_dnabert2_checkpoint as write_checkpoint
 
 from saeflow.models.base import Capture, Patch
@@ -261,6 +262,10 @@ def test_patching_a_layer_or_head_with_itself_changes_nothing_and_zeroing_a_head
     assert not torch.allclose(zeroed.logits, clean.logits)
     assert (zeroed.head_out[1][:, :, 0] == 0).all()
     assert torch.equal(zeroed.head_out[1][:, :, 1:], clean.head_out[1][:, :, 1:])
+
+
+def test_reused_prefix_gives_the_full_passes_outputs(ad):
+    check_prefix_reuse(ad, lambda: ad.tokenize(SEQS))
 
 
 def test_offsets_map_every_bpe_token_to_its_bases(ad):

@@ -21,6 +21,7 @@ from tinymodels import SCGPT_GENES as GENES
 from tinymodels import SCGPT_H as H
 from tinymodels import SCGPT_L as L
 from tinymodels import SCGPT_VOCAB as VOCAB
+from tinymodels import check_prefix_reuse
 from tinymodels import scgpt_reference_model as reference_model
 from tinymodels import scgpt_to_layout as to_layout
 from tinymodels import write_scgpt_checkpoint as write_checkpoint
@@ -225,6 +226,10 @@ def test_identity_patches_change_nothing_and_zeroing_a_head_does(adapter):
     assert (adapter.run(tb, patch=Patch(resid={0: torch.zeros_like})).logits - clean.logits)[
         real
     ].abs().max() > 1e-4
+
+
+def test_reused_prefix_gives_the_full_passes_outputs(adapter):
+    check_prefix_reuse(adapter, lambda: adapter.tokenize(make_cells()))
 
 
 def test_attention_probabilities_and_head_sites(adapter):

@@ -814,42 +814,46 @@ def feature_ablation(
     s_in, n_in = np.zeros(len(feats)), np.zeros(len(feats))
     sae = sae.to(adapter.device).eval()
     seqs = list(sequences)
-    for sl in tqdm(
-        list(_batches(len(seqs), batch_size)), desc=f"ablation layer {layer}", mininterval=5
-    ):
-        tb = adapter.tokenize(seqs[sl])
-        g = ~tb.special
-        if mask_prob:
-            from dataclasses import replace
+    # the ablated passes of a batch share its clean pass's blocks below the layer
+    with adapter.reusing_prefix(layer):
+        for sl in tqdm(
+            list(_batches(len(seqs), batch_size)), desc=f"ablation layer {layer}", mininterval=5
+        ):
+            tb = adapter.tokenize(seqs[sl])
+            g = ~tb.special
+            if mask_prob:
+                from dataclasses import replace
 
-            from saeflow.sae.evaluation import mask_positions
+                from saeflow.sae.evaluation import mask_positions
 
-            masked = mask_positions(tb.special, mask_prob, seed, range(sl.start, sl.stop))
-            tb = replace(
-                tb,
-                input_ids=tb.input_ids.masked_fill(
-                    torch.from_numpy(masked), adapter.tokenizer.mask_token_id
-                ),
-            )
-            g = masked
-        g = torch.from_numpy(g).to(adapter.device)
-        with torch.inference_mode():
-            rc = adapter.run(tb, Capture(resid=[layer]))
-            logp = Fn.log_softmax(rc.logits.float(), -1)
-            x = rc.resid[layer]
-            z = sae.encode(x.reshape(-1, x.shape[-1]).to(sae.W_dec.dtype)).reshape(*x.shape[:2], -1)
-            for f in feats:
-                r = adapter.run(
-                    tb, None, Patch(resid={layer: lambda t, f=f: ablate(sae, t, f).to(t.dtype)})
+                masked = mask_positions(tb.special, mask_prob, seed, range(sl.start, sl.stop))
+                tb = replace(
+                    tb,
+                    input_ids=tb.input_ids.masked_fill(
+                        torch.from_numpy(masked), adapter.tokenizer.mask_token_id
+                    ),
                 )
-                kl = (logp.exp() * (logp - Fn.log_softmax(r.logits.float(), -1))).sum(-1)
-                act = (z[..., f] > 0) & g
-                ina = ~(z[..., f] > 0) & g
-                i = fi[f]
-                s_act[i] += float(kl[act].sum())
-                n_act[i] += int(act.sum())
-                s_in[i] += float(kl[ina].sum())
-                n_in[i] += int(ina.sum())
+                g = masked
+            g = torch.from_numpy(g).to(adapter.device)
+            with torch.inference_mode():
+                rc = adapter.run(tb, Capture(resid=[layer]))
+                logp = Fn.log_softmax(rc.logits.float(), -1)
+                x = rc.resid[layer]
+                z = sae.encode(x.reshape(-1, x.shape[-1]).to(sae.W_dec.dtype)).reshape(
+                    *x.shape[:2], -1
+                )
+                for f in feats:
+                    r = adapter.run(
+                        tb, None, Patch(resid={layer: lambda t, f=f: ablate(sae, t, f).to(t.dtype)})
+                    )
+                    kl = (logp.exp() * (logp - Fn.log_softmax(r.logits.float(), -1))).sum(-1)
+                    act = (z[..., f] > 0) & g
+                    ina = ~(z[..., f] > 0) & g
+                    i = fi[f]
+                    s_act[i] += float(kl[act].sum())
+                    n_act[i] += int(act.sum())
+                    s_in[i] += float(kl[ina].sum())
+                    n_in[i] += int(ina.sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         e_act = np.where(n_act > 0, s_act / n_act, np.nan)
         e_in = np.where(n_in > 0, s_in / n_in, np.nan)

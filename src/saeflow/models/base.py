@@ -30,6 +30,7 @@ Weights for QK / OV circuits: :meth:`ModelAdapter.head_weights` returns per-head
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -242,6 +243,8 @@ class HookedAdapter(ModelAdapter):
     model (Hugging Face keyword arguments: ``output_attentions``).
     """
 
+    _prefix: _Prefix | None = None  # set inside reusing_prefix
+
     def blocks(self) -> list:
         raise NotImplementedError
 
@@ -261,6 +264,56 @@ class HookedAdapter(ModelAdapter):
             **kw,
         )
 
+    @contextlib.contextmanager
+    def reusing_prefix(self, layer: int):
+        """Within this context, runs on one batch compute the blocks below residual layer
+        ``layer`` once.
+
+        The first run on a batch records what each of blocks 1..``layer`` returns; later runs on
+        the same batch object get those outputs back without computing them, so a patch at
+        ``layer`` costs only the blocks above it (ablating feature after feature, splicing in an
+        SAE). The results are the same tensors a full pass computes. Nothing below ``layer`` may
+        be captured or patched inside the context (a :class:`SaeflowError` says so)."""
+        self._check_layer(layer, 0)
+        if self._prefix is not None:
+            raise RuntimeError("reusing_prefix contexts do not nest")
+        self._prefix = _Prefix(layer)
+        try:
+            yield
+        finally:
+            self._prefix = None
+
+    def _prefix_hooks(self, batch: TokenBatch, capture: Capture, patch: Patch) -> list:
+        """Inside :meth:`reusing_prefix`: record (new batch) or replay (same batch) the outputs of
+        the blocks below the prefix layer; returns what to undo after the pass."""
+        pre = self._prefix
+        below = [lyr for lyr in set(capture.resid) | set(patch.resid) if lyr < pre.layer]
+        inner = set(capture.attn) | set(capture.qkv) | set(capture.head_out) | set(capture.mlp)
+        below += [lyr for lyr in inner | {lh[0] for lh in patch.heads} if lyr <= pre.layer]
+        if below:
+            from saeflow.utils import SaeflowError
+
+            raise SaeflowError(
+                f"layers {sorted(set(below))} lie in the reused prefix (blocks 1..{pre.layer})"
+            )
+        blocks = self.blocks()[: pre.layer]
+        if batch is not pre.batch:
+            pre.batch, pre.outputs = batch, {}
+
+            def keep(i):
+                def f(mod, args, out):
+                    pre.outputs[i] = _shallow(out)
+
+                return f
+
+            # prepend: what the block itself returned, before any patch hook on its output
+            return [b.register_forward_hook(keep(i), prepend=True) for i, b in enumerate(blocks)]
+        undo = []
+        for i, b in enumerate(blocks):
+            b.forward = lambda *a, _out=pre.outputs[i], **k: _shallow(_out)
+            undo.append(_Unpatch(b))
+        return undo
+
     def _check_layer(self, layer: int, lo: int = 0) -> None:
         from saeflow.utils import SaeflowError
 
@@ -277,8 +330,6 @@ class HookedAdapter(ModelAdapter):
         patch: Patch | None = None,
         logits: bool = True,
     ) -> RunResult:
-        import contextlib
-
         import torch
 
         capture, patch = capture or Capture(), patch or Patch()
@@ -297,6 +348,8 @@ class HookedAdapter(ModelAdapter):
 
         want_attn_output = False
         try:
+            if self._prefix is not None:
+                handles += self._prefix_hooks(batch, capture, patch)
             for layer in sorted(set(capture.resid) | set(patch.resid)):
                 self._check_layer(layer, 0)
                 rep, rec = patch.resid.get(layer), layer in capture.resid
@@ -374,10 +427,37 @@ class HookedAdapter(ModelAdapter):
         return res
 
 
+@dataclass
+class _Prefix:
+    """The state of :meth:`HookedAdapter.reusing_prefix`: the layer, the batch last run and what
+    each block below the layer returned on it."""
+
+    layer: int
+    batch: Any = None
+    outputs: dict = field(default_factory=dict)
+
+
+class _Unpatch:
+    """Undoes a replayed block (its instance ``forward``); has ``remove`` like a hook handle."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def remove(self):
+        del self.module.forward
+
+
+def _shallow(out):
+    """A block's output as a hook may receive it: tensors and tuples as they are, a mapping (a
+    ModelOutput, which a hook may change in place) copied."""
+    import copy
+
+    return out if isinstance(out, tuple) or hasattr(out, "dim") else copy.copy(out)
+
+
 def _eager_attention(model):
     """Context: Hugging Face eager attention (the only kind that returns probabilities) for one
     pass."""
-    import contextlib
 
     @contextlib.contextmanager
     def ctx():
