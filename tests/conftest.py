@@ -8,9 +8,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The env builds (marker ``envs``: nine fresh venvs, ~4 min) run where they are asked for:
+    """Two things about the collected tests.
+
+    Workers (pytest-xdist, ``bash run.sh test`` runs ``-n auto --dist loadgroup``): every test is
+    in the group of its module, so a module's fixtures are built once, except those that read the
+    whole-DAG run of the test config (fixture ``local_run``, ~10 min), which share one group
+    wherever they live, so that run is made once. Without ``-n`` the marks do nothing.
+
+    The env builds (marker ``envs``: nine fresh venvs, ~4 min) run where they are asked for:
     SAEFLOW_TEST_ENVS=1 (CI's .ci/run sets it) or ``-m envs``. Elsewhere they are skipped with that
     reason; the envs' static checks (pins, rule-to-env map, imports) always run."""
+    for item in items:
+        group = "whole_dag" if "local_run" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get("SAEFLOW_TEST_ENVS") == "1" or "envs" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="env builds: SAEFLOW_TEST_ENVS=1 (CI sets it) or -m envs")

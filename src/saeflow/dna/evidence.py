@@ -824,7 +824,7 @@ def feature_ablation(
             if mask_prob:
                 from dataclasses import replace
 
-                from saeflow.sae.evaluation import mask_positions
+                from saeflow.models.base import mask_positions
 
                 masked = mask_positions(tb.special, mask_prob, seed, range(sl.start, sl.stop))
                 tb = replace(

@@ -31,7 +31,7 @@ Weights for QK / OV circuits: :meth:`ModelAdapter.head_weights` returns per-head
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -144,6 +144,48 @@ class ModelAdapter:
     def hidden_states(self, batch: TokenBatch, layers: list[int]) -> dict:
         """Residual layers only: {layer: (B, T, d) tensor} (the extraction rule's call)."""
         return self.run(batch, Capture(resid=list(layers)), logits=False).resid
+
+
+def mask_positions(
+    special: np.ndarray, mask_prob: float, seed: int, seq_ids: Sequence[int]
+) -> np.ndarray:
+    """(B, T) bool: ``max(1, round(mask_prob * n))`` of each row's ``n`` non-special positions.
+
+    Row b's positions come from ``default_rng([seed, seq_ids[b]])``: independent of batching.
+    """
+    if not 0 < mask_prob < 1:
+        from saeflow.utils import SaeflowError
+
+        raise SaeflowError(f"mask_prob must lie in (0, 1), got {mask_prob}")
+    out = np.zeros(special.shape, dtype=bool)
+    for b, sid in enumerate(seq_ids):
+        genuine = np.flatnonzero(~special[b])
+        if len(genuine) == 0:
+            continue
+        k = max(1, int(round(mask_prob * len(genuine))))
+        rng = np.random.default_rng([int(seed), int(sid)])
+        out[b, rng.choice(genuine, size=k, replace=False)] = True
+    return out
+
+
+def _replace_at(positions, fn: Callable):
+    """A replacement: rows of ``h`` at ``positions`` (B, T bool) become ``fn(rows)`` (float32 in,
+    cast back), the rest stay clean."""
+
+    def f(h):
+        out = h.clone()
+        out[positions] = fn(h[positions].float()).to(h.dtype)
+        return out
+
+    return f
+
+
+def _masked_ce_sum(logits, labels, masked) -> float:
+    import torch
+
+    return float(
+        torch.nn.functional.cross_entropy(logits[masked].float(), labels[masked], reduction="sum")
+    )
 
 
 # --- hook sites -------------------------------------------------------------------------
@@ -313,6 +355,68 @@ class HookedAdapter(ModelAdapter):
             b.forward = lambda *a, _out=pre.outputs[i], **k: _shallow(_out)
             undo.append(_Unpatch(b))
         return undo
+
+    def site_name(self, site: Site) -> str:
+        """``site`` in words: input/output of the module's dotted name in the model."""
+        name = next((n for n, m in self.model.named_modules() if m is site.module), None)
+        where = name or type(site.module).__name__
+        return f"{site.kind} of {where}" + ("" if site.index is None else f"[{site.index}]")
+
+    def masked_lm_losses(
+        self,
+        sequences,
+        layer: int,
+        replacements: dict[str, Callable],
+        *,
+        mask_prob: float = 0.15,
+        seed: int = 0,
+        batch_size: int = 16,
+        max_length: int | None = None,
+    ) -> dict:
+        """Masked-LM cross-entropy summed over masked tokens: ``clean``, and for each name of
+        ``replacements`` with residual layer ``layer`` replaced, at the genuine (non-special)
+        positions only, by that function of the (n, d) float32 rows. Masks: :func:`mask_positions`,
+        every masked token replaced by the mask token, sequence i seeded by ``(seed, i)``. The
+        replaced passes of a batch reuse its clean pass's blocks below the layer
+        (:meth:`reusing_prefix`). Returns {"clean": nats, name: nats, ..., "n_masked": count}."""
+        from dataclasses import replace
+
+        import torch
+        from tqdm.auto import tqdm
+
+        from saeflow.utils import SaeflowError
+
+        mask_id = self.tokenizer.mask_token_id
+        if mask_id is None:
+            raise SaeflowError(
+                f"{self.family or type(self.model).__name__}: the tokenizer has no mask token; "
+                "masked-LM loss is undefined"
+            )
+        sequences = list(sequences)
+        if not sequences:
+            raise SaeflowError("no sequences to evaluate the masked-LM loss on")
+        sums = dict.fromkeys(["clean", *replacements], 0.0)
+        n_masked = 0
+        with self.reusing_prefix(layer):
+            for i in tqdm(
+                range(0, len(sequences), batch_size), desc=f"LM loss layer {layer}", mininterval=5
+            ):
+                tb = self.tokenize(sequences[i : i + batch_size], max_length=max_length)
+                masked_np = mask_positions(
+                    tb.special, mask_prob, seed, range(i, i + len(tb.special))
+                )
+                masked = torch.from_numpy(masked_np).to(self.device)
+                labels = tb.input_ids.to(self.device)
+                genuine = torch.from_numpy(~tb.special).to(self.device)
+                tb = replace(
+                    tb, input_ids=tb.input_ids.masked_fill(torch.from_numpy(masked_np), mask_id)
+                )
+                sums["clean"] += _masked_ce_sum(self.run(tb).logits, labels, masked)
+                for name, fn in replacements.items():
+                    out = self.run(tb, patch=Patch(resid={layer: _replace_at(genuine, fn)}))
+                    sums[name] += _masked_ce_sum(out.logits, labels, masked)
+                n_masked += int(masked_np.sum())
+        return {**sums, "n_masked": n_masked}
 
     def _check_layer(self, layer: int, lo: int = 0) -> None:
         from saeflow.utils import SaeflowError

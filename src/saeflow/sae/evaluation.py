@@ -30,14 +30,13 @@ Decisions (and why):
   positions is drawn from ``numpy.random.default_rng([seed, i])`` for the i-th sequence, so the mask
   depends only on ``(seed, i, sequence)``: not on the batch size, the device or the batch order.
 * **Where the SAE goes.** The replaced tensor is exactly what ``hidden_states[L]`` of the Hugging
-  Face model reports, the tensor the activations were extracted from: L = 0 is the input of the
-  first block, 0 < L < N the output of block L − 1, and L = N whatever the model reports last. For
-  ESM (``EsmForMaskedLM``, transformers ≥ 5) ``hidden_states[N]`` is the *final layer norm's* output
-  (``encoder.emb_layer_norm_after``; transformers ties the last hidden state to
-  ``last_hidden_state``), not the output of the last block, so at L = N the substitution happens on
-  the base model's output, after that layer norm and right before the LM head. The site is not
-  assumed: :func:`locate_layer` tries the candidates on the first batch and keeps the one whose
-  tensor equals ``hidden_states[L]`` bit for bit, or fails with an error that says so.
+  Face model reports, the tensor the activations were extracted from: the adapter's residual site
+  for L (``resid_site``; each family's tests check it against ``hidden_states`` bit for bit).
+  L = 0 is the input of the first block, 0 < L < N the output of block L, and L = N whatever the
+  model reports last: for ESM (``EsmForMaskedLM``, transformers >= 5) the *final layer norm's*
+  output (``encoder.emb_layer_norm_after``), right before the LM head. The JSON names the site.
+  The passes are the adapter's (``masked_lm_losses``): the zero and SAE passes of a batch reuse
+  its clean pass's blocks below L.
 * **Which positions.** The SAE was trained on activations of non-special tokens only, so the
   substitution (SAE and zero ablation alike) touches only genuine token positions, masked ones
   included: they are genuine positions of the sequence (their input token is ``[MASK]``, so their
@@ -51,7 +50,6 @@ torch is imported inside the functions that need it; the report rules take the c
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -142,169 +140,6 @@ def frequency_histogram(freq: np.ndarray, n_tokens: int, step: float = 0.1) -> d
 # --- masked-LM loss with a layer substituted -------------------------------------------
 
 
-def mask_positions(
-    special: np.ndarray, mask_prob: float, seed: int, seq_ids: Sequence[int]
-) -> np.ndarray:
-    """(B, T) bool: ``max(1, round(mask_prob * n))`` of each row's ``n`` non-special positions.
-
-    Row b's positions come from ``default_rng([seed, seq_ids[b]])``: independent of batching.
-    """
-    if not 0 < mask_prob < 1:
-        raise SaeflowError(f"mask_prob must lie in (0, 1), got {mask_prob}")
-    out = np.zeros(special.shape, dtype=bool)
-    for b, sid in enumerate(seq_ids):
-        genuine = np.flatnonzero(~special[b])
-        if len(genuine) == 0:
-            continue
-        k = max(1, int(round(mask_prob * len(genuine))))
-        rng = np.random.default_rng([int(seed), int(sid)])
-        out[b, rng.choice(genuine, size=k, replace=False)] = True
-    return out
-
-
-def _blocks(model) -> list:
-    """The transformer blocks whose outputs are ``hidden_states[1..N]``, in order."""
-    import torch
-
-    n = int(model.config.num_hidden_layers)
-    spec = (getattr(type(model), "_can_record_outputs", None) or {}).get("hidden_states")
-    target = getattr(spec, "target_class", spec)
-    if isinstance(target, type):
-        found = [m for m in model.modules() if isinstance(m, target)]
-        if len(found) == n:
-            return found
-    for _, mod in model.base_model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
-            return list(mod)
-    raise SaeflowError(
-        f"{type(model).__name__}: cannot find its {n} transformer blocks (no ModuleList of that "
-        "length)"
-    )
-
-
-class _Site:
-    """One place in the forward pass: the input of a module
-    (``input``) or its output (``output``)."""
-
-    def __init__(self, module, kind: str, label: str):
-        self.module, self.kind, self.label = module, kind, label
-
-    @contextlib.contextmanager
-    def hook(self, fn: Callable[[torch.Tensor], torch.Tensor | None]):
-        """While active, ``fn(h)`` sees this site's (B, T, d) tensor; a tensor it returns replaces
-        ``h``."""
-        import torch
-
-        def swap(h):
-            new = fn(h)
-            return h if new is None else new
-
-        if self.kind == "input":
-
-            def pre(mod, args, kwargs):
-                if args:
-                    return (swap(args[0]), *args[1:]), kwargs
-                return args, dict(kwargs, hidden_states=swap(kwargs["hidden_states"]))
-
-            handle = self.module.register_forward_pre_hook(pre, with_kwargs=True)
-        else:
-
-            def post(mod, args, out):
-                if isinstance(out, torch.Tensor):
-                    return swap(out)
-                if isinstance(out, tuple):
-                    return (swap(out[0]), *out[1:])
-                key = next(iter(out.keys()))  # a ModelOutput: last_hidden_state comes first
-                out[key] = swap(out[key])
-                return out
-
-            handle = self.module.register_forward_hook(post)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-
-def _candidate_sites(model, layer: int) -> list[_Site]:
-    n = int(model.config.num_hidden_layers)
-    if not 0 <= layer <= n:
-        raise SaeflowError(
-            f"layer {layer} out of range: {type(model).__name__} has hidden states 0..{n}"
-        )
-    blocks = _blocks(model)
-    if layer == 0:
-        return [_Site(blocks[0], "input", "input of block 0 (embeddings)")]
-    sites = []
-    if layer == n and model.base_model is not model:
-        sites.append(
-            _Site(
-                model.base_model,
-                "output",
-                f"{type(model.base_model).__name__} output (last_hidden_state)",
-            )
-        )
-    sites.append(_Site(blocks[layer - 1], "output", f"output of block {layer - 1}"))
-    return sites
-
-
-def _forward(model, ids, attention_mask, **kw):
-    return model(input_ids=ids, attention_mask=attention_mask, **kw)
-
-
-def locate_layer(model, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Site:
-    """The site whose tensor is exactly
-    ``hidden_states[layer]``, checked on one real forward
-    pass."""
-    import torch
-
-    sites = _candidate_sites(model, layer)
-    seen: dict[int, torch.Tensor] = {}
-
-    def record(i):
-        def f(h):
-            # returns None: the forward pass is left unchanged
-            seen.setdefault(i, h.detach().clone())
-
-        return f
-
-    with contextlib.ExitStack() as stack:
-        for i, s in enumerate(sites):
-            stack.enter_context(s.hook(record(i)))
-        with torch.inference_mode():
-            ref = _forward(
-                model, input_ids, attention_mask, output_hidden_states=True
-            ).hidden_states[layer]
-    for i, s in enumerate(sites):
-        if i in seen and seen[i].shape == ref.shape and torch.equal(seen[i], ref):
-            log.info("layer %d = %s", layer, s.label)
-            return s
-    raise SaeflowError(
-        f"{type(model).__name__}: none of {[s.label for s in sites]} reproduces "
-        f"hidden_states[{layer}]; "
-        "the SAE cannot be substituted at the place its activations came from"
-    )
-
-
-def _replace_at(positions: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]):
-    """A hook function: rows of ``h`` at ``positions`` (B, T bool) become ``fn(rows)``, the rest
-    stay clean."""
-
-    def f(h: torch.Tensor) -> torch.Tensor:
-        out = h.clone()
-        out[positions] = fn(h[positions].float()).to(h.dtype)
-        return out
-
-    return f
-
-
-def _masked_ce_sum(logits: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor) -> float:
-    import torch
-
-    return float(
-        torch.nn.functional.cross_entropy(logits[masked].float(), labels[masked], reduction="sum")
-    )
-
-
 def lm_loss_recovered(
     adapter,
     sae: Callable[[torch.Tensor], torch.Tensor],
@@ -320,47 +155,25 @@ def lm_loss_recovered(
 
     ``sae`` is any callable mapping (n, d) float32 activations to (n, d) (an SAE module's
     ``forward``); it is applied at the genuine (non-special) positions of ``hidden_states[layer]``
-    only. Returns ``loss_clean``, ``loss_zero``, ``loss_sae`` (mean nats per masked token),
-    ``loss_recovered`` (NaN when L_zero == L_clean), ``n_masked_tokens``, ``n_sequences`` and the
-    hook ``site``."""
+    only, by the adapter's ``masked_lm_losses`` (its residual site for the layer; the blocks below
+    the layer run once per batch). Returns ``loss_clean``, ``loss_zero``, ``loss_sae`` (mean nats
+    per masked token), ``loss_recovered`` (NaN when L_zero == L_clean), ``n_masked_tokens``,
+    ``n_sequences`` and the hook ``site``."""
     import torch
-    from tqdm.auto import tqdm
 
-    model, dev = adapter.model.eval(), adapter.device
-    mask_id = adapter.tokenizer.mask_token_id
-    if mask_id is None:
-        raise SaeflowError(
-            f"{type(model).__name__}: the tokenizer has no mask token; masked-LM loss is undefined"
-        )
     if isinstance(sae, torch.nn.Module):
-        sae = sae.to(dev).eval()
-    sequences = list(sequences)
-    if not sequences:
-        raise SaeflowError("no sequences to evaluate the masked-LM loss on")
-    sums = {"clean": 0.0, "zero": 0.0, "sae": 0.0}
-    n_masked = 0
-    site = None
-    for i in tqdm(
-        range(0, len(sequences), batch_size), desc=f"LM loss layer {layer}", mininterval=5
-    ):
-        tb = adapter.tokenize(sequences[i : i + batch_size], max_length=max_length)
-        masked_np = mask_positions(tb.special, mask_prob, seed, range(i, i + len(tb.special)))
-        genuine = torch.from_numpy(~tb.special).to(dev)
-        masked = torch.from_numpy(masked_np).to(dev)
-        labels = tb.input_ids.to(dev)
-        ids = labels.masked_fill(masked, mask_id)
-        am = tb.attention_mask.to(dev)
-        if site is None:
-            site = locate_layer(model, layer, ids, am)
-        # the hooks run inside it too: nothing is recorded for autograd
-        with torch.inference_mode():
-            sums["clean"] += _masked_ce_sum(_forward(model, ids, am).logits, labels, masked)
-            with site.hook(_replace_at(genuine, torch.zeros_like)):
-                sums["zero"] += _masked_ce_sum(_forward(model, ids, am).logits, labels, masked)
-            with site.hook(_replace_at(genuine, sae)):
-                sums["sae"] += _masked_ce_sum(_forward(model, ids, am).logits, labels, masked)
-        n_masked += int(masked_np.sum())
-    loss = {k: v / n_masked for k, v in sums.items()}
+        sae = sae.to(adapter.device).eval()
+    sums = adapter.masked_lm_losses(
+        sequences,
+        layer,
+        {"zero": torch.zeros_like, "sae": sae},
+        mask_prob=mask_prob,
+        seed=seed,
+        batch_size=batch_size,
+        max_length=max_length,
+    )
+    n_masked = sums["n_masked"]
+    loss = {k: sums[k] / n_masked for k in ("clean", "zero", "sae")}
     denom = loss["zero"] - loss["clean"]
     if denom == 0:
         log.warning(
@@ -373,10 +186,10 @@ def lm_loss_recovered(
         "loss_sae": loss["sae"],
         "loss_recovered": recovered,
         "n_masked_tokens": n_masked,
-        "n_sequences": len(sequences),
+        "n_sequences": len(list(sequences)),
         "mask_prob": mask_prob,
         "mask_seed": seed,
-        "site": site.label,
+        "site": adapter.site_name(adapter.resid_site(layer)),
     }
 
 
