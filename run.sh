@@ -20,6 +20,9 @@ case "${1:-run}" in
 esac
 # Under the envs' pins (envs/constraints.txt): the venv the tests run is what the rules' conda envs hold.
 .venv/bin/pip install -q --disable-pip-version-check -c envs/constraints.txt -e ".$EXTRAS"
+# Byte-compile saeflow once: every rule is a fresh Python process that imports it, and where
+# PYTHONDONTWRITEBYTECODE is set (as on the development machines) none of them would cache it.
+.venv/bin/python -m compileall -q src >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-run}" in
   install) ;;
