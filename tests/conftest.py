@@ -7,6 +7,17 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: test modules that take minutes, in the order their groups should start (after the whole DAG)
+LONG = {"test_family_workflows.py": 1}
+
+
+def pytest_configure(config):
+    """Keep the groups in the order pytest_collection_modifyitems leaves them: pytest-xdist would
+    otherwise start the groups with the most tests first, which can leave the whole-DAG run last."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     """Two things about the collected tests.
 
@@ -21,6 +32,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         group = "whole_dag" if "local_run" in item.fixturenames else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
+    # the longest groups first (their tests keep their order): a worker starts on the whole-DAG run
+    # at once, the other on the family runs, and the short modules fill in around them
+    items.sort(key=lambda it: 0 if "local_run" in it.fixturenames else LONG.get(it.path.name, 2))
     if os.environ.get("SAEFLOW_TEST_ENVS") == "1" or "envs" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="env builds: SAEFLOW_TEST_ENVS=1 (CI sets it) or -m envs")
