@@ -7,34 +7,56 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-#: test modules that take minutes, in the order their groups should start (after the whole DAG)
-LONG = {"test_family_workflows.py": 1}
+#: The modules whose tests read the whole-DAG run of the test config (fixture ``local_run``, ~10
+#: min): one worker runs all of them, so the run is made once.
+WHOLE_DAG = {
+    "tests/atlas/test_atlas.py",
+    "tests/workflow/test_slurm.py",
+    "tests/workflow/test_workflow.py",
+}
+#: modules that take minutes, in the order their groups should start (after the whole DAG's)
+LONG = {"tests/workflow/test_family_workflows.py": 1}
 
 
-def pytest_configure(config):
-    """Keep the groups in the order pytest_collection_modifyitems leaves them: pytest-xdist would
-    otherwise start the groups with the most tests first, which can leave the whole-DAG run last."""
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False
+def _group(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return "whole_dag" if module in WHOLE_DAG else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Workers (pytest-xdist; ``bash run.sh test`` runs ``-n auto --dist loadscope``): each module
+    is one unit of work, so its fixtures are built once, and the modules that read the whole-DAG
+    run are one unit together. Units start in the order of the collection (see
+    :func:`pytest_collection_modifyitems`): the whole DAG's first. (xdist's own ``xdist_group``
+    marks do not work with pytest 9.2, whose node ids no longer live where xdist 3.8 writes the
+    group.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    config.option.loadscopereorder = False  # keep the collection's order, not most tests first
+    return ByModule(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     """Two things about the collected tests.
 
-    Workers (pytest-xdist, ``bash run.sh test`` runs ``-n auto --dist loadgroup``): every test is
-    in the group of its module, so a module's fixtures are built once, except those that read the
-    whole-DAG run of the test config (fixture ``local_run``, ~10 min), which share one group
-    wherever they live, so that run is made once. Without ``-n`` the marks do nothing.
+    Their order: the tests that read the whole-DAG run first (under xdist, one worker starts on it
+    at once), then the family runs, then the rest, each module's tests in their own order.
 
     The env builds (marker ``envs``: nine fresh venvs, ~4 min) run where they are asked for:
     SAEFLOW_TEST_ENVS=1 (CI's .ci/run sets it) or ``-m envs``. Elsewhere they are skipped with that
     reason; the envs' static checks (pins, rule-to-env map, imports) always run."""
-    for item in items:
-        group = "whole_dag" if "local_run" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-    # the longest groups first (their tests keep their order): a worker starts on the whole-DAG run
-    # at once, the other on the family runs, and the short modules fill in around them
-    items.sort(key=lambda it: 0 if "local_run" in it.fixturenames else LONG.get(it.path.name, 2))
+
+    def rank(item):
+        if "local_run" in item.fixturenames:
+            return 0
+        return 1 if _group(item.nodeid) == "whole_dag" else 2 + LONG.get(_group(item.nodeid), 1)
+
+    items.sort(key=rank)
     if os.environ.get("SAEFLOW_TEST_ENVS") == "1" or "envs" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="env builds: SAEFLOW_TEST_ENVS=1 (CI sets it) or -m envs")
