@@ -1,5 +1,10 @@
 import os
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one BLAS/OpenMP thread per worker (set before numpy and torch start their pools): the workers
+    # and the workflow runs' jobs already fill the cores, and spinning threads would only contend
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,8 +19,8 @@ WHOLE_DAG = {
     "tests/workflow/test_slurm.py",
     "tests/workflow/test_workflow.py",
 }
-#: modules that take minutes, in the order their groups should start (after the whole DAG's)
-LONG = {"tests/workflow/test_family_workflows.py": 1}
+#: modules that take minutes, in the order their units should start (after the whole DAG's)
+LONG = ["tests/workflow/test_family_workflows.py"]
 
 
 def _group(nodeid: str) -> str:
@@ -52,9 +57,10 @@ def pytest_collection_modifyitems(config, items):
     reason; the envs' static checks (pins, rule-to-env map, imports) always run."""
 
     def rank(item):
-        if "local_run" in item.fixturenames:
-            return 0
-        return 1 if _group(item.nodeid) == "whole_dag" else 2 + LONG.get(_group(item.nodeid), 1)
+        group = _group(item.nodeid)
+        if group == "whole_dag":
+            return 0 if "local_run" in item.fixturenames else 1
+        return 2 + (LONG.index(group) if group in LONG else len(LONG))
 
     items.sort(key=rank)
     if os.environ.get("SAEFLOW_TEST_ENVS") == "1" or "envs" in (config.getoption("-m") or ""):
