@@ -26,9 +26,7 @@ esac
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-run}" in
   install) ;;
-  # one worker per core (pytest-xdist): the whole-DAG run of the test config takes one, the
-  # other modules' tests fill the other (tests/conftest.py groups them); -n 0 runs them in one process
-  test) shift; exec .venv/bin/python -m pytest -n auto --dist loadscope -ra --durations=30 "$@" ;;
+  test) shift; exec .venv/bin/python -m pytest -ra --durations=30 "$@" ;;
   run) shift || true; exec .venv/bin/snakemake "$@" ;;
   *) echo "usage: bash run.sh [run|test|install] [args...]" >&2; exit 2 ;;
 esac

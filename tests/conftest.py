@@ -1,10 +1,5 @@
 import os
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one BLAS/OpenMP thread per worker (set before numpy and torch start their pools): the workers
-    # and the workflow runs' jobs already fill the cores, and spinning threads would only contend
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,57 +7,10 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-#: The modules whose tests read the whole-DAG run of the test config (fixture ``local_run``, ~10
-#: min): one worker runs all of them, so the run is made once.
-WHOLE_DAG = {
-    "tests/atlas/test_atlas.py",
-    "tests/workflow/test_slurm.py",
-    "tests/workflow/test_workflow.py",
-}
-#: modules that take minutes, in the order their units should start (after the whole DAG's)
-LONG = ["tests/workflow/test_family_workflows.py"]
-
-
-def _group(nodeid: str) -> str:
-    module = nodeid.split("::")[0]
-    return "whole_dag" if module in WHOLE_DAG else module
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """Workers (pytest-xdist; ``bash run.sh test`` runs ``-n auto --dist loadscope``): each module
-    is one unit of work, so its fixtures are built once, and the modules that read the whole-DAG
-    run are one unit together. Units start in the order of the collection (see
-    :func:`pytest_collection_modifyitems`): the whole DAG's first. (xdist's own ``xdist_group``
-    marks do not work with pytest 9.2, whose node ids no longer live where xdist 3.8 writes the
-    group.)"""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ByModule(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return _group(nodeid)
-
-    config.option.loadscopereorder = False  # keep the collection's order, not most tests first
-    return ByModule(config, log)
-
-
 def pytest_collection_modifyitems(config, items):
-    """Two things about the collected tests.
-
-    Their order: the tests that read the whole-DAG run first (under xdist, one worker starts on it
-    at once), then the family runs, then the rest, each module's tests in their own order.
-
-    The env builds (marker ``envs``: nine fresh venvs, ~4 min) run where they are asked for:
+    """The env builds (marker ``envs``: nine fresh venvs, ~4 min) run where they are asked for:
     SAEFLOW_TEST_ENVS=1 (CI's .ci/run sets it) or ``-m envs``. Elsewhere they are skipped with that
     reason; the envs' static checks (pins, rule-to-env map, imports) always run."""
-
-    def rank(item):
-        group = _group(item.nodeid)
-        if group == "whole_dag":
-            return 0 if "local_run" in item.fixturenames else 1
-        return 2 + (LONG.index(group) if group in LONG else len(LONG))
-
-    items.sort(key=rank)
     if os.environ.get("SAEFLOW_TEST_ENVS") == "1" or "envs" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="env builds: SAEFLOW_TEST_ENVS=1 (CI sets it) or -m envs")
