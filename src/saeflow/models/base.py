@@ -339,7 +339,7 @@ class HookedAdapter(ModelAdapter):
                 f"layers {sorted(set(below))} lie in the reused prefix (blocks 1..{pre.layer})"
             )
         blocks = self.blocks()[: pre.layer]
-        if batch is not pre.batch:
+        if batch is not pre.batch or len(pre.outputs) < len(blocks):  # new, or its pass failed
             pre.batch, pre.outputs = batch, {}
 
             def keep(i):
