@@ -822,18 +822,7 @@ def feature_ablation(
             tb = adapter.tokenize(seqs[sl])
             g = ~tb.special
             if mask_prob:
-                from dataclasses import replace
-
-                from saeflow.models.base import mask_positions
-
-                masked = mask_positions(tb.special, mask_prob, seed, range(sl.start, sl.stop))
-                tb = replace(
-                    tb,
-                    input_ids=tb.input_ids.masked_fill(
-                        torch.from_numpy(masked), adapter.tokenizer.mask_token_id
-                    ),
-                )
-                g = masked
+                tb, g = adapter.masked(tb, mask_prob, seed, range(sl.start, sl.stop))
             g = torch.from_numpy(g).to(adapter.device)
             with torch.inference_mode():
                 rc = adapter.run(tb, Capture(resid=[layer]))

@@ -362,6 +362,25 @@ class HookedAdapter(ModelAdapter):
         where = name or type(site.module).__name__
         return f"{site.kind} of {where}" + ("" if site.index is None else f"[{site.index}]")
 
+    def masked(self, batch: TokenBatch, mask_prob: float, seed: int, seq_ids: Sequence[int]):
+        """(``batch`` with :func:`mask_positions` replaced by the mask token, those positions as a
+        (B, T) bool array); sequence b's positions are seeded by ``(seed, seq_ids[b])``."""
+        from dataclasses import replace
+
+        import torch
+
+        from saeflow.utils import SaeflowError
+
+        mask_id = self.tokenizer.mask_token_id
+        if mask_id is None:
+            raise SaeflowError(
+                f"{self.family or type(self.model).__name__}: the tokenizer has no mask token; "
+                "masked-LM loss is undefined"
+            )
+        m = mask_positions(batch.special, mask_prob, seed, seq_ids)
+        ids = batch.input_ids.masked_fill(torch.from_numpy(m), mask_id)
+        return replace(batch, input_ids=ids), m
+
     def masked_lm_losses(
         self,
         sequences,
@@ -379,19 +398,11 @@ class HookedAdapter(ModelAdapter):
         every masked token replaced by the mask token, sequence i seeded by ``(seed, i)``. The
         replaced passes of a batch reuse its clean pass's blocks below the layer
         (:meth:`reusing_prefix`). Returns {"clean": nats, name: nats, ..., "n_masked": count}."""
-        from dataclasses import replace
-
         import torch
         from tqdm.auto import tqdm
 
         from saeflow.utils import SaeflowError
 
-        mask_id = self.tokenizer.mask_token_id
-        if mask_id is None:
-            raise SaeflowError(
-                f"{self.family or type(self.model).__name__}: the tokenizer has no mask token; "
-                "masked-LM loss is undefined"
-            )
         sequences = list(sequences)
         if not sequences:
             raise SaeflowError("no sequences to evaluate the masked-LM loss on")
@@ -402,15 +413,10 @@ class HookedAdapter(ModelAdapter):
                 range(0, len(sequences), batch_size), desc=f"LM loss layer {layer}", mininterval=5
             ):
                 tb = self.tokenize(sequences[i : i + batch_size], max_length=max_length)
-                masked_np = mask_positions(
-                    tb.special, mask_prob, seed, range(i, i + len(tb.special))
-                )
-                masked = torch.from_numpy(masked_np).to(self.device)
                 labels = tb.input_ids.to(self.device)
                 genuine = torch.from_numpy(~tb.special).to(self.device)
-                tb = replace(
-                    tb, input_ids=tb.input_ids.masked_fill(torch.from_numpy(masked_np), mask_id)
-                )
+                tb, masked_np = self.masked(tb, mask_prob, seed, range(i, i + len(tb.special)))
+                masked = torch.from_numpy(masked_np).to(self.device)
                 sums["clean"] += _masked_ce_sum(self.run(tb).logits, labels, masked)
                 for name, fn in replacements.items():
                     out = self.run(tb, patch=Patch(resid={layer: _replace_at(genuine, fn)}))

@@ -161,6 +161,7 @@ def lm_loss_recovered(
     ``n_sequences`` and the hook ``site``."""
     import torch
 
+    sequences = list(sequences)
     if isinstance(sae, torch.nn.Module):
         sae = sae.to(adapter.device).eval()
     sums = adapter.masked_lm_losses(
@@ -186,7 +187,7 @@ def lm_loss_recovered(
         "loss_sae": loss["sae"],
         "loss_recovered": recovered,
         "n_masked_tokens": n_masked,
-        "n_sequences": len(list(sequences)),
+        "n_sequences": len(sequences),
         "mask_prob": mask_prob,
         "mask_seed": seed,
         "site": adapter.site_name(adapter.resid_site(layer)),
