@@ -11,7 +11,7 @@ setup_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
 model_path = os.path.join(i.model, p.subfolder)
-adapter = load_model(model_path, device=torch_device(), family=p.family)
+adapter = load_model(model_path, device=torch_device(), family=p.family, options=p.model_options)
 metrics, _ = evaluate_sae(
     i.sae,
     i.acts,

@@ -14,7 +14,7 @@ i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
 seqs = pd.read_parquet(i.sequences)
 start, end = shard_bounds(len(seqs), p.n_shards)[int(w.shard)]
 model_path = os.path.join(i.model, p.subfolder)  # models.<name>.subfolder ("" = the directory)
-adapter = load_model(model_path, device=torch_device(), family=p.family)
+adapter = load_model(model_path, device=torch_device(), family=p.family, options=p.model_options)
 items = shard_items(seqs, start, end, i.get("cells"))  # cell datasets: from cells.h5ad
 extract_activations(
     adapter,

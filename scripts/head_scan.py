@@ -11,7 +11,12 @@ from saeflow.utils import setup_job, torch_device, write_table
 setup_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 i, ev, p, w = snakemake.input, snakemake.params.evidence, snakemake.params, snakemake.wildcards
-adapter = load_model(os.path.join(i.model, p.subfolder), device=torch_device(), family=p.family)
+adapter = load_model(
+    os.path.join(i.model, p.subfolder),
+    device=torch_device(),
+    family=p.family,
+    options=p.model_options,
+)
 motifs = load_motifs(ev["motifs"], ev["jaspar_release"], ev["pseudocount"], ev["threshold"])
 table = head_scan(
     adapter,

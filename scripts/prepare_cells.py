@@ -12,6 +12,7 @@ prepare_cells(
     control_label=d["control_label"],
     label_column=d["label_column"],
     gene_id_column=d["gene_id_column"] or "index",
+    strip_gene_versions=d["strip_gene_versions"],
     gene_symbol_column=d["gene_symbol_column"],
     n_cells=d["n_cells"],
     test_fraction=d["test_fraction"],

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -17,6 +18,10 @@ from typing import Any, Iterator
 import numpy as np
 
 log = logging.getLogger("saeflow")
+
+
+# An Ensembl gene id with its version suffix (``ENSG00000243485.5``; any species' ``ENS*G``).
+ENSEMBL_VERSIONED = re.compile(r"^(ENS[A-Z]*G\d{11})\.\d+$")
 
 
 class SaeflowError(RuntimeError):

@@ -405,19 +405,22 @@ def test_geneformer_rank_value_encoding(tmp_path, version):
     ad = load_model(d, family="geneformer")
     assert ad.kind == "cells" and ad.tokenizer.version == version
     # gene0: 100 counts / median 50 = 2; gene1: 10 / 1 = 10; gene2: 30 / 10 = 3; gene3: 0 counts;
-    # an unknown gene with 1000 counts (dropped, but part of the cell's total); gene4 twice, 6 + 6
-    # counts / median 1 = 12 (alone, 6 would rank below gene1); gene5 with a version suffix.
+    # an unknown gene with 1000 counts (dropped, but part of the cell's total); gene4 in two
+    # columns, 6 counts / median 1 each: Geneformer keeps both as tokens (it sums only when several
+    # distinct ids map to one gene); gene5 with a version suffix is dropped, as Geneformer drops it
+    # (tests/models/test_geneformer_tokenizer.py: the options that do otherwise).
     ids = [gene(0), gene(1), gene(2), gene(3), "ENSG99999999999", gene(4), gene(4), gene(5) + ".7"]
     medians_5 = medians[gene(5)]
     X = [[100, 10, 30, 0, 1000, 6, 6, 4 * medians_5], [0, 0, 5, 0, 0, 0, 0, 0]]
     tb = ad.tokenize(gf_cells(X, ids))
-    order = [gene(4), gene(1), gene(5), gene(2), gene(0)]  # 12 > 10 > 4 > 3 > 2
+    order = [gene(1), gene(4), gene(4), gene(2), gene(0)]  # 10 > 6 = 6 > 3 > 2
     content = [g for g in tb.genes[0] if g]
     assert content == order
     assert [tokens[g] for g in order] == [
         int(i) for i, s in zip(tb.input_ids[0], tb.special[0]) if not s
     ]
     assert "ENSG99999999999" not in tb.genes and gene(3) not in tb.genes
+    assert gene(5) not in tb.genes and gene(5) + ".7" not in tb.genes
     assert (tb.offsets == 0).all()
     toks = ad.tokenizer.convert_ids_to_tokens(tb.input_ids[1][tb.attention_mask[1] == 1])
     if version == "V2":

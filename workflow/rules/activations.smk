@@ -24,6 +24,7 @@ rule extract_activations:
         layers=lambda wc: get_layers(wc.model),
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
         family=get_model_family,
+        model_options=get_model_options,
         subfolder=get_model_subfolder,
         n_shards=lambda wc: config["datasets"][wc.dataset]["shards"],
     script:

@@ -220,6 +220,12 @@ def get_model_family(wildcards):
     return config["models"][wildcards.model]["family"]
 
 
+def get_model_options(wildcards):
+    """Loader options by family (saeflow.models.load_model's ``options``): the model's
+    ``geneformer`` settings, used when it loads as a Geneformer."""
+    return {"geneformer": config["models"][wildcards.model]["geneformer"]}
+
+
 def _local_depth(model, directory):
     """Blocks of a local checkpoint: config.json num_hidden_layers, or scGPT's args.json nlayers."""
     for name, key in (("config.json", "num_hidden_layers"), ("args.json", "nlayers")):

@@ -28,6 +28,7 @@ rule evaluate_sae:
         max_sequences=config["evaluate"]["max_sequences"],
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
         family=get_model_family,
+        model_options=get_model_options,
         subfolder=get_model_subfolder,
     script:
         "../../scripts/evaluate_sae.py"

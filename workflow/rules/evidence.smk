@@ -85,6 +85,7 @@ rule head_scan:
         provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
+        model_options=get_model_options,
         subfolder=get_model_subfolder,
     script:
         "../../scripts/head_scan.py"
@@ -118,6 +119,7 @@ rule patching:
         provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
+        model_options=get_model_options,
         subfolder=get_model_subfolder,
     script:
         "../../scripts/patching.py"
@@ -174,6 +176,7 @@ rule feature_ablation:
         provenance=get_provenance("evidence"),
         evidence=config["evidence"],
         family=get_model_family,
+        model_options=get_model_options,
         subfolder=get_model_subfolder,
     script:
         "../../scripts/feature_ablation.py"

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saeflow.utils import SaeflowError, atomic_path
+from saeflow.utils import ENSEMBL_VERSIONED, SaeflowError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,7 @@ def strip_ensembl_versions(ids, what="") -> np.ndarray:
     """``ENSG00000243485.5`` -> ``ENSG00000243485`` (Tabula Sapiens' ``ensemblid``; the models'
     dictionaries are unversioned); other ids unchanged. Logged when anything changed."""
     ids = np.asarray(ids).astype(str)
-    out = (
-        pd.Series(ids)
-        .str.replace(r"^(ENS[A-Z]*G\d{11})\.\d+$", r"\1", regex=True)
-        .to_numpy()
-        .astype(str)
-    )
+    out = pd.Series(ids).str.replace(ENSEMBL_VERSIONED, r"\1", regex=True).to_numpy().astype(str)
     n = int((out != ids).sum())
     if n:
         log.info(
@@ -93,6 +88,7 @@ def prepare_cells(
     control_label: str = "",
     label_column: str = "",
     gene_id_column: str = "",
+    strip_gene_versions: bool = True,
     gene_symbol_column: str = "",
     n_cells: int = 0,
     test_fraction: float = 0.3,
@@ -194,7 +190,7 @@ def prepare_cells(
         gene_col(gene_id_column, "gene ids"),
         gene_col(gene_symbol_column, "gene symbols"),
     )
-    if gene_ids is not None:
+    if gene_ids is not None and strip_gene_versions:
         gene_ids = strip_ensembl_versions(gene_ids, h5ad)
     if gene_ids is None and symbols is None:
         raise SaeflowError(

@@ -14,10 +14,17 @@ Tokenization (:class:`GeneformerTokenizer`) follows ``geneformer/tokenizer.py``
 2. divide by the gene's non-zero median over the pretraining corpus (the gene median dictionary;
    the released pickles hold plain numbers -- the corpus medians were estimated with t-digests when
    the dictionary was built, but tokenizing only reads the stored values);
-3. keep genes present in both the token dictionary and the median dictionary (others are dropped,
-   as Geneformer drops them); duplicated ids are summed first, as Geneformer's
-   ``collapse_gene_ids`` does; a versioned id (``ENSG... .7``) is matched without its version when
-   only the unversioned id is in the dictionary;
+3. map each column's id through Geneformer's Ensembl mapping dictionary
+   (``ensembl_mapping_dict*.pkl`` beside the token dictionary; its entries whose target is not a
+   token are ignored, as Geneformer filters them; without the file, the identity on the token
+   dictionary, as Geneformer's ``gene_mapping_file=None``, keyed by the upper-cased token so that
+   a vocabulary of mixed-case symbols survives the lookup), upper-casing the id first; columns
+   that map to nothing, or to a gene without a median, are dropped. Columns are summed per mapped
+   id only when the collapse runs, and Geneformer runs it only when several *distinct* ids of the
+   matrix map to one gene (``sum_ensembl_ids``: ``len(set(genes_in_map_dict)) !=
+   len(set(vals_from_map_dict))``); otherwise every column stays its own token, so an id present
+   in two columns gives the cell two tokens of that gene. A versioned id (``ENSG... .7``) is not a
+   key of the dictionaries and is dropped.
 4. rank the genes with non-zero value by descending normalised value (computed in float64; ties:
    input column order, where Geneformer's unstable ``np.argsort`` leaves them unspecified) -> their
    token ids;
@@ -25,6 +32,19 @@ Tokenization (:class:`GeneformerTokenizer`) follows ``geneformer/tokenizer.py``
    V2 (Genecorpus-104M series) 4096 tokens including ``<cls>`` first and ``<eos>`` last (the
    content is cut to 4094). ``max_length`` lowers the limit; the limit never exceeds the model's
    ``max_position_embeddings``.
+
+Deviations from Geneformer, each off by default (``load_geneformer(..., **options)``; in the
+workflow ``models.<name>.geneformer``):
+
+* ``strip_versions``: match ``ENSG00000123456.7`` as ``ENSG00000123456`` instead of dropping it
+  (the workflow's dataset preparation already strips versions,
+  ``datasets.<name>.strip_gene_versions``, so this matters for CellMatrix inputs built by hand);
+* ``sum_repeated_ids``: sum the columns of an id that appears more than once even when Geneformer
+  would not collapse (one token per gene, saeflow's behaviour before 2026-12);
+* ``collapse_gene_ids=False`` (Geneformer's own switch): no mapping; ids are used as given and
+  an id of the token dictionary appearing twice is an error, as in Geneformer;
+* ``gene_mapping``: ``"auto"`` (the file beside the token dictionary, else the identity),
+  ``"none"`` (the identity), or a path to a mapping pickle.
 
 V1 or V2 is read from the token dictionary: V2 dictionaries contain ``<cls>`` and ``<eos>``
 (``special_token=True`` in Geneformer), V1 dictionaries only ``<pad>`` and ``<mask>``.
@@ -57,7 +77,7 @@ import numpy as np
 from saeflow.models.base import CellMatrix, TokenBatch
 from saeflow.models.hf import HFMaskedLMAdapter, load_checked, read_config
 from saeflow.models.registry import Family, register
-from saeflow.utils import SaeflowError
+from saeflow.utils import ENSEMBL_VERSIONED, SaeflowError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +141,42 @@ def read_gene_medians(path: str | os.PathLike) -> dict[str, float]:
             raise SaeflowError(f"{path}: median of {k!r} is {v}, expected a positive number")
         out[str(k)] = v
     return out
+
+
+def read_gene_mapping(path: str | os.PathLike) -> dict[str, str]:
+    """Gene id -> Ensembl id of a token, from Geneformer's ``ensembl_mapping_dict*.pkl`` (current
+    ids map to themselves, retired ids and aliases to the gene they became)."""
+    path = Path(path)
+    raw = _load_pickle(path, "Ensembl mapping dictionary")
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            raise SaeflowError(
+                f"{path}: Ensembl mapping dictionary value of {k!r} is {v!r}, expected an id string"
+            )
+        out[str(k)] = v
+    return out
+
+
+def find_gene_mapping(token_dictionary: Path) -> Path | None:
+    """``ensembl_mapping_dict*.pkl`` beside the token dictionary, with its suffix (``_gc104M``,
+    ``_gc30M``) or the only one there; None when there is none."""
+    suffix = (
+        token_dictionary.name[len("token_dictionary") :]
+        if token_dictionary.name.startswith("token_dictionary")
+        else ".pkl"
+    )
+    exact = token_dictionary.parent / f"ensembl_mapping_dict{suffix}"
+    if exact.is_file():
+        return exact
+    near = sorted(token_dictionary.parent.glob("ensembl_mapping_dict*.pkl"))
+    if len(near) > 1:
+        raise SaeflowError(
+            f"{token_dictionary.parent}: several Ensembl mapping dictionaries "
+            f"{[n.name for n in near]} and none named {exact.name}; pass gene_mapping= (the "
+            "workflow: models.<name>.geneformer.gene_mapping) with the one for this model"
+        )
+    return near[0] if near else None
 
 
 def dictionary_candidates(path: str | os.PathLike) -> list[Path]:
@@ -199,6 +255,10 @@ class GeneformerTokenizer:
         model_input_size: int,
         special_tokens: bool,
         source: str = "Geneformer",
+        gene_mapping: dict[str, str] | None = None,
+        collapse_gene_ids: bool = True,
+        strip_versions: bool = False,
+        sum_repeated_ids: bool = False,
     ):
         self.token_dict = dict(token_dict)
         self.special_tokens = bool(special_tokens)
@@ -221,6 +281,18 @@ class GeneformerTokenizer:
             )
         self.medians = {g: medians[g] for g in self.genes}
         self.id_to_token = {i: t for t, i in self.token_dict.items()}
+        # Geneformer keeps the mapping entries whose target is a token. Without a file it maps
+        # every token to itself; it looks ids up upper-cased, so the identity is keyed by the
+        # upper-cased token here: the same for Ensembl ids (upper case), and a vocabulary of
+        # symbols (the toy Geneformer's C1orf228) is not lost.
+        if gene_mapping is None:
+            mapping = {k.upper(): k for k in self.token_dict}
+        else:
+            mapping = gene_mapping
+        self.gene_mapping = {k: v for k, v in mapping.items() if v in self.token_dict}
+        self.collapse_gene_ids = bool(collapse_gene_ids)
+        self.strip_versions = bool(strip_versions)
+        self.sum_repeated_ids = bool(sum_repeated_ids)
         self._columns_cache: tuple | None = None
 
     @property
@@ -238,29 +310,69 @@ class GeneformerTokenizer:
 
     # --- rank-value encoding ------------------------------------------------------------------
     def _columns(self, gene_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(kept column indices, their unique-gene index, unique gene ids) for a gene id array.
+        """(kept column indices, each one's output gene, output gene ids) for a gene id array:
+        Geneformer's ``sum_ensembl_ids`` (see the module docstring). Output genes are summed over
+        their columns; without a collapse every kept column is its own output gene, so an id may
+        appear twice among the output gene ids.
 
         Cached for the last array seen (by identity): the batches of one CellMatrix share it.
         """
         cache = self._columns_cache
         if cache is not None and cache[0] is gene_ids:
             return cache[1]
-        cols, which, uniq, pos = [], [], [], {}
-        for j, g in enumerate(gene_ids):
-            key = str(g).strip().upper()
-            if key not in self.genes and "." in key:
-                key = key.split(".", 1)[0]
-            if key not in self.genes:
-                continue
-            if key not in pos:
-                pos[key] = len(uniq)
-                uniq.append(key)
-            cols.append(j)
-            which.append(pos[key])
+        ids = [str(g) for g in gene_ids]
+        if self.strip_versions:
+            ids = [ENSEMBL_VERSIONED.sub(r"\1", g) for g in ids]
+        if self.collapse_gene_ids:
+            m = self.gene_mapping
+            in_map = {g for g in ids if g in m}
+            collapse = self.sum_repeated_ids or len(in_map) != len({m[g] for g in in_map})
+            mapped = [m.get(g.upper()) for g in ids]
+        else:
+            collapse, mapped, first = False, ids, {}
+            for j, g in enumerate(ids):
+                if g in self.token_dict and first.setdefault(g, j) != j:
+                    raise SaeflowError(
+                        f"{self.source}: gene id {g!r} is in columns {first[g]} and {j}; with "
+                        "collapse_gene_ids off, Geneformer refuses repeated ids ('data Ensembl "
+                        "IDs non-unique'): turn it on, or make the ids unique"
+                    )
+        cols = [j for j, g in enumerate(mapped) if g in self.genes]
+        if collapse:
+            pos: dict[str, int] = {}
+            which = [pos.setdefault(mapped[j], len(pos)) for j in cols]
+            names = list(pos)
+        else:
+            which = list(range(len(cols)))
+            names = [mapped[j] for j in cols]
+        dropped_versions = sum(
+            1 for g, t in zip(ids, mapped) if t not in self.genes and ENSEMBL_VERSIONED.match(g)
+        )
+        if dropped_versions:
+            log.warning(
+                "%s: %d of %d gene ids carry an Ensembl version (e.g. %s) and are dropped, as "
+                "Geneformer drops them; strip the versions first (the workflow does at "
+                "preparation: datasets.<name>.strip_gene_versions) or set strip_versions "
+                "(models.<name>.geneformer.strip_versions)",
+                self.source,
+                dropped_versions,
+                len(ids),
+                next(g for g in ids if ENSEMBL_VERSIONED.match(g)),
+            )
+        aliases = sum(1 for j in cols if mapped[j] != ids[j])
+        log.info(
+            "%s: %d of %d columns kept as %d genes (%d mapped from another id%s)",
+            self.source,
+            len(cols),
+            len(ids),
+            len(set(names)),
+            aliases,
+            "; columns summed per gene" if collapse else "",
+        )
         res = (
             np.asarray(cols, dtype=np.int64),
             np.asarray(which, dtype=np.int64),
-            np.asarray(uniq, dtype=object),
+            np.asarray(names, dtype=object),
         )
         self._columns_cache = (gene_ids, res)
         return res
@@ -370,13 +482,23 @@ class GeneformerAdapter(HFMaskedLMAdapter):
 
 
 def load_geneformer(
-    path: str | os.PathLike, device=None, token_dictionary=None, gene_median=None
+    path: str | os.PathLike,
+    device=None,
+    token_dictionary=None,
+    gene_median=None,
+    gene_mapping: str | os.PathLike = "auto",
+    collapse_gene_ids: bool = True,
+    strip_versions: bool = False,
+    sum_repeated_ids: bool = False,
 ) -> GeneformerAdapter:
     """Geneformer V1 or V2 from a local directory (``config.json`` + weights) and its gene
     dictionaries.
 
     ``token_dictionary`` / ``gene_median``: explicit pickle paths; by default the one
     ``token_dictionary*.pkl`` and ``gene_median_dictionary*.pkl`` in the model directory.
+    ``gene_mapping``: ``"auto"`` (the ``ensembl_mapping_dict*.pkl`` beside the token dictionary,
+    else the identity), ``"none"`` or a path. ``collapse_gene_ids``, ``strip_versions``,
+    ``sum_repeated_ids``: see the module docstring (the defaults are Geneformer's behaviour).
     """
     from transformers import BertConfig, BertForMaskedLM
 
@@ -391,6 +513,13 @@ def load_geneformer(
     tok_file, med_file = find_dictionaries(path, token_dictionary, gene_median, config.vocab_size)
     token_dict = read_token_dictionary(tok_file)
     medians = read_gene_medians(med_file)
+    if str(gene_mapping) == "auto":
+        map_file = find_gene_mapping(tok_file)
+        if map_file is None:
+            log.info("%s: no ensembl_mapping_dict*.pkl beside it; ids map to themselves", tok_file)
+    else:
+        map_file = None if str(gene_mapping) in ("none", "") else Path(gene_mapping)
+    mapping = read_gene_mapping(map_file) if map_file is not None else None
     top = max(token_dict.values())
     if top >= config.vocab_size:
         raise SaeflowError(
@@ -411,7 +540,17 @@ def load_geneformer(
         )
     special = "<cls>" in token_dict and "<eos>" in token_dict
     size = min(V2_INPUT_SIZE if special else V1_INPUT_SIZE, int(config.max_position_embeddings))
-    tok = GeneformerTokenizer(token_dict, medians, size, special, source=str(tok_file))
+    tok = GeneformerTokenizer(
+        token_dict,
+        medians,
+        size,
+        special,
+        source=str(tok_file),
+        gene_mapping=mapping,
+        collapse_gene_ids=collapse_gene_ids,
+        strip_versions=strip_versions,
+        sum_repeated_ids=sum_repeated_ids,
+    )
     model = load_checked(BertForMaskedLM, path, config, f"Geneformer {tok.version}")
     return GeneformerAdapter(model, tok, device)
 

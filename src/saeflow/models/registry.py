@@ -132,17 +132,22 @@ def detect_family(path: str | os.PathLike) -> str:
     )
 
 
-def load_model(path: str | os.PathLike, device=None, family: str | None = None):
+def load_model(path: str | os.PathLike, device=None, family: str | None = None, options=None):
     """Load a local model directory as a :class:`~saeflow.models.base.ModelAdapter` (no network).
 
     ``family`` is a registered family's name (:data:`FAMILIES`); None, ``""`` or ``"auto"``
     detect it from the directory's files (:func:`detect_family`). ``"toy"`` is the workflow's own
     model (``save_pretrained`` with a fast tokenizer); the others are the released checkpoints'
     layouts, documented in each family's module.
+
+    ``options``: family name -> keyword arguments of that family's loader; only the entry of the
+    family loaded is used (the workflow passes ``models.<name>.geneformer`` as
+    ``{"geneformer": {...}}`` whatever the family turns out to be).
     """
     if family in DETECT:
         family = detect_family(path)
-    return lookup(family).load(path, device=device)
+    kwargs = dict((options or {}).get(family) or {})
+    return lookup(family).load(path, device=device, **kwargs)
 
 
 def load_vocab(path: str | os.PathLike, family: str | None = None) -> dict[int, str]:
