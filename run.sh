@@ -20,6 +20,12 @@ case "${1:-run}" in
 esac
 # Under the envs' pins (envs/constraints.txt): the venv the tests run is what the rules' conda envs hold.
 .venv/bin/pip install -q --disable-pip-version-check -c envs/constraints.txt -e ".$EXTRAS"
+# The tests compare saeflow's scGPT with scGPT's own model code: the scgpt wheel, without its
+# dependencies (torchtext, scvi-tools, scib... cannot sit beside torch 2.13; the test imports only
+# scgpt/model/model.py, which needs torch, numpy and tqdm).
+if [ "${1:-run}" = test ]; then
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps "scgpt==0.2.4"
+fi
 # Byte-compile saeflow once: every rule is a fresh Python process that imports it, and where
 # PYTHONDONTWRITEBYTECODE is set (as on the development machines) none of them would cache it.
 .venv/bin/python -m compileall -q src >/dev/null
