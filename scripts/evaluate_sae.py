@@ -23,6 +23,7 @@ metrics, _ = evaluate_sae(
     batch_size=p.batch_size,
     max_sequences=p.max_sequences,
     cells_path=i.get("cells"),
+    min_gap=p.min_gap,
 )
 write_json(snakemake.output.json, dict(metrics, model=w.model, dataset=w.dataset, sae=w.sae))
 plots.frequency_histogram(

@@ -172,9 +172,9 @@ def eval_summary(summary: pd.DataFrame, path) -> None:
     axes[3].plot(x, summary.loss_zero, "o--", color="grey", label="layer zeroed")
     axes[3].set_title("masked-LM loss (nats / masked token)")
     for xi, ls, lr in zip(x, summary.loss_sae, summary.loss_recovered):
-        if pd.notna(lr):
+        if pd.notna(ls):  # undefined where zeroing the layer barely moves the loss (loss_note)
             axes[3].annotate(
-                f"{lr:.2f}",
+                f"{lr:.2f}" if pd.notna(lr) else "n/a",
                 (xi, ls),
                 textcoords="offset points",
                 xytext=(0, 6),

@@ -97,18 +97,40 @@ def test_nan_in_activations_names_the_file(tmp_path):
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_identity_recovers_all_and_zero_recovers_nothing(tiny_model_dir, layer):
     ad = load_model(tiny_model_dir)
-    ident = lm_loss_recovered(
-        ad, torch.nn.Identity(), SEQS, layer, mask_prob=0.3, seed=1, batch_size=2
+    ident = lm_loss_recovered(  # min_gap 0: the tiny random model's gaps are small
+        ad, torch.nn.Identity(), SEQS, layer, mask_prob=0.3, seed=1, batch_size=2, min_gap=0
     )
     assert ident["loss_sae"] == ident["loss_clean"]  # exactly: the same tensor goes back in
     assert ident["loss_recovered"] == 1.0
     assert ident["loss_zero"] != ident["loss_clean"]
-    zero = lm_loss_recovered(ad, torch.zeros_like, SEQS, layer, mask_prob=0.3, seed=1, batch_size=2)
+    zero = lm_loss_recovered(
+        ad, torch.zeros_like, SEQS, layer, mask_prob=0.3, seed=1, batch_size=2, min_gap=0
+    )
     assert zero["loss_sae"] == zero["loss_zero"] and zero["loss_recovered"] == 0.0
     assert (
         zero["loss_clean"] == ident["loss_clean"]
         and zero["n_masked_tokens"] == ident["n_masked_tokens"]
     )
+    # undefined (NaN, with the reason) when zeroing the layer moves the loss by less than min_gap
+    gap = abs(ident["loss_zero"] - ident["loss_clean"])
+    assert not ident["loss_note"]
+    for min_gap, defined in ((0.5 * gap, True), (2 * gap, False)):
+        r = lm_loss_recovered(
+            ad,
+            torch.nn.Identity(),
+            SEQS,
+            layer,
+            mask_prob=0.3,
+            seed=1,
+            batch_size=2,
+            min_gap=min_gap,
+        )
+        assert r["loss_clean"] == ident["loss_clean"] and r["min_gap"] == min_gap
+        if defined:
+            assert r["loss_recovered"] == 1.0 and not r["loss_note"]
+        else:
+            assert np.isnan(r["loss_recovered"]) and "less than min_gap" in r["loss_note"]
+            assert f"zero-ablating layer {layer} moves" in r["loss_note"]
     n_genuine = sum(len(s) for s in SEQS)
     assert ident["n_masked_tokens"] == sum(max(1, round(0.3 * len(s))) for s in SEQS) < n_genuine
     # batching does not change which tokens are masked (losses agree up to padding numerics)

@@ -26,6 +26,7 @@ rule evaluate_sae:
         mask_prob=config["evaluate"]["mask_prob"],
         seed=config["evaluate"]["seed"],
         max_sequences=config["evaluate"]["max_sequences"],
+        min_gap=config["evaluate"]["min_gap"],
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
         family=get_model_family,
         model_options=get_model_options,

@@ -149,6 +149,7 @@ def lm_loss_recovered(
     seed: int = 0,
     batch_size: int = 16,
     max_length: int | None = None,
+    min_gap: float = 0.01,
 ) -> dict:
     """Masked-LM cross-entropy at masked positions: clean, layer zero-ablated, layer replaced by
     ``sae(x)``.
@@ -157,8 +158,13 @@ def lm_loss_recovered(
     ``forward``); it is applied at the genuine (non-special) positions of ``hidden_states[layer]``
     only, by the adapter's ``masked_lm_losses`` (its residual site for the layer; the blocks below
     the layer run once per batch). Returns ``loss_clean``, ``loss_zero``, ``loss_sae`` (mean nats
-    per masked token), ``loss_recovered`` (NaN when L_zero == L_clean), ``n_masked_tokens``,
-    ``n_sequences`` and the hook ``site``."""
+    per masked token), ``loss_recovered``, ``n_masked_tokens``, ``n_sequences`` and the hook
+    ``site``.
+
+    ``loss_recovered`` = (L_zero - L_sae) / (L_zero - L_clean) is NaN, with the reason in
+    ``loss_note``, when zero-ablating the layer moves the loss by less than ``min_gap`` nats per
+    masked token: the ratio of two tiny differences says nothing (a random-weight checkpoint gave
+    8.3281 vs 8.3287 nats, and "loss recovered" -3.93 and 1.32 on two layers)."""
     import torch
 
     sequences = list(sequences)
@@ -176,11 +182,16 @@ def lm_loss_recovered(
     n_masked = sums["n_masked"]
     loss = {k: sums[k] / n_masked for k in ("clean", "zero", "sae")}
     denom = loss["zero"] - loss["clean"]
-    if denom == 0:
-        log.warning(
-            "layer %d: L_zero == L_clean (%.6g); loss recovered is undefined", layer, loss["clean"]
+    note = ""
+    if not abs(denom) >= min_gap:
+        note = (
+            f"loss recovered undefined: zero-ablating layer {layer} moves the masked-LM loss by "
+            f"{denom:+.4g} nats per masked token (L_clean {loss['clean']:.4f}, L_zero "
+            f"{loss['zero']:.4f}), less than min_gap {min_gap:g}; the model's output barely "
+            "depends on this layer (random or untrained weights?)"
         )
-    recovered = (loss["zero"] - loss["sae"]) / denom if denom != 0 else float("nan")
+        log.warning("%s", note)
+    recovered = (loss["zero"] - loss["sae"]) / denom if not note else float("nan")
     return {
         "loss_clean": loss["clean"],
         "loss_zero": loss["zero"],
@@ -191,6 +202,8 @@ def lm_loss_recovered(
         "mask_prob": mask_prob,
         "mask_seed": seed,
         "site": adapter.site_name(adapter.resid_site(layer)),
+        "loss_note": note,
+        "min_gap": min_gap,
     }
 
 
@@ -208,6 +221,7 @@ def evaluate_sae(
     batch_size: int = 16,
     max_sequences: int | None = None,
     cells_path: str | os.PathLike | None = None,
+    min_gap: float = 0.01,
 ) -> tuple[dict, np.ndarray]:
     """All held-out metrics of the SAE in ``sae_dir`` on ``layer``; returns (metrics, per-latent
     frequency).
@@ -273,7 +287,14 @@ def evaluate_sae(
         )
         held_out = [held_out[j] for j in pick]
     lm = lm_loss_recovered(
-        adapter, sae, held_out, layer, mask_prob=mask_prob, seed=seed, batch_size=batch_size
+        adapter,
+        sae,
+        held_out,
+        layer,
+        mask_prob=mask_prob,
+        seed=seed,
+        batch_size=batch_size,
+        min_gap=min_gap,
     )
     metrics = {
         "layer": int(layer),
