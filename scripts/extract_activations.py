@@ -22,6 +22,7 @@ extract_activations(
     p.layers,
     snakemake.output[0],
     batch_size=p.batch_size,
+    dtype=p.dtype,
     seq_start=start,
     meta={"model": w.model, "dataset": w.dataset, "model_path": model_path},
 )

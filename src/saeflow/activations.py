@@ -3,6 +3,8 @@
 Layout of ``results/{model}/{dataset}/activations/``::
 
     layer{L}.npy      float16 (N, d), one row per non-special token, memory-mappable
+                      (float32 where the model's ``activation_dtype`` says so: values beyond
+                      float16's range, |x| > 65504, stop the extraction with an error)
     tokens.parquet    the token index shared by all layers: seq (row of the sequence
                       table), pos (token position), token_id, start, end (bases)
     seq_offsets.npy   int64 (n_sequences + 1): rows of sequence i are offsets[i]:offsets[i+1]
@@ -26,6 +28,35 @@ from saeflow.utils import SaeflowError, atomic_path, read_json, sha256, write_js
 log = logging.getLogger(__name__)
 
 
+#: the dtypes an activation store may have (``models.<name>.activation_dtype``)
+STORE_DTYPES = ("float16", "float32")
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def storable(h: np.ndarray, dtype: str, what: str, first: int, last: int) -> np.ndarray:
+    """``h`` (float32 activations of ``what``, from sequences ``first``..``last``) cast to the
+    store's ``dtype``, after checking that every value is finite and (float16) within float16's
+    range; a clear error otherwise, naming the layer, the sequences and how many values."""
+    finite = np.isfinite(h)
+    if not finite.all():
+        n_nan = int(np.isnan(h).sum())
+        raise SaeflowError(
+            f"{what}: the model's output has {n_nan} NaN and {h.size - int(finite.sum()) - n_nan} "
+            f"inf values (of {h.size}) for sequences {first}..{last}; check the model's weights "
+            "and inputs (a float16/bfloat16 overflow on the GPU? extract in float32)"
+        )
+    if dtype == "float16":
+        big = np.abs(h) > _F16_MAX
+        if big.any():
+            raise SaeflowError(
+                f"{what}: {int(big.sum())} values (of {h.size}) for sequences {first}..{last} "
+                f"exceed float16's range (|x| > 65504; largest {float(np.abs(h).max()):.6g}); "
+                "store this model's activations as float32 (models.<name>.activation_dtype: "
+                "float32)"
+            )
+    return h.astype(dtype, copy=False)
+
+
 def extract_activations(
     adapter,
     sequences,
@@ -35,8 +66,13 @@ def extract_activations(
     max_length: int | None = None,
     meta: dict | None = None,
     seq_start: int = 0,
+    dtype: str = "float16",
 ) -> dict:
     """Run the model once per batch and stream every requested layer to disk.
+
+    ``dtype``: the stores' dtype, ``float16`` (half the disk) or ``float32``. A NaN/inf in the
+    model's output, or (float16) a value beyond float16's range, stops the extraction with an
+    error naming the layer, the batch and how many values; nothing is left on disk.
 
     ``sequences`` is the sequence table (a DataFrame with a ``sequence`` column) for DNA models,
     or a :class:`saeflow.models.base.CellMatrix` for cell models (``adapter.kind == "cells"``;
@@ -46,6 +82,8 @@ def extract_activations(
     """
     from tqdm.auto import tqdm
 
+    if dtype not in STORE_DTYPES:
+        raise SaeflowError(f"activation dtype {dtype!r}: expected one of {', '.join(STORE_DTYPES)}")
     bad = [lyr for lyr in layers if not 0 <= lyr <= adapter.n_layers]
     if bad:
         raise SaeflowError(f"layers {bad} out of range: the model has layers 0..{adapter.n_layers}")
@@ -62,7 +100,7 @@ def extract_activations(
         tmp.mkdir()
         arrays = {
             lyr: np.lib.format.open_memmap(
-                tmp / f"layer{lyr}.npy", mode="w+", dtype=np.float16, shape=(n_tokens, d)
+                tmp / f"layer{lyr}.npy", mode="w+", dtype=dtype, shape=(n_tokens, d)
             )
             for lyr in layers
         }
@@ -79,13 +117,10 @@ def extract_activations(
             keep = ~tb.special
             b_idx, t_idx = np.nonzero(keep)
             n = len(b_idx)
+            first, last = i + seq_start, i + seq_start + len(tb.input_ids) - 1
             for lyr in layers:
                 h = hs[lyr].float().cpu().numpy()[b_idx, t_idx]
-                if not np.isfinite(h).all():
-                    raise SaeflowError(
-                        f"layer {lyr} activations contain NaN/inf (batch starting at sequence {i})"
-                    )
-                arrays[lyr][row : row + n] = h.astype(np.float16)
+                arrays[lyr][row : row + n] = storable(h, dtype, f"layer {lyr}", first, last)
             index["seq"][row : row + n] = b_idx + i + seq_start
             index["pos"][row : row + n] = t_idx
             index["token_id"][row : row + n] = tb.input_ids.numpy()[b_idx, t_idx]
@@ -103,7 +138,7 @@ def extract_activations(
         np.save(tmp / "seq_offsets.npy", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
         manifest = dict(
             meta or {},
-            dtype="float16",
+            dtype=dtype,
             n_tokens=n_tokens,
             d_model=d,
             n_sequences=len(seqs),
@@ -174,7 +209,7 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
                 files[name] = first["files"][name]
                 continue
             out = np.lib.format.open_memmap(
-                tmp / name, mode="w+", dtype=np.float16, shape=(n_tokens, d)
+                tmp / name, mode="w+", dtype=first.get("dtype", "float16"), shape=(n_tokens, d)
             )
             row = 0
             for sd, m in zip(shard_dirs, mans):

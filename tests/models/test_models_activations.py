@@ -68,6 +68,59 @@ def test_store_reports_nan(tiny_model_dir, tmp_path):
         list(ActivationStore(tmp_path / "acts").iter_chunks(1))
 
 
+def _scaled(ad, layer, factor, rows=slice(None)):
+    """Make the adapter's hidden_states return layer ``layer`` multiplied by ``factor``
+    at ``rows`` of the batch (other layers untouched)."""
+    orig = ad.hidden_states
+
+    def hidden_states(tb, layers):
+        hs = orig(tb, layers)
+        h = hs[layer].clone()
+        h[rows] = h[rows] * factor
+        return {**hs, layer: h}
+
+    ad.hidden_states = hidden_states
+
+
+SEQS = pd.DataFrame({"sequence": ["ACGTACGTAA", "GGGCCC", "TTTTAAAACCCG"], "split": ["train"] * 3})
+
+
+def test_float16_overflow_stops_with_the_layer_and_no_store(tiny_model_dir, tmp_path):
+    ad = load_model(tiny_model_dir)
+    _scaled(ad, 2, 1e6, rows=slice(1, 2))  # the second sequence of each batch
+    with pytest.raises(
+        SaeflowError,
+        match=r"layer 2: \d+ values \(of \d+\) for sequences 0\.\.1 exceed float16's range .*"
+        r"activation_dtype: float32",
+    ):
+        extract_activations(ad, SEQS, [1, 2], tmp_path / "acts", batch_size=2)
+    assert not (tmp_path / "acts").exists() and not list(tmp_path.iterdir())
+    # float32 stores it; the merge of float32 shards stays float32
+    from saeflow.activations import merge_activation_shards
+
+    for i, (a, b) in enumerate([(0, 2), (2, 3)]):
+        extract_activations(
+            ad, SEQS.iloc[a:b], [2], tmp_path / f"s{i}", batch_size=2, seq_start=a, dtype="float32"
+        )
+    merge_activation_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    store = ActivationStore(tmp_path / "merged")
+    x = store.layer(2)
+    assert x.dtype == np.float32 and store.manifest["dtype"] == "float32"
+    assert np.abs(x).max() > 65504 and np.isfinite(x).all()
+    with pytest.raises(SaeflowError, match="activation dtype 'bfloat16'"):
+        extract_activations(ad, SEQS, [2], tmp_path / "b", dtype="bfloat16")
+
+
+def test_nan_in_a_batch_stops_with_the_layer_and_count(tiny_model_dir, tmp_path):
+    ad = load_model(tiny_model_dir)
+    _scaled(ad, 1, float("nan"), rows=slice(0, 1))
+    with pytest.raises(
+        SaeflowError, match=r"layer 1: the model's output has [1-9]\d* NaN and 0 inf values"
+    ):
+        extract_activations(ad, SEQS, [1, 2], tmp_path / "acts", batch_size=2)
+    assert not list(tmp_path.iterdir())
+
+
 def test_extract_rejects_bad_layer(tiny_model_dir, tmp_path):
     ad = load_model(tiny_model_dir)
     with pytest.raises(SaeflowError, match="out of range"):

@@ -23,6 +23,7 @@ rule extract_activations:
         provenance=get_provenance(),
         layers=lambda wc: get_layers(wc.model),
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
+        dtype=lambda wc: config["models"][wc.model]["activation_dtype"],
         family=get_model_family,
         model_options=get_model_options,
         subfolder=get_model_subfolder,
