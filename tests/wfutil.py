@@ -62,3 +62,20 @@ def planned_jobs(p: subprocess.CompletedProcess) -> dict[str, int]:
 
 def load_test_config() -> dict:
     return yaml.safe_load((REPO / "tests" / "config" / "test.yaml").read_text())
+
+
+def resolved_config(*configs: dict) -> dict:
+    """``configs`` merged in order, later over earlier (as ``--configfile`` merges over
+    config/config.yaml), validated with the schema's defaults filled in and resolved, as the
+    workflow does when it parses."""
+    from snakemake.utils import update_config, validate
+
+    import saeflow.config as saeflow_config
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    cfg: dict = {}
+    for c in configs:
+        update_config(cfg, yaml.safe_load(yaml.safe_dump(c)))  # a deep copy
+    validate(cfg, str(schema))
+    cfg.update(saeflow_config.resolve(cfg, yaml.safe_load(schema.read_text())))
+    return cfg

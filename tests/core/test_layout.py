@@ -14,6 +14,7 @@ from wfutil import REPO
 
 #: rule file -> the DAG stage it holds, in the order the data flows
 STAGES = {
+    "plan.smk": "resource plan (before the first job)",
     "references.smk": "toy genome, reference index",
     "downloads.smk": "downloads (login node)",
     "prepare.smk": "sequences and cells in",

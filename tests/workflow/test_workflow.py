@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from wfutil import REPO, copy_workflow, load_test_config, planned_jobs, smk
+from wfutil import REPO, copy_workflow, load_test_config, planned_jobs, resolved_config, smk
 
 from saeflow.columns import EVAL_SUMMARY_COLUMNS as SUMMARY_COLUMNS
 from saeflow.stats import bh
@@ -47,6 +47,22 @@ def test_bad_config_fails_naming_the_key(tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode != 0
     assert "catalog:" in out and "'topn' was unexpected" in out
+    assert not (wd / "results").exists() and not (wd / "resources").exists()
+
+
+def test_over_budget_run_refuses_before_any_job(tmp_path):
+    """The resource plan is logged by a dry run, which only warns when over the disk budget; a
+    real run over it stops before its first job, naming the knobs, and writes nothing."""
+    cfg = load_test_config()
+    cfg["plan"] = {"disk_budget_gb": 0.001}
+    wd = copy_workflow(tmp_path, cfg)
+    p = smk(wd, "-n")
+    out = p.stdout + p.stderr
+    assert "resource plan: 5 model x dataset store(s)" in out and "a real run will refuse" in out
+    p = smk(wd, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "more than the disk budget 1 MB (plan.disk_budget_gb)" in out
+    assert "plan.disk_budget_gb" in out and "layers" in out
     assert not (wd / "results").exists() and not (wd / "resources").exists()
 
 
@@ -147,6 +163,23 @@ def test_whole_dag_produces_outputs(finished_run):
         contexts.context.str.contains("[A-Z]").all()
         and contexts.context.str.contains("[a-z]").any()
     )
+
+
+@pytest.mark.workflow
+def test_resource_plan_matches_the_run(finished_run, tmp_path):
+    """The plan's activation-store bytes, from the prepared tables (exact) and from the
+    configuration alone (before anything ran), are within 20% of what the run wrote."""
+    from saeflow.models.plan import resource_plan
+
+    cfg = resolved_config(yaml.safe_load((finished_run / "config" / "config.yaml").read_text()))
+    exact, _ = resource_plan(cfg, finished_run)
+    before, _ = resource_plan(cfg, tmp_path)
+    assert (exact.basis == "exact").all() and (before.basis == "bound").all()
+    for table in (exact, before):
+        for r in table.itertuples():
+            acts = finished_run / "results" / r.model / r.dataset / "activations"
+            wrote = sum(f.stat().st_size for f in acts.iterdir())
+            assert abs(r.store_bytes - wrote) <= 0.2 * wrote, (r, wrote)
 
 
 @pytest.mark.workflow
