@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -314,3 +315,61 @@ def test_reading_ahead_gives_the_batches_of_reading_one_at_a_time(tmp_path, kw):
     resumed.load_state_dict(ahead.state_dict())
     for _ in range(10):
         torch.testing.assert_close(next(ahead), next(resumed), rtol=0, atol=0)
+
+
+def test_background_read_ahead_hands_out_the_streams_batches_and_its_state(tmp_path):
+    """ReadAhead (a reader thread a few batches ahead): the same batches in the same order, the
+    state of the batches handed out (so a checkpoint resumes exactly), and a reader error raised
+    in the consumer."""
+    from saeflow.sae.data import ReadAhead
+
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "l.npy", rng.normal(size=(1500, 8)).astype(np.float16))
+    arr = np.load(tmp_path / "l.npy", mmap_mode="r")
+    rows = RowSet(np.array([[0, 1400]]))
+    plain = BatchStream(arr, rows, batch_size=64, seed=4)
+    with ReadAhead(BatchStream(arr, rows, batch_size=64, seed=4), depth=3) as feed:
+        for _ in range(30):  # past an epoch end
+            torch.testing.assert_close(next(feed), next(plain), rtol=0, atol=0)
+            assert feed.state_dict() == plain.state_dict()
+        state = feed.state_dict()
+    with ReadAhead(BatchStream(arr, rows, batch_size=64, seed=4)) as resumed:
+        resumed.load_state_dict(state)
+        for _ in range(5):
+            torch.testing.assert_close(next(resumed), next(plain), rtol=0, atol=0)
+    assert not any(t.name == "saeflow-read-ahead" and t.is_alive() for t in threading.enumerate())
+
+    class Broken:
+        def state_dict(self):
+            return {"n_outliers": 0}
+
+        def __next__(self):
+            raise SaeflowError("activations/layer1.npy: NaN or inf in rows 3..4")
+
+    with ReadAhead(Broken()) as feed, pytest.raises(SaeflowError, match="NaN or inf in rows 3"):
+        next(feed)
+
+
+def test_read_ahead_only_where_a_cpu_is_free(tmp_path):
+    """No reader thread where it would compete with the step's torch threads (on two cores it
+    slowed training by 12%); depth 0 hands out the same batches and state."""
+    from saeflow.sae.data import ReadAhead, read_ahead_depth
+
+    before = torch.get_num_threads()
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        torch.set_num_threads(cpus)
+        assert read_ahead_depth(torch.device("cpu")) == 0
+        assert read_ahead_depth(torch.device("cuda")) == 2
+        if cpus > 1:
+            torch.set_num_threads(cpus - 1)
+            assert read_ahead_depth(torch.device("cpu")) == 2
+    finally:
+        torch.set_num_threads(before)
+    np.save(tmp_path / "l.npy", np.arange(800, dtype=np.float16).reshape(100, 8))
+    arr = np.load(tmp_path / "l.npy", mmap_mode="r")
+    plain = BatchStream(arr, RowSet(np.array([[0, 100]])), batch_size=16, seed=1)
+    with ReadAhead(BatchStream(arr, RowSet(np.array([[0, 100]])), 16, 1), depth=0) as feed:
+        for _ in range(9):
+            torch.testing.assert_close(next(feed), next(plain), rtol=0, atol=0)
+            assert feed.state_dict() == plain.state_dict()

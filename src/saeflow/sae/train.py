@@ -34,7 +34,7 @@ import torch
 
 from saeflow.sae import build_sae
 from saeflow.sae.base import RECIPE_DEFAULTS
-from saeflow.sae.data import BatchStream, RowReader, RowSet
+from saeflow.sae.data import BatchStream, ReadAhead, RowReader, RowSet, read_ahead_depth
 from saeflow.utils import SaeflowError, atomic_path, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -203,55 +203,58 @@ def fit(
     log_every = log_every or max(1, steps // 100)
     sae.train()
     bar = tqdm(range(start, steps), desc=desc, mininterval=5, initial=start, total=steps)
-    for step in bar:
-        x = next(stream).to(device, non_blocking=True)
-        t0 = time.perf_counter()
-        state = {"dead": (seen - last_fired) > dead_window if seen > dead_window else None}
-        losses = sae.train_step(x, state)
-        sae.remove_parallel_grad()
-        opt.step()
-        sched.step()
-        sae.normalize_decoder()
-        seen += len(x)
-        last_fired[losses.pop("fired")] = seen
-        stats = {"step": step, "tokens": seen}
-        sae.after_step(state, losses)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        result.step_times.append(time.perf_counter() - t0)
-        if step % log_every == 0 or step == steps - 1:
-            dead = (seen - last_fired) > dead_window
-            stats.update({k: float(v) for k, v in losses.items()})
-            stats.update(dead=float(dead.float().mean()), lr=sched.get_last_lr()[0])
-            if not math.isfinite(stats["fvu"]):
-                raise SaeflowError(
-                    f"{desc}: training diverged at step {step} (loss {stats['fvu']}); lower the lr"
+    # the next batches are read while this step runs, where a CPU is free for it
+    with ReadAhead(stream, read_ahead_depth(device)) as batches:
+        for step in bar:
+            x = next(batches).to(device, non_blocking=True)
+            t0 = time.perf_counter()
+            state = {"dead": (seen - last_fired) > dead_window if seen > dead_window else None}
+            losses = sae.train_step(x, state)
+            sae.remove_parallel_grad()
+            opt.step()
+            sched.step()
+            sae.normalize_decoder()
+            seen += len(x)
+            last_fired[losses.pop("fired")] = seen
+            stats = {"step": step, "tokens": seen}
+            sae.after_step(state, losses)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result.step_times.append(time.perf_counter() - t0)
+            if step % log_every == 0 or step == steps - 1:
+                dead = (seen - last_fired) > dead_window
+                stats.update({k: float(v) for k, v in losses.items()})
+                stats.update(dead=float(dead.float().mean()), lr=sched.get_last_lr()[0])
+                if not math.isfinite(stats["fvu"]):
+                    raise SaeflowError(
+                        f"{desc}: training diverged at step {step} (loss {stats['fvu']}); "
+                        "lower the lr"
+                    )
+                result.curve.append(stats)
+            if on_step is not None:
+                on_step(step, losses)
+            if (
+                ckpt is not None
+                and checkpoint_every
+                and (step + 1) % checkpoint_every == 0
+                and step + 1 < steps
+            ):
+                _atomic_torch_save(
+                    {
+                        "fingerprint": fingerprint,
+                        "steps": steps,
+                        "step": step + 1,
+                        "sae": sae.state_dict(),
+                        "opt": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "stream": batches.state_dict(),
+                        "last_fired": last_fired.cpu(),
+                        "seen": seen,
+                        "curve": result.curve,
+                    },
+                    ckpt,
                 )
-            result.curve.append(stats)
-        if on_step is not None:
-            on_step(step, losses)
-        if (
-            ckpt is not None
-            and checkpoint_every
-            and (step + 1) % checkpoint_every == 0
-            and step + 1 < steps
-        ):
-            _atomic_torch_save(
-                {
-                    "fingerprint": fingerprint,
-                    "steps": steps,
-                    "step": step + 1,
-                    "sae": sae.state_dict(),
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "stream": stream.state_dict(),
-                    "last_fired": last_fired.cpu(),
-                    "seen": seen,
-                    "curve": result.curve,
-                },
-                ckpt,
-            )
-    result.n_outliers = stream.n_outliers
+        result.n_outliers = batches.n_outliers
     return result
 
 
