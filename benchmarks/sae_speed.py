@@ -147,13 +147,27 @@ def make_activations(
 
 
 # --------------------------------------------------------------------------- timing helpers
+#: where every worker trains and times (``--device``; set in the worker process)
+DEVICE = "cpu"
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work, so that a wall-clock time covers it (no-op on CPU)."""
+    if DEVICE != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def _median_ms(fn, reps: int = 20, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
+    _sync()
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        _sync()
         ts.append(time.perf_counter() - t0)
     return 1000 * statistics.median(ts)
 
@@ -163,7 +177,7 @@ def _batch(arr: np.ndarray, i: int):
 
     return torch.from_numpy(
         np.ascontiguousarray(arr[i * BATCH : (i + 1) * BATCH], dtype=np.float32)
-    )
+    ).to(DEVICE)
 
 
 class MatmulProbe:
@@ -177,16 +191,18 @@ class MatmulProbe:
         import torch
 
         g = torch.Generator().manual_seed(2)
-        self.x = torch.randn(BATCH, D_IN, generator=g)
-        self.w = torch.randn(D_IN, D_SAE, generator=g)
-        self.out = torch.empty(BATCH, D_SAE)
+        self.x = torch.randn(BATCH, D_IN, generator=g).to(DEVICE)
+        self.w = torch.randn(D_IN, D_SAE, generator=g).to(DEVICE)
+        self.out = torch.empty(BATCH, D_SAE, device=DEVICE)
         self.times: list[float] = []
 
     def __call__(self, *_):
         import torch
 
+        _sync()
         t0 = time.perf_counter()
         torch.mm(self.x, self.w, out=self.out)
+        _sync()
         self.times.append(time.perf_counter() - t0)
 
 
@@ -197,8 +213,10 @@ def _timed_loop(
     times = []
     for i in range(steps):
         x = _batch(arr, i)
+        _sync()
         t0 = time.perf_counter()
         step_fn(i, x)
+        _sync()
         times.append(time.perf_counter() - t0)
         if probe is not None:
             probe()
@@ -217,7 +235,8 @@ def evaluate(encode_decode, held: np.ndarray, chunk: int = 4096) -> dict:
     with torch.no_grad():
         for i in range(0, n, chunk):
             x = torch.from_numpy(np.ascontiguousarray(held[i : i + chunk], dtype=np.float32))
-            x_hat, nz = encode_decode(x)
+            x_hat, nz = encode_decode(x.to(DEVICE))
+            x_hat, nz = x_hat.float().cpu(), nz.cpu()
             sse += float((x.double() - x_hat.double()).pow(2).sum())
             nnz += float(nz.double().sum())
             xd = x.double()
@@ -233,9 +252,9 @@ def matmul_ms(reps: int = 20, warmup: int = 3) -> float:
     import torch
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, D_IN, generator=g)
-    w = torch.randn(D_IN, D_SAE, generator=g)
-    out = torch.empty(BATCH, D_SAE)
+    x = torch.randn(BATCH, D_IN, generator=g).to(DEVICE)
+    w = torch.randn(D_IN, D_SAE, generator=g).to(DEVICE)
+    out = torch.empty(BATCH, D_SAE, device=DEVICE)
     return _median_ms(lambda: torch.mm(x, w, out=out), reps, warmup)
 
 
@@ -243,13 +262,16 @@ def worker_matmul(args) -> dict:
     import torch
 
     g = torch.Generator().manual_seed(1)
-    pre = torch.randn(BATCH, D_SAE, generator=g)
+    pre = torch.randn(BATCH, D_SAE, generator=g).to(DEVICE)
     res = {
         "matmul_ms": matmul_ms(),
         "topk_ms": _median_ms(lambda: pre.topk(K, dim=-1, sorted=False)),
     }
     for name, kw in (("adam_ms", {}), ("adam_fused_ms", {"fused": True})):
-        ps = [torch.nn.Parameter(torch.randn(D_IN, D_SAE, generator=g) * 0.02) for _ in range(2)]
+        ps = [
+            torch.nn.Parameter(torch.randn(D_IN, D_SAE, generator=g).to(DEVICE) * 0.02)
+            for _ in range(2)
+        ]
         for p in ps:
             p.grad = torch.randn_like(p) * 1e-3
         try:
@@ -289,7 +311,7 @@ def worker_saeflow(args, train, held, probe) -> dict:
         batch_size=BATCH,
         seed=args.seed,
         threads=args.threads,
-        device="cpu",
+        device=DEVICE,
         on_step=probe,
     )  # on_step runs outside its step clock
     sae = res.sae.eval()
@@ -332,7 +354,7 @@ def worker_saelens(args, train, held, probe) -> dict:
 
     torch.manual_seed(args.seed)
     sae = TopKTrainingSAE(
-        TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32", device="cpu")
+        TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32", device=DEVICE)
     )
     lr = SAETrainerConfig.lr if args.peer_lr is None else args.peer_lr  # library default 3e-4
     tcfg = SAETrainerConfig(
@@ -340,7 +362,7 @@ def worker_saelens(args, train, held, probe) -> dict:
         train_batch_size_samples=BATCH,
         lr=lr,
         lr_end=lr / 10,  # what LanguageModelSAERunnerConfig.__post_init__ sets
-        device="cpu",
+        device=DEVICE,
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=iter(()))
@@ -383,7 +405,7 @@ def worker_dictionary_learning(args, train, held, probe) -> dict:
         lm_name="synthetic",
         warmup_steps=warm,
         seed=args.seed,
-        device="cpu",
+        device=DEVICE,
         **kw,
     )
     times = _timed_loop(lambda i, x: trainer.update(i, x), train, args.steps, probe)
@@ -403,7 +425,8 @@ def worker_dictionary_learning(args, train, held, probe) -> dict:
 
 
 def worker_sparsify(args, train, held, probe) -> dict:
-    os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # Triton decoder is GPU-only
+    if DEVICE == "cpu":
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # Triton decoder is GPU-only
     import torch
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.config import TrainConfig
@@ -419,7 +442,7 @@ def worker_sparsify(args, train, held, probe) -> dict:
         log_to_wandb=False,
     )
     torch.manual_seed(args.seed)
-    sae = SparseCoder(D_IN, scfg, "cpu", dtype=torch.float32)
+    sae = SparseCoder(D_IN, scfg, DEVICE, dtype=torch.float32)
     # Trainer.__init__'s optimizer set-up, for one SAE.
     scheds = []
     if cfg.optimizer == "adam":
@@ -435,8 +458,8 @@ def worker_sparsify(args, train, held, probe) -> dict:
         opt.train()
     else:
         raise ValueError(cfg.optimizer)
-    since_fired = torch.zeros(sae.num_latents, dtype=torch.long)
-    did_fire = torch.zeros(sae.num_latents, dtype=torch.bool)
+    since_fired = torch.zeros(sae.num_latents, dtype=torch.long, device=DEVICE)
+    did_fire = torch.zeros(sae.num_latents, dtype=torch.bool, device=DEVICE)
 
     def step(i, x):
         # Trainer.fit()'s forward hook (loss_fn="fvu", micro_acc_steps=1) ...
@@ -479,7 +502,9 @@ def worker_sparsify(args, train, held, probe) -> dict:
 def run_worker(args) -> None:
     import torch
 
+    global DEVICE
     torch.set_num_threads(args.threads)
+    DEVICE = args.device
     lib = args.worker
     t0 = time.perf_counter()
     try:
@@ -581,6 +606,9 @@ def main() -> int:
         "--out", default=str(HERE / "results"), help="directory for sae_speed.tsv / .json"
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--device", default="cpu", help="cpu or cuda: where every library trains and is timed"
+    )
     ap.add_argument("--warmup", type=int, default=5, help="steps left out of the median step time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -647,6 +675,8 @@ def main() -> int:
                 str(args.steps),
                 "--threads",
                 str(args.threads),
+                "--device",
+                args.device,
                 "--seed",
                 str(args.seed),
                 "--warmup-fraction",
@@ -695,7 +725,7 @@ def main() -> int:
     print()
     print(
         f"TopK SAE, d={D_IN}, d_sae={D_SAE}, k={K}, batch={BATCH}, steps={args.steps}, "
-        f"threads={args.threads}, torch {ref.get('version')}"
+        f"threads={args.threads}, device={args.device}, torch {ref.get('version')}"
     )
     print(
         f"reference (median ms): matmul x(4096x512)@W(512x2048) {fmt(ref.get('matmul_ms'), 2)}, "

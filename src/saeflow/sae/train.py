@@ -401,6 +401,8 @@ def train_sae(
         final_train_fvu=res.curve[-1]["fvu"],
         resumed_from_step=res.resumed_from,
         outliers_dropped=res.n_outliers,
+        device=str(dev),
+        amp_bf16=bool(sae.amp),
     )
     if getattr(sae, "target_l0", None):
         metrics["target_l0"] = float(sae.target_l0)
