@@ -135,7 +135,7 @@ def model_shape(name: str, m: dict, root: Path) -> Shape | None:
             "geneformer" if cells else "toy",
             "toy settings",
         )
-    directory = Path(m["path"]) if m["source"] == "local" else root / "resources/models" / name
+    directory = root / m["path"] if m["source"] == "local" else root / "resources/models" / name
     directory = directory / m["subfolder"] if m["subfolder"] else directory
     cfg = _read_json(directory / "config.json")
     if cfg and "hidden_size" in cfg:
