@@ -23,6 +23,8 @@ extract_activations(
     snakemake.output[0],
     batch_size=p.batch_size,
     dtype=p.dtype,
+    tokens_per_item=p.tokens_per_item,
+    sample_seed=p.sample_seed,
     seq_start=start,
     meta={"model": w.model, "dataset": w.dataset, "model_path": model_path},
 )

@@ -57,6 +57,18 @@ def storable(h: np.ndarray, dtype: str, what: str, first: int, last: int) -> np.
     return h.astype(dtype, copy=False)
 
 
+def sample_tokens(keep: np.ndarray, n: int, seed: int, first_item: int) -> np.ndarray:
+    """``keep`` (B, T bool: the tokens that would be stored) thinned to at most ``n`` per row: row
+    b keeps a uniform sample drawn by ``default_rng([seed, first_item + b])``."""
+    out = keep.copy()
+    for b in np.flatnonzero(keep.sum(axis=1) > n):
+        pos = np.flatnonzero(keep[b])
+        rng = np.random.default_rng([int(seed), int(first_item) + int(b)])
+        out[b] = False
+        out[b, rng.choice(pos, size=n, replace=False)] = True
+    return out
+
+
 def extract_activations(
     adapter,
     sequences,
@@ -67,12 +79,19 @@ def extract_activations(
     meta: dict | None = None,
     seq_start: int = 0,
     dtype: str = "float16",
+    tokens_per_item: int = 0,
+    sample_seed: int = 0,
 ) -> dict:
     """Run the model once per batch and stream every requested layer to disk.
 
     ``dtype``: the stores' dtype, ``float16`` (half the disk) or ``float32``. A NaN/inf in the
     model's output, or (float16) a value beyond float16's range, stops the extraction with an
     error naming the layer, the batch and how many values; nothing is left on disk.
+
+    ``tokens_per_item``: keep at most this many tokens of each sequence or cell (0: all), a
+    uniform sample of its non-special tokens drawn by ``default_rng([sample_seed, item])`` (item:
+    the row in the whole table), so the sample does not depend on batching or sharding, and two
+    models that tokenise an item alike keep the same positions. Rows stay in position order.
 
     ``sequences`` is the sequence table (a DataFrame with a ``sequence`` column) for DNA models,
     or a :class:`saeflow.models.base.CellMatrix` for cell models (``adapter.kind == "cells"``;
@@ -90,10 +109,12 @@ def extract_activations(
     cells = getattr(adapter, "kind", "dna") == "cells"
     seqs = sequences if cells else sequences.sequence.tolist()
     # Pass 1 (cheap, tokeniser only): count tokens so the arrays are allocated once, at full size.
-    counts = []
+    counts, n_all = [], 0
     for i in range(0, len(seqs), 256):
         tb = adapter.tokenize(seqs[i : i + 256], max_length=max_length)
-        counts.extend((~tb.special).sum(axis=1).tolist())
+        n = (~tb.special).sum(axis=1)
+        n_all += int(n.sum())
+        counts.extend((np.minimum(n, tokens_per_item) if tokens_per_item else n).tolist())
     n_tokens = int(sum(counts))
     d = adapter.d_model
     with atomic_path(out_dir) as tmp:
@@ -115,6 +136,8 @@ def extract_activations(
             tb = adapter.tokenize(seqs[i : i + batch_size], max_length=max_length)
             hs = adapter.hidden_states(tb, layers)
             keep = ~tb.special
+            if tokens_per_item:
+                keep = sample_tokens(keep, tokens_per_item, sample_seed, i + seq_start)
             b_idx, t_idx = np.nonzero(keep)
             n = len(b_idx)
             first, last = i + seq_start, i + seq_start + len(tb.input_ids) - 1
@@ -143,6 +166,9 @@ def extract_activations(
             d_model=d,
             n_sequences=len(seqs),
             seq_start=int(seq_start),
+            tokens_per_item=int(tokens_per_item),
+            sample_seed=int(sample_seed),
+            n_tokens_unsampled=n_all,
             layers=list(layers),
             files={f"layer{lyr}.npy": sha256(tmp / f"layer{lyr}.npy") for lyr in layers},
         )
@@ -183,8 +209,8 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
     first = mans[0]
     expect = 0
     for d, m in zip(shard_dirs, mans):
-        for key in ("layers", "d_model", "dtype"):
-            if m[key] != first[key]:
+        for key in ("layers", "d_model", "dtype", "tokens_per_item", "sample_seed"):
+            if m.get(key) != first.get(key):
                 raise SaeflowError(
                     f"{d}: {key} {m[key]!r} differs from {shard_dirs[0]}'s {first[key]!r}"
                 )
@@ -239,11 +265,13 @@ def merge_activation_shards(shard_dirs: list, out_dir, chunk_rows: int = 1 << 16
         manifest = {
             k: v
             for k, v in first.items()
-            if k not in ("files", "n_tokens", "n_sequences", "seq_start")
+            if k not in ("files", "n_tokens", "n_sequences", "seq_start", "n_tokens_unsampled")
         }
         manifest.update(
             n_tokens=n_tokens, n_sequences=expect, seq_start=0, shards=len(shard_dirs), files=files
         )
+        if all("n_tokens_unsampled" in m for m in mans):
+            manifest["n_tokens_unsampled"] = sum(m["n_tokens_unsampled"] for m in mans)
         write_json(tmp / "manifest.json", manifest)
     log.info("merged %d shard(s): %d sequences, %d tokens", len(shard_dirs), expect, n_tokens)
     return manifest

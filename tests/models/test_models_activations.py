@@ -178,3 +178,46 @@ def test_merge_refuses_a_missing_shard(tiny_model_dir, tmp_path):
     with pytest.raises(SaeflowError, match="s2: starts at sequence 2, expected 1"):
         merge_activation_shards([tmp_path / "s0", tmp_path / "s2"], tmp_path / "m")
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
+
+
+def test_token_sampling_keeps_a_seeded_subset_of_each_item(tiny_model_dir, tmp_path):
+    """tokens_per_item: each item's stored rows are the full store's rows at a uniform sample of
+    its positions, the same whatever the batch size or sharding; items shorter than the cap keep
+    everything."""
+    from saeflow.activations import merge_activation_shards, shard_bounds
+
+    ad = load_model(tiny_model_dir)
+    rng = np.random.default_rng(3)
+    seqs = pd.DataFrame(
+        {"sequence": ["".join(rng.choice(list("ACGT"), n)) for n in (5, 20, 31, 8, 26, 40)]}
+    )
+    extract_activations(ad, seqs, [1, 2], tmp_path / "full", batch_size=1)
+    full = ActivationStore(tmp_path / "full")
+    for bs in (1, 4):
+        man = extract_activations(
+            ad, seqs, [1, 2], tmp_path / f"s{bs}", batch_size=bs, tokens_per_item=10
+        )
+        assert man["n_tokens_unsampled"] == full.manifest["n_tokens"] == 130
+        assert man["n_tokens"] == 5 + 10 + 10 + 8 + 10 + 10
+    one, four = ActivationStore(tmp_path / "s1"), ActivationStore(tmp_path / "s4")
+    pd.testing.assert_frame_equal(one.tokens, four.tokens)
+    assert one.tokens.groupby("seq").size().tolist() == [5, 10, 10, 8, 10, 10]
+    key = ["seq", "pos"]
+    rows = full.tokens.reset_index().merge(one.tokens[key], on=key)["index"].to_numpy()
+    assert len(rows) == len(one.tokens)  # a subset of the full store's tokens, in order
+    np.testing.assert_array_equal(one.layer(2), full.layer(2)[rows])
+    for s in (0, 3):  # short items keep every token
+        assert (one.tokens.seq == s).sum() == (full.tokens.seq == s).sum()
+    dirs = []
+    for i, (a, b) in enumerate(shard_bounds(len(seqs), 3)):
+        dirs.append(tmp_path / f"shard{i}")
+        extract_activations(
+            ad, seqs.iloc[a:b], [1, 2], dirs[-1], batch_size=1, seq_start=a, tokens_per_item=10
+        )
+    merged = merge_activation_shards(dirs, tmp_path / "merged")
+    pd.testing.assert_frame_equal(ActivationStore(tmp_path / "merged").tokens, one.tokens)
+    assert merged["n_tokens_unsampled"] == 130 and merged["tokens_per_item"] == 10
+    other = tmp_path / "other"  # a shard sampled differently cannot be merged in
+    extract_activations(ad, seqs.iloc[4:], [1, 2], other, batch_size=1, seq_start=4)
+    with pytest.raises(SaeflowError, match="tokens_per_item"):
+        merge_activation_shards(dirs[:2] + [other], tmp_path / "bad")

@@ -110,3 +110,12 @@ def test_prepared_tables_give_exact_counts(tmp_path):
     table, _ = resource_plan(cfg, tmp_path)
     row = table.set_index(["model", "dataset"]).loc[("toy_esm", "ctcf_peaks")]
     assert row["items"] == 15 and row.tokens == 10 * 64 + 5 * 30 and row.basis == "exact"
+
+
+def test_token_sampling_shrinks_the_geneformer_example_below_a_tenth(tmp_path):
+    cfg = example("geneformer_k562")
+    full, _ = resource_plan(cfg, tmp_path)
+    cfg["datasets"]["k562_control"]["tokens_per_item"] = 256
+    sampled, _ = resource_plan(cfg, tmp_path)
+    a, b = (t.set_index("model").loc["geneformer_v2"] for t in (full, sampled))
+    assert b.tokens == 2800 * 256 and b.store_bytes < 0.1 * a.store_bytes

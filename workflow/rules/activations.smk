@@ -24,6 +24,8 @@ rule extract_activations:
         layers=lambda wc: get_layers(wc.model),
         batch_size=lambda wc: config["models"][wc.model]["batch_size"],
         dtype=lambda wc: config["models"][wc.model]["activation_dtype"],
+        tokens_per_item=lambda wc: config["datasets"][wc.dataset]["tokens_per_item"],
+        sample_seed=lambda wc: config["datasets"][wc.dataset]["seed"],
         family=get_model_family,
         model_options=get_model_options,
         subfolder=get_model_subfolder,

@@ -203,7 +203,12 @@ def dataset_items(name: str, config: dict, shape: Shape, root: Path) -> Items:
     d = config["datasets"][name]
     cells = d["kind"] == "cells"
     prepared = root / "results/datasets" / name / "sequences.parquet"
-    cap = shape.max_tokens - 2
+    sample = d["tokens_per_item"]  # 0: every token of an item is stored
+
+    def per_item(tokens):  # what the store keeps of items of these token counts
+        return np.minimum(tokens, sample) if sample else np.asarray(tokens)
+
+    cap = int(per_item(shape.max_tokens - 2))
     if prepared.is_file():
         import pandas as pd
 
@@ -211,7 +216,9 @@ def dataset_items(name: str, config: dict, shape: Shape, root: Path) -> Items:
         if not cells:
             lengths = table.sequence.str.len().to_numpy()
             return Items(
-                len(table), int(dna_tokens(shape.family, lengths, shape.max_tokens).sum()), "exact"
+                len(table),
+                int(per_item(dna_tokens(shape.family, lengths, shape.max_tokens)).sum()),
+                "exact",
             )
         nnz = _cells_nnz(prepared.parent / "cells.h5ad")
         if nnz is not None and len(nnz) == len(table):
@@ -265,7 +272,7 @@ def dataset_items(name: str, config: dict, shape: Shape, root: Path) -> Items:
             length = t["length"]
         if n is None or not length:
             return Items(None, None, "unknown", f"datasets.{name}: set max_sequences")
-    per = int(dna_tokens(shape.family, np.array([length]), shape.max_tokens)[0])
+    per = int(per_item(dna_tokens(shape.family, np.array([length]), shape.max_tokens))[0])
     return Items(n, n * per, "bound")
 
 
