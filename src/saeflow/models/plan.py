@@ -379,7 +379,8 @@ def resource_plan(config: dict, root: str | os.PathLike = "."):
             sae_tflop=sae_flops / 1e12,
         )
         rows.append(row)
-    table = pd.DataFrame(rows)
+    columns = ["model", "dataset", "layers", "basis", "note", "items", "tokens", "d_model"]
+    table = pd.DataFrame(rows, columns=list(dict.fromkeys(columns + [k for r in rows for k in r])))
     for col in ("store_bytes", "peak_bytes", "sae_bytes", "extract_tflop", "sae_tflop"):
         if col not in table:
             table[col] = np.nan
