@@ -370,7 +370,9 @@ def check_prefix_reuse(ad, make_batch):
     """For a patch at each residual layer L: passes inside ``ad.reusing_prefix(L)`` give exactly
     the outputs of full passes (top residual layer and logits); the blocks below L run once per
     batch (their submodules are not called again on the same batch, and are on a new one); and a
-    capture or patch below L is refused. ``make_batch()`` tokenises the same inputs afresh."""
+    capture or patch below L is refused. Also that ``hidden_states`` (residual captures, no
+    logits) stops after the highest layer it needs, with a full pass's tensors.
+    ``make_batch()`` tokenises the same inputs afresh."""
     import pytest
 
     from saeflow.models.base import Capture, Patch
@@ -424,6 +426,16 @@ def check_prefix_reuse(ad, make_batch):
         before = list(calls)
         outputs(make_batch())
         assert all(c > b for c, b in zip(calls, before))
+        # a capture-only pass (hidden_states: no logits) stops after the highest layer it needs:
+        # the same tensors as a full pass, and the blocks above that layer do not run
+        for L in range(N + 1):
+            tb = make_batch()
+            full = ad.run(tb, Capture(resid=[L])).resid[L]
+            before = list(calls)
+            early = ad.hidden_states(tb, [L])[L]
+            assert torch.equal(early, full), f"layer {L}"
+            assert calls[L:] == before[L:], f"layer {L}: blocks above it ran"
+            assert all(calls[i] > before[i] for i in range(L)), f"layer {L}"
     finally:
         for h in hooks:
             h.remove()

@@ -36,25 +36,27 @@ _F16_MAX = float(np.finfo(np.float16).max)
 def storable(h: np.ndarray, dtype: str, what: str, first: int, last: int) -> np.ndarray:
     """``h`` (float32 activations of ``what``, from sequences ``first``..``last``) cast to the
     store's ``dtype``, after checking that every value is finite and (float16) within float16's
-    range; a clear error otherwise, naming the layer, the sequences and how many values."""
-    finite = np.isfinite(h)
-    if not finite.all():
-        n_nan = int(np.isnan(h).sum())
+    range; a clear error otherwise, naming the layer, the sequences and how many values.
+
+    One pass in the common case: the cast, then a finiteness check of its result (a float16
+    overflow becomes inf there); the counts are only worked out for the error."""
+    out = h.astype(dtype, copy=False)
+    if np.isfinite(out).all():
+        return out
+    n_nan = int(np.isnan(h).sum())
+    n_inf = int(np.isinf(h).sum())
+    if n_nan or n_inf:
         raise SaeflowError(
-            f"{what}: the model's output has {n_nan} NaN and {h.size - int(finite.sum()) - n_nan} "
-            f"inf values (of {h.size}) for sequences {first}..{last}; check the model's weights "
-            "and inputs (a float16/bfloat16 overflow on the GPU? extract in float32)"
+            f"{what}: the model's output has {n_nan} NaN and {n_inf} inf values (of {h.size}) for "
+            f"sequences {first}..{last}; check the model's weights and inputs (a float16/bfloat16 "
+            "overflow on the GPU? extract in float32)"
         )
-    if dtype == "float16":
-        big = np.abs(h) > _F16_MAX
-        if big.any():
-            raise SaeflowError(
-                f"{what}: {int(big.sum())} values (of {h.size}) for sequences {first}..{last} "
-                f"exceed float16's range (|x| > 65504; largest {float(np.abs(h).max()):.6g}); "
-                "store this model's activations as float32 (models.<name>.activation_dtype: "
-                "float32)"
-            )
-    return h.astype(dtype, copy=False)
+    big = np.abs(h) > _F16_MAX
+    raise SaeflowError(
+        f"{what}: {int(big.sum())} values (of {h.size}) for sequences {first}..{last} "
+        f"exceed float16's range (|x| > 65504; largest {float(np.abs(h).max()):.6g}); "
+        "store this model's activations as float32 (models.<name>.activation_dtype: float32)"
+    )
 
 
 def sample_tokens(keep: np.ndarray, n: int, seed: int, first_item: int) -> np.ndarray:

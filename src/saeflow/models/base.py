@@ -457,6 +457,19 @@ class HookedAdapter(ModelAdapter):
             return t.reshape(*t.shape[:-1], H, dh).transpose(-3, -2)
 
         want_attn_output = False
+        # Residual captures alone, no logits: the forward stops once the highest captured layer
+        # is recorded (the blocks above it and the LM head would only be thrown away).
+        only_resid = not (
+            logits
+            or patch.resid
+            or patch.heads
+            or capture.attn
+            or capture.qkv
+            or capture.head_out
+            or capture.mlp
+            or self._prefix is not None
+        )
+        stop_at = max(capture.resid) if only_resid and capture.resid else None
         try:
             if self._prefix is not None:
                 handles += self._prefix_hooks(batch, capture, patch)
@@ -468,6 +481,8 @@ class HookedAdapter(ModelAdapter):
                     new = None if rep is None else _resolve(rep, t)
                     if rec:
                         res.resid[layer] = (t if new is None else new).detach()
+                    if layer == stop_at:
+                        raise _Done
                     return new
 
                 handles.append(hook_site(self.resid_site(layer), f))
@@ -524,7 +539,10 @@ class HookedAdapter(ModelAdapter):
                     stack.enter_context(_eager_attention(self.model))
                     kw["output_attentions"] = True
                 stack.enter_context(torch.inference_mode())
-                out = self._forward(batch, **kw)
+                try:
+                    out = self._forward(batch, **kw)
+                except _Done:
+                    out = None
             if want_attn_output:
                 for layer in capture.attn:
                     if layer not in res.attn:
@@ -535,6 +553,11 @@ class HookedAdapter(ModelAdapter):
             for h in handles:
                 h.remove()
         return res
+
+
+class _Done(Exception):
+    """Raised by the hook of the last residual layer a capture-only pass needs (see
+    :meth:`HookedAdapter.run`): the rest of the forward is not computed."""
 
 
 @dataclass
