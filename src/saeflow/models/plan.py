@@ -96,7 +96,6 @@ PUBLISHED: dict[tuple[str, str], Shape] = {
 #: Bases per token of each DNA family's tokenizer (dnabert2: BPE, about 4.5 bases per token on
 #: human sequence, an estimate); k-mer families are exact (see :func:`dna_tokens`).
 BPE_BASES_PER_TOKEN = 4.5
-BYTES = {"float16": 2, "float32": 4}
 #: bytes per token of the token index (tokens.parquet, compressed) and offsets; a rough figure
 INDEX_BYTES_PER_TOKEN = 12
 
@@ -354,8 +353,8 @@ def resource_plan(config: dict, root: str | os.PathLike = "."):
         if items.tokens is None:
             rows.append(row)
             continue
-        dtype = m.get("activation_dtype", "float16")
-        store = items.tokens * (shape.d_model * len(layers) * BYTES[dtype] + INDEX_BYTES_PER_TOKEN)
+        itemsize = np.dtype(m["activation_dtype"]).itemsize  # the schema's default: float16
+        store = items.tokens * (shape.d_model * len(layers) * itemsize + INDEX_BYTES_PER_TOKEN)
         shards = config["datasets"][dataset]["shards"]
         sae_bytes, sae_flops = 0, 0.0
         train_tokens = items.tokens * (1 - config["datasets"][dataset]["test_fraction"])
