@@ -114,15 +114,15 @@ def published_nt_state_dict(model):
     return sd
 
 
-def make_nt_dir(d):
+def make_nt_dir(d, **over):
     """Nucleotide Transformer v2: model.safetensors (published keys), config.json, vocab.txt,
-    special tokens."""
+    special tokens. ``over``: config.json keys (sizes) instead of the tiny ones."""
     from safetensors.torch import save_file
     from transformers import EsmConfig
 
     from saeflow.models.ntv2_modeling import NTv2ForMaskedLM
 
-    cfg = nt_config()
+    cfg = nt_config(**over)
     torch.manual_seed(0)
     model = NTv2ForMaskedLM(EsmConfig(**cfg))
     save_file(
@@ -148,10 +148,10 @@ def gene(i):
     return f"ENSG{i:011d}"
 
 
-def make_geneformer_dir(d, version, n_genes=30, max_pos=12):
+def make_geneformer_dir(d, version, n_genes=30, max_pos=12, sizes=None):
     """Geneformer: BertForMaskedLM + token_dictionary*.pkl / gene_median_dictionary*.pkl in the
     model dir. Gene i has token id (n_special + i) and median 1 + i % 5 (gene 0's median is set by
-    the test)."""
+    the test). ``sizes``: BertConfig sizes instead of :data:`TINY`."""
     from transformers import BertConfig, BertForMaskedLM
 
     specials = ["<pad>", "<mask>"] + (["<cls>", "<eos>"] if version == "V2" else [])
@@ -169,7 +169,7 @@ def make_geneformer_dir(d, version, n_genes=30, max_pos=12):
         max_position_embeddings=max_pos,
         pad_token_id=0,
         hidden_act="relu",
-        **TINY,
+        **(sizes or TINY),
     )
     BertForMaskedLM(cfg).save_pretrained(d)
     return d, tokens, medians
@@ -180,16 +180,18 @@ def make_geneformer_dir(d, version, n_genes=30, max_pos=12):
 DNABERT2_LAYERS = 2
 
 
-def train_dnabert2_tokenizer(seed=0):
-    """A BPE tokenizer trained on random DNA the way the DNABERT-2 authors trained theirs."""
+def train_dnabert2_tokenizer(seed=0, vocab_size=80, corpus=None):
+    """A BPE tokenizer trained on random DNA (or ``corpus``) the way the DNABERT-2 authors trained
+    theirs."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
     rng = random.Random(seed)
-    corpus = ["".join(rng.choice("ACGT") for _ in range(300)) for _ in range(60)]
+    if corpus is None:
+        corpus = ["".join(rng.choice("ACGT") for _ in range(300)) for _ in range(60)]
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(
-        vocab_size=80,
+        vocab_size=vocab_size,
         special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
         show_progress=False,
     )
@@ -202,12 +204,16 @@ def train_dnabert2_tokenizer(seed=0):
     return tok
 
 
-def write_dnabert2_checkpoint(d, hidden=32, heads=4, fmt="bin", seed=0):
-    """A random DNABERT-2-layout checkpoint in directory ``d``; returns the state dict written."""
+def write_dnabert2_checkpoint(
+    d, hidden=32, heads=4, fmt="bin", seed=0, layers=DNABERT2_LAYERS, ffn=None, tokenizer=None
+):
+    """A random DNABERT-2-layout checkpoint in directory ``d``; returns the state dict written.
+    ``layers``, ``ffn`` (intermediate_size, default 2 x hidden) and ``tokenizer`` (a trained
+    BPE ``tokenizers.Tokenizer``) give other sizes than the tiny ones."""
     from saeflow.models.dnabert2 import Dnabert2Config, Dnabert2ForMaskedLM
 
     d.mkdir(parents=True, exist_ok=True)
-    tok = train_dnabert2_tokenizer(seed)
+    tok = tokenizer or train_dnabert2_tokenizer(seed)
     tok.save(str(d / "tokenizer.json"))
     cfg = {  # the real config.json's keys, tiny sizes
         "_name_or_path": "zhihan1996/DNABERT-2-117M",
@@ -220,12 +226,12 @@ def write_dnabert2_checkpoint(d, hidden=32, heads=4, fmt="bin", seed=0):
         "hidden_dropout_prob": 0.1,
         "hidden_size": hidden,
         "initializer_range": 0.02,
-        "intermediate_size": 2 * hidden,
+        "intermediate_size": ffn or 2 * hidden,
         "layer_norm_eps": 1e-12,
         "max_position_embeddings": 512,
         "model_type": "bert",
         "num_attention_heads": heads,
-        "num_hidden_layers": DNABERT2_LAYERS,
+        "num_hidden_layers": layers,
         "position_embedding_type": "absolute",
         "torch_dtype": "float32",
         "transformers_version": "4.28.0",

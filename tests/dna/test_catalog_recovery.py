@@ -198,3 +198,54 @@ def test_recovery_selects_on_training_split_and_reports_held_out_f1(tmp_path):
     # two tied pairs count one half each -> (2 * 1 + 2 * 0.5) / 4
     assert abs(row.auroc - 0.75) < 1e-9
     assert row.n_motif_bases_test == 18 and row.n_windows_with_motif_test == 2
+
+
+def test_catalog_contexts_equal_encoding_each_instances_sequence_alone(tmp_path, monkeypatch):
+    """The contexts re-encode each needed sequence once, in groups of sequences: the marked
+    contexts are those of encoding the top instance's own sequence alone, for every (feature,
+    rank), with groups of several sequences and a sequence longer than a group."""
+    import saeflow.dna.catalog as catalog
+
+    rng = np.random.default_rng(3)
+    lengths = [7, 12, 3, 40, 9, 15, 11, 5]
+    d, F = 6, 24
+    rows, seqs = [], []
+    for s, n in enumerate(lengths):
+        starts = np.sort(rng.choice(np.arange(60), n, replace=False)) if n else []
+        seq = "".join(rng.choice(list("ACGT"), 70))
+        seqs.append(dict(name=f"s{s}", sequence=seq))
+        rows += [
+            dict(seq=s, pos=i + 1, token_id=int(rng.integers(5, 9)), start=a, end=a + 3)
+            for i, a in enumerate(starts)
+        ]
+    tokens = pd.DataFrame(rows)
+    acts = rng.normal(size=(len(tokens), d)).astype(np.float16)
+    store_dir = tmp_path / "acts"
+    store_dir.mkdir()
+    np.save(store_dir / "layer1.npy", acts)
+    tokens.to_parquet(store_dir / "tokens.parquet")
+    write_json(store_dir / "manifest.json", {"n_tokens": len(tokens), "d_model": d, "layers": [1]})
+    torch.manual_seed(0)
+    sae = TopKSAE(d, F, k=3)
+    params = dict(
+        top_n=4, n_contexts=3, context=2, svd_components=2, svd_threshold=0.5, svd_sample=100
+    )
+    monkeypatch.setattr(catalog, "CONTEXT_CHUNK", 30)  # groups of a few sequences; s3 alone
+    store = ActivationStore(store_dir)
+    sequences = pd.DataFrame(seqs)
+    feats, ctx, _, _ = build_catalog(sae, store, 1, sequences, {}, params, {})
+    assert len(ctx) > 2 * F and ctx.sequence.nunique() >= 6
+    bounds = np.searchsorted(tokens.seq.to_numpy(), np.arange(len(lengths) + 1))
+    x = np.asarray(store.layer(1), dtype=np.float32)
+    for c in ctx.itertuples():
+        s = int(c.sequence[1:])
+        lo, hi = bounds[s], bounds[s + 1]
+        with torch.no_grad():
+            z = sae.encode(torch.from_numpy(x[lo:hi]))[:, c.feature].numpy()
+        mask = np.zeros(70, bool)
+        for a, b, zz in zip(tokens.start[lo:hi], tokens.end[lo:hi], z):
+            if zz > 0:
+                mask[a:b] = True
+        assert c.context == mark_context(seqs[s]["sequence"], c.start, c.end, mask, 2), c
+    ranks = ctx.groupby("feature")["rank"].apply(list)
+    assert all(r == list(range(len(r))) for r in ranks)

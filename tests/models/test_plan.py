@@ -119,3 +119,23 @@ def test_token_sampling_shrinks_the_geneformer_example_below_a_tenth(tmp_path):
     sampled, _ = resource_plan(cfg, tmp_path)
     a, b = (t.set_index("model").loc["geneformer_v2"] for t in (full, sampled))
     assert b.tokens == 2800 * 256 and b.store_bytes < 0.1 * a.store_bytes
+
+
+def test_extraction_work_stops_at_the_highest_stored_layer_and_gives_cpu_hours(tmp_path):
+    """Capture-only passes stop after the highest stored layer: storing only the middle block
+    plans half the forward FLOPs of storing the last one (same tokens); CPU and GPU hours are the
+    same FLOPs at plan.cpu_tflops and plan.gpu_tflops."""
+    cfg = example("geneformer_k562")
+    rows = {}
+    for layers in ([18], [9], [3, 9]):
+        cfg["models"]["geneformer_v2"]["layers"] = layers
+        table, totals = resource_plan(cfg, tmp_path)
+        rows[tuple(layers)] = table.set_index("model").loc["geneformer_v2"]
+    top, mid, two = rows[(18,)], rows[(9,)], rows[(3, 9)]
+    assert mid.extract_tflop == pytest.approx(top.extract_tflop / 2)
+    assert two.extract_tflop == pytest.approx(mid.extract_tflop)
+    work = (top.extract_tflop + top.sae_tflop) * 1e12
+    plan = cfg["plan"]
+    assert top.cpu_hours == pytest.approx(work / (plan["cpu_tflops"] * 1e12) / 3600)
+    assert top.gpu_hours == pytest.approx(work / (plan["gpu_tflops"] * 1e12) / 3600)
+    assert "CPU-hours" in summary_line(totals, (1, "x"))

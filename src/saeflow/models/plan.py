@@ -369,7 +369,9 @@ def resource_plan(config: dict, root: str | os.PathLike = "."):
             sae_flops += per_token * seen * len(layers)
         per_item = items.tokens / max(items.n, 1)
         attention = 4.0 * shape.n_layers * per_item * shape.d_model  # QK^T and AV, per token
-        extract_flops = items.tokens * (shape.flops_per_token + attention)
+        # extraction's passes stop after the highest stored layer (no blocks above, no LM head)
+        depth = max(layers) / shape.n_layers if layers else 1.0
+        extract_flops = items.tokens * (shape.flops_per_token + attention) * depth
         row.update(
             store_bytes=int(store),
             peak_bytes=int(2 * store if shards > 1 else store),
@@ -383,8 +385,9 @@ def resource_plan(config: dict, root: str | os.PathLike = "."):
     for col in ("store_bytes", "peak_bytes", "sae_bytes", "extract_tflop", "sae_tflop"):
         if col not in table:
             table[col] = np.nan
-    tflops = config["plan"]["gpu_tflops"]
+    tflops, cpu_tflops = config["plan"]["gpu_tflops"], config["plan"]["cpu_tflops"]
     table["gpu_hours"] = (table.extract_tflop + table.sae_tflop) / tflops / 3600
+    table["cpu_hours"] = (table.extract_tflop + table.sae_tflop) / cpu_tflops / 3600
     known = table[table.basis != "unknown"]
     # the stores and SAEs stay; the merge's second copy is transient (shards are temp())
     totals = dict(
@@ -397,6 +400,8 @@ def resource_plan(config: dict, root: str | os.PathLike = "."):
         + int(known.store_bytes.sum() + known.sae_bytes.sum()),
         gpu_hours=float(known.gpu_hours.sum()),
         gpu_tflops=tflops,
+        cpu_hours=float(known.cpu_hours.sum()),
+        cpu_tflops=cpu_tflops,
         tokens=int(known.tokens.sum()) if len(known) else 0,
     )
     return table, totals
@@ -429,7 +434,8 @@ def summary_line(totals: dict, budget: tuple[int, str]) -> str:
         f"writes {human_bytes(totals['disk_bytes'])} (activations "
         f"{human_bytes(totals['store_bytes'])}, SAEs {human_bytes(totals['sae_bytes'])}), peak "
         f"{human_bytes(totals['peak_bytes'])}; ~{totals['gpu_hours']:.3g} GPU-hours at "
-        f"{totals['gpu_tflops']:g} TFLOP/s (FLOP-based); budget {human_bytes(budget[0])} "
+        f"{totals['gpu_tflops']:g} TFLOP/s (FLOP-based), ~{totals['cpu_hours']:.3g} CPU-hours "
+        f"at {totals['cpu_tflops']:g}; budget {human_bytes(budget[0])} "
         f"({budget[1]})"
     )
     if totals["unknown"]:
@@ -464,13 +470,14 @@ def markdown(table) -> str:
         return "?" if x is None or (isinstance(x, float) and math.isnan(x)) else human_bytes(x)
 
     head = "| model / dataset | items | tokens | layers × d | activations | peak | SAEs | GPU-h |"
-    rows = [head + " basis |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = [head + " CPU-h | basis |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in table.to_dict("records"):
         basis = r["basis"] + (f" ({r['note']})" if r.get("note") else "")
         rows.append(
             f"| {r['model']} / {r['dataset']} | {num(r.get('items'))} | {num(r.get('tokens'))} | "
             f"{r['layers']} × {num(r.get('d_model'))} | {size(r.get('store_bytes'))} | "
             f"{size(r.get('peak_bytes'))} | {size(r.get('sae_bytes'))} | "
-            f"{num(r.get('gpu_hours'), '{:.2g}')} | {basis} |"
+            f"{num(r.get('gpu_hours'), '{:.2g}')} | {num(r.get('cpu_hours'), '{:.2g}')} | "
+            f"{basis} |"
         )
     return "\n".join(rows)
