@@ -9,6 +9,11 @@ SAE's. Target (issue 17): within 0.02.
 
     .venv/bin/python benchmarks/token_sampling.py RUN_DIR --model toy_geneformer --dataset pbmc \\
         --layer 4 --tokens 16 32 64
+
+``--from-store``: no extraction; the run's own (full) activation store is the full store and each
+sampled store is its rows that extraction with ``tokens_per_item`` would keep
+(``saeflow.activations.sampled_rows``; tests/models/test_models_activations.py checks they are
+the same rows) -- for models too slow to extract twice (the Geneformer V2 rehearsal).
 """
 
 from __future__ import annotations
@@ -17,14 +22,32 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from saeflow.activations import ActivationStore, extract_activations, split_ranges
+from saeflow.activations import ActivationStore, extract_activations, sampled_rows, split_ranges
 from saeflow.cells.items import shard_items
 from saeflow.models import load_model
 from saeflow.sae import load_sae
 from saeflow.sae.evaluation import activation_metrics
 from saeflow.sae.train import train_sae
+from saeflow.utils import read_json, write_json
+
+
+def subsample(full: ActivationStore, layer: int, n: int, out: Path) -> ActivationStore:
+    """The store extraction with ``tokens_per_item=n`` would write, from the full store's rows."""
+    if full.manifest.get("tokens_per_item"):
+        raise SystemExit(f"{full.dir}: already sampled (tokens_per_item); need a full store")
+    rows = sampled_rows(full.seq_offsets, n, full.manifest.get("sample_seed", 0))  # 0: older stores
+    out.mkdir()
+    np.save(out / f"layer{layer}.npy", np.asarray(full.layer(layer)[rows]))
+    full.tokens.iloc[rows].reset_index(drop=True).to_parquet(out / "tokens.parquet")
+    counts = np.diff(full.seq_offsets)
+    np.save(out / "seq_offsets.npy", np.concatenate([[0], np.cumsum(np.minimum(counts, n))]))
+    man = dict(read_json(full.dir / "manifest.json"), n_tokens=len(rows), layers=[layer])
+    man.update(tokens_per_item=n, files={})
+    write_json(out / "manifest.json", man)
+    return ActivationStore(out)
 
 
 def main():
@@ -36,23 +59,32 @@ def main():
     ap.add_argument("--tokens", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--from-store", action="store_true", help="sample the run's store (above)")
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--expansion", type=float, default=4)
     a = ap.parse_args()
     run = Path(a.run_dir)
     data = run / "results" / "datasets" / a.dataset
     seqs = pd.read_parquet(data / "sequences.parquet")
     cells = data / "cells.h5ad"
-    items = shard_items(seqs, 0, len(seqs), cells if cells.exists() else None)
-    adapter = load_model(run / "resources" / "models" / a.model)
-    recipe = dict(arch="topk", expansion=4, k=16, lr=3e-3, batch_size=256, steps=a.steps)
+    recipe = dict(arch="topk", expansion=a.expansion, k=a.k, lr=3e-3, batch_size=256, steps=a.steps)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         stores = {}
-        for n in [0, *a.tokens]:
-            extract_activations(
-                adapter, items, [a.layer], tmp / f"acts{n}", batch_size=32, tokens_per_item=n
-            )
-            stores[n] = ActivationStore(tmp / f"acts{n}")
+        if a.from_store:
+            run_store = run / "results" / a.model / a.dataset / "activations"
+            stores[0] = ActivationStore(run_store)
+            for n in a.tokens:
+                stores[n] = subsample(stores[0], a.layer, n, tmp / f"acts{n}")
+        else:
+            items = shard_items(seqs, 0, len(seqs), cells if cells.exists() else None)
+            adapter = load_model(run / "resources" / "models" / a.model)
+            for n in [0, *a.tokens]:
+                extract_activations(
+                    adapter, items, [a.layer], tmp / f"acts{n}", batch_size=32, tokens_per_item=n
+                )
+                stores[n] = ActivationStore(tmp / f"acts{n}")
         full = stores[0]
         _, full_test = split_ranges(full.seq_offsets, seqs)
         for n, store in stores.items():

@@ -71,6 +71,18 @@ def sample_tokens(keep: np.ndarray, n: int, seed: int, first_item: int) -> np.nd
     return out
 
 
+def sampled_rows(seq_offsets: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The rows of a full store (every token; ``seq_offsets`` its per-item row offsets) that
+    extraction with ``tokens_per_item=n`` and ``sample_seed=seed`` stores, in order: the sampled
+    store is the full store's layer arrays at these rows (the draw depends on an item's token
+    count and index only)."""
+    out = []
+    for j, (lo, hi) in enumerate(zip(seq_offsets[:-1], seq_offsets[1:])):
+        keep = sample_tokens(np.ones((1, int(hi - lo)), bool), n, seed, j)[0]
+        out.append(int(lo) + np.flatnonzero(keep))
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
 def extract_activations(
     adapter,
     sequences,

@@ -184,7 +184,7 @@ def test_token_sampling_keeps_a_seeded_subset_of_each_item(tiny_model_dir, tmp_p
     """tokens_per_item: each item's stored rows are the full store's rows at a uniform sample of
     its positions, the same whatever the batch size or sharding; items shorter than the cap keep
     everything."""
-    from saeflow.activations import merge_activation_shards, shard_bounds
+    from saeflow.activations import merge_activation_shards, sampled_rows, shard_bounds
 
     ad = load_model(tiny_model_dir)
     rng = np.random.default_rng(3)
@@ -206,6 +206,8 @@ def test_token_sampling_keeps_a_seeded_subset_of_each_item(tiny_model_dir, tmp_p
     rows = full.tokens.reset_index().merge(one.tokens[key], on=key)["index"].to_numpy()
     assert len(rows) == len(one.tokens)  # a subset of the full store's tokens, in order
     np.testing.assert_array_equal(one.layer(2), full.layer(2)[rows])
+    seed = one.manifest["sample_seed"]  # the same rows, chosen from the full store alone
+    np.testing.assert_array_equal(sampled_rows(full.seq_offsets, 10, seed), rows)
     for s in (0, 3):  # short items keep every token
         assert (one.tokens.seq == s).sum() == (full.tokens.seq == s).sum()
     dirs = []
