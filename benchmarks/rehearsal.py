@@ -350,6 +350,7 @@ def main():
     ap.add_argument("--layer", type=int, help="the one layer stored (default: the middle)")
     ap.add_argument("--targets", type=int, default=2, help="cells: perturbation targets kept")
     ap.add_argument("--per-target", type=int, default=4, help="cells: cells per target")
+    ap.add_argument("--dry-run", action="store_true", help="build, plan, snakemake -n; stop")
     a = ap.parse_args()
     wd = a.workdir
     cfg_path = wd / "config" / "rehearsal.yaml"
@@ -367,6 +368,9 @@ def main():
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         smk(wd, "resource_plan")
         (wd / "results" / "resource_plan.tsv").rename(wd / "plan_before.tsv")
+    if a.dry_run:
+        smk(wd, "-n")
+        return
     dataset = FAMILIES[a.family]["dataset"]
     before = pd.read_csv(wd / "plan_before.tsv", sep="\t")
     run_s = smk(wd)

@@ -140,6 +140,49 @@ def test_patching_restores_the_clean_run_at_the_embeddings(adapter, ctcf):
     assert (summary.n_pairs <= n).all()
 
 
+def test_patched_readouts_equal_full_passes(adapter, ctcf):
+    """Every head and at-site residual patch (computed reusing the corrupted run's blocks below
+    it) gives the readout of a full corrupted pass with that one component patched in."""
+    from saeflow.dna.counterfactual import counterfactual_pairs
+    from saeflow.models.base import Capture, Patch
+
+    seqs, _ = _planted(ctcf, n=12)
+    pairs = counterfactual_pairs(seqs.sequence, ctcf.pssm, ctcf.threshold, names=seqs.name)
+    pairs = pairs[pairs.corrupted.notna()].head(4).reset_index(drop=True)
+    w = np.random.default_rng(1).normal(size=adapter.d_model).astype(np.float32)
+    per_pair, _ = patching(adapter, pairs, w, 0.5, batch_size=4, min_gap=1e-4)
+    L, H = adapter.n_layers, adapter.n_heads
+    tc, tx = adapter.tokenize(pairs.clean.tolist()), adapter.tokenize(pairs.corrupted.tolist())
+    v = torch.from_numpy(~tc.special).float()
+
+    def readout(r):
+        h = r.resid[L].float()
+        return ((h * v[..., None]).sum(1) / v.sum(1, keepdim=True)) @ torch.from_numpy(w) + 0.5
+
+    st, en = pairs.start.to_numpy()[:, None], pairs.end.to_numpy()[:, None]
+    over = lambda t: (t.offsets[..., 0] < en) & (t.offsets[..., 1] > st)  # noqa: E731
+    site = torch.from_numpy((over(tc) | over(tx)) & ~tc.special)
+    with torch.inference_mode():
+        rc = adapter.run(tc, Capture(resid=list(range(L + 1)), head_out=list(range(1, L + 1))))
+        got = per_pair.set_index(["component", "layer", "head", "pair"]).patched
+        for layer in range(1, L + 1):
+            for h in range(H):
+                patch = Patch(heads={(layer, h): rc.head_out[layer][:, :, h, :]})
+                want = readout(adapter.run(tx, Capture(resid=[L]), patch)).numpy()
+                np.testing.assert_allclose(
+                    got.loc["head", layer, h].sort_index(), want, rtol=1e-4, atol=1e-5
+                )
+        for layer in range(L + 1):
+
+            def put(t, cr=rc.resid[layer]):
+                return torch.where(site[..., None], cr.to(t.dtype), t)
+
+            want = readout(adapter.run(tx, Capture(resid=[L]), Patch(resid={layer: put}))).numpy()
+            np.testing.assert_allclose(
+                got.loc["resid_at_site", layer, -1].sort_index(), want, rtol=1e-4, atol=1e-5
+            )
+
+
 def test_ablation_specificity_ranks_a_strong_feature_above_its_null(adapter):
     from saeflow.models.base import Capture
     from saeflow.sae import build_sae

@@ -572,21 +572,26 @@ def patching(
             )
             clean = readout(rc, v)
             corrupted = readout(adapter.run(tx, Capture(resid=[L])), v)
-            outs = []
-            for layer in range(1, L + 1):
-                for h in range(H):
-                    ho = rc.head_out[layer][:, :, h, :]
-                    r = adapter.run(tx, Capture(resid=[L]), Patch(heads={(layer, h): ho}))
-                    outs.append(("head", layer, h, readout(r, v)))
+            heads, resid = [], []
+            # grouped by depth, each group reusing the corrupted run's blocks below it: residual
+            # layer `layer` (patched at its output) and the heads of block layer + 1 (patched
+            # inside it) need only the blocks above `layer`
             for layer in range(0, L + 1):
-                cr = rc.resid[layer]
-                for comp, where in (("resid_at_site", site), ("resid_off_site", off)):
+                with adapter.reusing_prefix(layer):
+                    cr = rc.resid[layer]
+                    for comp, where in (("resid_at_site", site), ("resid_off_site", off)):
 
-                    def put(t, cr=cr, where=where):
-                        return torch.where(where[..., None], cr.to(t.dtype), t)
+                        def put(t, cr=cr, where=where):
+                            return torch.where(where[..., None], cr.to(t.dtype), t)
 
-                    r = adapter.run(tx, Capture(resid=[L]), Patch(resid={layer: put}))
-                    outs.append((comp, layer, -1, readout(r, v)))
+                        r = adapter.run(tx, Capture(resid=[L]), Patch(resid={layer: put}))
+                        resid.append((comp, layer, -1, readout(r, v)))
+                    for h in range(H) if layer < L else ():
+                        ho = rc.head_out[layer + 1][:, :, h, :]
+                        patch = Patch(heads={(layer + 1, h): ho})
+                        r = adapter.run(tx, Capture(resid=[L]), patch)
+                        heads.append(("head", layer + 1, h, readout(r, v)))
+            outs = heads + resid
         gaps[np.arange(sl.start, sl.stop)[ok]] = clean - corrupted
         for comp, layer, h, patched in outs:
             pm, _ = patching_metric(patched, corrupted, clean, min_gap=min_gap)

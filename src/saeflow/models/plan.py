@@ -466,6 +466,9 @@ def markdown(table) -> str:
     def num(x, fmt="{:,.0f}"):
         return "?" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
+    def hours(x):
+        return num(x, "{:,.0f}" if x is not None and x >= 10 else "{:.2g}")
+
     def size(x):
         return "?" if x is None or (isinstance(x, float) and math.isnan(x)) else human_bytes(x)
 
@@ -477,7 +480,7 @@ def markdown(table) -> str:
             f"| {r['model']} / {r['dataset']} | {num(r.get('items'))} | {num(r.get('tokens'))} | "
             f"{r['layers']} × {num(r.get('d_model'))} | {size(r.get('store_bytes'))} | "
             f"{size(r.get('peak_bytes'))} | {size(r.get('sae_bytes'))} | "
-            f"{num(r.get('gpu_hours'), '{:.2g}')} | {num(r.get('cpu_hours'), '{:.2g}')} | "
+            f"{hours(r.get('gpu_hours'))} | {hours(r.get('cpu_hours'))} | "
             f"{basis} |"
         )
     return "\n".join(rows)
