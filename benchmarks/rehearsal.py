@@ -24,6 +24,9 @@ bytes written.
 
 Families: dnabert2 (DNABERT-2-117M), nt_v2_100m, nt_v2_500m (Nucleotide Transformer v2),
 geneformer_v2 (Geneformer V2-316M, 4,096-token cells), scgpt_human (scGPT whole-human).
+
+    python benchmarks/rehearsal.py summary WORKDIR...   # the plan vs the rehearsals, one table
+    python benchmarks/rehearsal.py report WORKDIR       # rewrite a finished one's rehearsal.md
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ def build_checkpoint(family: str, d: Path, symbols: list[str]) -> None:
         from saeflow.models.scgpt import ScgptConfig, build_model
 
         vocab = {g: i for i, g in enumerate(symbols)}
-        vocab.update({f"FILLER{i}": len(vocab) for i in range(s["vocab"] - 3 - len(vocab))})
+        n = len(vocab)
+        vocab.update({f"FILLER{i}": n + i for i in range(s["vocab"] - 3 - n)})
         vocab.update({t: len(vocab) + i for i, t in enumerate(["<pad>", "<cls>", "<eoc>"])})
         cfg = ScgptConfig(
             vocab_size=len(vocab),
@@ -257,7 +261,13 @@ def write_genesets(d: Path, symbols: list[str], seed: int = 0) -> dict:
 
 # --- the config ----------------------------------------------------------------------------------
 def rehearsal_config(
-    family: str, wd: Path, items: int, layer: int | None, n_targets: int, per_target: int
+    family: str,
+    wd: Path,
+    items: int,
+    layer: int | None,
+    n_targets: int,
+    per_target: int,
+    patching_pairs: int = 8,
 ) -> tuple[dict, str]:
     f = FAMILIES[family]
     ex = yaml.safe_load((REPO / "config" / "examples" / f"{f['example']}.yaml").read_text())
@@ -285,7 +295,7 @@ def rehearsal_config(
         cfg["evidence"] = dict(  # every evidence rule, on fewer items than the schema's defaults
             probe_bootstrap=200,
             head_scan_sequences=64,
-            patching_pairs=8,
+            patching_pairs=patching_pairs,
             ablation_null=4,
             ablation_sequences=16,
         )
@@ -337,7 +347,43 @@ def smk(wd: Path, *args: str) -> float:
     return time.time() - t
 
 
+def summary(workdirs: list[Path]) -> str:
+    """One row per finished rehearsal: tokens, store and SAE bytes (plan from the prepared tables
+    vs written) and the FLOP-based work of extraction + SAE training against those rules' measured
+    wall time (their effective TFLOP/s on this machine: what ``plan.cpu_tflops`` should be)."""
+    lines = [
+        "| family | items | tokens (plan / stored) | store (plan / written) | SAEs (plan / "
+        "written) | extraction + SAE training: TFLOP, wall s, TFLOP/s | whole DAG |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for wd in workdirs:
+        r = json.loads((wd / "rehearsal.json").read_text())
+        p, w = r["plan_after"], r["wrote"]
+        model, dataset = p["model"], p["dataset"]
+        acts = wd / "results" / model / dataset / "activations" / "manifest.json"
+        stored = json.loads(acts.read_text())["n_tokens"]
+        rules = rule_table(wd).set_index("rule")
+        wall = float(rules.wall_s.reindex(["extract_activations", "train_sae"]).sum())
+        tflop = float(p["extract_tflop"]) + float(p["sae_tflop"])
+        lines.append(
+            f"| {r['family']} | {int(float(p['items'])):,} | {int(float(p['tokens'])):,} / "
+            f"{stored:,} ({float(p['tokens']) / stored:.2f}) | "
+            f"{float(p['store_bytes']) / 1e6:.1f} / {w['store'] / 1e6:.1f} MB "
+            f"({float(p['store_bytes']) / w['store']:.2f}) | "
+            f"{float(p['sae_bytes']) / 1e6:.1f} / {w['saes'] / 1e6:.1f} MB "
+            f"({float(p['sae_bytes']) / w['saes']:.2f}) | {tflop:.2f}, {wall:.0f} s, "
+            f"{tflop / wall:.3f} | {r['run_s'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
 def main():
+    if sys.argv[1:2] == ["summary"]:  # rehearsal.py summary WORKDIR...
+        print(summary([Path(d) for d in sys.argv[2:]]))
+        return
+    if sys.argv[1:2] == ["report"]:  # rehearsal.py report WORKDIR: rewrite its rehearsal.md
+        print(report(Path(sys.argv[2])))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("family", choices=sorted(FAMILIES))
     ap.add_argument(
@@ -350,6 +396,7 @@ def main():
     ap.add_argument("--layer", type=int, help="the one layer stored (default: the middle)")
     ap.add_argument("--targets", type=int, default=2, help="cells: perturbation targets kept")
     ap.add_argument("--per-target", type=int, default=4, help="cells: cells per target")
+    ap.add_argument("--patching-pairs", type=int, default=8, help="DNA: evidence.patching_pairs")
     ap.add_argument("--dry-run", action="store_true", help="build, plan, snakemake -n; stop")
     a = ap.parse_args()
     wd = a.workdir
@@ -363,7 +410,9 @@ def main():
         for part in ("workflow", "scripts", "envs", "profiles", "config"):
             shutil.copytree(REPO / part, wd / part)
         t0 = time.time()
-        cfg, model = rehearsal_config(a.family, wd, a.items, a.layer, a.targets, a.per_target)
+        cfg, model = rehearsal_config(
+            a.family, wd, a.items, a.layer, a.targets, a.per_target, a.patching_pairs
+        )
         build_s = time.time() - t0
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         smk(wd, "resource_plan")
@@ -377,36 +426,12 @@ def main():
     smk(wd, "resource_plan", "--forcerun", "resource_plan")
     after = pd.read_csv(wd / "results" / "resource_plan.tsv", sep="\t")
     wrote = dict(store=store_bytes(wd, model, dataset), saes=sae_bytes(wd, model, dataset))
-    table = rule_table(wd)
-    lines = [
-        f"### {a.family}: {cfg['runs'][0]} (config/examples/{FAMILIES[a.family]['example']}.yaml)",
-        "",
-        f"Shape {FAMILIES[a.family]['shape']}; layer {cfg['models'][model]['layers']}; "
-        f"{a.items} {'sequences (max_peaks)' if 'references' in cfg else 'control cells'}; "
-        f"checkpoint and inputs built in {build_s:.0f} s; the DAG ran in {run_s:.0f} s "
-        f"({run_s / 60:.1f} min) on 2 cores.",
-        "",
-        rule_markdown(table),
-        "",
-        "| plan vs written | plan (config only) | plan (prepared tables) | written | "
-        "ratio (tables / written) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for key, col in (("store", "store_bytes"), ("saes", "sae_bytes")):
-        b, e = float(before[col].iloc[0]), float(after[col].iloc[0])
-        lines.append(
-            f"| {key} | {b / 1e6:.1f} MB ({before.basis.iloc[0]}) | {e / 1e6:.1f} MB "
-            f"({after.basis.iloc[0]}) | {wrote[key] / 1e6:.1f} MB | {e / max(wrote[key], 1):.2f} |"
-        )
-    lines.append(f"| tokens | {before.tokens.iloc[0]:,.0f} | {after.tokens.iloc[0]:,.0f} | | |")
-    text = "\n".join(lines) + "\n"
-    (wd / "rehearsal.md").write_text(text)
-    table.to_csv(wd / "rehearsal_rules.tsv", sep="\t", index=False)
     (wd / "rehearsal.json").write_text(
         json.dumps(
             dict(
                 family=a.family,
                 run_s=run_s,
+                build_s=build_s,
                 wrote=wrote,
                 items=a.items,
                 plan_before=before.iloc[0].to_dict(),
@@ -416,7 +441,40 @@ def main():
             indent=1,
         )
     )
-    print(text)
+    print(report(wd))
+
+
+def report(wd: Path) -> str:
+    """``<wd>/rehearsal.md``: the per-rule table and the plan next to the bytes written."""
+    r = json.loads((wd / "rehearsal.json").read_text())
+    cfg = yaml.safe_load((wd / "config" / "rehearsal.yaml").read_text())
+    family, model = r["family"], next(iter(cfg["models"]))
+    before, after, wrote, run_s = r["plan_before"], r["plan_after"], r["wrote"], r["run_s"]
+    table = rule_table(wd)
+    lines = [
+        f"### {family}: {cfg['runs'][0]} (config/examples/{FAMILIES[family]['example']}.yaml)",
+        "",
+        f"Shape {FAMILIES[family]['shape']}; layer {cfg['models'][model]['layers']}; "
+        f"{r['items']} {'peaks (max_peaks)' if 'references' in cfg else 'control cells'}; "
+        f"checkpoint and inputs built in {float(r.get('build_s', 'nan')):.0f} s; the DAG ran in "
+        f"{run_s:.0f} s ({run_s / 60:.1f} min) on 2 cores.",
+        "",
+        rule_markdown(table),
+        "",
+        "| plan vs written | plan (config only) | plan (prepared tables) | written | "
+        "ratio (tables / written) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, col in (("store", "store_bytes"), ("saes", "sae_bytes")):
+        b, e = float(before[col]), float(after[col])
+        lines.append(
+            f"| {key} | {b / 1e6:.1f} MB ({before['basis']}) | {e / 1e6:.1f} MB "
+            f"({after['basis']}) | {wrote[key] / 1e6:.1f} MB | {e / max(wrote[key], 1):.2f} |"
+        )
+    lines.append(f"| tokens | {float(before['tokens']):,.0f} | {float(after['tokens']):,.0f} | | |")
+    text = "\n".join(lines) + "\n"
+    (wd / "rehearsal.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

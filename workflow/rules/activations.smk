@@ -41,6 +41,8 @@ rule merge_activations:
         directory("results/{model}/{dataset}/activations"),
     log:
         "logs/merge_activations/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/merge_activations/{model}/{dataset}.tsv"
     conda:
         "../../envs/torch.yaml"
     resources:

@@ -14,6 +14,8 @@ rule atlas:
         directory("results/{model}/{dataset}/atlas"),
     log:
         "logs/atlas/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/atlas/{model}/{dataset}.tsv"
     conda:
         "../../envs/atlas.yaml"
     resources:

@@ -41,6 +41,8 @@ rule catalog_summary:
         ),
     log:
         "logs/catalog_summary/{model}/{dataset}/{sae}.log",
+    benchmark:
+        "benchmarks/catalog_summary/{model}/{dataset}/{sae}.tsv"
     conda:
         "../../envs/report.yaml"
     resources:
@@ -62,6 +64,8 @@ rule ground_truth_recovery:
         "results/{model}/{dataset}/recovery/{sae}/layer{layer}.tsv",
     log:
         "logs/ground_truth_recovery/{model}/{dataset}/{sae}/layer{layer}.log",
+    benchmark:
+        "benchmarks/ground_truth_recovery/{model}/{dataset}/{sae}/layer{layer}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: get_threads
@@ -90,6 +94,8 @@ rule recovery_summary:
         ),
     log:
         "logs/recovery_summary/{model}/{dataset}/{sae}.log",
+    benchmark:
+        "benchmarks/recovery_summary/{model}/{dataset}/{sae}.tsv"
     conda:
         "../../envs/report.yaml"
     resources:

@@ -105,6 +105,8 @@ rule cell_summary:
         tracking="results/{model}/{dataset}/cells/{sae}/tracking.tsv",
     log:
         "logs/cell_summary/{model}/{dataset}/{sae}.log",
+    benchmark:
+        "benchmarks/cell_summary/{model}/{dataset}/{sae}.tsv"
     conda:
         "../../envs/cells.yaml"
     resources:
@@ -166,6 +168,8 @@ rule perturbation_summary:
         regulatory="results/{model}/{dataset}/perturbation/{sae}/regulatory.tsv",
     log:
         "logs/perturbation_summary/{model}/{dataset}/{sae}.log",
+    benchmark:
+        "benchmarks/perturbation_summary/{model}/{dataset}/{sae}.tsv"
     conda:
         "../../envs/cells.yaml"
     resources:

@@ -24,6 +24,8 @@ rule compare_quality:
         ),
     log:
         "logs/compare_quality/{comparison}.log",
+    benchmark:
+        "benchmarks/compare_quality/{comparison}.tsv"
     conda:
         "../../envs/compare.yaml"
     resources:
@@ -55,6 +57,8 @@ rule compare_annotation:
         ),
     log:
         "logs/compare_annotation/{comparison}.log",
+    benchmark:
+        "benchmarks/compare_annotation/{comparison}.tsv"
     conda:
         "../../envs/compare.yaml"
     resources:
@@ -86,6 +90,8 @@ rule compare_organisation:
         ),
     log:
         "logs/compare_organisation/{comparison}.log",
+    benchmark:
+        "benchmarks/compare_organisation/{comparison}.tsv"
     conda:
         "../../envs/compare.yaml"
     resources:
@@ -117,6 +123,8 @@ rule compare_probes:
         ),
     log:
         "logs/compare_probes/{comparison}.log",
+    benchmark:
+        "benchmarks/compare_probes/{comparison}.tsv"
     conda:
         "../../envs/compare.yaml"
     resources:
@@ -148,6 +156,8 @@ rule compare_head_scan:
         ),
     log:
         "logs/compare_head_scan/{comparison}.log",
+    benchmark:
+        "benchmarks/compare_head_scan/{comparison}.tsv"
     conda:
         "../../envs/compare.yaml"
     resources:
@@ -249,6 +259,8 @@ rule compare_perturbation:
         ),
     log:
         "logs/compare_perturbation/{comparison}.log",
+    benchmark:
+        "benchmarks/compare_perturbation/{comparison}.tsv"
     conda:
         "../../envs/compare.yaml"
     resources:

@@ -106,6 +106,8 @@ rule geneset_gmt:
         "resources/genesets/{geneset}.gmt",
     log:
         "logs/geneset_gmt/{geneset}.log",
+    benchmark:
+        "benchmarks/geneset_gmt/{geneset}.tsv"
     wildcard_constraints:
         geneset=_alternatives(_genesets_from("enrichr", "gmt")),
     conda:
@@ -123,6 +125,8 @@ rule geneset_edges:
         "resources/genesets/{geneset}.tsv",
     log:
         "logs/geneset_edges/{geneset}.log",
+    benchmark:
+        "benchmarks/geneset_edges/{geneset}.tsv"
     wildcard_constraints:
         geneset=_alternatives(_genesets_from("trrust", "string")),
     conda:

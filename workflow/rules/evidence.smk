@@ -198,6 +198,8 @@ rule evidence_summary:
         ),
     log:
         "logs/evidence_summary/{model}/{dataset}/{sae}.log",
+    benchmark:
+        "benchmarks/evidence_summary/{model}/{dataset}/{sae}.tsv"
     conda:
         "../../envs/report.yaml"
     resources:

@@ -42,6 +42,8 @@ rule toy_lm_metrics:
         ),
     log:
         "logs/toy_lm_metrics/{model}.log",
+    benchmark:
+        "benchmarks/toy_lm_metrics/{model}.tsv"
     conda:
         "../../envs/report.yaml"
     resources:
@@ -94,6 +96,8 @@ rule toy_cell_lm_metrics:
         ),
     log:
         "logs/toy_cell_lm_metrics/{model}.log",
+    benchmark:
+        "benchmarks/toy_cell_lm_metrics/{model}.tsv"
     conda:
         "../../envs/report.yaml"
     resources:

@@ -5,6 +5,8 @@ rule prepare_sequences:
         "results/datasets/{dataset}/sequences.parquet",
     log:
         "logs/prepare_sequences/{dataset}.log",
+    benchmark:
+        "benchmarks/prepare_sequences/{dataset}.tsv"
     wildcard_constraints:
         dataset=_datasets_of_kind("peaks", "task"),
     conda:
@@ -30,6 +32,8 @@ rule prepare_cells:
         cells="results/datasets/{dataset}/cells.h5ad",
     log:
         "logs/prepare_cells/{dataset}.log",
+    benchmark:
+        "benchmarks/prepare_cells/{dataset}.tsv"
     wildcard_constraints:
         dataset=_alternatives(
             n for n, d in config["datasets"].items() if d["kind"] == "cells" and not d["pool"]
@@ -57,6 +61,8 @@ rule pool_cells:
         sources="results/datasets/{dataset}/sources.tsv",
     log:
         "logs/pool_cells/{dataset}.log",
+    benchmark:
+        "benchmarks/pool_cells/{dataset}.tsv"
     wildcard_constraints:
         dataset=_alternatives(n for n, d in config["datasets"].items() if d["pool"]),
     conda:

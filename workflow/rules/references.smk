@@ -6,6 +6,8 @@ rule build_toy_genome:
         planted="resources/toy/{ref}/planted.tsv",
     log:
         "logs/build_toy_genome/{ref}.log",
+    benchmark:
+        "benchmarks/build_toy_genome/{ref}.tsv"
     conda:
         "../../envs/genomics.yaml"
     resources:
@@ -26,6 +28,8 @@ rule build_toy_task:
         "resources/toy/{ref}/task.parquet",
     log:
         "logs/build_toy_task/{ref}.log",
+    benchmark:
+        "benchmarks/build_toy_task/{ref}.tsv"
     conda:
         "../../envs/genomics.yaml"
     resources:
@@ -47,6 +51,8 @@ rule index_fasta:
         gzi="resources/references/{ref}/genome.fa.gz.gzi",
     log:
         "logs/index_fasta/{ref}.log",
+    benchmark:
+        "benchmarks/index_fasta/{ref}.tsv"
     conda:
         "../../envs/genomics.yaml"
     resources:

@@ -34,6 +34,8 @@ rule plot_training_curves:
         ),
     log:
         "logs/plot_training_curves/{model}/{dataset}/{sae}.log",
+    benchmark:
+        "benchmarks/plot_training_curves/{model}/{dataset}/{sae}.tsv"
     conda:
         "../../envs/report.yaml"
     resources:
