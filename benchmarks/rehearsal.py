@@ -317,6 +317,12 @@ def rehearsal_config(
     return cfg, name
 
 
+def ds_items(cfg: dict) -> int:
+    """The subset's size as the config says it (peaks or control cells)."""
+    ds = next(iter(cfg["datasets"].values()))
+    return int(ds.get("max_peaks") or ds.get("n_cells"))
+
+
 def store_bytes(wd: Path, model: str, dataset: str) -> int:
     acts = wd / "results" / model / dataset / "activations"
     return sum(p.stat().st_size for p in acts.rglob("*") if p.is_file())
@@ -353,7 +359,7 @@ def summary(workdirs: list[Path]) -> str:
     wall time (their effective TFLOP/s on this machine: what ``plan.cpu_tflops`` should be)."""
     lines = [
         "| family | items | tokens (plan / stored) | store (plan / written) | SAEs (plan / "
-        "written) | extraction + SAE training: TFLOP, wall s, TFLOP/s | whole DAG |",
+        "written) | extraction + SAE training: TFLOP, wall s, TFLOP/s | all jobs' wall |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for wd in workdirs:
@@ -372,7 +378,7 @@ def summary(workdirs: list[Path]) -> str:
             f"({float(p['store_bytes']) / w['store']:.2f}) | "
             f"{float(p['sae_bytes']) / 1e6:.1f} / {w['saes'] / 1e6:.1f} MB "
             f"({float(p['sae_bytes']) / w['saes']:.2f}) | {tflop:.2f}, {wall:.0f} s, "
-            f"{tflop / wall:.3f} | {r['run_s'] / 60:.1f} min |"
+            f"{tflop / wall:.3f} | {rules.wall_s.sum() / 60:.1f} min |"
         )
     return "\n".join(lines)
 
@@ -397,6 +403,12 @@ def main():
     ap.add_argument("--targets", type=int, default=2, help="cells: perturbation targets kept")
     ap.add_argument("--per-target", type=int, default=4, help="cells: cells per target")
     ap.add_argument("--patching-pairs", type=int, default=8, help="DNA: evidence.patching_pairs")
+    ap.add_argument(
+        "--networks", nargs="*", help="cells: the networks tested (default: the example's)"
+    )
+    ap.add_argument(
+        "--smk-args", nargs="*", default=[], help="more Snakemake arguments for the run (resume)"
+    )
     ap.add_argument("--dry-run", action="store_true", help="build, plan, snakemake -n; stop")
     a = ap.parse_args()
     wd = a.workdir
@@ -413,6 +425,8 @@ def main():
         cfg, model = rehearsal_config(
             a.family, wd, a.items, a.layer, a.targets, a.per_target, a.patching_pairs
         )
+        if a.networks is not None and "networks" in cfg["datasets"][FAMILIES[a.family]["dataset"]]:
+            cfg["datasets"][FAMILIES[a.family]["dataset"]]["networks"] = a.networks
         build_s = time.time() - t0
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         smk(wd, "resource_plan")
@@ -422,7 +436,7 @@ def main():
         return
     dataset = FAMILIES[a.family]["dataset"]
     before = pd.read_csv(wd / "plan_before.tsv", sep="\t")
-    run_s = smk(wd)
+    run_s = smk(wd, *a.smk_args)
     smk(wd, "resource_plan", "--forcerun", "resource_plan")
     after = pd.read_csv(wd / "results" / "resource_plan.tsv", sep="\t")
     wrote = dict(store=store_bytes(wd, model, dataset), saes=sae_bytes(wd, model, dataset))
@@ -433,7 +447,7 @@ def main():
                 run_s=run_s,
                 build_s=build_s,
                 wrote=wrote,
-                items=a.items,
+                items=ds_items(cfg),
                 plan_before=before.iloc[0].to_dict(),
                 plan_after=after.iloc[0].to_dict(),
             ),
@@ -452,9 +466,11 @@ def report(wd: Path) -> str:
     before, after, wrote, run_s = r["plan_before"], r["plan_after"], r["wrote"], r["run_s"]
     table = rule_table(wd)
     lines = [
-        f"### {family}: {cfg['runs'][0]} (config/examples/{FAMILIES[family]['example']}.yaml)",
+        f"### {family}: {model} on {cfg['runs'][0]['dataset']}, SAEs "
+        f"{', '.join(cfg['runs'][0]['saes'])} (config/examples/{FAMILIES[family]['example']}.yaml)",
         "",
-        f"Shape {FAMILIES[family]['shape']}; layer {cfg['models'][model]['layers']}; "
+        f"Shape {', '.join(f'{k} {v:,}' for k, v in FAMILIES[family]['shape'].items())}; "
+        f"layer {cfg['models'][model]['layers'][0]}; "
         f"{r['items']} {'peaks (max_peaks)' if 'references' in cfg else 'control cells'}; "
         f"checkpoint and inputs built in {float(r.get('build_s', 'nan')):.0f} s; the DAG ran in "
         f"{run_s:.0f} s ({run_s / 60:.1f} min) on 2 cores.",
