@@ -108,6 +108,7 @@ STRING_LINKS = 1_000_000  # lines of the links file (~25% pass combined_score >=
 def build_checkpoint(family: str, d: Path, symbols: list[str]) -> None:
     import torch
     from tinymodels import (
+        SCGPT_ARGS,
         gene,
         make_geneformer_dir,
         make_nt_dir,
@@ -166,20 +167,8 @@ def build_checkpoint(family: str, d: Path, symbols: list[str]) -> None:
         )
         torch.manual_seed(0)
         state = build_model(cfg).state_dict()  # saeflow's names = flash-attn 1.x's (released)
-        args = dict(
-            embsize=s["embsize"],
-            nlayers=s["nlayers"],
-            nheads=s["nheads"],
-            d_hid=s["d_hid"],
-            dropout=0.2,
-            pad_token="<pad>",
-            pad_value=-2,
-            mask_value=-1,
-            n_bins=51,
-            input_emb_style="continuous",
-            max_seq_len=1200,
-            fast_transformer=True,
-        )
+        sizes = {k: s[k] for k in ("embsize", "nlayers", "nheads", "d_hid")}
+        args = dict(SCGPT_ARGS, **sizes)  # the whole-human args.json, its sizes
         write_scgpt_checkpoint(d, state, args=args, vocab=vocab)
     else:
         raise SystemExit(f"unknown family {family!r}; one of {sorted(FAMILIES)}")
