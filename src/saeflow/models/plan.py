@@ -5,7 +5,9 @@ the bytes of its activation store (tokens x d_model x stored layers x dtype), th
 extraction shards are merged (shards and merged store side by side), the bytes of its SAEs, and
 the floating-point work of extraction (the forward pass) and of SAE training, turned into GPU
 hours at an assumed effective throughput (``plan.gpu_tflops``: a FLOP-based estimate, stated as
-such; not a measurement).
+such; not a measurement) and into CPU hours at ``plan.cpu_tflops`` (measured: what extraction and
+SAE training reached at the published shapes on 2 cores, benchmarks/rehearsal.py). Extraction's
+FLOPs count the blocks up to the highest stored layer, where its passes stop.
 
 Each number says how it was obtained (``basis``):
 
